@@ -1,0 +1,129 @@
+"""Model manifests: the JSON file beside each ONNX model that tells the daemon how to use it.
+
+A manifest is written by ``leukoscope export`` and read by every worker; the sha256 it
+states is checked against the ONNX file at load time, so a result's model versions are
+the ones that actually ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class InputSpec(BaseModel):
+    """How to turn an RGB uint8 image into the model's input tensor.
+
+    The tensor is ``((pixel / 255) - mean) / std`` per channel, NCHW float32, channels in
+    ``channel_order``. ``size`` is the training size [height, width]; a fully convolutional
+    model accepts other sizes whose sides are multiples of ``size_multiple``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    layout: Literal["NCHW"] = "NCHW"
+    channel_order: Literal["RGB", "BGR"] = "RGB"
+    size: tuple[int, int]
+    size_multiple: int = 1
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+class ClassSpec(BaseModel):
+    code: str
+    display: str
+
+
+class CropSpec(BaseModel):
+    """How cell crops are cut for the classifier (shared by training and the daemon).
+
+    A crop is a square centred on the cell's bounding box with side
+    ``max(min_side_px, max(w, h) * (1 + 2 * margin))`` in frame pixels (at the model's
+    training scale), padded by edge replication where it leaves the frame, then resized to
+    the classifier's input size.
+    """
+
+    margin: float = 0.25
+    min_side_px: int = 48
+
+
+class CellFilter(BaseModel):
+    """Which connected components of the segmenter's mask count as cells (frame pixels)."""
+
+    threshold: float = 0.5
+    min_area_px: int = 60
+    max_area_px: int = 20000
+
+
+class ModelManifest(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str
+    kind: Literal["segmenter", "classifier"]
+    version: str
+    file: str
+    sha256: str
+    fp16_file: str | None = None
+    fp16_sha256: str | None = None
+    input: InputSpec
+    outputs: list[str]
+    um_per_pixel: float | None = Field(
+        default=None, description="Pixel scale the model was trained at (µm/pixel); null if unknown"
+    )
+    classes: list[ClassSpec] = []
+    crop: CropSpec | None = None
+    cells: CellFilter | None = None
+    aggregation: str | None = None
+    training_data_sha256: str | None = None
+    metrics: dict = {}
+    created: str | None = None
+    intended_use: str = "For research use only. Not for use in diagnostic procedures."
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed or does not match its model file."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_path_for(model_path: Path) -> Path:
+    """``models/classifier.onnx`` -> ``models/classifier.json``."""
+    return model_path.with_suffix(".json")
+
+
+def load_manifest(path: Path, verify: bool = True) -> ModelManifest:
+    """Read a manifest (given the .json or the .onnx path) and check the model file's sha256."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        path = manifest_path_for(path)
+    try:
+        manifest = ModelManifest.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise ManifestError(f"model manifest not found: {path}") from exc
+    except (json.JSONDecodeError, ValueError) as exc:
+        raise ManifestError(f"invalid model manifest {path}: {exc}") from exc
+    if verify:
+        model_file = path.parent / manifest.file
+        if not model_file.is_file():
+            raise ManifestError(f"{path}: model file {model_file} does not exist")
+        actual = file_sha256(model_file)
+        if actual != manifest.sha256:
+            raise ManifestError(
+                f"{path}: sha256 of {model_file.name} is {actual}, manifest says {manifest.sha256}"
+            )
+    return manifest
+
+
+def write_manifest(manifest: ModelManifest, path: Path) -> None:
+    path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
