@@ -1,0 +1,187 @@
+"""Settings: one pydantic model, read from config.yaml, overridable by environment variables.
+
+``LEUKOSCOPE_API__PORT=9000`` overrides ``api.port``. Relative paths given in a file resolve
+against that file's folder; without a file, against the working directory. Omitted model
+paths default to the models shipped in this repository's ``models/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under data_dir",
+    )
+
+
+class CaptureSettings(_Section):
+    source: Literal["directory"] = "directory"
+    directory: Path = Path("inbox")
+    rig_id: str = Field(default="rig-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    settle_seconds: float = Field(
+        default=1.0, gt=0, description="a file is taken once its size and mtime are unchanged this long"
+    )
+    poll_seconds: float = Field(default=1.0, gt=0, description="rescan interval (network shares)")
+    native_events: bool = Field(default=True, description="use inotify & co. where the OS has them")
+    max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+
+class QueueSettings(_Section):
+    max_backlog: int = Field(
+        default=256, gt=0, description="capture pauses while this many frames wait in Redis"
+    )
+    claim_idle_seconds: float = Field(
+        default=30.0, gt=0, description="a frame pending this long on a silent worker is reclaimed"
+    )
+    max_deliveries: int = Field(
+        default=3, gt=0, description="a frame that crashed this many workers is stored as failed"
+    )
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_page: int = Field(default=1000, gt=0)
+
+
+class WorkerSettings(_Section):
+    count: int = Field(default=1, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch")
+    max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call")
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    stale_after_seconds: float = Field(default=15.0, gt=0)
+    fp16: bool = Field(default=False, description="use the fp16 model files on CUDA")
+
+
+class ModelSettings(_Section):
+    segmenter: Path = SHIPPED_MODELS / "segmenter.onnx"
+    classifier: Path = SHIPPED_MODELS / "classifier.onnx"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("var")
+    redis: RedisSettings = RedisSettings()
+    capture: CaptureSettings = CaptureSettings()
+    queue: QueueSettings = QueueSettings()
+    api: ApiSettings = ApiSettings()
+    workers: WorkerSettings = WorkerSettings()
+    models: ModelSettings = ModelSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Path) -> Path:
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    # Paths derived from data_dir, one place so every process agrees.
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+
+class ConfigError(Exception):
+    """The configuration file or a value in it is invalid; the message names the key."""
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (YAML) into Settings; env vars and ``overrides`` win over the file.
+
+    Raises ConfigError naming the key for a missing/unparsable file or an invalid value.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    origin = "defaults and environment"
+    if path is not None:
+        file = Path(path)
+        origin = str(file)
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {file} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {file}: top level must be a mapping of keys")
+        data = loaded
+        base = file.resolve().parent
+    for key, value in overrides.items():
+        data[key] = value
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc
+    settings.data_dir = _resolve(settings.data_dir, base)
+    settings.capture.directory = _resolve(settings.capture.directory, base)
+    settings.models.segmenter = _resolve(settings.models.segmenter, base)
+    settings.models.classifier = _resolve(settings.models.classifier, base)
+    return settings

@@ -1,0 +1,150 @@
+"""Prometheus metrics kept in Redis, so they are right across processes, hosts and restarts.
+
+Counters and histograms are fields of one Redis hash, incremented by whichever process
+observes the event (histograms are stored cumulatively, one field per bucket). The API's
+collector turns the hash, plus live gauges read at scrape time, into Prometheus families.
+The result counters are incremented in the same Redis script that stores the result, so a
+reprocessed frame is never counted twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+import redis
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+METRICS_KEY = "lks:metrics"
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    name: str
+    kind: str  # counter | histogram
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+
+
+CATALOGUE: dict[str, MetricDef] = {
+    m.name: m
+    for m in (
+        MetricDef("leukoscope_frames_captured_total", "counter",
+                  "Frames taken by capture and queued (or rejected at capture).", ("rig",)),
+        MetricDef("leukoscope_frames_processed_total", "counter",
+                  "Frames with a stored result, by outcome (done, rejected, failed).",
+                  ("rig", "outcome")),
+        MetricDef("leukoscope_frames_rejected_total", "counter",
+                  "Frames refused, by reason (bounded set of reason codes).", ("rig", "reason")),
+        MetricDef("leukoscope_cells_classified_total", "counter",
+                  "Cells classified, by predicted class.", ("class",)),
+        MetricDef("leukoscope_frame_latency_seconds", "histogram",
+                  "Time from capture to stored result.", (), LATENCY_BUCKETS),
+        MetricDef("leukoscope_stage_seconds", "histogram",
+                  "Time per frame in each worker stage (queue_wait, decode, segment, crop, "
+                  "classify, store).", ("stage",), STAGE_BUCKETS),
+        MetricDef("leukoscope_batch_frames", "histogram",
+                  "Frames per worker batch.", (), BATCH_BUCKETS),
+        MetricDef("leukoscope_batch_cells", "histogram",
+                  "Cell crops per worker batch.", (), BATCH_BUCKETS),
+        MetricDef("leukoscope_worker_restarts_total", "counter",
+                  "Child processes restarted by the supervisor.", ("role",)),
+    )
+}
+
+Increment = tuple[str, float]
+
+
+def _field(name: str, labels: dict[str, str], part: str = "") -> str:
+    return json.dumps([name, labels, part], sort_keys=True, separators=(",", ":"))
+
+
+def counter(name: str, labels: dict[str, str] | None = None, amount: float = 1) -> list[Increment]:
+    assert CATALOGUE[name].kind == "counter", name
+    return [(_field(name, labels or {}), amount)]
+
+
+def histogram(name: str, value: float, labels: dict[str, str] | None = None) -> list[Increment]:
+    """Increments recording one observation: every bucket with le >= value, count and sum."""
+    metric = CATALOGUE[name]
+    assert metric.kind == "histogram", name
+    labels = labels or {}
+    out = [(_field(name, labels, f"le={le}"), 1.0) for le in metric.buckets if value <= le]
+    out.append((_field(name, labels, "le=+Inf"), 1.0))
+    out.append((_field(name, labels, "count"), 1.0))
+    out.append((_field(name, labels, "sum"), float(value)))
+    return out
+
+
+def flatten(increments: Iterable[Increment]) -> list[str | float]:
+    """[field, amount, field, amount, ...] for a Redis script's ARGV."""
+    flat: list[str | float] = []
+    for field_name, amount in increments:
+        flat.extend((field_name, amount))
+    return flat
+
+
+def record(client: redis.Redis, increments: Iterable[Increment]) -> None:
+    """Apply increments outside a result store (capture counters, restarts)."""
+    pipe = client.pipeline(transaction=False)
+    for field_name, amount in increments:
+        pipe.hincrbyfloat(METRICS_KEY, field_name, amount)
+    pipe.execute()
+
+
+def _le_key(le: str) -> float:
+    return math.inf if le == "+Inf" else float(le)
+
+
+class RedisCollector(Collector):
+    """Families from the Redis hash, plus gauges produced by ``live`` at scrape time."""
+
+    def __init__(self, client: redis.Redis, live: Callable[[], Iterable] | None = None) -> None:
+        self.client = client
+        self.live = live
+
+    def collect(self) -> Iterator:
+        raw = self.client.hgetall(METRICS_KEY)
+        counters: dict[str, dict[tuple, float]] = {}
+        hists: dict[str, dict[tuple, dict[str, float]]] = {}
+        for key, value in raw.items():
+            name, labels, part = json.loads(key)
+            if name not in CATALOGUE:
+                continue
+            label_key = tuple(labels.get(label, "") for label in CATALOGUE[name].labels)
+            if CATALOGUE[name].kind == "counter":
+                counters.setdefault(name, {})[label_key] = float(value)
+            else:
+                hists.setdefault(name, {}).setdefault(label_key, {})[part] = float(value)
+        for name, metric in CATALOGUE.items():
+            if metric.kind == "counter":
+                family = CounterMetricFamily(name, metric.help, labels=metric.labels)
+                for label_values, value in sorted(counters.get(name, {}).items()):
+                    family.add_metric(list(label_values), value)
+            else:
+                family = HistogramMetricFamily(name, metric.help, labels=metric.labels)
+                for label_values, parts in sorted(hists.get(name, {}).items()):
+                    buckets = sorted(
+                        ((p[3:], v) for p, v in parts.items() if p.startswith("le=")),
+                        key=lambda item: _le_key(item[0]),
+                    )
+                    family.add_metric(list(label_values), buckets, parts.get("sum", 0.0))
+            yield family
+        if self.live is not None:
+            yield from self.live()
+
+
+def gauge(name: str, help_text: str, labels: Iterable[str] = (),
+          samples: Iterable[tuple[list[str], float]] = ()) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(name, help_text, labels=list(labels))
+    for label_values, value in samples:
+        family.add_metric(label_values, value)
+    return family

@@ -1,0 +1,144 @@
+"""Stored results: one JSON value per frame_id, plus an append-only log for cursor polling.
+
+A result is written once (SET NX): a frame processed twice, after a worker died between
+storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
+queue entry happen in one Redis script, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from daemon import metrics
+from daemon.result import FrameResult
+
+RESULT_KEY = "lks:result:{}"
+LOG_KEY = "lks:results"
+CURSOR_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+# KEYS: result key, log stream, metrics hash, frames stream
+# ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack), fields...
+_STORE = """
+local stored = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[2], 'status', ARGV[3], 'rig', ARGV[4])
+  for i = 7, #ARGV, 2 do
+    redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  stored = 1
+end
+if ARGV[6] ~= '' then
+  redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('XDEL', KEYS[4], ARGV[6])
+end
+return stored
+"""
+
+
+class BadCursor(ValueError):
+    """A results cursor that is not of the form the API hands out."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    cursor: str
+    frame_id: str
+    status: str
+    rig: str
+
+
+def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
+    """The counters and histograms a newly stored result adds."""
+    rig = result.rig_id or ""
+    inc = metrics.counter(
+        "leukoscope_frames_processed_total", {"rig": rig, "outcome": result.status}
+    )
+    if result.status == "rejected":
+        inc += metrics.counter(
+            "leukoscope_frames_rejected_total", {"rig": rig, "reason": result.reason or "other"}
+        )
+    for cell in result.cells:
+        inc += metrics.counter("leukoscope_cells_classified_total", {"class": cell.class_})
+    latency = max(0.0, result.completed_at - result.captured_at)
+    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency)
+    return inc
+
+
+class ResultStore:
+    def __init__(self, client: redis.Redis, frames_stream: str = "", group: str = "") -> None:
+        self.client = client
+        self.frames_stream = frames_stream
+        self.group = group
+        self._store = client.register_script(_STORE)
+
+    def store(
+        self,
+        result: FrameResult,
+        ack_entry: str | None = None,
+        extra: Iterable[metrics.Increment] = (),
+    ) -> bool:
+        """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
+        increments = outcome_increments(result) + list(extra)
+        args = [
+            result.to_json(), result.frame_id, result.status, result.rig_id or "",
+            self.group, ack_entry or "", *metrics.flatten(increments),
+        ]
+        keys = [RESULT_KEY.format(result.frame_id), LOG_KEY, metrics.METRICS_KEY,
+                self.frames_stream or "lks:none"]
+        return bool(self._store(keys=keys, args=args))
+
+    def exists(self, frame_id: str) -> bool:
+        return bool(self.client.exists(RESULT_KEY.format(frame_id)))
+
+    def get(self, frame_id: str) -> FrameResult | None:
+        raw = self.client.get(RESULT_KEY.format(frame_id))
+        return FrameResult.model_validate_json(raw) if raw else None
+
+    def count(self) -> int:
+        return int(self.client.xlen(LOG_KEY))
+
+    def log_after(self, after: str | None, limit: int) -> list[LogEntry]:
+        """Log entries strictly after cursor ``after`` (None: from the oldest), oldest first."""
+        if after is not None and not CURSOR_PATTERN.match(after):
+            raise BadCursor(f"malformed cursor {after!r}: expected the 'next' value of a page")
+        start = "-" if after is None else f"({after}"
+        entries = self.client.xrange(LOG_KEY, min=start, max="+", count=limit)
+        return [
+            LogEntry(
+                cursor=entry_id.decode(),
+                frame_id=fields[b"frame_id"].decode(),
+                status=fields[b"status"].decode(),
+                rig=fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in entries
+        ]
+
+    def page(self, after: str | None, limit: int) -> tuple[list[FrameResult], str]:
+        """Results after ``after`` in storage order and the cursor to continue from."""
+        entries = self.log_after(after, limit)
+        if not entries:
+            return [], after or "0-0"
+        raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
+        items = [FrameResult.model_validate_json(raw) for raw in raws if raw]
+        return items, entries[-1].cursor
+
+    def last_cursor(self) -> str:
+        info = self.client.xinfo_stream(LOG_KEY) if self.client.exists(LOG_KEY) else None
+        return info["last-generated-id"].decode() if info else "0-0"
+
+    def wait_after(self, cursor: str, block_ms: int, count: int = 100) -> list[LogEntry]:
+        """Block up to ``block_ms`` for log entries after ``cursor`` (capture's archiver)."""
+        reply = self.client.xread({LOG_KEY: cursor}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [
+            LogEntry(
+                entry_id.decode(), fields[b"frame_id"].decode(), fields[b"status"].decode(),
+                fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in reply[0][1]
+        ]

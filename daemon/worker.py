@@ -1,0 +1,179 @@
+"""A worker process: read frames from the queue, analyse them in batches, store results.
+
+A frame is acknowledged only by the script that stores its result. On start a worker first
+re-reads the entries it still holds from a previous life (same consumer name), then takes
+new ones; every ``claim_idle_seconds`` it also takes over entries of silent consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+
+from daemon import __version__, metrics, registry
+from daemon.analyzer import Analyzer
+from daemon.broker import connect
+from daemon.config import Settings
+from daemon.frame import FrameRejected, decode_rgb
+from daemon.queue import STREAM_KEY, Delivery, FrameQueue
+from daemon.result import FrameResult
+from daemon.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+def default_worker_id(index: int = 0) -> str:
+    host = os.environ.get("LEUKOSCOPE_HOSTNAME") or socket.gethostname()
+    return f"{host}-w{index}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, worker_id: str, analyzer: Analyzer | None = None):
+        self.settings = settings
+        self.id = worker_id
+        self.client = connect(settings)
+        self.queue = FrameQueue(self.client)
+        self.store = ResultStore(self.client, STREAM_KEY, "workers")
+        self.analyzer = analyzer or Analyzer.from_settings(settings)
+        self.stopping = threading.Event()
+        self.frames_done = 0
+        self.started_at = time.time()
+        self._last_beat = 0.0
+        self._last_claim = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: object) -> None:
+            log.info("worker stopping", extra={"signal": signal.Signals(signum).name})
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < self.settings.workers.heartbeat_seconds:
+            return
+        self._last_beat = now
+        refs = self.analyzer.model_refs()
+        registry.beat(self.client, registry.WORKERS_KEY, self.id, {
+            "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+            "provider": self.analyzer.provider, "started_at": self.started_at,
+            "frames_done": self.frames_done, "version": __version__,
+            "models": {k: v.model_dump() for k, v in refs.items()},
+        })
+
+    def run(self) -> None:
+        self.analyzer.warm_up()
+        log.info("worker ready", extra={"worker": self.id, "provider": self.analyzer.provider})
+        self.heartbeat(force=True)
+        # Entries this consumer held when it last died come first.
+        while not self.stopping.is_set():
+            own = self.queue.read(self.id, self.settings.workers.batch_frames, 0, own_pending=True)
+            if not own:
+                break
+            self.process(own)
+        while not self.stopping.is_set():
+            self.step()
+        registry.leave(self.client, registry.WORKERS_KEY, self.id)
+        log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
+
+    def step(self, block_ms: int = 500) -> int:
+        """One read-process cycle; returns how many frames it handled."""
+        self.heartbeat()
+        batch: list[Delivery] = []
+        claim_every = self.settings.queue.claim_idle_seconds / 2
+        if time.monotonic() - self._last_claim > claim_every:
+            self._last_claim = time.monotonic()
+            batch = self.queue.reclaim(
+                self.id, int(self.settings.queue.claim_idle_seconds * 1000),
+                self.settings.workers.batch_frames,
+            )
+            if batch:
+                log.warning("reclaimed frames of a silent worker",
+                            extra={"worker": self.id, "count": len(batch)})
+        if not batch:
+            batch = self.queue.read(self.id, self.settings.workers.batch_frames, block_ms)
+        if batch:
+            self.process(batch)
+        return len(batch)
+
+    # --- the work -----------------------------------------------------------------------
+    def _result(self, d: Delivery, status: str, **fields: object) -> FrameResult:
+        return FrameResult(
+            frame_id=d.frame_id, specimen_id=d.specimen_id, source=d.source, rig_id=d.rig_id,
+            status=status, captured_at=d.captured_at, completed_at=time.time(),
+            models=self.analyzer.model_refs(), worker=self.id, **fields,
+        )
+
+    def process(self, batch: list[Delivery]) -> None:
+        """Analyse a batch and store one result per frame (duplicates are acked only)."""
+        started = time.time()
+        images: list[np.ndarray] = []
+        ready: list[Delivery] = []
+        for d in batch:
+            if self.store.exists(d.frame_id):
+                # Stored by a worker that died before acknowledging: just ack.
+                self.store.store(self._result(d, "failed"), ack_entry=d.entry_id)
+                continue
+            if d.deliveries > self.settings.queue.max_deliveries:
+                self._store(d, self._result(
+                    d, "failed", error=f"frame crashed or stalled {d.deliveries - 1} workers"))
+                continue
+            decode_start = time.perf_counter()
+            try:
+                images.append(decode_rgb(d.data, self.settings.capture.max_frame_bytes))
+            except FrameRejected as exc:
+                self._store(d, self._result(d, "rejected", error=exc.message, reason=exc.reason))
+                continue
+            d.decode_ms = (time.perf_counter() - decode_start) * 1000  # type: ignore[attr-defined]
+            ready.append(d)
+        if not ready:
+            return
+        try:
+            analyses = self.analyzer.analyze(images)
+        except Exception as exc:  # a model failure must not lose the frames
+            log.exception("analysis failed", extra={"worker": self.id})
+            for d in ready:
+                self._store(d, self._result(d, "failed", error=f"analysis failed: {exc}"))
+            return
+        cells = sum(len(a.cells) for a in analyses)
+        batch_metrics = (metrics.histogram("leukoscope_batch_frames", len(ready))
+                         + metrics.histogram("leukoscope_batch_cells", cells))
+        for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
+            timings = {"queue_wait": max(0.0, (started - d.captured_at) * 1000),
+                       "decode": d.decode_ms, **analysis.timings_ms}  # type: ignore[attr-defined]
+            result = self._result(d, "done", timings_ms={k: round(v, 3) for k, v in
+                                                         timings.items()},
+                                  **self.analyzer.describe(analysis))
+            self._store(d, result, batch_metrics if i == 0 else [])
+
+    def _store(self, d: Delivery, result: FrameResult, extra: list | None = None) -> None:
+        store_start = time.perf_counter()
+        stage = [
+            inc for name, ms in result.timings_ms.items()
+            for inc in metrics.histogram("leukoscope_stage_seconds", ms / 1000, {"stage": name})
+        ]
+        new = self.store.store(result, ack_entry=d.entry_id, extra=stage + (extra or []))
+        store_ms = (time.perf_counter() - store_start) * 1000
+        metrics.record(self.client, metrics.histogram(
+            "leukoscope_stage_seconds", store_ms / 1000, {"stage": "store"}))
+        if new:
+            self.frames_done += 1
+        log.info("frame stored" if new else "duplicate frame acknowledged", extra={
+            "frame_id": d.frame_id, "specimen_id": d.specimen_id, "status": result.status,
+            "frame_class": result.frame_class, "cells": len(result.cells),
+        })
+
+
+def run_worker(settings: Settings, worker_id: str | None = None) -> int:
+    worker = Worker(settings, worker_id or default_worker_id())
+    worker.install_signal_handlers()
+    worker.run()
+    return 0
