@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from daemon.manifest import CellFilter, CropSpec
+from daemon.pipeline import crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_CODES: tuple[str, ...] = ("benign", "early_pre_b", "pre_b", "pro_b")
@@ -242,3 +246,85 @@ def training_data_sha256(records: list[FieldRecord]) -> str:
         )
         lines.append(f"{record.name} {image_hash} {seg_hash}")
     return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+# --- classifier crops and colour normalization ------------------------------------------------
+
+
+def cell_crops(
+    images: np.ndarray,
+    masks: np.ndarray,
+    crop_spec: CropSpec,
+    size: int,
+    cell_filter: CellFilter | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut classifier crops exactly as the daemon does: ``find_cells`` + ``crop_cells``.
+
+    images (N, H, W, 3) uint8 RGB; masks (N, H, W) {0,1} or probabilities in [0, 1].
+    Returns crops (M, size, size, 3) uint8 and the field index of each crop (M,) int64.
+    """
+    cell_filter = cell_filter or CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9)
+    crops, owners = [], []
+    for index, (image, mask) in enumerate(zip(images, masks, strict=True)):
+        boxes = find_cells(mask.astype(np.float32), cell_filter)
+        if boxes:
+            crops.append(crop_cells(image, boxes, crop_spec, size))
+            owners.extend([index] * len(boxes))
+    if not crops:
+        return np.empty((0, size, size, 3), np.uint8), np.empty((0,), np.int64)
+    return np.concatenate(crops), np.asarray(owners, dtype=np.int64)
+
+
+def lab_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of the LAB channels (OpenCV 8-bit LAB) over (N, H, W, 3) RGB uint8 images."""
+    lab = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2LAB) for im in images]).astype(np.float32)
+    per_image_mean = lab.reshape(len(images), -1, 3).mean(axis=1)
+    per_image_std = lab.reshape(len(images), -1, 3).std(axis=1)
+    return per_image_mean.mean(axis=0), per_image_std.mean(axis=0)
+
+
+def reinhard_normalize(
+    image_rgb: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray
+) -> np.ndarray:
+    """Reinhard colour transfer: match the field's LAB mean/std to a target. (H,W,3) uint8 RGB."""
+    lab = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2LAB).astype(np.float32)
+    mean = lab.reshape(-1, 3).mean(axis=0)
+    std = lab.reshape(-1, 3).std(axis=0) + 1e-3
+    lab = (lab - mean) / std * target_std + target_mean
+    return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def load_splits(
+    data_dir: str, block_size: int, seed: int, limit: int = 0, cache_dir: Path | None = None
+) -> dict[str, dict]:
+    """Per split: images (N,H,W,3) uint8, masks (N,H,W) uint8, labels (N,), names, records.
+
+    The cleaned masks are cached as ``cache_dir/fields_b<block>_s<seed>.npz`` (git-ignored).
+    """
+    records = list_fields(Path(data_dir))
+    splits = block_split(records, block_size=block_size, seed=seed)
+    if limit:
+        splits = {k: v[:limit] for k, v in splits.items()}
+    cache = None
+    if cache_dir is not None and not limit:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache = cache_dir / f"fields_b{block_size}_s{seed}.npz"
+    out: dict[str, dict] = {}
+    stored = dict(np.load(cache)) if cache is not None and cache.is_file() else {}
+    fresh: dict[str, np.ndarray] = {}
+    for split, recs in splits.items():
+        names = [r.name for r in recs]
+        if f"{split}_images" in stored and list(stored[f"{split}_names"]) == names:
+            images, masks = stored[f"{split}_images"], stored[f"{split}_masks"]
+        else:
+            images, masks, _ = load_split_arrays(recs)
+        labels = np.asarray([r.label for r in recs], np.int64)
+        fresh.update({f"{split}_images": images, f"{split}_masks": masks,
+                      f"{split}_names": np.asarray(names)})
+        out[split] = {"images": images, "masks": masks, "labels": labels, "names": names,
+                      "records": recs}
+    if cache is not None and not stored:
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, **fresh)
+        tmp.replace(cache)
+    return out

@@ -1,0 +1,108 @@
+"""``leukoscope train|evaluate|export`` subcommands (torch imported lazily, only when needed).
+
+Wire into the main parser with ``add_training_commands(subparsers)``; every command sets
+``func(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_DATA = "../shared/data/all-taleqani"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from daemon.training import train as T  # torch
+
+    common = dict(data=args.data, epochs=args.epochs, seed=args.seed, block_size=args.block_size,
+                  threads=args.threads, device=args.device, limit_fields=args.limit_fields)
+    if args.model == "segmenter":
+        cfg = T.SegmenterConfig(out=args.out or "runs/segmenter", base=args.base,
+                                patch=args.patch, **common)
+        if args.epochs is None:
+            cfg.epochs = 10
+        T.train_segmenter(cfg)
+    else:
+        cfg_c = T.ClassifierConfig(out=args.out or "runs/classifier", width=args.width,
+                                   size=args.size, colour_norm=args.colour_norm, **common)
+        if args.epochs is None:
+            cfg_c.epochs = 18
+        T.train_classifier(cfg_c)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from daemon.training.export import export_checkpoint  # torch
+
+    out = Path(args.out)
+    for checkpoint in args.checkpoints:
+        report = export_checkpoint(Path(checkpoint), out, fp16=not args.no_fp16)
+        print(json.dumps(report, indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from daemon.training.evaluate import evaluate  # onnxruntime only
+
+    report = evaluate(args.data, Path(args.models), args.block_size, args.seed,
+                      Path(args.json) if args.json else None,
+                      update_manifests=not args.no_update, threads=args.threads)
+    field = report["classifier_test_field"]
+    seg = report["segmenter_test"]
+    print(f"segmenter test: Dice {seg['dice_pooled']:.4f} IoU {seg['iou_pooled']:.4f} "
+          f"count MAE {seg['cell_count']['mae']:.3f}")
+    print(f"classifier test (fields, end to end): accuracy {field['accuracy']:.4f} "
+          f"macro-F1 {field['macro_f1']:.4f} macro AUC {field['macro_auc_ovr']:.4f} "
+          f"no-call {field['no_call']}")
+    return 0
+
+
+def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``train``, ``evaluate`` and ``export`` on an argparse subparsers object."""
+    train = subparsers.add_parser("train", help="train the segmenter or the classifier (torch)")
+    train.add_argument("model", choices=["segmenter", "classifier"])
+    train.add_argument("--data", default=DEFAULT_DATA, help="data set root (original/, segmented/)")
+    train.add_argument("--out", default=None, help="run directory (default runs/<model>)")
+    train.add_argument("--epochs", type=int, default=None, help="segmenter 10, classifier 18")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--block-size", type=int, default=40, help="file numbers per split block")
+    train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    train.add_argument("--limit-fields", type=int, default=0, help="smoke runs: fields per split")
+    train.add_argument("--base", type=int, default=8, help="segmenter: U-Net base channels")
+    train.add_argument("--patch", type=int, default=128, help="segmenter: training patch px")
+    train.add_argument("--width", type=float, default=0.5, help="classifier: MobileNetV2 width")
+    train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
+    train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
+    train.set_defaults(func=_train)
+
+    export = subparsers.add_parser("export", help="export checkpoints to ONNX + fp16 + manifest")
+    export.add_argument("checkpoints", nargs="+", help="runs/<model>/best.pt files")
+    export.add_argument("--out", default="models")
+    export.add_argument("--no-fp16", action="store_true")
+    export.set_defaults(func=_export)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics")
+    evaluate.add_argument("--data", default=DEFAULT_DATA)
+    evaluate.add_argument("--models", default="models")
+    evaluate.add_argument("--block-size", type=int, default=40)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--json", default="models/eval.json", help="full report ('' for none)")
+    evaluate.add_argument("--no-update", action="store_true", help="leave the manifests alone")
+    evaluate.add_argument("--threads", type=int, default=0)
+    evaluate.set_defaults(func=_evaluate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point: ``python -m daemon.training.cli train segmenter ...``."""
+    parser = argparse.ArgumentParser(prog="leukoscope-training")
+    add_training_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

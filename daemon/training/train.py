@@ -1,0 +1,329 @@
+"""Seeded, resumable training loops for the segmenter and the classifier (torch, CPU or GPU).
+
+A run directory holds ``last.pt`` (full state after each epoch: weights, optimizer, scheduler,
+history), ``best.pt`` (weights of the best validation epoch + metadata) and ``log.jsonl``.
+Re-running the same command resumes from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from daemon.manifest import CropSpec
+from daemon.pipeline import aggregate
+from daemon.training import data as D
+from daemon.training.data import load_splits
+from daemon.training.augment import AugmentParams, normalize, random_colour, random_geometry
+from daemon.training.nets import MobileNetV2, UNet
+
+
+@dataclass
+class SegmenterConfig:
+    """Segmenter training settings (sizes in frame pixels)."""
+
+    data: str
+    out: str = "runs/segmenter"
+    epochs: int = 16
+    batch: int = 16
+    patch: int = 128  # random training patches; evaluation runs on whole fields
+    base: int = 8
+    levels: int = 4
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    block_size: int = 40
+    threads: int = 0  # 0: leave torch's default
+    limit_fields: int = 0  # >0: use only this many fields per split (smoke tests)
+    device: str = "auto"
+
+
+@dataclass
+class ClassifierConfig:
+    """Classifier training settings (crop geometry as ``daemon.manifest.CropSpec``)."""
+
+    data: str
+    out: str = "runs/classifier"
+    epochs: int = 30
+    batch: int = 64
+    size: int = 64  # crop side fed to the network, pixels
+    width: float = 0.5
+    margin: float = 0.25
+    min_side_px: int = 48
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    label_smoothing: float = 0.1
+    colour_norm: str = "none"  # "none" or "reinhard" (LAB mean/std transfer per field)
+    seed: int = 0
+    block_size: int = 40
+    threads: int = 0
+    limit_fields: int = 0
+    device: str = "auto"
+    augment: dict = field(default_factory=dict)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _log(run_dir: Path, record: dict) -> None:
+    print(json.dumps(record), flush=True)
+    with (run_dir / "log.jsonl").open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of px/255 over (N, H, W, 3) uint8 images."""
+    flat = images.reshape(-1, 3).astype(np.float64) / 255.0
+    return flat.mean(axis=0).round(4).tolist(), flat.std(axis=0).round(4).tolist()
+
+
+def _to_float(batch_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(batch_uint8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over 3% of steps, then cosine decay to 1% of the peak."""
+    warm = max(1, int(0.03 * steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, steps - warm))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _resume(run_dir: Path, model, optimizer, scheduler) -> tuple[int, dict]:
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        return 0, {"best": -1.0, "history": []}
+    state = torch.load(last, map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    print(f"resuming {run_dir} after epoch {state['epoch']}", flush=True)
+    return state["epoch"], state["progress"]
+
+
+def _save(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+# --- segmenter ------------------------------------------------------------------------------
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice loss over a batch; logits and target (N, 1, H, W)."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum()
+    return 1 - (2 * inter + 1) / (prob.sum() + target.sum() + 1)
+
+
+@torch.no_grad()
+def predict_masks(model: UNet, images: np.ndarray, mean, std, device, batch: int = 32) -> np.ndarray:
+    """Foreground probabilities (N, H, W) float32 for (N, H, W, 3) uint8 fields (H, W % 16 == 0)."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch):
+        x = normalize(_to_float(images[i : i + batch], device), mean, std)
+        out.append(torch.sigmoid(model(x))[:, 0].cpu().numpy())
+    return np.concatenate(out) if out else np.empty((0,) + images.shape[1:3], np.float32)
+
+
+def train_segmenter(cfg: SegmenterConfig) -> Path:
+    """Train the U-Net on cleaned masks; returns the run directory (``best.pt`` inside)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields,
+                         run_dir.parent / "cache")
+    train, val = splits["train"], splits["val"]
+    mean, std = _channel_stats(train["images"])
+    model = UNet(cfg.base, cfg.levels).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train["images"]) / cfg.batch)
+    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
+    start, progress = _resume(run_dir, model, optimizer, scheduler)
+    meta = {
+        "kind": "segmenter", "config": asdict(cfg), "mean": mean, "std": std,
+        "arch": {"base": cfg.base, "levels": cfg.levels},
+        "train_names": train["names"],
+        "training_data_sha256": D.training_data_sha256(train["records"]),
+    }
+    augment = AugmentParams()
+    patch = min(cfg.patch, train["images"].shape[1], train["images"].shape[2])
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(train["images"]), generator=gen).numpy()
+        model.train()
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = np.sort(order[i : i + cfg.batch])
+            x = _to_float(train["images"][idx], device)
+            y = torch.from_numpy(train["masks"][idx]).to(device)[:, None].float()
+            x, y = random_geometry(x.cpu(), y.cpu(), augment, gen)
+            h, w = x.shape[2:]
+            oy = int(torch.randint(0, h - patch + 1, (1,), generator=gen))
+            ox = int(torch.randint(0, w - patch + 1, (1,), generator=gen))
+            x = x[:, :, oy : oy + patch, ox : ox + patch]
+            y = y[:, :, oy : oy + patch, ox : ox + patch]
+            x = normalize(random_colour(x, augment, gen), mean, std).to(device)
+            y = y.to(device)
+            logits = model(x)
+            loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+        prob = predict_masks(model, val["images"], mean, std, device)
+        pred = prob >= 0.5
+        gt = val["masks"].astype(bool)
+        dice = float(2 * (pred & gt).sum() / max(1, pred.sum() + gt.sum()))
+        record = {"epoch": epoch + 1, "loss": total / len(order), "val_dice": round(dice, 4),
+                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        progress["history"].append(record)
+        _log(run_dir, record)
+        if dice > progress["best"]:
+            progress["best"] = dice
+            _save(run_dir / "best.pt", {"model": model.state_dict(), "meta": meta,
+                                        "epoch": epoch + 1, "val": record})
+        _save(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                    "progress": progress, "meta": meta})
+    return run_dir
+
+
+# --- classifier -----------------------------------------------------------------------------
+
+
+def _colour_normalized(images: np.ndarray, stats: tuple | None) -> np.ndarray:
+    if stats is None:
+        return images
+    return np.stack([D.reinhard_normalize(im, stats[0], stats[1]) for im in images])
+
+
+@torch.no_grad()
+def predict_crops(model: MobileNetV2, crops: np.ndarray, mean, std, device, batch: int = 256):
+    """Softmax probabilities (M, 4) for (M, S, S, 3) uint8 crops."""
+    model.eval()
+    out = []
+    for i in range(0, len(crops), batch):
+        x = normalize(_to_float(crops[i : i + batch], device), mean, std)
+        out.append(torch.softmax(model(x), dim=1).cpu().numpy())
+    return np.concatenate(out) if out else np.empty((0, 4), np.float32)
+
+
+def field_predictions(probs: np.ndarray, owners: np.ndarray, n_fields: int, method: str):
+    """Aggregate per-crop probabilities (M, 4) into per-field (n_fields, 4); NaN rows: no cells."""
+    out = np.full((n_fields, probs.shape[1] if probs.ndim == 2 else 4), np.nan, np.float32)
+    for index in np.unique(owners):
+        out[index] = aggregate(probs[owners == index], method)
+    return out
+
+
+def train_classifier(cfg: ClassifierConfig) -> Path:
+    """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = _device(cfg.device)
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields,
+                         run_dir.parent / "cache")
+    train, val = splits["train"], splits["val"]
+    lab = None
+    if cfg.colour_norm == "reinhard":
+        lab = D.lab_stats(train["images"])
+    elif cfg.colour_norm != "none":
+        raise ValueError(f"unknown colour_norm {cfg.colour_norm!r}")
+    crop_spec = CropSpec(margin=cfg.margin, min_side_px=cfg.min_side_px)
+    tr_images = _colour_normalized(train["images"], lab)
+    va_images = _colour_normalized(val["images"], lab)
+    tr_crops, tr_owner = D.cell_crops(tr_images, train["masks"], crop_spec, cfg.size)
+    va_crops, va_owner = D.cell_crops(va_images, val["masks"], crop_spec, cfg.size)
+    tr_labels = train["labels"][tr_owner]
+    mean, std = _channel_stats(tr_crops)
+    counts = np.bincount(tr_labels, minlength=4).astype(np.float64)
+    class_weight = torch.tensor(
+        np.clip(counts.sum() / (4 * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
+    )
+    model = MobileNetV2(num_classes=4, width=cfg.width).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(tr_crops) / cfg.batch)
+    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
+    start, progress = _resume(run_dir, model, optimizer, scheduler)
+    meta = {
+        "kind": "classifier", "config": asdict(cfg), "mean": mean, "std": std,
+        "arch": {"width": cfg.width, "output_stride": 16},
+        "crop": crop_spec.model_dump(), "size": cfg.size,
+        "lab_target": None if lab is None else [lab[0].tolist(), lab[1].tolist()],
+        "train_names": train["names"], "train_crops_per_class": counts.tolist(),
+        "training_data_sha256": D.training_data_sha256(train["records"]),
+    }
+    if start == 0:
+        _log(run_dir, {"train_crops": len(tr_crops), "val_crops": len(va_crops),
+                       "per_class": counts.tolist(), "mean": mean, "std": std})
+    augment = AugmentParams(**cfg.augment)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+        torch.manual_seed(cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(tr_crops), generator=gen).numpy()
+        model.train()
+        total = 0.0
+        for i in range(0, len(order), cfg.batch):
+            idx = order[i : i + cfg.batch]
+            x = _to_float(tr_crops[idx], torch.device("cpu"))
+            x, _ = random_geometry(x, None, augment, gen)
+            x = normalize(random_colour(x, augment, gen), mean, std).to(device)
+            y = torch.from_numpy(tr_labels[idx]).to(device)
+            loss = F.cross_entropy(model(x), y, weight=class_weight.to(device),
+                                   label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+        probs = predict_crops(model, va_crops, mean, std, device)
+        cell_acc = float((probs.argmax(1) == val["labels"][va_owner]).mean()) if len(probs) else 0
+        fields = field_predictions(probs, va_owner, len(val["labels"]), "mean")
+        has = ~np.isnan(fields[:, 0])
+        field_acc = float((fields[has].argmax(1) == val["labels"][has]).sum() / len(has))
+        nll = float(-np.log(np.clip(probs[np.arange(len(probs)), val["labels"][va_owner]],
+                                    1e-7, 1)).mean()) if len(probs) else 0.0
+        record = {"epoch": epoch + 1, "loss": round(total / len(order), 4),
+                  "val_field_acc": round(field_acc, 4), "val_cell_acc": round(cell_acc, 4),
+                  "val_cell_nll": round(nll, 4), "lr": scheduler.get_last_lr()[0],
+                  "seconds": round(time.time() - t0, 1)}
+        progress["history"].append(record)
+        _log(run_dir, record)
+        score = field_acc + 0.1 * cell_acc  # field accuracy first, cell accuracy breaks ties
+        if score > progress["best"]:
+            progress["best"] = score
+            _save(run_dir / "best.pt", {"model": model.state_dict(), "meta": meta,
+                                        "epoch": epoch + 1, "val": record})
+        _save(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
+                                    "progress": progress, "meta": meta})
+    return run_dir
