@@ -1,0 +1,262 @@
+"""The capture process: watched folder in, frames on the Redis queue, originals archived.
+
+Start-up order matters for "never re-queue a stored frame, never skip an unstored one": the
+results-log cursor is taken first, then in-flight frames that already have results are
+finished (reconcile), then the archiver tails the log from that cursor while the loop takes
+files from the inbox. A file still in the inbox is read and offered to the queue; the queue
+answers 'stored' for a frame with a result (it is archived at once) and 'queued' for one
+already waiting, so nothing is queued twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+from capture.archiver import Archiver
+from capture.layout import BAD_LOCATION, UNASSIGNED, is_image_name
+from capture.watcher import InboxWatcher, Ready
+from daemon import metrics, registry
+from daemon.broker import connect
+from daemon.config import Settings
+from daemon.frame import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
+from daemon.queue import FrameQueue, Inflight
+from daemon.result import FrameResult
+from daemon.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+RECONCILE_SECONDS = 30.0
+BACKPRESSURE_POLL_SECONDS = 0.25
+UNREADABLE = "unreadable"  # capture's reason code for a file it may not read
+
+
+class CaptureService:
+    """One rig's capture loop. ``run()`` blocks until ``stop()`` (thread-safe) is called."""
+
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.rig_id = settings.capture.rig_id
+        self.inbox = Path(os.path.abspath(settings.capture.directory))
+        self.client = client if client is not None else connect(settings)
+        self.queue = FrameQueue(self.client)
+        self.results = ResultStore(self.client)
+        self.watcher = InboxWatcher(
+            self.inbox,
+            settle_seconds=settings.capture.settle_seconds,
+            poll_seconds=settings.capture.poll_seconds,
+            native_events=settings.capture.native_events,
+            exclude=[settings.data_dir],
+        )
+        self.archiver = Archiver(
+            self.queue, self.results, self.rig_id,
+            Path(os.path.abspath(settings.archive_dir)),
+            Path(os.path.abspath(settings.quarantine_dir)),
+            owner=self.watcher.owner, on_moved=self.watcher.release,
+        )
+        self.stopping = threading.Event()
+        self.state = "starting"
+        self.frames_queued = 0
+        self.frames_rejected = 0
+        self.started_at = time.time()
+        self._archiver_thread: threading.Thread | None = None
+        self._last_beat = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Stop taking frames; ``run()`` returns within about a second."""
+        self.stopping.set()
+        self.watcher.wake()
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the loop (main thread only)."""
+
+        def handler(signum: int, _frame: object) -> None:
+            log.info("capture stopping", extra={"signal": signal.Signals(signum).name})
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        """Reconcile, then watch the inbox until stopped."""
+        cursor = self.results.last_cursor()
+        finished = self.archiver.reconcile()
+        log.info("capture started", extra={
+            "rig": self.rig_id, "directory": str(self.inbox), "reconciled": finished})
+        self.watcher.start()
+        self._archiver_thread = threading.Thread(
+            target=self.archiver.follow, args=(cursor, self.stopping),
+            name="capture-archiver", daemon=True,
+        )
+        self._archiver_thread.start()
+        self.state = "watching"
+        next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.heartbeat()
+                    if time.monotonic() >= next_reconcile:
+                        self.archiver.reconcile()
+                        next_reconcile = time.monotonic() + RECONCILE_SECONDS
+                    if self.step():
+                        self.watcher.wait(self.watcher.tick_seconds())
+                    else:
+                        self.stopping.wait(BACKPRESSURE_POLL_SECONDS)
+                except redis.RedisError as exc:
+                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
+                    self.stopping.wait(1.0)
+        finally:
+            self.watcher.stop()
+            self._archiver_thread.join(timeout=5)
+            self.state = "stopped"
+            try:
+                self.heartbeat(force=True)
+            except redis.RedisError:
+                pass
+            log.info("capture stopped", extra={
+                "rig": self.rig_id, "frames_queued": self.frames_queued,
+                "frames_rejected": self.frames_rejected})
+
+    # --- one pass -----------------------------------------------------------------------
+    def step(self) -> bool:
+        """Take every complete file the backlog has room for; False while paused."""
+        bound = self.settings.queue.max_backlog
+        backlog = self.queue.backlog()
+        if backlog >= bound:
+            self._set_state("paused_backpressure", backlog)
+            return False
+        self._set_state("watching", backlog)
+        for ready in self.watcher.ready():
+            if self.stopping.is_set():
+                break
+            if backlog >= bound:
+                self._set_state("paused_backpressure", backlog)
+                return False
+            if self.take(ready) == "new":
+                backlog += 1
+        return True
+
+    def _set_state(self, state: str, backlog: int) -> None:
+        if state != self.state:
+            log.info("capture state", extra={"state": state, "backlog": backlog})
+            self.state = state
+            self.heartbeat(force=True)
+
+    def take(self, ready: Ready) -> str | None:
+        """Handle one complete file: queue it, archive it (already stored) or reject it.
+
+        Returns the queue's answer ('new', 'queued', 'stored'), 'rejected', or None when the
+        file vanished or changed while it was read.
+        """
+        placement = ready.placement
+        path = placement.path
+        limit = self.settings.capture.max_frame_bytes
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+            st = path.stat()
+        except FileNotFoundError:
+            self.watcher.release(path)
+            return None
+        except OSError as exc:
+            return self.reject(ready, b"", UNREADABLE, f"cannot read the file: {exc.strerror}")
+        if (st.st_size, st.st_mtime_ns) != (ready.size, ready.mtime_ns):
+            self.watcher.unsettle(path)  # still being written after all
+            return None
+        if placement.problem is not None:
+            return self.reject(ready, data, BAD_LOCATION, placement.problem)
+        if st.st_size > limit:
+            return self.reject(
+                ready, data, "too_large", f"{st.st_size} bytes exceeds the limit of {limit}")
+        if not is_image_name(placement.name):
+            kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
+            return self.reject(ready, data, "not_an_image",
+                               f"file name suffix is not a frame type ({kinds})")
+        try:
+            check_encoded(data, limit)
+        except FrameRejected as exc:
+            return self.reject(ready, data, exc.reason, exc.message)
+
+        frame_id = frame_id_for(placement.specimen_id, placement.name, data)
+        extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
+        outcome = self.queue.enqueue(
+            frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time())
+        if outcome == "stored":
+            log.info("frame already has a result; archiving", extra=extra)
+            record = Inflight(frame_id, str(path), self.rig_id, placement.specimen_id)
+            self.watcher.taken(ready, frame_id)
+            self.archiver.finish(record, self.results.get(frame_id))
+            return outcome
+        self.watcher.taken(ready, frame_id)
+        if outcome == "new":
+            self.frames_queued += 1
+            log.info("frame queued", extra={**extra, "source": str(path), "bytes": len(data)})
+        else:
+            log.info("frame already queued", extra=extra)
+        return outcome
+
+    def reject(self, ready: Ready, data: bytes, reason: str, message: str) -> str:
+        """Store a 'rejected' result for the file, then quarantine it beside the reason."""
+        placement = ready.placement
+        path = placement.path
+        name = placement.name if placement.problem is None else str(
+            path.relative_to(self.inbox))
+        specimen = placement.specimen_id if placement.problem is None else UNASSIGNED
+        frame_id = frame_id_for(specimen, name, data)
+        now = time.time()
+        result = FrameResult(
+            frame_id=frame_id, specimen_id=specimen, source=str(path), rig_id=self.rig_id,
+            status="rejected", error=message, reason=reason, captured_at=now, completed_at=now,
+            models={},
+        )
+        captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
+        if self.results.store(result, extra=captured):
+            self.frames_rejected += 1
+        try:
+            self.archiver.quarantine(path, specimen, reason, message, frame_id)
+        except OSError as exc:
+            log.error("could not quarantine a rejected file; leaving it in the inbox", extra={
+                "frame_id": frame_id, "specimen_id": specimen, "error": str(exc)})
+            self.watcher.taken(ready, frame_id)  # not offered again until it changes
+        return "rejected"
+
+    # --- heartbeat ----------------------------------------------------------------------
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
+            "id": self.rig_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "state": self.state, "directory": str(self.inbox),
+            "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,
+            "frames_archived": self.archiver.archived,
+            "frames_quarantined": self.archiver.quarantined,
+            "native_events": self.watcher.using_events, "started_at": self.started_at,
+        })
+
+
+def run_capture(settings: Settings) -> int:
+    """``leukoscope capture``: run until SIGTERM/SIGINT; 0 on a clean stop, 1 on failure."""
+    try:
+        service = CaptureService(settings)
+    except (redis.RedisError, RuntimeError, OSError) as exc:
+        log.error("capture cannot start", extra={"error": str(exc)})
+        return 1
+    if threading.current_thread() is threading.main_thread():
+        service.install_signal_handlers()
+    try:
+        service.run()
+    except Exception:
+        log.exception("capture failed")
+        return 1
+    return 0

@@ -1,0 +1,251 @@
+"""The inbox watcher: finds files that are complete and not yet handed to capture.
+
+A file is complete once its size and mtime have not changed for ``settle_seconds``, or as
+soon as it is renamed into place (write-then-rename delivery). Native file-system events
+(watchdog) make this prompt; a full rescan every ``poll_seconds`` is the fallback that also
+covers network shares, which send no events. Events are only hints: every decision is made
+from ``stat``, so a missed or spurious event can delay a file but never hand over a partial
+one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from capture.layout import Placement, is_ignored_name, place
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Track:
+    size: int
+    mtime_ns: int
+    since: float  # clock time this (size, mtime) was first seen
+    renamed: bool = False  # arrived by a rename into place: complete at once
+    frame_id: str | None = None  # set once handed over; not offered again while unchanged
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A complete file: where it sits and the stat it was judged complete by."""
+
+    placement: Placement
+    size: int
+    mtime_ns: int
+
+
+class InboxWatcher:
+    """Tracks files under ``inbox``; :meth:`ready` returns the complete ones, oldest first."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        settle_seconds: float,
+        poll_seconds: float,
+        native_events: bool = True,
+        exclude: Iterable[Path] = (),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.inbox = Path(os.path.abspath(inbox))
+        self.settle_seconds = settle_seconds
+        self.poll_seconds = poll_seconds
+        self.native_events = native_events
+        self.exclude = {Path(os.path.abspath(p)) for p in exclude}
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._files: dict[Path, _Track] = {}
+        self._hinted: set[Path] = set()
+        self._renamed: set[Path] = set()
+        self._rescan_now = True
+        self._next_rescan = 0.0
+        self._observer = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the inbox if needed and start native events (when enabled and available)."""
+        self.inbox.mkdir(parents=True, exist_ok=True)
+        if not self.native_events:
+            log.info("watching by polling only", extra={"directory": str(self.inbox)})
+            return
+        try:
+            from watchdog.observers import Observer
+
+            observer = Observer()
+            observer.schedule(_Handler(self), str(self.inbox), recursive=True)
+            observer.start()
+            self._observer = observer
+            log.info("watching with native events and polling",
+                     extra={"directory": str(self.inbox), "observer": type(observer).__name__})
+        except Exception as exc:  # noqa: BLE001 - any failure leaves polling, which always works
+            log.warning("native file events unavailable, polling only",
+                        extra={"directory": str(self.inbox), "error": str(exc)})
+            self._observer = None
+
+    def stop(self) -> None:
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            observer.join(timeout=5)
+        self._wake.set()
+
+    @property
+    def using_events(self) -> bool:
+        return self._observer is not None
+
+    def wait(self, timeout: float) -> None:
+        """Sleep up to ``timeout`` seconds, waking early on a file event or :meth:`wake`."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def tick_seconds(self) -> float:
+        """How often the capture loop should call :meth:`ready` to see files settle."""
+        return max(0.02, min(self.settle_seconds / 4, self.poll_seconds, 0.5))
+
+    # --- event hints (watchdog thread) --------------------------------------------------
+    def _hint(self, path: str, renamed: bool = False) -> None:
+        with self._lock:
+            (self._renamed if renamed else self._hinted).add(Path(path))
+        self._wake.set()
+
+    def _hint_rescan(self) -> None:
+        with self._lock:
+            self._rescan_now = True
+        self._wake.set()
+
+    # --- bookkeeping by capture ---------------------------------------------------------
+    def taken(self, ready: Ready, frame_id: str) -> None:
+        """Capture has the file (queued, waiting for its result): do not offer it again."""
+        with self._lock:
+            track = self._files.get(ready.placement.path)
+            if track is None or (track.size, track.mtime_ns) != (ready.size, ready.mtime_ns):
+                track = _Track(ready.size, ready.mtime_ns, self.clock())
+                self._files[ready.placement.path] = track
+            track.frame_id = frame_id
+
+    def owner(self, path: Path) -> str | None:
+        """The frame id ``path`` was taken as, if it is unchanged since; else None."""
+        with self._lock:
+            track = self._files.get(path)
+            if track is None or track.frame_id is None:
+                return None
+            try:
+                st = path.stat()
+            except OSError:
+                return None
+            if (st.st_size, st.st_mtime_ns) != (track.size, track.mtime_ns):
+                return None
+            return track.frame_id
+
+    def release(self, path: Path) -> None:
+        """The file was moved away (or changed): forget it."""
+        with self._lock:
+            self._files.pop(path, None)
+
+    def unsettle(self, path: Path) -> None:
+        """The file changed while being read: start its settle time again."""
+        with self._lock:
+            self._files.pop(path, None)
+            self._hinted.add(path)
+
+    # --- the scan -----------------------------------------------------------------------
+    def _walk(self) -> set[Path]:
+        found: set[Path] = set()
+        stack = [self.inbox]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if is_ignored_name(entry.name):
+                    continue
+                path = Path(entry.path)
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        if path not in self.exclude:
+                            stack.append(path)
+                    elif entry.is_file():
+                        found.add(path)
+                except OSError:
+                    continue
+        return found
+
+    def ready(self) -> list[Ready]:
+        """Complete files not yet taken, oldest mtime first (rescans when due)."""
+        now = self.clock()
+        with self._lock:
+            hinted, self._hinted = self._hinted, set()
+            renamed, self._renamed = self._renamed, set()
+            rescan = self._rescan_now or now >= self._next_rescan
+            self._rescan_now = False
+        if rescan:
+            scanned = self._walk()
+            self._next_rescan = self.clock() + self.poll_seconds
+        out: list[Ready] = []
+        with self._lock:
+            if rescan:
+                for gone in set(self._files) - scanned:
+                    del self._files[gone]
+                paths = scanned | hinted | renamed
+            else:
+                paths = {p for p, t in self._files.items() if t.frame_id is None}
+                paths |= hinted | renamed
+            for path in paths:
+                item = self._check(path, now, path in renamed)
+                if item is not None:
+                    out.append(item)
+        out.sort(key=lambda r: (r.mtime_ns, str(r.placement.path)))
+        return out
+
+    def _check(self, path: Path, now: float, renamed: bool) -> Ready | None:
+        placement = place(self.inbox, path)
+        if placement is None or any(ex in path.parents for ex in self.exclude):
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            self._files.pop(path, None)
+            return None
+        if not os.path.isfile(path):
+            return None
+        track = self._files.get(path)
+        if track is None or (track.size, track.mtime_ns) != (st.st_size, st.st_mtime_ns):
+            track = _Track(st.st_size, st.st_mtime_ns, now)
+            self._files[path] = track
+        if renamed:
+            track.renamed = True
+        if track.frame_id is not None:
+            return None
+        if track.renamed or now - track.since >= self.settle_seconds:
+            return Ready(placement, st.st_size, st.st_mtime_ns)
+        return None
+
+
+class _Handler:
+    """watchdog event handler: turns events into hints for the watcher."""
+
+    def __init__(self, watcher: InboxWatcher) -> None:
+        self.watcher = watcher
+
+    def dispatch(self, event) -> None:  # watchdog calls dispatch(event)
+        kind = event.event_type
+        if event.is_directory:
+            if kind in ("created", "moved"):
+                self.watcher._hint_rescan()
+            return
+        if kind == "moved":
+            self.watcher._hint(os.fsdecode(event.dest_path), renamed=True)
+        elif kind in ("created", "modified", "closed"):
+            self.watcher._hint(os.fsdecode(event.src_path))

@@ -1,0 +1,270 @@
+"""The capture loop against a real embedded Redis and real files in a temporary inbox."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from capture.layout import UNASSIGNED
+from daemon import registry
+from daemon.frame import frame_id_for
+from daemon.queue import FrameQueue
+from daemon.result import FrameResult
+from daemon.results import ResultStore
+from tests.capture.conftest import complete, entries, frame_bytes, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def drop(folder: Path, name: str, data: bytes) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(data)
+    return path
+
+
+def result_of(client: redis.Redis, specimen: str, name: str, data: bytes) -> FrameResult | None:
+    return ResultStore(client).get(frame_id_for(specimen, name, data))
+
+
+def heartbeat(client: redis.Redis, rig: str = "rig-1") -> dict:
+    raw = client.hget(registry.CAPTURES_KEY, rig)
+    return json.loads(raw) if raw else {}
+
+
+def test_frame_queued_once_and_not_again_after_restart(client, inbox, make_settings, running):
+    settings = make_settings()
+    data_a, data_b = frame_bytes(1), frame_bytes(2, ".png")
+    path_a = drop(inbox / "SPEC-001", "field_01.jpg", data_a)
+    path_b = drop(inbox, "loose.PNG", data_b)
+    with running(settings) as service:
+        wait_for(lambda: len(entries(client)) == 2, what="two frames queued")
+        by_source = {e["source"]: e for e in entries(client)}
+        a, b = by_source[str(path_a)], by_source[str(path_b)]
+        assert (a["specimen_id"], a["rig_id"], a["data"]) == ("SPEC-001", "rig-1", data_a)
+        assert a["frame_id"] == frame_id_for("SPEC-001", "field_01.jpg", data_a)
+        assert (b["specimen_id"], b["data"]) == (UNASSIGNED, data_b)
+        # Rescans (every 0.2 s) do not queue it again.
+        time.sleep(1.0)
+        assert len(entries(client)) == 2
+        wait_for(lambda: heartbeat(client).get("frames_queued") == 2, what="heartbeat")
+        assert heartbeat(client)["state"] == "watching"
+        assert heartbeat(client)["directory"] == str(inbox)
+    assert heartbeat(client)["state"] == "stopped"
+    assert path_a.exists() and path_b.exists()  # no result yet: originals stay
+
+    with running(settings) as service:
+        # The restarted capture sees both files, recognises them as queued, queues nothing.
+        wait_for(lambda: service.watcher.owner(path_a) and service.watcher.owner(path_b),
+                 what="restarted capture to take both files")
+        assert len(entries(client)) == 2
+        assert service.frames_queued == 0
+        # A result now arrives: the file moves to the archive, the record is forgotten.
+        assert len(complete(client)) == 2
+        archived = settings.archive_dir / "SPEC-001" / "field_01.jpg"
+        wait_for(archived.exists, what="archive")
+        wait_for(lambda: (settings.archive_dir / UNASSIGNED / "loose.PNG").exists(),
+                 what="archive of the unassigned frame")
+        assert archived.read_bytes() == data_a and not path_a.exists()
+        wait_for(lambda: not FrameQueue(client).inflight("rig-1"), what="records forgotten")
+
+
+def test_result_stored_while_capture_was_down(client, inbox, make_settings, running):
+    settings = make_settings()
+    queued = drop(inbox / "S1", "a.jpg", frame_bytes(3))
+    with running(settings):
+        wait_for(lambda: len(entries(client)) == 1, what="queued")
+    complete(client)  # a worker finishes while capture is stopped
+    # A file already in the archive under the same name is kept; the new one gets a suffix.
+    drop(settings.archive_dir / "S1", "a.jpg", b"older frame")
+    # A file whose result exists but which was never queued (no in-flight record).
+    data = frame_bytes(4)
+    stored = drop(inbox / "S1", "b.jpg", data)
+    ResultStore(client).store(FrameResult(
+        frame_id=frame_id_for("S1", "b.jpg", data), specimen_id="S1", source=str(stored),
+        status="done", captured_at=time.time(), completed_at=time.time()))
+    with running(settings):
+        wait_for(lambda: not queued.exists() and not stored.exists(), what="both archived")
+        assert (settings.archive_dir / "S1" / "a-1.jpg").read_bytes() == frame_bytes(3)
+        assert (settings.archive_dir / "S1" / "a.jpg").read_bytes() == b"older frame"
+        assert (settings.archive_dir / "S1" / "b.jpg").read_bytes() == data
+        time.sleep(0.5)
+        assert entries(client) == []  # nothing re-queued
+        assert FrameQueue(client).inflight() == []
+
+
+def test_bad_files_are_quarantined_with_reasons(client, inbox, make_settings, running):
+    settings = make_settings()
+    jpeg, png = frame_bytes(5), frame_bytes(6, ".png")
+    bad = {
+        "empty.jpg": (b"", "empty_file"),
+        "cut.jpg": (jpeg[: len(jpeg) // 2], "truncated"),
+        "cut.png": (png[: len(png) - 20], "truncated"),
+        "notes.jpg": (b"this is a text file, not an image\n", "not_an_image"),
+        "readme.txt": (b"hello\n", "not_an_image"),
+    }
+    for name, (data, _) in bad.items():
+        drop(inbox / "S2", name, data)
+    good = drop(inbox / "S2", "good.jpg", jpeg)
+    with running(settings) as service:
+        quarantine = settings.quarantine_dir / "S2"
+        for name, (data, reason) in bad.items():
+            wait_for((quarantine / name).exists, what=f"{name} quarantined")
+            assert (quarantine / name).read_bytes() == data
+            note = (quarantine / f"{name}.reason.txt").read_text()
+            assert f"reason: {reason}" in note and str(inbox / "S2" / name) in note
+            result = result_of(client, "S2", name, data)
+            assert result is not None, name
+            assert (result.status, result.reason, result.rig_id) == ("rejected", reason, "rig-1")
+            assert result.error and result.source == str(inbox / "S2" / name)
+            assert not (inbox / "S2" / name).exists()
+        wait_for(lambda: len(entries(client)) == 1, what="the good frame queued")
+        assert entries(client)[0]["source"] == str(good)
+        assert service.frames_rejected == len(bad)
+        # The daemon keeps running; a frame a worker rejects is quarantined too.
+        complete(client, status="rejected", reason="undecodable", error="decoder said no")
+        wait_for((quarantine / "good.jpg").exists, what="worker-rejected frame quarantined")
+        assert "reason: undecodable" in (quarantine / "good.jpg.reason.txt").read_text()
+        assert not good.exists()
+
+
+def test_slowly_written_file_is_not_read_early(client, inbox, make_settings, running):
+    settings = make_settings(settle_seconds=1.0)
+    data = frame_bytes(7, size=384)
+    path = inbox / "S3" / "slow.jpg"
+    path.parent.mkdir()
+    chunks = [data[i: i + len(data) // 25 + 1] for i in range(0, len(data), len(data) // 25 + 1)]
+
+    def write_slowly() -> None:
+        with open(path, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+                handle.flush()
+                time.sleep(0.1)
+
+    with running(settings):
+        writer = threading.Thread(target=write_slowly)
+        started = time.monotonic()
+        writer.start()
+        queued = wait_for(lambda: entries(client), timeout=15, what="slow frame queued")
+        writer.join()
+        assert time.monotonic() - started >= 0.1 * len(chunks)
+        assert len(queued) == 1 and queued[0]["data"] == data
+        assert not settings.quarantine_dir.exists()
+
+
+def test_part_files_ignored_until_renamed(client, inbox, make_settings, running):
+    settings = make_settings()
+    data = frame_bytes(8)
+    part = drop(inbox / "S4", "frame.jpg.part", data)
+    drop(inbox / "S4", "frame2.tmp", data)
+    drop(inbox / "S4", ".hidden.jpg", data)
+    drop(inbox / ".staging", "x.jpg", data)
+    with running(settings):
+        control = drop(inbox / "S4", "control.jpg", frame_bytes(9))
+        wait_for(lambda: len(entries(client)) == 1, what="control frame queued")
+        time.sleep(0.5)  # a few more rescans
+        assert [e["source"] for e in entries(client)] == [str(control)]
+        assert part.exists() and not settings.quarantine_dir.exists()
+        final = part.with_name("frame.jpg")
+        os.rename(part, final)
+        wait_for(lambda: len(entries(client)) == 2, what="renamed frame queued")
+        assert entries(client)[1]["data"] == data and entries(client)[1]["source"] == str(final)
+
+
+def test_rename_into_place_is_taken_without_settling(client, inbox, make_settings, running):
+    settings = make_settings(settle_seconds=60)  # only the moved-to event can make it ready
+    with running(settings) as service:
+        if not service.watcher.using_events:
+            pytest.skip("no native file events on this system")
+        part = drop(inbox / "S5", "f.jpg.part", frame_bytes(10))
+        os.rename(part, part.with_name("f.jpg"))
+        wait_for(lambda: len(entries(client)) == 1, timeout=5, what="renamed frame queued")
+
+
+def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
+    settings = make_settings(max_backlog=2)
+    paths = [drop(inbox / "S6", f"f{i}.jpg", frame_bytes(20 + i)) for i in range(3)]
+    with running(settings) as service:
+        wait_for(lambda: len(entries(client)) == 2, what="two frames queued")
+        wait_for(lambda: heartbeat(client).get("state") == "paused_backpressure", what="pause")
+        assert service.state == "paused_backpressure"
+        time.sleep(0.6)  # several loop ticks while paused
+        assert len(entries(client)) == 2
+        assert complete(client)  # the backlog drains
+        wait_for(lambda: len(entries(client)) == 1, what="third frame queued after draining")
+        wait_for(lambda: heartbeat(client).get("state") == "watching", what="resume")
+        complete(client)
+        for path in paths:
+            wait_for(lambda p=path: (settings.archive_dir / "S6" / p.name).exists(),
+                     what=f"{path.name} archived")
+
+
+def test_bad_specimen_folders_are_quarantined(client, inbox, make_settings, running):
+    settings = make_settings()
+    data = frame_bytes(11)
+    drop(inbox / "bad name!", "a.jpg", data)
+    drop(inbox / "S7" / "deeper", "b.jpg", data)
+    drop(inbox / ("x" * 70), "c.jpg", data)
+    good = drop(inbox / "S7", "ok.jpg", data)
+    with running(settings):
+        quarantine = settings.quarantine_dir / UNASSIGNED
+        for name in ("a.jpg", "b.jpg", "c.jpg"):
+            wait_for((quarantine / name).exists, what=f"{name} quarantined")
+            note = (quarantine / f"{name}.reason.txt").read_text()
+            assert "reason: bad_location" in note
+        assert "nested too deep" in (quarantine / "b.jpg.reason.txt").read_text()
+        rejected = [r for r in ResultStore(client).page(None, 100)[0] if r.status == "rejected"]
+        assert sorted(r.reason for r in rejected) == ["bad_location"] * 3
+        wait_for(lambda: len(entries(client)) == 1, what="good frame queued")
+        assert entries(client)[0]["source"] == str(good)
+
+
+def test_polling_only(client, inbox, make_settings, running):
+    settings = make_settings(native_events=False)
+    with running(settings) as service:
+        assert not service.watcher.using_events
+        path = drop(inbox / "S8", "p.bmp", frame_bytes(12, ".bmp"))
+        part = drop(inbox / "S8", "q.tif.part", frame_bytes(13, ".tif"))
+        os.rename(part, part.with_name("q.tif"))
+        wait_for(lambda: len(entries(client)) == 2, what="frames queued by polling")
+        complete(client)
+        wait_for(lambda: not path.exists() and not part.with_name("q.tif").exists(),
+                 what="archived by polling capture")
+        assert (settings.archive_dir / "S8" / "p.bmp").exists()
+
+
+def test_sigterm_stops_cleanly(client, inbox, make_settings, tmp_path):
+    settings = make_settings()
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data_dir: {settings.data_dir}\n"
+        f"redis: {{url: '{settings.redis.url}'}}\n"
+        f"capture: {{directory: {inbox}, settle_seconds: 0.2, poll_seconds: 0.2}}\n"
+    )
+    process = subprocess.Popen([sys.executable, "-m", "capture", "--config", str(config)],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: heartbeat(client).get("state") == "watching" or process.poll(),
+                 timeout=30, what="capture process watching")
+        assert process.poll() is None, process.stdout.read().decode()
+        drop(inbox / "S9", "x.jpg", frame_bytes(14))
+        wait_for(lambda: entries(client), what="frame queued by the capture process")
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert heartbeat(client)["state"] == "stopped"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
