@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh machine with Python 3.11 and make:
+#   make run    creates .venv, installs, starts the all-in-one daemon on embedded defaults
+#   make test   creates .venv, installs (with test and training extras), runs the whole suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: install install-test system-deps run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	@touch $@
+
+install-test: $(VENV)/.installed-test
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(PIP) install -e '.[test,train]'
+	@touch $@
+
+# promtool and prometheus (Debian's prometheus package) for the deploy/ rule tests.
+system-deps:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  echo "installing Debian's prometheus package (promtool) for the rule tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+run: install
+	$(BIN)/leukoscope run --config config.yaml
+
+lint: install-test
+	$(BIN)/ruff check daemon capture tests
+
+test: install-test system-deps lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/leukoscope bench --config config.yaml
+
+clean:
+	rm -rf $(VENV) var inbox

@@ -1,0 +1,111 @@
+"""The HTTP API. Routes are thin: state comes from Redis through injected dependencies, and
+the OpenAPI schema is generated from the same pydantic models the workers store."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from typing import Annotated
+
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from daemon import __version__
+from daemon.broker import connect
+from daemon.config import Settings
+from daemon.metrics import RedisCollector
+from daemon.result import FrameResult, ResultPage
+from daemon.results import BadCursor, ResultStore
+from daemon.status import Readiness, StatusReader, StatusReport
+
+log = logging.getLogger(__name__)
+
+FRAME_ID = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
+    client = client or connect(settings)
+    started_at = time.time()
+    reader = StatusReader(client, settings, started_at)
+    store = ResultStore(client)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(client, reader.live_gauges))
+
+    app = FastAPI(
+        title="leukoscope",
+        version=__version__,
+        description="White-cell segmentation and ALL subtype classification results. "
+        "For research use only. Not for use in diagnostic procedures.",
+    )
+
+    def get_store() -> ResultStore:
+        return store
+
+    def get_reader() -> StatusReader:
+        return reader
+
+    Store = Annotated[ResultStore, Depends(get_store)]
+    Reader = Annotated[StatusReader, Depends(get_reader)]
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], response_model=Readiness,
+             responses={503: {"model": Readiness}})
+    def readyz(reader: Reader) -> JSONResponse:
+        readiness = reader.readiness()
+        return JSONResponse(status_code=200 if readiness.ready else 503,
+                            content=readiness.model_dump())
+
+    @app.get("/status", tags=["ops"])
+    def status(reader: Reader) -> StatusReport:
+        return reader.report()
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/results", tags=["results"], response_model=ResultPage,
+             response_model_by_alias=True)
+    def results(
+        store: Store,
+        after: Annotated[str | None, Query(
+            max_length=48, description="the `next` cursor of the previous page")] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
+    ) -> ResultPage:
+        try:
+            items, cursor = store.page(after, limit)
+        except BadCursor as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return ResultPage(items=items, next=cursor)
+
+    @app.get("/frames/{frame_id}", tags=["results"], response_model=FrameResult,
+             response_model_by_alias=True, responses={404: {"description": "no such frame"}})
+    def frame(store: Store, frame_id: str) -> FrameResult:
+        if not re.match(FRAME_ID, frame_id):
+            raise HTTPException(status_code=400, detail="frame_id must be 1-64 of [A-Za-z0-9_-]")
+        result = store.get(frame_id)
+        if result is None:
+            raise HTTPException(status_code=404, detail=f"no result for frame {frame_id}")
+        return result
+
+    return app
+
+
+def run_api(settings: Settings) -> int:
+    import uvicorn
+
+    app = create_app(settings)
+    log.info("api listening", extra={"host": settings.api.host, "port": settings.api.port})
+    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None,
+                access_log=False)
+    return 0

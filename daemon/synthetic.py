@@ -1,0 +1,54 @@
+"""Synthetic smear fields made in code: for tests and the benchmark (no patient data)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+BACKGROUND_RGB = (232, 226, 238)
+RED_CELL_RGB = (214, 168, 184)
+WHITE_CELL_RGB = (118, 62, 160)
+
+
+def smear_field(
+    rng: np.random.Generator, size: tuple[int, int] = (224, 224), white_cells: int = 2,
+    red_cells: int = 25, cell_radius: tuple[int, int] = (11, 15),
+) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """An RGB (H, W, 3) uint8 field and the (x, y, r) of its white cells.
+
+    Pale background, pink red cells with central pallor, purple round white cells placed
+    without overlapping each other, plus mild noise and blur like a camera frame.
+    """
+    height, width = size
+    image = np.empty((height, width, 3), dtype=np.uint8)
+    image[:] = BACKGROUND_RGB
+    for _ in range(red_cells):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        r = int(rng.integers(7, 10))
+        cv2.circle(image, (x, y), r, RED_CELL_RGB, -1, lineType=cv2.LINE_AA)
+        cv2.circle(image, (x, y), r // 2, (224, 200, 210), -1, lineType=cv2.LINE_AA)
+    placed: list[tuple[int, int, int]] = []
+    low, high = cell_radius
+    attempts = 0
+    while len(placed) < white_cells and attempts < 500:
+        attempts += 1
+        r = int(rng.integers(low, high + 1))
+        x = int(rng.integers(r + 2, width - r - 2))
+        y = int(rng.integers(r + 2, height - r - 2))
+        if all((x - px) ** 2 + (y - py) ** 2 > (r + pr + 6) ** 2 for px, py, pr in placed):
+            placed.append((x, y, r))
+    for x, y, r in placed:
+        cv2.circle(image, (x, y), r, WHITE_CELL_RGB, -1, lineType=cv2.LINE_AA)
+        cv2.circle(image, (x + r // 4, y - r // 4), max(2, r // 3), (90, 40, 130), -1)
+    noise = rng.normal(0, 3, image.shape)
+    image = np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+    return cv2.GaussianBlur(image, (3, 3), 0), placed
+
+
+def encode(image_rgb: np.ndarray, ext: str = ".jpg", quality: int = 92) -> bytes:
+    """RGB array -> encoded file bytes (.jpg, .png, .bmp, .tif)."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if ext in (".jpg", ".jpeg") else []
+    ok, buffer = cv2.imencode(ext, cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"cannot encode {ext}")
+    return buffer.tobytes()

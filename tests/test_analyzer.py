@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.analyzer import Analyzer
+from daemon.inference import Classifier, Segmenter, providers_for
+from daemon.manifest import ManifestError
+from daemon.synthetic import smear_field
+
+
+@pytest.fixture(scope="module")
+def analyzer(tiny_models: tuple[Path, Path]) -> Analyzer:
+    return Analyzer(Segmenter(tiny_models[0], "cpu"), Classifier(tiny_models[1], "cpu"))
+
+
+def test_finds_every_white_cell_and_classifies_it(analyzer: Analyzer) -> None:
+    rng = np.random.default_rng(7)
+    fields = [smear_field(rng, white_cells=n) for n in (0, 1, 3)]
+    analyses = analyzer.analyze([image for image, _ in fields])
+    for (_, truth), analysis in zip(fields, analyses, strict=True):
+        assert len(analysis.cells) == len(truth)
+        for x, y, r in truth:  # every drawn cell lies inside one found box
+            assert any(b.x <= x < b.x + b.w and b.y <= y < b.y + b.h for b in analysis.cells)
+        assert analysis.cell_probabilities.shape == (len(truth), 4)
+    assert analyses[0].frame_probabilities is None
+    described = analyzer.describe(analyses[2])
+    assert described["frame_class"] in analyzer.classes
+    assert abs(sum(described["frame_probabilities"].values()) - 1) < 1e-4
+    assert len(described["cells"]) == 3
+
+
+def test_frames_of_other_sizes_work(analyzer: Analyzer) -> None:
+    image, truth = smear_field(np.random.default_rng(3), size=(301, 457), white_cells=4)
+    (analysis,) = analyzer.analyze([image])
+    assert len(analysis.cells) == 4
+
+
+def test_batched_and_single_frames_agree(analyzer: Analyzer) -> None:
+    rng = np.random.default_rng(11)
+    images = [smear_field(rng, white_cells=2)[0] for _ in range(3)]
+    together = analyzer.analyze(images)
+    alone = [analyzer.analyze([image])[0] for image in images]
+    for a, b in zip(together, alone, strict=True):
+        assert np.allclose(a.cell_probabilities, b.cell_probabilities, atol=1e-5)
+
+
+def test_model_refs_carry_manifest_versions(analyzer: Analyzer) -> None:
+    refs = analyzer.model_refs()
+    assert refs["segmenter"].version == "0.0.1-test" and len(refs["classifier"].sha256) == 64
+
+
+def test_tampered_model_is_refused(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    for source in tiny_models[0].parent.glob("segmenter.*"):
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+    with (tmp_path / "segmenter.onnx").open("ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ManifestError, match="sha256"):
+        Segmenter(tmp_path / "segmenter.onnx", "cpu")
+
+
+def test_cpu_provider_on_a_machine_without_gpu() -> None:
+    assert providers_for("cpu") == ["CPUExecutionProvider"]
+    assert providers_for("auto")[-1] == "CPUExecutionProvider"

@@ -1,0 +1,65 @@
+import time
+
+import pytest
+import redis
+
+from daemon.result import FrameResult
+from daemon.results import BadCursor, ResultStore
+
+
+def result(frame_id: str, status: str = "done") -> FrameResult:
+    now = time.time()
+    return FrameResult(frame_id=frame_id, specimen_id="S1", source=f"/in/{frame_id}.jpg",
+                       rig_id="rig-1", status=status, captured_at=now - 1, completed_at=now)
+
+
+def test_a_frame_keeps_its_first_result(redis_client: redis.Redis) -> None:
+    store = ResultStore(redis_client)
+    assert store.store(result("a"))
+    assert not store.store(result("a", status="failed"))
+    assert store.get("a").status == "done"
+    assert store.count() == 1
+
+
+def test_cursor_polling_never_misses_or_repeats(redis_client: redis.Redis) -> None:
+    store = ResultStore(redis_client)
+    seen: list[str] = []
+    cursor = None
+    for batch in range(5):
+        for i in range(7):
+            store.store(result(f"f{batch}-{i}"))
+        while True:
+            items, cursor = store.page(cursor, 3)
+            if not items:
+                break
+            seen += [item.frame_id for item in items]
+    assert seen == [f"f{b}-{i}" for b in range(5) for i in range(7)]
+    items, same = store.page(cursor, 3)
+    assert items == [] and same == cursor
+
+
+def test_first_page_without_cursor_starts_at_oldest(redis_client: redis.Redis) -> None:
+    store = ResultStore(redis_client)
+    assert store.page(None, 10) == ([], "0-0")
+    store.store(result("x"))
+    items, _ = store.page(None, 10)
+    assert [i.frame_id for i in items] == ["x"]
+
+
+@pytest.mark.parametrize("cursor", ["abc", "1-", "-1", "1-2-3", "1700000000000-0; DROP"])
+def test_malformed_cursor(redis_client: redis.Redis, cursor: str) -> None:
+    with pytest.raises(BadCursor):
+        ResultStore(redis_client).page(cursor, 10)
+
+
+def test_outcome_counters_counted_once(redis_client: redis.Redis) -> None:
+    from daemon import metrics
+
+    store = ResultStore(redis_client)
+    rejected = result("r", "rejected").model_copy(update={"reason": "truncated"})
+    store.store(rejected)
+    store.store(rejected)
+    raw = {k.decode(): float(v) for k, v in redis_client.hgetall(metrics.METRICS_KEY).items()}
+    key = metrics.counter("leukoscope_frames_rejected_total",
+                          {"rig": "rig-1", "reason": "truncated"})[0][0]
+    assert raw[key] == 1.0
