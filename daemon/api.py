@@ -1,7 +1,6 @@
 """The HTTP API. Routes are thin: state comes from Redis through injected dependencies, and
 the OpenAPI schema is generated from the same pydantic models the workers store."""
 
-from __future__ import annotations
 
 import logging
 import re
@@ -27,6 +26,18 @@ log = logging.getLogger(__name__)
 FRAME_ID = r"^[A-Za-z0-9_-]{1,64}$"
 
 
+def get_store(request: Request) -> ResultStore:
+    return request.app.state.store
+
+
+def get_reader(request: Request) -> StatusReader:
+    return request.app.state.reader
+
+
+Store = Annotated[ResultStore, Depends(get_store)]
+Reader = Annotated[StatusReader, Depends(get_reader)]
+
+
 def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
     client = client or connect(settings)
     started_at = time.time()
@@ -42,14 +53,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         "For research use only. Not for use in diagnostic procedures.",
     )
 
-    def get_store() -> ResultStore:
-        return store
-
-    def get_reader() -> StatusReader:
-        return reader
-
-    Store = Annotated[ResultStore, Depends(get_store)]
-    Reader = Annotated[StatusReader, Depends(get_reader)]
+    app.state.store = store
+    app.state.reader = reader
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:

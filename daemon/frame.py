@@ -18,6 +18,8 @@ REJECT_REASONS = (
     "truncated",
     "undecodable",
     "too_large",
+    "unreadable",
+    "bad_location",
 )
 
 

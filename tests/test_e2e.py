@@ -1,0 +1,148 @@
+"""The whole product path: files in a watched folder -> `leukoscope run` -> results over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import (
+    Daemon, http_json, start_daemon, synthetic_jpeg, wait_for, write_frame,
+)
+
+
+def metric_value(text: str, sample: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def metrics_text(daemon: Daemon) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{daemon.api_url}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def archived(daemon: Daemon) -> list[Path]:
+    return sorted(p for p in (daemon.data_dir / "archive").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, tiny_models: tuple[Path, Path]):
+    d = start_daemon(tmp_path / "d", tiny_models, workers={"count": 2})
+    yield d
+    d.stop()
+
+
+def test_frames_in_results_out_files_archived_metrics_counted(daemon: Daemon) -> None:
+    n = 12
+    for i in range(n):
+        write_frame(daemon.inbox / "SPEC-001", f"field-{i:03d}.jpg", synthetic_jpeg(i, 1 + i % 3))
+    write_frame(daemon.inbox, "loose.png", synthetic_jpeg(99))  # straight in the inbox
+    wait_for(lambda: len(daemon.results()) == n + 1, 60, "all results")
+    results = daemon.results()
+    assert len({r["frame_id"] for r in results}) == n + 1
+    by_source = {Path(r["source"]).name: r for r in results}
+    assert by_source["loose.png"]["specimen_id"] == "unassigned"
+    for i in range(n):
+        r = by_source[f"field-{i:03d}.jpg"]
+        assert r["status"] == "done" and r["specimen_id"] == "SPEC-001"
+        assert len(r["cells"]) == 1 + i % 3
+        assert r["models"]["segmenter"]["version"] == "0.0.1-test"
+        assert r["completed_at"] >= r["captured_at"]
+        code, one = http_json(f"{daemon.api_url}/frames/{r['frame_id']}")
+        assert code == 200 and one == r
+    wait_for(lambda: len(archived(daemon)) == n + 1, 30, "originals archived")
+    assert not any(p.is_file() for p in daemon.inbox.rglob("*"))
+    text = metrics_text(daemon)
+    assert metric_value(text, 'leukoscope_frames_processed_total{outcome="done",rig="rig-1"}') == n + 1
+    assert metric_value(text, 'leukoscope_frames_captured_total{rig="rig-1"}') == n + 1
+    cells = sum(metric_value(text, f'leukoscope_cells_classified_total{{class="{c}"}}')
+                for c in ("benign", "early_pre_b", "pre_b", "pro_b"))
+    assert cells == sum(len(r["cells"]) for r in results)
+    assert metric_value(text, "leukoscope_frame_latency_seconds_count") == n + 1
+    assert metric_value(text, "leukoscope_workers_up") == 2
+    _, status = http_json(f"{daemon.api_url}/status")
+    assert len(status["workers"]) == 2 and status["results_stored"] == n + 1
+    assert status["captures"][0]["state"] == "watching"
+
+
+def test_bad_files_are_quarantined_and_the_daemon_keeps_running(daemon: Daemon) -> None:
+    good = synthetic_jpeg(5)
+    bad = {"empty.jpg": b"", "text.jpg": b"just some text", "cut.jpg": good[: len(good) // 2],
+           "corrupt.png": b"\x89PNG\r\n\x1a\n" + os.urandom(300) + b"IEND\xaeB`\x82"}
+    for name, data in bad.items():
+        write_frame(daemon.inbox / "S2", name, data)
+    write_frame(daemon.inbox / "S2", "good.jpg", good)
+    wait_for(lambda: len(daemon.results()) == 5, 60, "five results")
+    results = {Path(r["source"]).name: r for r in daemon.results()}
+    assert results["good.jpg"]["status"] == "done"
+    reasons = {name: results[name]["reason"] for name in bad}
+    assert reasons == {"empty.jpg": "empty_file", "text.jpg": "not_an_image",
+                       "cut.jpg": "truncated", "corrupt.png": "undecodable"}
+    quarantine = daemon.data_dir / "quarantine"
+    wait_for(lambda: len(list(quarantine.rglob("*.reason.txt"))) == 4, 30, "reason files")
+    for name in bad:
+        assert list(quarantine.rglob(name)), name
+    assert daemon.process.poll() is None
+    text = metrics_text(daemon)
+    assert metric_value(
+        text, 'leukoscope_frames_rejected_total{reason="truncated",rig="rig-1"}') == 1
+
+
+def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
+    n = 30
+    for i in range(n):
+        write_frame(daemon.inbox / "S3", f"f{i:03d}.jpg", synthetic_jpeg(1000 + i, 3))
+    wait_for(lambda: len(daemon.results()) >= 3, 60, "processing to start")
+    _, status = http_json(f"{daemon.api_url}/status")
+    victim = status["workers"][0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(daemon.results()) >= n, 90, "every frame after the kill")
+    time.sleep(1.0)
+    results = daemon.results()
+    assert len(results) == n and len({r["frame_id"] for r in results}) == n
+    assert all(r["status"] == "done" for r in results)
+    text = metrics_text(daemon)
+    assert metric_value(text, 'leukoscope_worker_restarts_total{role="worker"}') >= 1
+
+
+def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    first = start_daemon(tmp_path / "d", tiny_models)
+    for i in range(5):
+        write_frame(first.inbox / "S4", f"f{i}.jpg", synthetic_jpeg(2000 + i))
+    wait_for(lambda: len(first.results()) == 5, 60, "results")
+    started = time.monotonic()
+    assert first.stop() == 0
+    assert time.monotonic() - started < 10
+    # A frame arrives while the daemon is down; the old ones are archived already.
+    write_frame(first.inbox / "S4", "late.jpg", synthetic_jpeg(3000))
+    second = start_daemon(tmp_path / "d", tiny_models)
+    try:
+        wait_for(lambda: len(second.results()) == 6, 60, "the late frame")
+        time.sleep(1.5)
+        results = second.results()
+        assert len(results) == 6 and len({r["frame_id"] for r in results}) == 6
+    finally:
+        second.stop()
+
+
+def test_api_input_errors(running_daemon: Daemon) -> None:
+    base = running_daemon.api_url
+    assert http_json(f"{base}/results?after=garbage")[0] == 400
+    assert http_json(f"{base}/results?limit=0")[0] == 422
+    assert http_json(f"{base}/results?limit=100000")[0] == 422
+    code, body = http_json(f"{base}/frames/nope")
+    assert code == 404 and "nope" in body["detail"]
+    assert http_json(f"{base}/frames/bad%20id")[0] == 400
+    assert http_json(f"{base}/healthz") == (200, {"status": "ok"})
+    code, ready = http_json(f"{base}/readyz")
+    assert code == 200 and ready["ready"]
+    code, schema = http_json(f"{base}/openapi.json")
+    assert "FrameResult" in schema["components"]["schemas"]
