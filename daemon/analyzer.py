@@ -50,7 +50,9 @@ class Analyzer:
 
     def model_refs(self) -> dict[str, ModelRef]:
         return {
-            kind: ModelRef(name=m.manifest.name, version=m.manifest.version, sha256=m.manifest.sha256)
+            kind: ModelRef(
+                name=m.manifest.name, version=m.manifest.version, sha256=m.manifest.sha256
+            )
             for kind, m in (("segmenter", self.segmenter), ("classifier", self.classifier))
         }
 

@@ -1,7 +1,6 @@
 """The HTTP API. Routes are thin: state comes from Redis through injected dependencies, and
 the OpenAPI schema is generated from the same pydantic models the workers store."""
 
-
 import logging
 import re
 import time
@@ -64,12 +63,14 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], response_model=Readiness,
-             responses={503: {"model": Readiness}})
+    @app.get(
+        "/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}}
+    )
     def readyz(reader: Reader) -> JSONResponse:
         readiness = reader.readiness()
-        return JSONResponse(status_code=200 if readiness.ready else 503,
-                            content=readiness.model_dump())
+        return JSONResponse(
+            status_code=200 if readiness.ready else 503, content=readiness.model_dump()
+        )
 
     @app.get("/status", tags=["ops"])
     def status(reader: Reader) -> StatusReport:
@@ -79,12 +80,12 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/results", tags=["results"], response_model=ResultPage,
-             response_model_by_alias=True)
+    @app.get("/results", tags=["results"], response_model=ResultPage, response_model_by_alias=True)
     def results(
         store: Store,
-        after: Annotated[str | None, Query(
-            max_length=48, description="the `next` cursor of the previous page")] = None,
+        after: Annotated[
+            str | None, Query(max_length=48, description="the `next` cursor of the previous page")
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
     ) -> ResultPage:
         try:
@@ -93,8 +94,13 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             raise HTTPException(status_code=400, detail=str(exc)) from exc
         return ResultPage(items=items, next=cursor)
 
-    @app.get("/frames/{frame_id}", tags=["results"], response_model=FrameResult,
-             response_model_by_alias=True, responses={404: {"description": "no such frame"}})
+    @app.get(
+        "/frames/{frame_id}",
+        tags=["results"],
+        response_model=FrameResult,
+        response_model_by_alias=True,
+        responses={404: {"description": "no such frame"}},
+    )
     def frame(store: Store, frame_id: str) -> FrameResult:
         if not re.match(FRAME_ID, frame_id):
             raise HTTPException(status_code=400, detail="frame_id must be 1-64 of [A-Za-z0-9_-]")
@@ -111,6 +117,7 @@ def run_api(settings: Settings) -> int:
 
     app = create_app(settings)
     log.info("api listening", extra={"host": settings.api.host, "port": settings.api.port})
-    uvicorn.run(app, host=settings.api.host, port=settings.api.port, log_config=None,
-                access_log=False)
+    uvicorn.run(
+        app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+    )
     return 0

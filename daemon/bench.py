@@ -66,8 +66,9 @@ def _get(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
-def bench_daemon(settings: Settings, frames: list[bytes], timeout: float = 600
-                 ) -> tuple[float, list[float]]:
+def bench_daemon(
+    settings: Settings, frames: list[bytes], timeout: float = 600
+) -> tuple[float, list[float]]:
     """Returns (frames/s, capture-to-result latencies in seconds)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
@@ -81,8 +82,9 @@ def bench_daemon(settings: Settings, frames: list[bytes], timeout: float = 600
         config_file = root / "config.yaml"
         config_file.write_text(yaml.safe_dump(config))
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
-        daemon = subprocess.Popen([sys.executable, "-m", "daemon", "run", "--config",
-                                   str(config_file)], env=env)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(config_file)], env=env
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 120
@@ -103,7 +105,7 @@ def bench_daemon(settings: Settings, frames: list[bytes], timeout: float = 600
             while len(results) < len(frames):
                 if time.time() > deadline:
                     raise RuntimeError(f"only {len(results)} of {len(frames)} results in time")
-                query = f"?limit=1000" + (f"&after={cursor}" if cursor else "")
+                query = "?limit=1000" + (f"&after={cursor}" if cursor else "")
                 code, page = _get(f"{base}/results{query}")
                 if code == 200:
                     results += page["items"]
@@ -121,8 +123,9 @@ def bench_daemon(settings: Settings, frames: list[bytes], timeout: float = 600
                 daemon.kill()
 
 
-def run_bench(settings: Settings, config_path: str | None, count: int, as_json: bool,
-              images: str | None) -> int:
+def run_bench(
+    settings: Settings, config_path: str | None, count: int, as_json: bool, images: str | None
+) -> int:
     frames = bench_frames(count, images)
     bare = bench_bare(settings, frames)
     daemon_fps, latencies = bench_daemon(settings, frames)
@@ -140,9 +143,13 @@ def run_bench(settings: Settings, config_path: str | None, count: int, as_json: 
     else:
         print(f"frames            {count} ({'synthetic' if not images else images})")
         print(f"bare models       {report['bare_fps']:.1f} frames/s")
-        print(f"through daemon    {report['daemon_fps']:.1f} frames/s "
-              f"({settings.workers.count} worker(s))")
+        print(
+            f"through daemon    {report['daemon_fps']:.1f} frames/s "
+            f"({settings.workers.count} worker(s))"
+        )
         print(f"ratio daemon/bare {report['ratio']:.3f}")
-        print(f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
-              "(capture to stored result; all frames delivered at once)")
+        print(
+            f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
+            "(capture to stored result; all frames delivered at once)"
+        )
     return 0

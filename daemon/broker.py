@@ -105,6 +105,4 @@ def redis_url(settings: Settings) -> str:
 
 def connect(settings: Settings) -> redis.Redis:
     """A client for this installation's Redis (bytes responses, health-checked)."""
-    return redis.Redis.from_url(
-        redis_url(settings), health_check_interval=30
-    )
+    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)

@@ -21,8 +21,11 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
     for path in paths:
         if path.is_dir():
             for file in sorted(path.rglob("*")):
-                if (file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
-                        and not file.name.startswith(".")):
+                if (
+                    file.is_file()
+                    and file.suffix.lower() in IMAGE_SUFFIXES
+                    and not file.name.startswith(".")
+                ):
                     yield file
         else:
             yield path
@@ -42,8 +45,13 @@ def classify_files(
         analyses = analyzer.analyze([image for *_, image in pending])  # type: ignore[misc]
         for (path, frame_id, captured, _), analysis in zip(pending, analyses, strict=True):
             result = FrameResult(
-                frame_id=frame_id, specimen_id=_specimen(path), source=str(path), status="done",
-                captured_at=captured, completed_at=time.time(), models=analyzer.model_refs(),
+                frame_id=frame_id,
+                specimen_id=_specimen(path),
+                source=str(path),
+                status="done",
+                captured_at=captured,
+                completed_at=time.time(),
+                models=analyzer.model_refs(),
                 timings_ms={k: round(v, 3) for k, v in analysis.timings_ms.items()},
                 **analyzer.describe(analysis),
             )
@@ -59,11 +67,19 @@ def classify_files(
         except (OSError, FrameRejected) as exc:
             reason = exc.reason if isinstance(exc, FrameRejected) else "unreadable"
             message = exc.message if isinstance(exc, FrameRejected) else str(exc)
-            out.write(FrameResult(
-                frame_id=frame_id_for(_specimen(path), path.name, b""), specimen_id=_specimen(path),
-                source=str(path), status="rejected", reason=reason, error=message,
-                captured_at=captured, completed_at=time.time(),
-            ).to_json() + "\n")
+            out.write(
+                FrameResult(
+                    frame_id=frame_id_for(_specimen(path), path.name, b""),
+                    specimen_id=_specimen(path),
+                    source=str(path),
+                    status="rejected",
+                    reason=reason,
+                    error=message,
+                    captured_at=captured,
+                    completed_at=time.time(),
+                ).to_json()
+                + "\n"
+            )
             failed += 1
             continue
         pending.append((path, frame_id_for(_specimen(path), path.name, data), captured, image))

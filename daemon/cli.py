@@ -93,13 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=0, help="worker number on this host")
     worker.add_argument("--id", default=None, help="consumer name (default: <host>-w<index>)")
     command("api", cmd_api, "serve status, results and metrics over HTTP")
-    classify = command("classify", cmd_classify,
-                       "classify image files in-process (no Redis); prints JSON Lines")
+    classify = command(
+        "classify", cmd_classify, "classify image files in-process (no Redis); prints JSON Lines"
+    )
     classify.add_argument("paths", nargs="+", help="image files or folders")
     bench = command("bench", cmd_bench, "measure bare-model and through-daemon throughput")
     bench.add_argument("--frames", type=int, default=200)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--images", default=None, help="folder of images to use (default: synthetic)")
+    bench.add_argument(
+        "--images", default=None, help="folder of images to use (default: synthetic)"
+    )
     status = command("status", cmd_status, "print the daemon's /status as a table")
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
     try:

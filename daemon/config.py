@@ -34,7 +34,9 @@ class CaptureSettings(_Section):
     directory: Path = Path("inbox")
     rig_id: str = Field(default="rig-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     settle_seconds: float = Field(
-        default=1.0, gt=0, description="a file is taken once its size and mtime are unchanged this long"
+        default=1.0,
+        gt=0,
+        description="a file is taken once its size and mtime are unchanged this long",
     )
     poll_seconds: float = Field(default=1.0, gt=0, description="rescan interval (network shares)")
     native_events: bool = Field(default=True, description="use inotify & co. where the OS has them")

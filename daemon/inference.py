@@ -73,8 +73,11 @@ class OnnxModel:
         self.input_type = self.session.get_inputs()[0].type
         log.info(
             "model loaded",
-            extra={"model": self.manifest.name, "version": self.manifest.version,
-                   "provider": self.provider},
+            extra={
+                "model": self.manifest.name,
+                "version": self.manifest.version,
+                "provider": self.provider,
+            },
         )
 
     def _feed(self, tensor: np.ndarray) -> dict[str, np.ndarray]:

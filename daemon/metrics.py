@@ -37,26 +37,57 @@ class MetricDef:
 CATALOGUE: dict[str, MetricDef] = {
     m.name: m
     for m in (
-        MetricDef("leukoscope_frames_captured_total", "counter",
-                  "Frames taken by capture and queued (or rejected at capture).", ("rig",)),
-        MetricDef("leukoscope_frames_processed_total", "counter",
-                  "Frames with a stored result, by outcome (done, rejected, failed).",
-                  ("rig", "outcome")),
-        MetricDef("leukoscope_frames_rejected_total", "counter",
-                  "Frames refused, by reason (bounded set of reason codes).", ("rig", "reason")),
-        MetricDef("leukoscope_cells_classified_total", "counter",
-                  "Cells classified, by predicted class.", ("class",)),
-        MetricDef("leukoscope_frame_latency_seconds", "histogram",
-                  "Time from capture to stored result.", (), LATENCY_BUCKETS),
-        MetricDef("leukoscope_stage_seconds", "histogram",
-                  "Time per frame in each worker stage (queue_wait, decode, segment, crop, "
-                  "classify, store).", ("stage",), STAGE_BUCKETS),
-        MetricDef("leukoscope_batch_frames", "histogram",
-                  "Frames per worker batch.", (), BATCH_BUCKETS),
-        MetricDef("leukoscope_batch_cells", "histogram",
-                  "Cell crops per worker batch.", (), BATCH_BUCKETS),
-        MetricDef("leukoscope_worker_restarts_total", "counter",
-                  "Child processes restarted by the supervisor.", ("role",)),
+        MetricDef(
+            "leukoscope_frames_captured_total",
+            "counter",
+            "Frames taken by capture and queued (or rejected at capture).",
+            ("rig",),
+        ),
+        MetricDef(
+            "leukoscope_frames_processed_total",
+            "counter",
+            "Frames with a stored result, by outcome (done, rejected, failed).",
+            ("rig", "outcome"),
+        ),
+        MetricDef(
+            "leukoscope_frames_rejected_total",
+            "counter",
+            "Frames refused, by reason (bounded set of reason codes).",
+            ("rig", "reason"),
+        ),
+        MetricDef(
+            "leukoscope_cells_classified_total",
+            "counter",
+            "Cells classified, by predicted class.",
+            ("class",),
+        ),
+        MetricDef(
+            "leukoscope_frame_latency_seconds",
+            "histogram",
+            "Time from capture to stored result.",
+            (),
+            LATENCY_BUCKETS,
+        ),
+        MetricDef(
+            "leukoscope_stage_seconds",
+            "histogram",
+            "Time per frame in each worker stage (queue_wait, decode, segment, crop, "
+            "classify, store).",
+            ("stage",),
+            STAGE_BUCKETS,
+        ),
+        MetricDef(
+            "leukoscope_batch_frames", "histogram", "Frames per worker batch.", (), BATCH_BUCKETS
+        ),
+        MetricDef(
+            "leukoscope_batch_cells", "histogram", "Cell crops per worker batch.", (), BATCH_BUCKETS
+        ),
+        MetricDef(
+            "leukoscope_worker_restarts_total",
+            "counter",
+            "Child processes restarted by the supervisor.",
+            ("role",),
+        ),
     )
 }
 
@@ -142,8 +173,12 @@ class RedisCollector(Collector):
             yield from self.live()
 
 
-def gauge(name: str, help_text: str, labels: Iterable[str] = (),
-          samples: Iterable[tuple[list[str], float]] = ()) -> GaugeMetricFamily:
+def gauge(
+    name: str,
+    help_text: str,
+    labels: Iterable[str] = (),
+    samples: Iterable[tuple[list[str], float]] = (),
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, help_text, labels=list(labels))
     for label_values, value in samples:
         family.add_metric(label_values, value)

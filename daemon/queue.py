@@ -72,16 +72,25 @@ class FrameQueue:
 
     # --- capture side -------------------------------------------------------------------
     def enqueue(
-        self, frame_id: str, specimen_id: str, source: str, rig_id: str, data: bytes,
+        self,
+        frame_id: str,
+        specimen_id: str,
+        source: str,
+        rig_id: str,
+        data: bytes,
         captured_at: float | None = None,
     ) -> str:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'."""
         captured = time.time() if captured_at is None else captured_at
         inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
-        (field_name, _), = metrics.counter("leukoscope_frames_captured_total", {"rig": rig_id})
+        ((field_name, _),) = metrics.counter("leukoscope_frames_captured_total", {"rig": rig_id})
         fields = {
-            "frame_id": frame_id, "specimen_id": specimen_id, "source": source,
-            "rig_id": rig_id, "captured_at": repr(captured), "data": data,
+            "frame_id": frame_id,
+            "specimen_id": specimen_id,
+            "source": source,
+            "rig_id": rig_id,
+            "captured_at": repr(captured),
+            "data": data,
         }
         args: list = [frame_id, inflight, field_name]
         for key, value in fields.items():
@@ -132,11 +141,15 @@ class FrameQueue:
             data=fields[b"data"],
         )
 
-    def read(self, consumer: str, count: int, block_ms: int, own_pending: bool = False
-             ) -> list[Delivery]:
+    def read(
+        self, consumer: str, count: int, block_ms: int, own_pending: bool = False
+    ) -> list[Delivery]:
         """New entries for ``consumer`` (or, with own_pending, the ones it already holds)."""
         reply = self.client.xreadgroup(
-            GROUP, consumer, {STREAM_KEY: "0" if own_pending else ">"}, count=count,
+            GROUP,
+            consumer,
+            {STREAM_KEY: "0" if own_pending else ">"},
+            count=count,
             block=None if own_pending else block_ms,
         )
         if not reply:

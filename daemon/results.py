@@ -84,11 +84,20 @@ class ResultStore:
         """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
         increments = outcome_increments(result) + list(extra)
         args = [
-            result.to_json(), result.frame_id, result.status, result.rig_id or "",
-            self.group, ack_entry or "", *metrics.flatten(increments),
+            result.to_json(),
+            result.frame_id,
+            result.status,
+            result.rig_id or "",
+            self.group,
+            ack_entry or "",
+            *metrics.flatten(increments),
         ]
-        keys = [RESULT_KEY.format(result.frame_id), LOG_KEY, metrics.METRICS_KEY,
-                self.frames_stream or "lks:none"]
+        keys = [
+            RESULT_KEY.format(result.frame_id),
+            LOG_KEY,
+            metrics.METRICS_KEY,
+            self.frames_stream or "lks:none",
+        ]
         return bool(self._store(keys=keys, args=args))
 
     def exists(self, frame_id: str) -> bool:
@@ -137,7 +146,9 @@ class ResultStore:
             return []
         return [
             LogEntry(
-                entry_id.decode(), fields[b"frame_id"].decode(), fields[b"status"].decode(),
+                entry_id.decode(),
+                fields[b"frame_id"].decode(),
+                fields[b"status"].decode(),
                 fields.get(b"rig", b"").decode(),
             )
             for entry_id, fields in reply[0][1]

@@ -71,10 +71,14 @@ class StatusReader:
 
     def report(self) -> StatusReport:
         stale = self.settings.workers.stale_after_seconds
-        workers = [WorkerStatus.model_validate(w)
-                   for w in registry.members(self.client, registry.WORKERS_KEY, stale)]
-        captures = [CaptureStatus.model_validate(c)
-                    for c in registry.members(self.client, registry.CAPTURES_KEY, stale)]
+        workers = [
+            WorkerStatus.model_validate(w)
+            for w in registry.members(self.client, registry.WORKERS_KEY, stale)
+        ]
+        captures = [
+            CaptureStatus.model_validate(c)
+            for c in registry.members(self.client, registry.CAPTURES_KEY, stale)
+        ]
         models: dict[str, ModelRef] = {}
         for worker in workers:
             if worker.alive:
@@ -85,8 +89,11 @@ class StatusReader:
             uptime_seconds=round(time.time() - self.started_at, 3),
             redis="up",
             results_stored=self.results.count(),
-            backlog=Backlog(length=self.queue.backlog(), pending=self.queue.pending(),
-                            max_backlog=self.settings.queue.max_backlog),
+            backlog=Backlog(
+                length=self.queue.backlog(),
+                pending=self.queue.pending(),
+                max_backlog=self.settings.queue.max_backlog,
+            ),
             captures=captures,
             workers=workers,
             models=list(models.values()),
@@ -100,8 +107,10 @@ class StatusReader:
         report = self.report()
         reasons = []
         if not any(w.alive for w in report.workers):
-            reasons.append("no worker has sent a heartbeat in the last "
-                           f"{self.settings.workers.stale_after_seconds:g} s (models not loaded?)")
+            reasons.append(
+                "no worker has sent a heartbeat in the last "
+                f"{self.settings.workers.stale_after_seconds:g} s (models not loaded?)"
+            )
         if report.backlog.length > 4 * report.backlog.max_backlog:
             reasons.append(f"backlog {report.backlog.length} frames is over its bound")
         return Readiness(ready=not reasons, reasons=reasons)
@@ -109,20 +118,49 @@ class StatusReader:
     def live_gauges(self):
         """Gauge families computed at scrape time."""
         report = self.report()
-        yield gauge("leukoscope_queue_backlog_frames", "Frames queued and not yet stored.",
-                    samples=[([], report.backlog.length)])
-        yield gauge("leukoscope_queue_pending_frames", "Frames held by a worker, not yet acked.",
-                    samples=[([], report.backlog.pending)])
-        yield gauge("leukoscope_workers_up", "Workers with a fresh heartbeat.",
-                    samples=[([], sum(w.alive for w in report.workers))])
-        yield gauge("leukoscope_worker_heartbeat_age_seconds", "Seconds since a worker's beat.",
-                    ["worker"], [([w.id], w.heartbeat_age_seconds) for w in report.workers])
-        yield gauge("leukoscope_capture_up", "1 while the capture of a rig sends heartbeats.",
-                    ["rig"], [([c.id], float(c.alive)) for c in report.captures])
-        yield gauge("leukoscope_model_info", "Models the live workers run.",
-                    ["kind", "name", "version", "sha256"],
-                    [(list(labels), 1.0) for labels in sorted({
+        yield gauge(
+            "leukoscope_queue_backlog_frames",
+            "Frames queued and not yet stored.",
+            samples=[([], report.backlog.length)],
+        )
+        yield gauge(
+            "leukoscope_queue_pending_frames",
+            "Frames held by a worker, not yet acked.",
+            samples=[([], report.backlog.pending)],
+        )
+        yield gauge(
+            "leukoscope_workers_up",
+            "Workers with a fresh heartbeat.",
+            samples=[([], sum(w.alive for w in report.workers))],
+        )
+        yield gauge(
+            "leukoscope_worker_heartbeat_age_seconds",
+            "Seconds since a worker's beat.",
+            ["worker"],
+            [([w.id], w.heartbeat_age_seconds) for w in report.workers],
+        )
+        yield gauge(
+            "leukoscope_capture_up",
+            "1 while the capture of a rig sends heartbeats.",
+            ["rig"],
+            [([c.id], float(c.alive)) for c in report.captures],
+        )
+        yield gauge(
+            "leukoscope_model_info",
+            "Models the live workers run.",
+            ["kind", "name", "version", "sha256"],
+            [
+                (list(labels), 1.0)
+                for labels in sorted(
+                    {
                         (kind, ref.name, ref.version, ref.sha256)
-                        for w in report.workers if w.alive for kind, ref in w.models.items()})])
-        yield gauge("leukoscope_build_info", "leukoscope version.", ["version"],
-                    [([__version__], 1.0)])
+                        for w in report.workers
+                        if w.alive
+                        for kind, ref in w.models.items()
+                    }
+                )
+            ],
+        )
+        yield gauge(
+            "leukoscope_build_info", "leukoscope version.", ["version"], [([__version__], 1.0)]
+        )

@@ -12,8 +12,9 @@ from daemon.config import Settings
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
     body = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])
@@ -27,19 +28,41 @@ def format_status(status: dict) -> str:
         f"backlog {backlog['length']} frames ({backlog['pending']} in progress, "
         f"bound {backlog['max_backlog']})",
         "",
-        _table(["capture", "host", "state", "queued", "rejected", "beat age", "directory"], [
-            [c["id"], c.get("host") or "", c["state"] if c["alive"] else "DOWN",
-             str(c["frames_queued"]), str(c["frames_rejected"]),
-             f"{c['heartbeat_age_seconds']:.1f}s", c.get("directory") or ""]
-            for c in status["captures"]]),
+        _table(
+            ["capture", "host", "state", "queued", "rejected", "beat age", "directory"],
+            [
+                [
+                    c["id"],
+                    c.get("host") or "",
+                    c["state"] if c["alive"] else "DOWN",
+                    str(c["frames_queued"]),
+                    str(c["frames_rejected"]),
+                    f"{c['heartbeat_age_seconds']:.1f}s",
+                    c.get("directory") or "",
+                ]
+                for c in status["captures"]
+            ],
+        ),
         "",
-        _table(["worker", "host", "provider", "alive", "frames", "beat age"], [
-            [w["id"], w["host"], w["provider"], "yes" if w["alive"] else "NO",
-             str(w["frames_done"]), f"{w['heartbeat_age_seconds']:.1f}s"]
-            for w in status["workers"]]),
+        _table(
+            ["worker", "host", "provider", "alive", "frames", "beat age"],
+            [
+                [
+                    w["id"],
+                    w["host"],
+                    w["provider"],
+                    "yes" if w["alive"] else "NO",
+                    str(w["frames_done"]),
+                    f"{w['heartbeat_age_seconds']:.1f}s",
+                ]
+                for w in status["workers"]
+            ],
+        ),
         "",
-        _table(["model", "version", "sha256"],
-               [[m["name"], m["version"], m["sha256"][:16]] for m in status["models"]]),
+        _table(
+            ["model", "version", "sha256"],
+            [[m["name"], m["version"], m["sha256"][:16]] for m in status["models"]],
+        ),
     ]
     return "\n".join(out)
 

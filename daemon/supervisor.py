@@ -47,8 +47,9 @@ class Supervisor:
         self.started_redis = False
         self.env = dict(os.environ)
         self.children = [Child("capture", [])]
-        self.children += [Child("worker", ["--index", str(i)])
-                          for i in range(settings.workers.count)]
+        self.children += [
+            Child("worker", ["--index", str(i)]) for i in range(settings.workers.count)
+        ]
         self.children.append(Child("api", []))
 
     def _command(self, child: Child) -> list[str]:
@@ -70,11 +71,15 @@ class Supervisor:
         child.restarts += 1
         child.next_start = time.monotonic() + delay
         child.process = None
-        log.error("child exited; restarting", extra={
-            "child": child.name, "exit_code": code, "restart_in_seconds": delay})
+        log.error(
+            "child exited; restarting",
+            extra={"child": child.name, "exit_code": code, "restart_in_seconds": delay},
+        )
         try:
-            metrics.record(self.client, metrics.counter(
-                "leukoscope_worker_restarts_total", {"role": child.role}))
+            metrics.record(
+                self.client,
+                metrics.counter("leukoscope_worker_restarts_total", {"role": child.role}),
+            )
         except Exception:  # metrics must never stop a restart
             log.warning("could not record restart metric")
 

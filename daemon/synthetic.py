@@ -11,8 +11,11 @@ WHITE_CELL_RGB = (118, 62, 160)
 
 
 def smear_field(
-    rng: np.random.Generator, size: tuple[int, int] = (224, 224), white_cells: int = 2,
-    red_cells: int = 25, cell_radius: tuple[int, int] = (11, 15),
+    rng: np.random.Generator,
+    size: tuple[int, int] = (224, 224),
+    white_cells: int = 2,
+    red_cells: int = 25,
+    cell_radius: tuple[int, int] = (11, 15),
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """An RGB (H, W, 3) uint8 field and the (x, y, r) of its white cells.
 

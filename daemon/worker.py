@@ -62,12 +62,21 @@ class Worker:
             return
         self._last_beat = now
         refs = self.analyzer.model_refs()
-        registry.beat(self.client, registry.WORKERS_KEY, self.id, {
-            "id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-            "provider": self.analyzer.provider, "started_at": self.started_at,
-            "frames_done": self.frames_done, "version": __version__,
-            "models": {k: v.model_dump() for k, v in refs.items()},
-        })
+        registry.beat(
+            self.client,
+            registry.WORKERS_KEY,
+            self.id,
+            {
+                "id": self.id,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "provider": self.analyzer.provider,
+                "started_at": self.started_at,
+                "frames_done": self.frames_done,
+                "version": __version__,
+                "models": {k: v.model_dump() for k, v in refs.items()},
+            },
+        )
 
     def run(self) -> None:
         self.analyzer.warm_up()
@@ -92,12 +101,15 @@ class Worker:
         if time.monotonic() - self._last_claim > claim_every:
             self._last_claim = time.monotonic()
             batch = self.queue.reclaim(
-                self.id, int(self.settings.queue.claim_idle_seconds * 1000),
+                self.id,
+                int(self.settings.queue.claim_idle_seconds * 1000),
                 self.settings.workers.batch_frames,
             )
             if batch:
-                log.warning("reclaimed frames of a silent worker",
-                            extra={"worker": self.id, "count": len(batch)})
+                log.warning(
+                    "reclaimed frames of a silent worker",
+                    extra={"worker": self.id, "count": len(batch)},
+                )
         if not batch:
             batch = self.queue.read(self.id, self.settings.workers.batch_frames, block_ms)
         if batch:
@@ -107,9 +119,16 @@ class Worker:
     # --- the work -----------------------------------------------------------------------
     def _result(self, d: Delivery, status: str, **fields: object) -> FrameResult:
         return FrameResult(
-            frame_id=d.frame_id, specimen_id=d.specimen_id, source=d.source, rig_id=d.rig_id,
-            status=status, captured_at=d.captured_at, completed_at=time.time(),
-            models=self.analyzer.model_refs(), worker=self.id, **fields,
+            frame_id=d.frame_id,
+            specimen_id=d.specimen_id,
+            source=d.source,
+            rig_id=d.rig_id,
+            status=status,
+            captured_at=d.captured_at,
+            completed_at=time.time(),
+            models=self.analyzer.model_refs(),
+            worker=self.id,
+            **fields,
         )
 
     def process(self, batch: list[Delivery]) -> None:
@@ -123,8 +142,12 @@ class Worker:
                 self.store.store(self._result(d, "failed"), ack_entry=d.entry_id)
                 continue
             if d.deliveries > self.settings.queue.max_deliveries:
-                self._store(d, self._result(
-                    d, "failed", error=f"frame crashed or stalled {d.deliveries - 1} workers"))
+                self._store(
+                    d,
+                    self._result(
+                        d, "failed", error=f"frame crashed or stalled {d.deliveries - 1} workers"
+                    ),
+                )
                 continue
             decode_start = time.perf_counter()
             try:
@@ -144,32 +167,48 @@ class Worker:
                 self._store(d, self._result(d, "failed", error=f"analysis failed: {exc}"))
             return
         cells = sum(len(a.cells) for a in analyses)
-        batch_metrics = (metrics.histogram("leukoscope_batch_frames", len(ready))
-                         + metrics.histogram("leukoscope_batch_cells", cells))
+        batch_metrics = metrics.histogram(
+            "leukoscope_batch_frames", len(ready)
+        ) + metrics.histogram("leukoscope_batch_cells", cells)
         for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
-            timings = {"queue_wait": max(0.0, (started - d.captured_at) * 1000),
-                       "decode": d.decode_ms, **analysis.timings_ms}  # type: ignore[attr-defined]
-            result = self._result(d, "done", timings_ms={k: round(v, 3) for k, v in
-                                                         timings.items()},
-                                  **self.analyzer.describe(analysis))
+            timings = {
+                "queue_wait": max(0.0, (started - d.captured_at) * 1000),
+                "decode": d.decode_ms,
+                **analysis.timings_ms,
+            }  # type: ignore[attr-defined]
+            result = self._result(
+                d,
+                "done",
+                timings_ms={k: round(v, 3) for k, v in timings.items()},
+                **self.analyzer.describe(analysis),
+            )
             self._store(d, result, batch_metrics if i == 0 else [])
 
     def _store(self, d: Delivery, result: FrameResult, extra: list | None = None) -> None:
         store_start = time.perf_counter()
         stage = [
-            inc for name, ms in result.timings_ms.items()
+            inc
+            for name, ms in result.timings_ms.items()
             for inc in metrics.histogram("leukoscope_stage_seconds", ms / 1000, {"stage": name})
         ]
         new = self.store.store(result, ack_entry=d.entry_id, extra=stage + (extra or []))
         store_ms = (time.perf_counter() - store_start) * 1000
-        metrics.record(self.client, metrics.histogram(
-            "leukoscope_stage_seconds", store_ms / 1000, {"stage": "store"}))
+        metrics.record(
+            self.client,
+            metrics.histogram("leukoscope_stage_seconds", store_ms / 1000, {"stage": "store"}),
+        )
         if new:
             self.frames_done += 1
-        log.info("frame stored" if new else "duplicate frame acknowledged", extra={
-            "frame_id": d.frame_id, "specimen_id": d.specimen_id, "status": result.status,
-            "frame_class": result.frame_class, "cells": len(result.cells),
-        })
+        log.info(
+            "frame stored" if new else "duplicate frame acknowledged",
+            extra={
+                "frame_id": d.frame_id,
+                "specimen_id": d.specimen_id,
+                "status": result.status,
+                "frame_class": result.frame_class,
+                "cells": len(result.cells),
+            },
+        )
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> int:

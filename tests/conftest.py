@@ -51,8 +51,7 @@ def redis_client(redis_url: str) -> redis.Redis:
 def settings_dict(root: Path, models: tuple[Path, Path], **overrides: object) -> dict:
     data: dict = {
         "data_dir": str(root / "var"),
-        "capture": {"directory": str(root / "inbox"), "settle_seconds": 0.3,
-                    "poll_seconds": 0.3},
+        "capture": {"directory": str(root / "inbox"), "settle_seconds": 0.3, "poll_seconds": 0.3},
         "queue": {"claim_idle_seconds": 2.0},
         "workers": {"count": 1, "device": "cpu", "heartbeat_seconds": 0.5, "threads": 1},
         "models": {"segmenter": str(models[0]), "classifier": str(models[1])},
@@ -67,8 +66,9 @@ def settings_dict(root: Path, models: tuple[Path, Path], **overrides: object) ->
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, tiny_models: tuple[Path, Path], redis_url: str
-                  ) -> Callable[..., Settings]:
+def make_settings(
+    tmp_path: Path, tiny_models: tuple[Path, Path], redis_url: str
+) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
         data = settings_dict(tmp_path, tiny_models, redis={"url": redis_url}, **overrides)
         return load_settings(None, **data)
@@ -157,13 +157,15 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(
-        settings_dict(root, models, api={"port": port}, **overrides)))
+    config.write_text(yaml.safe_dump(settings_dict(root, models, api={"port": port}, **overrides)))
     log = root / "daemon.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
     process = subprocess.Popen(
         [sys.executable, "-m", "daemon", "run", "--config", str(config)],
-        cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
     )
     daemon = Daemon(root, config, f"http://127.0.0.1:{port}", process, log)
 
@@ -180,8 +182,9 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
 
 
 @pytest.fixture(scope="module")
-def running_daemon(tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
-                   ) -> Iterator[Daemon]:
+def running_daemon(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: tuple[Path, Path]
+) -> Iterator[Daemon]:
     """A daemon that has processed a few frames (for ops tests that need live metrics)."""
     daemon = start_daemon(tmp_path_factory.mktemp("daemon"), tiny_models)
     try:

@@ -20,7 +20,7 @@ def test_finds_every_white_cell_and_classifies_it(analyzer: Analyzer) -> None:
     analyses = analyzer.analyze([image for image, _ in fields])
     for (_, truth), analysis in zip(fields, analyses, strict=True):
         assert len(analysis.cells) == len(truth)
-        for x, y, r in truth:  # every drawn cell lies inside one found box
+        for x, y, _ in truth:  # every drawn cell lies inside one found box
             assert any(b.x <= x < b.x + b.w and b.y <= y < b.y + b.h for b in analysis.cells)
         assert analysis.cell_probabilities.shape == (len(truth), 4)
     assert analyses[0].frame_probabilities is None

@@ -29,12 +29,15 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     assert load_settings(tmp_path / "c.yaml").api.port == 9000
 
 
-@pytest.mark.parametrize("text, key", [
-    ("api: {port: eighty}\n", "api.port"),
-    ("workers: {device: tpu}\n", "workers.device"),
-    ("capture: {directroy: x}\n", "capture.directroy"),
-    ("queue: {max_backlog: 0}\n", "queue.max_backlog"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("api: {port: eighty}\n", "api.port"),
+        ("workers: {device: tpu}\n", "workers.device"),
+        ("capture: {directroy: x}\n", "capture.directroy"),
+        ("queue: {max_backlog: 0}\n", "queue.max_backlog"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
     (tmp_path / "c.yaml").write_text(text)
     with pytest.raises(ConfigError) as info:

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import (
-    Daemon, http_json, start_daemon, synthetic_jpeg, wait_for, write_frame,
+    Daemon,
+    http_json,
+    start_daemon,
+    synthetic_jpeg,
+    wait_for,
+    write_frame,
 )
 
 
@@ -60,10 +65,14 @@ def test_frames_in_results_out_files_archived_metrics_counted(daemon: Daemon) ->
     wait_for(lambda: len(archived(daemon)) == n + 1, 30, "originals archived")
     assert not any(p.is_file() for p in daemon.inbox.rglob("*"))
     text = metrics_text(daemon)
-    assert metric_value(text, 'leukoscope_frames_processed_total{outcome="done",rig="rig-1"}') == n + 1
+    assert (
+        metric_value(text, 'leukoscope_frames_processed_total{outcome="done",rig="rig-1"}') == n + 1
+    )
     assert metric_value(text, 'leukoscope_frames_captured_total{rig="rig-1"}') == n + 1
-    cells = sum(metric_value(text, f'leukoscope_cells_classified_total{{class="{c}"}}')
-                for c in ("benign", "early_pre_b", "pre_b", "pro_b"))
+    cells = sum(
+        metric_value(text, f'leukoscope_cells_classified_total{{class="{c}"}}')
+        for c in ("benign", "early_pre_b", "pre_b", "pro_b")
+    )
     assert cells == sum(len(r["cells"]) for r in results)
     assert metric_value(text, "leukoscope_frame_latency_seconds_count") == n + 1
     assert metric_value(text, "leukoscope_workers_up") == 2
@@ -74,8 +83,12 @@ def test_frames_in_results_out_files_archived_metrics_counted(daemon: Daemon) ->
 
 def test_bad_files_are_quarantined_and_the_daemon_keeps_running(daemon: Daemon) -> None:
     good = synthetic_jpeg(5)
-    bad = {"empty.jpg": b"", "text.jpg": b"just some text", "cut.jpg": good[: len(good) // 2],
-           "corrupt.png": b"\x89PNG\r\n\x1a\n" + os.urandom(300) + b"IEND\xaeB`\x82"}
+    bad = {
+        "empty.jpg": b"",
+        "text.jpg": b"just some text",
+        "cut.jpg": good[: len(good) // 2],
+        "corrupt.png": b"\x89PNG\r\n\x1a\n" + os.urandom(300) + b"IEND\xaeB`\x82",
+    }
     for name, data in bad.items():
         write_frame(daemon.inbox / "S2", name, data)
     write_frame(daemon.inbox / "S2", "good.jpg", good)
@@ -83,16 +96,21 @@ def test_bad_files_are_quarantined_and_the_daemon_keeps_running(daemon: Daemon) 
     results = {Path(r["source"]).name: r for r in daemon.results()}
     assert results["good.jpg"]["status"] == "done"
     reasons = {name: results[name]["reason"] for name in bad}
-    assert reasons == {"empty.jpg": "empty_file", "text.jpg": "not_an_image",
-                       "cut.jpg": "truncated", "corrupt.png": "undecodable"}
+    assert reasons == {
+        "empty.jpg": "empty_file",
+        "text.jpg": "not_an_image",
+        "cut.jpg": "truncated",
+        "corrupt.png": "undecodable",
+    }
     quarantine = daemon.data_dir / "quarantine"
     wait_for(lambda: len(list(quarantine.rglob("*.reason.txt"))) == 4, 30, "reason files")
     for name in bad:
         assert list(quarantine.rglob(name)), name
     assert daemon.process.poll() is None
     text = metrics_text(daemon)
-    assert metric_value(
-        text, 'leukoscope_frames_rejected_total{reason="truncated",rig="rig-1"}') == 1
+    assert (
+        metric_value(text, 'leukoscope_frames_rejected_total{reason="truncated",rig="rig-1"}') == 1
+    )
 
 
 def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
@@ -113,7 +131,8 @@ def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
 
 
 def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
-        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
     first = start_daemon(tmp_path / "d", tiny_models)
     for i in range(5):
         write_frame(first.inbox / "S4", f"f{i}.jpg", synthetic_jpeg(2000 + i))

@@ -18,11 +18,14 @@ def test_decodes_each_format_to_rgb(field: np.ndarray, ext: str) -> None:
     assert np.abs(image.astype(int) - field.astype(int)).mean() < 3
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty_file"),
-    (b"hello, this is text", "not_an_image"),
-    (b"%PDF-1.4 not an image", "not_an_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty_file"),
+        (b"hello, this is text", "not_an_image"),
+        (b"%PDF-1.4 not an image", "not_an_image"),
+    ],
+)
 def test_rejects_non_images(data: bytes, reason: str) -> None:
     with pytest.raises(FrameRejected) as info:
         decode_rgb(data)

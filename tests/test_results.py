@@ -9,8 +9,15 @@ from daemon.results import BadCursor, ResultStore
 
 def result(frame_id: str, status: str = "done") -> FrameResult:
     now = time.time()
-    return FrameResult(frame_id=frame_id, specimen_id="S1", source=f"/in/{frame_id}.jpg",
-                       rig_id="rig-1", status=status, captured_at=now - 1, completed_at=now)
+    return FrameResult(
+        frame_id=frame_id,
+        specimen_id="S1",
+        source=f"/in/{frame_id}.jpg",
+        rig_id="rig-1",
+        status=status,
+        captured_at=now - 1,
+        completed_at=now,
+    )
 
 
 def test_a_frame_keeps_its_first_result(redis_client: redis.Redis) -> None:
@@ -60,6 +67,7 @@ def test_outcome_counters_counted_once(redis_client: redis.Redis) -> None:
     store.store(rejected)
     store.store(rejected)
     raw = {k.decode(): float(v) for k, v in redis_client.hgetall(metrics.METRICS_KEY).items()}
-    key = metrics.counter("leukoscope_frames_rejected_total",
-                          {"rig": "rig-1", "reason": "truncated"})[0][0]
+    key = metrics.counter(
+        "leukoscope_frames_rejected_total", {"rig": "rig-1", "reason": "truncated"}
+    )[0][0]
     assert raw[key] == 1.0

@@ -16,7 +16,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon import CLASS_CODES
 from daemon.manifest import (
-    CellFilter, ClassSpec, CropSpec, InputSpec, ModelManifest, file_sha256, write_manifest,
+    CellFilter,
+    ClassSpec,
+    CropSpec,
+    InputSpec,
+    ModelManifest,
+    file_sha256,
+    write_manifest,
 )
 
 CROP = 32
@@ -45,17 +51,26 @@ def build_segmenter(folder: Path) -> Path:
         helper.make_node("Sigmoid", ["logit"], ["mask"]),
     ]
     graph = helper.make_graph(
-        nodes, "tiny-segmenter",
+        nodes,
+        "tiny-segmenter",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])],
         [helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "H", "W"])],
         inits,
     )
     _save(graph, path)
-    write_manifest(ModelManifest(
-        name="tiny-segmenter", kind="segmenter", version="0.0.1-test", file=path.name,
-        sha256=file_sha256(path), input=InputSpec(name="image", size=(224, 224)),
-        outputs=["mask"], cells=CellFilter(threshold=0.5, min_area_px=60, max_area_px=20000),
-    ), path.with_suffix(".json"))
+    write_manifest(
+        ModelManifest(
+            name="tiny-segmenter",
+            kind="segmenter",
+            version="0.0.1-test",
+            file=path.name,
+            sha256=file_sha256(path),
+            input=InputSpec(name="image", size=(224, 224)),
+            outputs=["mask"],
+            cells=CellFilter(threshold=0.5, min_area_px=60, max_area_px=20000),
+        ),
+        path.with_suffix(".json"),
+    )
     return path
 
 
@@ -74,18 +89,29 @@ def build_classifier(folder: Path) -> Path:
         helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
     ]
     graph = helper.make_graph(
-        nodes, "tiny-classifier",
+        nodes,
+        "tiny-classifier",
         [helper.make_tensor_value_info("crop", TensorProto.FLOAT, ["N", 3, CROP, CROP])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
-         helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, CROP, CROP])],
+        [
+            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, CROP, CROP]),
+        ],
         inits,
     )
     _save(graph, path)
-    write_manifest(ModelManifest(
-        name="tiny-classifier", kind="classifier", version="0.0.1-test", file=path.name,
-        sha256=file_sha256(path), input=InputSpec(name="crop", size=(CROP, CROP)),
-        outputs=["probabilities", "cam"],
-        classes=[ClassSpec(code=c, display=c) for c in CLASS_CODES],
-        crop=CropSpec(margin=0.25, min_side_px=32), aggregation="mean",
-    ), path.with_suffix(".json"))
+    write_manifest(
+        ModelManifest(
+            name="tiny-classifier",
+            kind="classifier",
+            version="0.0.1-test",
+            file=path.name,
+            sha256=file_sha256(path),
+            input=InputSpec(name="crop", size=(CROP, CROP)),
+            outputs=["probabilities", "cam"],
+            classes=[ClassSpec(code=c, display=c) for c in CLASS_CODES],
+            crop=CropSpec(margin=0.25, min_side_px=32),
+            aggregation="mean",
+        ),
+        path.with_suffix(".json"),
+    )
     return path
