@@ -52,6 +52,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         "For research use only. Not for use in diagnostic procedures.",
     )
 
+    app.state.settings = settings
+    app.state.client = client
     app.state.store = store
     app.state.reader = reader
 
