@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import yaml
-
 from test_prometheus_rules import KNOWN, metric_names
 
 try:
