@@ -9,6 +9,7 @@ reprocessed frame is never counted twice.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -17,6 +18,9 @@ from dataclasses import dataclass
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+
+from daemon import CLASS_CODES
+from daemon.frame import REJECT_REASONS
 
 METRICS_KEY = "lks:metrics"
 
@@ -93,6 +97,16 @@ CATALOGUE: dict[str, MetricDef] = {
 
 Increment = tuple[str, float]
 
+# Label values known in advance: counters start at 0 for each, so rate()/increase() return
+# data before the first event (a dashboard panel of restarts shows 0, not "no data").
+# Rig ids are not known in advance: they are taken from the rigs seen in any sample.
+KNOWN_LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "outcome": ("done", "rejected", "failed"),
+    "class": CLASS_CODES,
+    "role": ("capture", "worker", "api"),
+    "reason": REJECT_REASONS,
+}
+
 
 def _field(name: str, labels: dict[str, str], part: str = "") -> str:
     return json.dumps([name, labels, part], sort_keys=True, separators=(",", ":"))
@@ -146,11 +160,14 @@ class RedisCollector(Collector):
         raw = self.client.hgetall(METRICS_KEY)
         counters: dict[str, dict[tuple, float]] = {}
         hists: dict[str, dict[tuple, dict[str, float]]] = {}
+        rigs: set[str] = set()
         for key, value in raw.items():
             name, labels, part = json.loads(key)
             if name not in CATALOGUE:
                 continue
             label_key = tuple(labels.get(label, "") for label in CATALOGUE[name].labels)
+            if "rig" in labels:
+                rigs.add(labels["rig"])
             if CATALOGUE[name].kind == "counter":
                 counters.setdefault(name, {})[label_key] = float(value)
             else:
@@ -158,6 +175,11 @@ class RedisCollector(Collector):
         for name, metric in CATALOGUE.items():
             if metric.kind == "counter":
                 family = CounterMetricFamily(name, metric.help, labels=metric.labels)
+                known = {**KNOWN_LABEL_VALUES, "rig": tuple(sorted(rigs))}
+                if all(label in known for label in metric.labels):
+                    values = [known[label] for label in metric.labels]
+                    for combination in itertools.product(*values):
+                        counters.setdefault(name, {}).setdefault(combination, 0.0)
                 for label_values, value in sorted(counters.get(name, {}).items()):
                     family.add_metric(list(label_values), value)
             else:
