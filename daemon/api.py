@@ -3,6 +3,7 @@ the OpenAPI schema is generated from the same pydantic models the workers store.
 
 import logging
 import re
+import signal
 import time
 from typing import Annotated
 
@@ -118,6 +119,10 @@ def run_api(settings: Settings) -> int:
     import uvicorn
 
     app = create_app(settings)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the
+    # handlers that were there before it; no-op handlers make that a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
     log.info("api listening", extra={"host": settings.api.host, "port": settings.api.port})
     uvicorn.run(
         app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -55,10 +62,86 @@ class QueueSettings(_Section):
     )
 
 
+class TlsSettings(_Section):
+    certfile: Path | None = Field(default=None, description="PEM certificate (chain) for HTTPS")
+    keyfile: Path | None = Field(default=None, description="PEM private key for HTTPS")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        return self
+
+
 class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_page: int = Field(default=1000, gt=0)
+    tls: TlsSettings = TlsSettings()
+    max_body_bytes: int = Field(
+        default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"
+    )
+
+
+class ApiKey(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    role: Literal["ingest", "read", "admin"]
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key (leukoscope keygen)"
+    )
+
+
+class AuthSettings(_Section):
+    keys: list[ApiKey] = Field(
+        default=[], description="API keys; none: the API is open and binds to loopback only"
+    )
+    protect_health: bool = Field(default=False, description="require a key for /healthz")
+    protect_ready: bool = Field(default=False, description="require a key for /readyz")
+    protect_metrics: bool = Field(default=False, description="require a key for /metrics")
+
+
+class MllpSettings(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ack_timeout_seconds: float = Field(default=10.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    retry_initial_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+
+
+class LisSettings(_Section):
+    statement: str = Field(
+        default="For research use only. Not for use in diagnostic procedures.",
+        min_length=1,
+        description="carried by every specimen report (FHIR and HL7)",
+    )
+    sending_application: str = "LEUKOSCOPE"
+    sending_facility: str = "LAB"
+    receiving_application: str = "LIS"
+    receiving_facility: str = "LAB"
+    mllp: MllpSettings | None = Field(
+        default=None, description="push completed specimens' ORU^R01 over MLLP"
+    )
+
+
+class SpecimenSettings(_Section):
+    idle_complete_seconds: float | None = Field(
+        default=1800.0, gt=0, description="an open specimen idle this long completes; null: never"
+    )
+    complete_grace_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a requested completion waits this long at most for frames still in flight",
+    )
+    low_confidence: float = Field(
+        default=0.6, gt=0, le=1, description="a cell whose top probability is below is counted"
+    )
+
+
+class ResultsSettings(_Section):
+    retention_days: float | None = Field(
+        default=None, gt=0, description="frames' results older than this are trimmed; null: keep"
+    )
 
 
 class WorkerSettings(_Section):
@@ -69,6 +152,9 @@ class WorkerSettings(_Section):
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     stale_after_seconds: float = Field(default=15.0, gt=0)
+    forget_after_seconds: float = Field(
+        default=300.0, gt=0, description="a worker silent this long is dropped from /status"
+    )
     fp16: bool = Field(default=False, description="use the fp16 model files on CUDA")
 
 
@@ -95,6 +181,10 @@ class Settings(BaseSettings):
     workers: WorkerSettings = WorkerSettings()
     models: ModelSettings = ModelSettings()
     logging: LoggingSettings = LoggingSettings()
+    auth: AuthSettings = AuthSettings()
+    lis: LisSettings = LisSettings()
+    specimens: SpecimenSettings = SpecimenSettings()
+    results: ResultsSettings = ResultsSettings()
 
     @field_validator("data_dir")
     @classmethod
@@ -186,4 +276,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     settings.capture.directory = _resolve(settings.capture.directory, base)
     settings.models.segmenter = _resolve(settings.models.segmenter, base)
     settings.models.classifier = _resolve(settings.models.classifier, base)
+    if settings.api.tls.certfile is not None:
+        settings.api.tls.certfile = _resolve(settings.api.tls.certfile, base)
+    if settings.api.tls.keyfile is not None:
+        settings.api.tls.keyfile = _resolve(settings.api.tls.keyfile, base)
     return settings

@@ -71,6 +71,10 @@ class StatusReader:
 
     def report(self) -> StatusReport:
         stale = self.settings.workers.stale_after_seconds
+        # A dead worker stays listed (alive: false) for a while so ops see it, then goes.
+        registry.prune(
+            self.client, registry.WORKERS_KEY, self.settings.workers.forget_after_seconds
+        )
         workers = [
             WorkerStatus.model_validate(w)
             for w in registry.members(self.client, registry.WORKERS_KEY, stale)

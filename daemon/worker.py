@@ -28,9 +28,13 @@ from daemon.results import ResultStore
 log = logging.getLogger(__name__)
 
 
+def host_name() -> str:
+    """The host name shown in /status; LEUKOSCOPE_HOSTNAME overrides it (containers, tests)."""
+    return os.environ.get("LEUKOSCOPE_HOSTNAME") or socket.gethostname()
+
+
 def default_worker_id(index: int = 0) -> str:
-    host = os.environ.get("LEUKOSCOPE_HOSTNAME") or socket.gethostname()
-    return f"{host}-w{index}"
+    return f"{host_name()}-w{index}"
 
 
 class Worker:
@@ -68,7 +72,7 @@ class Worker:
             self.id,
             {
                 "id": self.id,
-                "host": socket.gethostname(),
+                "host": host_name(),
                 "pid": os.getpid(),
                 "provider": self.analyzer.provider,
                 "started_at": self.started_at,
