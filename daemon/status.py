@@ -25,6 +25,7 @@ class WorkerStatus(BaseModel):
     alive: bool
     frames_done: int
     models: dict[str, ModelRef] = {}
+    gpus: list[dict] = []
 
 
 class CaptureStatus(BaseModel):

@@ -21,6 +21,7 @@ from daemon.analyzer import Analyzer
 from daemon.broker import connect
 from daemon.config import Settings
 from daemon.frame import FrameRejected, decode_rgb
+from daemon.gpu import gpu_stats
 from daemon.queue import STREAM_KEY, Delivery, FrameQueue
 from daemon.result import FrameResult
 from daemon.results import ResultStore
@@ -43,7 +44,9 @@ class Worker:
         self.id = worker_id
         self.client = connect(settings)
         self.queue = FrameQueue(self.client)
-        self.store = ResultStore(self.client, STREAM_KEY, "workers")
+        self.store = ResultStore(
+            self.client, STREAM_KEY, "workers", settings.specimens.low_confidence
+        )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
         self.stopping = threading.Event()
         self.frames_done = 0
@@ -79,6 +82,7 @@ class Worker:
                 "frames_done": self.frames_done,
                 "version": __version__,
                 "models": {k: v.model_dump() for k, v in refs.items()},
+                "gpus": gpu_stats() if self.analyzer.provider.startswith("CUDA") else [],
             },
         )
 
