@@ -166,6 +166,20 @@ class StatusReader:
                 )
             ],
         )
+        gpus = [(w.id, g) for w in report.workers if w.alive for g in w.gpus]
+        if gpus:
+            yield gauge(
+                "leukoscope_gpu_utilization_ratio",
+                "GPU busy share (NVML), per worker.",
+                ["worker", "gpu"],
+                [([wid, str(g["index"])], g["utilization_ratio"]) for wid, g in gpus],
+            )
+            yield gauge(
+                "leukoscope_gpu_memory_used_bytes",
+                "GPU memory in use (NVML), per worker.",
+                ["worker", "gpu"],
+                [([wid, str(g["index"])], g["memory_used_bytes"]) for wid, g in gpus],
+            )
         yield gauge(
             "leukoscope_build_info", "leukoscope version.", ["version"], [([__version__], 1.0)]
         )
