@@ -14,6 +14,7 @@ import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -108,8 +109,14 @@ KNOWN_LABEL_VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+@lru_cache(maxsize=4096)
+def _field_cached(name: str, labels: tuple[tuple[str, str], ...], part: str) -> str:
+    return json.dumps([name, dict(labels), part], sort_keys=True, separators=(",", ":"))
+
+
 def _field(name: str, labels: dict[str, str], part: str = "") -> str:
-    return json.dumps([name, labels, part], sort_keys=True, separators=(",", ":"))
+    # Field names repeat endlessly on the per-frame path: build each one once.
+    return _field_cached(name, tuple(sorted(labels.items())), part)
 
 
 def counter(name: str, labels: dict[str, str] | None = None, amount: float = 1) -> list[Increment]:

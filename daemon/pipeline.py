@@ -40,10 +40,13 @@ def to_tensor(images_rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     batch = images_rgb[None] if images_rgb.ndim == 3 else images_rgb
     if spec.channel_order == "BGR":
         batch = batch[..., ::-1]
-    mean = np.asarray(spec.mean, dtype=np.float32) * 255.0
-    scale = 1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)
-    tensor = (batch.astype(np.float32) - mean) * scale
-    return np.ascontiguousarray(tensor.transpose(0, 3, 1, 2))
+    # Transpose while still uint8 (4x fewer bytes to move), then normalize in place.
+    tensor = np.ascontiguousarray(batch.transpose(0, 3, 1, 2)).astype(np.float32)
+    mean = (np.asarray(spec.mean, dtype=np.float32) * 255.0).reshape(1, 3, 1, 1)
+    scale = (1.0 / (np.asarray(spec.std, dtype=np.float32) * 255.0)).reshape(1, 3, 1, 1)
+    tensor -= mean
+    tensor *= scale
+    return tensor
 
 
 def pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:

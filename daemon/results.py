@@ -82,6 +82,36 @@ class ResultStore:
         extra: Iterable[metrics.Increment] = (),
     ) -> bool:
         """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
+        keys, args = self._script_call(result, ack_entry, extra)
+        return bool(self._store(keys=keys, args=args))
+
+    def store_many(
+        self, items: list[tuple[FrameResult, str | None, list[metrics.Increment]]]
+    ) -> list[bool]:
+        """``store`` for a worker's batch in one round trip: [(result, ack_entry, extra)]."""
+        pipe = self.client.pipeline(transaction=False)
+        for result, ack_entry, extra in items:
+            keys, args = self._script_call(result, ack_entry, extra)
+            self._store(keys=keys, args=args, client=pipe)
+        return [bool(stored) for stored in pipe.execute()]
+
+    def ack(self, entry_id: str) -> None:
+        """Acknowledge and drop a queue entry whose frame already has a result."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.frames_stream, self.group, entry_id)
+        pipe.xdel(self.frames_stream, entry_id)
+        pipe.execute()
+
+    def existing(self, frame_ids: list[str]) -> set[str]:
+        """Which of ``frame_ids`` already have a result (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for frame_id in frame_ids:
+            pipe.exists(RESULT_KEY.format(frame_id))
+        return {f for f, hit in zip(frame_ids, pipe.execute(), strict=True) if hit}
+
+    def _script_call(
+        self, result: FrameResult, ack_entry: str | None, extra: Iterable[metrics.Increment]
+    ) -> tuple[list, list]:
         increments = outcome_increments(result) + list(extra)
         args = [
             result.to_json(),
@@ -98,7 +128,7 @@ class ResultStore:
             metrics.METRICS_KEY,
             self.frames_stream or "lks:none",
         ]
-        return bool(self._store(keys=keys, args=args))
+        return keys, args
 
     def exists(self, frame_id: str) -> bool:
         return bool(self.client.exists(RESULT_KEY.format(frame_id)))

@@ -140,83 +140,99 @@ class Worker:
         )
 
     def process(self, batch: list[Delivery]) -> None:
-        """Analyse a batch and store one result per frame (duplicates are acked only)."""
+        """Analyse a batch and store one result per frame (duplicates are acked only).
+
+        All of a batch's results are stored in one Redis round trip.
+        """
         started = time.time()
+        done_already = self.store.existing([d.frame_id for d in batch])
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
+        decode_ms: list[float] = []
+        outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]] = []
         for d in batch:
-            if self.store.exists(d.frame_id):
+            if d.frame_id in done_already:
                 # Stored by a worker that died before acknowledging: just ack.
-                self.store.store(self._result(d, "failed"), ack_entry=d.entry_id)
+                self.store.ack(d.entry_id)
+                log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
                 continue
             if d.deliveries > self.settings.queue.max_deliveries:
-                self._store(
-                    d,
-                    self._result(
-                        d, "failed", error=f"frame crashed or stalled {d.deliveries - 1} workers"
-                    ),
-                )
+                error = f"frame crashed or stalled {d.deliveries - 1} workers"
+                outcomes.append((d, self._result(d, "failed", error=error), []))
                 continue
             decode_start = time.perf_counter()
             try:
                 images.append(decode_rgb(d.data, self.settings.capture.max_frame_bytes))
             except FrameRejected as exc:
-                self._store(d, self._result(d, "rejected", error=exc.message, reason=exc.reason))
+                result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
+                outcomes.append((d, result, []))
                 continue
-            d.decode_ms = (time.perf_counter() - decode_start) * 1000  # type: ignore[attr-defined]
+            decode_ms.append((time.perf_counter() - decode_start) * 1000)
             ready.append(d)
-        if not ready:
-            return
+        if ready:
+            outcomes += self._analyse(ready, images, decode_ms, started)
+        if outcomes:
+            self._store_all(outcomes)
+
+    def _analyse(
+        self,
+        ready: list[Delivery],
+        images: list[np.ndarray],
+        decode_ms: list[float],
+        started: float,
+    ) -> list[tuple[Delivery, FrameResult, list[metrics.Increment]]]:
         try:
             analyses = self.analyzer.analyze(images)
         except Exception as exc:  # a model failure must not lose the frames
             log.exception("analysis failed", extra={"worker": self.id})
-            for d in ready:
-                self._store(d, self._result(d, "failed", error=f"analysis failed: {exc}"))
-            return
+            error = f"analysis failed: {exc}"
+            return [(d, self._result(d, "failed", error=error), []) for d in ready]
         cells = sum(len(a.cells) for a in analyses)
-        batch_metrics = metrics.histogram(
-            "leukoscope_batch_frames", len(ready)
-        ) + metrics.histogram("leukoscope_batch_cells", cells)
+        batch_metrics = metrics.histogram("leukoscope_batch_frames", len(ready))
+        batch_metrics += metrics.histogram("leukoscope_batch_cells", cells)
+        outcomes = []
         for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
             timings = {
                 "queue_wait": max(0.0, (started - d.captured_at) * 1000),
-                "decode": d.decode_ms,
+                "decode": decode_ms[i],
                 **analysis.timings_ms,
-            }  # type: ignore[attr-defined]
+            }
             result = self._result(
                 d,
                 "done",
                 timings_ms={k: round(v, 3) for k, v in timings.items()},
                 **self.analyzer.describe(analysis),
             )
-            self._store(d, result, batch_metrics if i == 0 else [])
+            stage = [
+                inc
+                for name, ms in timings.items()
+                for inc in metrics.histogram("leukoscope_stage_seconds", ms / 1000, {"stage": name})
+            ]
+            outcomes.append((d, result, stage + (batch_metrics if i == 0 else [])))
+        return outcomes
 
-    def _store(self, d: Delivery, result: FrameResult, extra: list | None = None) -> None:
+    def _store_all(
+        self, outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]]
+    ) -> None:
         store_start = time.perf_counter()
-        stage = [
-            inc
-            for name, ms in result.timings_ms.items()
-            for inc in metrics.histogram("leukoscope_stage_seconds", ms / 1000, {"stage": name})
-        ]
-        new = self.store.store(result, ack_entry=d.entry_id, extra=stage + (extra or []))
-        store_ms = (time.perf_counter() - store_start) * 1000
+        stored = self.store.store_many([(r, d.entry_id, extra) for d, r, extra in outcomes])
+        per_frame = (time.perf_counter() - store_start) / len(outcomes)
         metrics.record(
             self.client,
-            metrics.histogram("leukoscope_stage_seconds", store_ms / 1000, {"stage": "store"}),
+            metrics.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
         )
-        if new:
-            self.frames_done += 1
-        log.info(
-            "frame stored" if new else "duplicate frame acknowledged",
-            extra={
-                "frame_id": d.frame_id,
-                "specimen_id": d.specimen_id,
-                "status": result.status,
-                "frame_class": result.frame_class,
-                "cells": len(result.cells),
-            },
-        )
+        for (d, result, _), new in zip(outcomes, stored, strict=True):
+            self.frames_done += int(new)
+            log.info(
+                "frame stored" if new else "duplicate frame acknowledged",
+                extra={
+                    "frame_id": d.frame_id,
+                    "specimen_id": d.specimen_id,
+                    "status": result.status,
+                    "frame_class": result.frame_class,
+                    "cells": len(result.cells),
+                },
+            )
 
 
 def run_worker(settings: Settings, worker_id: str | None = None) -> int:
