@@ -1,0 +1,71 @@
+"""The command line as a person uses it: classify files, status as a table."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from daemon.synthetic import encode, smear_field
+from tests.conftest import REPO, Daemon
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "daemon", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_classify_walks_folders_and_prints_json_lines(
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "SPEC-9"
+    folder.mkdir()
+    counts = {}
+    for i, n in enumerate((1, 2, 3)):
+        image, _ = smear_field(rng, white_cells=n)
+        (folder / f"f{i}.png").write_bytes(encode(image, ".png"))
+        counts[f"f{i}.png"] = n
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "models": {"segmenter": str(tiny_models[0]), "classifier": str(tiny_models[1])},
+                "workers": {"device": "cpu"},
+            }
+        )
+    )
+    done = run_cli("classify", str(tmp_path), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    by_name = {Path(r["source"]).name: r for r in lines}
+    assert set(by_name) == {"f0.png", "f1.png", "f2.png", "broken.jpg"}
+    for name, n in counts.items():
+        assert by_name[name]["status"] == "done" and len(by_name[name]["cells"]) == n
+        assert by_name[name]["specimen_id"] == "SPEC-9"
+        assert by_name[name]["models"]["classifier"]["name"] == "tiny-classifier"
+    assert by_name["broken.jpg"]["status"] == "rejected"
+    assert by_name["broken.jpg"]["reason"] == "truncated"
+    missing = run_cli("classify", str(tmp_path / "nope"), "--config", str(config))
+    assert missing.returncode == 2 and "no such file" in missing.stderr
+
+
+def test_status_prints_tables(running_daemon: Daemon) -> None:
+    out = run_cli("status", "--url", running_daemon.api_url)
+    assert out.returncode == 0, out.stderr
+    assert "worker" in out.stdout and "CPUExecutionProvider" in out.stdout
+    assert "tiny-classifier" in out.stdout and "watching" in out.stdout
+    down = run_cli("status", "--url", "http://127.0.0.1:9")
+    assert down.returncode == 1 and "cannot reach" in down.stderr
