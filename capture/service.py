@@ -21,7 +21,10 @@ from pathlib import Path
 import redis
 
 from capture.archiver import Archiver
+from capture.intake import Intake, SourceFrame, derived_frame_id, expand
 from capture.layout import BAD_LOCATION, UNASSIGNED, is_image_name
+from capture.markers import MarkerScanner
+from capture.mover import move_file
 from capture.watcher import InboxWatcher, Ready
 from daemon import metrics, registry
 from daemon.broker import connect
@@ -30,6 +33,7 @@ from daemon.frame import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_
 from daemon.queue import FrameQueue, Inflight
 from daemon.result import FrameResult
 from daemon.results import ResultStore
+from daemon.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,13 @@ class CaptureService:
             Path(os.path.abspath(settings.archive_dir)),
             Path(os.path.abspath(settings.quarantine_dir)),
             owner=self.watcher.owner, on_moved=self.watcher.release,
+        )
+        self.intake = Intake(settings, self.client, self.queue, self.results, self.rig_id)
+        self.markers = MarkerScanner(
+            self.inbox,
+            SpecimenStore(self.client, mllp_enabled=settings.lis.mllp is not None),
+            settings.specimens.complete_grace_seconds,
+            settings.capture.poll_seconds,
         )
         self.stopping = threading.Event()
         self.state = "starting"
@@ -104,6 +115,7 @@ class CaptureService:
             while not self.stopping.is_set():
                 try:
                     self.heartbeat()
+                    self.markers.maybe_scan()  # .complete files complete their specimen
                     if time.monotonic() >= next_reconcile:
                         self.archiver.reconcile()
                         next_reconcile = time.monotonic() + RECONCILE_SECONDS
@@ -183,13 +195,21 @@ class CaptureService:
                                f"file name suffix is not a frame type ({kinds})")
         try:
             check_encoded(data, limit)
+            frames = expand(data, self.settings)
         except FrameRejected as exc:
             return self.reject(ready, data, exc.reason, exc.message)
+        if len(frames) > 1 or frames[0].label is not None:
+            return self.take_container(ready, data, frames)
+        quality = self.intake.check(frames[0])
+        if not quality.ok:
+            assert quality.reason is not None and quality.message is not None
+            return self.reject(ready, data, quality.reason, quality.message, quality.values)
 
         frame_id = frame_id_for(placement.specimen_id, placement.name, data)
         extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
         outcome = self.queue.enqueue(
-            frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time())
+            frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time(),
+            um_per_pixel=self.intake.scale_of(frames[0]))
         if outcome == "stored":
             log.info("frame already has a result; archiving", extra=extra)
             record = Inflight(frame_id, str(path), self.rig_id, placement.specimen_id)
@@ -204,7 +224,43 @@ class CaptureService:
             log.info("frame already queued", extra=extra)
         return outcome
 
-    def reject(self, ready: Ready, data: bytes, reason: str, message: str) -> str:
+    def take_container(self, ready: Ready, data: bytes, frames: list[SourceFrame]) -> str:
+        """A CZI or multi-page/>8-bit TIFF: offer each frame, then archive the file at once.
+
+        Its frames travel as PNG bytes, so the file is not needed once they are all queued
+        (or rejected: QC rejections of single frames are results only, the file is archived).
+        A crash before the move re-reads the file; the queue answers 'queued' or 'stored'.
+        """
+        placement = ready.placement
+        path = placement.path
+        outcomes: dict[str, int] = {}
+        now = time.time()
+        for frame in frames:
+            frame_id = derived_frame_id(placement.specimen_id, placement.name, frame.label, data)
+            offer = self.intake.offer(frame, frame_id, placement.specimen_id,
+                                      f"{path}#{frame.label}", now)
+            outcomes[offer.outcome] = outcomes.get(offer.outcome, 0) + 1
+        self.frames_queued += outcomes.get("new", 0)
+        self.frames_rejected += outcomes.get("rejected", 0)
+        try:
+            with self.archiver.lock:
+                target = move_file(path, self.archiver.archive_dir / placement.specimen_id,
+                                   placement.name)
+                self.archiver.archived += 1
+        except OSError as exc:
+            log.error("could not archive a multi-frame file; leaving it in the inbox", extra={
+                "source": str(path), "error": str(exc)})
+            self.watcher.taken(ready, derived_frame_id(
+                placement.specimen_id, placement.name, frames[0].label, data))
+            return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
+        self.watcher.release(path)
+        log.info("multi-frame file queued and archived", extra={
+            "specimen_id": placement.specimen_id, "source": str(path), "target": str(target),
+            "frames": len(frames), **outcomes})
+        return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
+
+    def reject(self, ready: Ready, data: bytes, reason: str, message: str,
+               quality: dict[str, float] | None = None) -> str:
         """Store a 'rejected' result for the file, then quarantine it beside the reason."""
         placement = ready.placement
         path = placement.path
@@ -216,7 +272,7 @@ class CaptureService:
         result = FrameResult(
             frame_id=frame_id, specimen_id=specimen, source=str(path), rig_id=self.rig_id,
             status="rejected", error=message, reason=reason, captured_at=now, completed_at=now,
-            models={},
+            models={}, quality=quality,
         )
         captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
         if self.results.store(result, extra=captured):

@@ -36,8 +36,75 @@ class RedisSettings(_Section):
     )
 
 
+class QcSettings(_Section):
+    """Frame quality control before queueing (see capture/quality.py for the measures)."""
+
+    enabled: bool = True
+    min_focus: float = Field(
+        default=40.0, ge=0, description="variance of the Laplacian; calibrate per rig and objective"
+    )
+    saturated_level: int = Field(default=254, ge=1, le=255)
+    max_saturated_fraction: float = Field(default=0.10, ge=0, le=1)
+    dark_level: int = Field(default=25, ge=0, le=254)
+    max_dark_fraction: float = Field(default=0.50, ge=0, le=1)
+    min_mean_brightness: float = Field(default=40.0, ge=0, le=255)
+    stain_saturation: int = Field(default=40, ge=0, le=255)
+    min_stained_fraction: float = Field(default=0.005, ge=0, le=1)
+
+
+class OpenCvSettings(_Section):
+    """``capture.source: opencv``: anything cv2.VideoCapture opens."""
+
+    uri: str = Field(default="0", description="device index, path, image sequence, URL or pipeline")
+    backend: Literal["any", "ffmpeg", "gstreamer", "v4l2", "dshow", "msmf", "images"] = "any"
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    fps: float | None = Field(default=None, gt=0)
+    exposure: float | None = Field(default=None, description="CAP_PROP_EXPOSURE, backend units")
+    fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+    latest_only: bool | None = Field(
+        default=None,
+        description="keep only the newest frame (live); null: false for files and sequences",
+    )
+    stall_seconds: float = Field(
+        default=5.0, gt=0, description="no new (or only identical) frames this long: reconnect"
+    )
+    max_read_failures: int = Field(default=30, gt=0)
+    reconnect_min_seconds: float = Field(default=0.5, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    specimen_id: str = Field(default="unassigned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    encoding: Literal["png", "jpg"] = "png"
+
+
+class GatingSettings(_Section):
+    """Which frames of a live stream are captured."""
+
+    mode: Literal["settle", "interval", "every"] = "settle"
+    motion_threshold: float = Field(
+        default=6.0, gt=0, description="mean abs grey difference (0-255) that means the stage moved"
+    )
+    settle_seconds: float = Field(default=0.5, ge=0, description="still this long before capture")
+    require_focus: bool = Field(default=True, description="settle waits for qc.min_focus too")
+    interval_seconds: float = Field(default=5.0, gt=0)
+
+
 class CaptureSettings(_Section):
-    source: Literal["directory"] = "directory"
+    source: Literal["directory", "opencv"] = "directory"
+    um_per_pixel: float | None = Field(
+        default=None, gt=0, description="pixel size of this rig's frames (µm); CZI metadata wins"
+    )
+    tiff_bit_depth: int | None = Field(
+        default=None,
+        ge=9,
+        le=16,
+        description="significant bits of >8-bit TIFFs; null: smallest of 10/12/14/16 holding the max",
+    )
+    czi_tile_frames: bool = Field(
+        default=True, description="one frame per CZI tile (mosaics); false: one per scene"
+    )
+    qc: QcSettings = QcSettings()
+    opencv: OpenCvSettings = OpenCvSettings()
+    gating: GatingSettings = GatingSettings()
     directory: Path = Path("inbox")
     rig_id: str = Field(default="rig-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
     settle_seconds: float = Field(
@@ -77,6 +144,7 @@ class ApiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     max_page: int = Field(default=1000, gt=0)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="POST /frames body")
     tls: TlsSettings = TlsSettings()
     max_body_bytes: int = Field(
         default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"

@@ -10,7 +10,7 @@ import hashlib
 import cv2
 import numpy as np
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".czi")
 
 REJECT_REASONS = (
     "empty_file",
@@ -20,6 +20,11 @@ REJECT_REASONS = (
     "too_large",
     "unreadable",
     "bad_location",
+    # frame quality control (capture/quality.py)
+    "overexposed",
+    "underexposed",
+    "empty_field",
+    "out_of_focus",
 )
 
 
@@ -43,6 +48,8 @@ def sniff_format(data: bytes) -> str | None:
         return "tiff"
     if data.startswith(b"BM") and len(data) >= 26:
         return "bmp"
+    if data.startswith(b"ZISRAWFILE"):
+        return "czi"
     return None
 
 
@@ -59,7 +66,7 @@ def check_encoded(data: bytes, max_bytes: int | None = None) -> str:
     kind = sniff_format(data)
     if kind is None:
         raise FrameRejected(
-            "not_an_image", "content is not a JPEG, PNG, TIFF or BMP image (magic bytes)"
+            "not_an_image", "content is not a JPEG, PNG, TIFF, BMP or CZI image (magic bytes)"
         )
     if kind == "jpeg" and b"\xff\xd9" not in data[-64:]:
         raise FrameRejected("truncated", "JPEG has no end-of-image marker: the file is truncated")

@@ -47,6 +47,8 @@ class Delivery:
     captured_at: float
     data: bytes
     deliveries: int = 1
+    um_per_pixel: float | None = None  # pixel size of the frame as captured, when known
+    metadata: dict[str, str] | None = None  # field metadata (HTTP push, CZI scene/tile)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class FrameQueue:
         rig_id: str,
         data: bytes,
         captured_at: float | None = None,
+        um_per_pixel: float | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> str:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'."""
         captured = time.time() if captured_at is None else captured_at
@@ -92,6 +96,10 @@ class FrameQueue:
             "captured_at": repr(captured),
             "data": data,
         }
+        if um_per_pixel is not None:
+            fields["um_per_pixel"] = repr(float(um_per_pixel))
+        if metadata:
+            fields["metadata"] = json.dumps(metadata, sort_keys=True)
         args: list = [frame_id, inflight, field_name]
         for key, value in fields.items():
             args.extend((key, value))
@@ -139,6 +147,8 @@ class FrameQueue:
             rig_id=fields[b"rig_id"].decode(),
             captured_at=float(fields[b"captured_at"]),
             data=fields[b"data"],
+            um_per_pixel=float(fields[b"um_per_pixel"]) if b"um_per_pixel" in fields else None,
+            metadata=json.loads(fields[b"metadata"]) if b"metadata" in fields else None,
         )
 
     def read(

@@ -40,6 +40,15 @@ class FrameResult(BaseModel):
     models: dict[str, ModelRef] = {}
     timings_ms: dict[str, float] = {}
     worker: str | None = None
+    quality: dict[str, float] | None = Field(
+        default=None, description="frame QC measures (capture/quality.py); set on QC rejections"
+    )
+    um_per_pixel: float | None = Field(
+        default=None, description="pixel size of the frame as captured (config or CZI metadata)"
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None, description="field metadata sent with the frame (HTTP push, CZI scene/tile)"
+    )
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)

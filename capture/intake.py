@@ -1,0 +1,155 @@
+"""From encoded bytes to queued frames, the same way for every source.
+
+:func:`expand` turns one file or upload into frames: a JPEG/PNG/BMP or a plain 8-bit
+single-page TIFF is one frame that travels as its original bytes; a CZI, a multi-page or
+a >8-bit TIFF becomes one frame per page/scene/tile (see capture/tiff.py, capture/czi.py)
+that travels as lossless PNG bytes of the 8-bit RGB frame, since workers decode with
+OpenCV. :class:`Intake` runs quality control on each frame and either queues it or stores
+a ``rejected`` result with the measured values and the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import redis
+
+from capture.quality import Quality, assess
+from capture.tiff import read_tiff
+from daemon import metrics
+from daemon.config import Settings
+from daemon.frame import FrameRejected, check_encoded, frame_id_for
+from daemon.queue import FrameQueue
+from daemon.result import FrameResult
+from daemon.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourceFrame:
+    """A decoded frame and the bytes that will be queued for it."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB, for quality control
+    data: bytes  # encoded bytes the worker decodes
+    label: str | None = None  # None: the file itself; else the page/scene/tile in the file
+    um_per_pixel: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    ok, buffer = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise FrameRejected("undecodable", "could not encode the frame as PNG")
+    return buffer.tobytes()
+
+
+def decode_plain(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.size == 0:
+        raise FrameRejected("undecodable", "the image decoder could not read this file")
+    if image.shape[0] < 8 or image.shape[1] < 8:
+        raise FrameRejected("undecodable", f"image is only {image.shape[1]}x{image.shape[0]} px")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def expand(data: bytes, settings: Settings) -> list[SourceFrame]:
+    """Frames of one file's bytes; raises FrameRejected (not_an_image, truncated, ...)."""
+    capture = settings.capture
+    kind = check_encoded(data, capture.max_frame_bytes)
+    if kind == "czi":
+        from capture.czi import read_czi
+
+        try:
+            pages = read_czi(data, capture.czi_tile_frames, capture.tiff_bit_depth)
+        except Exception as exc:  # noqa: BLE001 - libCZI raises plain RuntimeErrors
+            raise FrameRejected("undecodable", f"cannot read CZI: {exc}") from exc
+    elif kind == "tiff":
+        try:
+            pages, plain = read_tiff(data, capture.tiff_bit_depth)
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
+            raise FrameRejected("undecodable", f"cannot read TIFF: {exc}") from exc
+        if plain:
+            return [SourceFrame(pages[0].rgb, data)]
+    else:
+        return [SourceFrame(decode_plain(data), data)]
+    out = []
+    for page in pages:
+        if page.rgb.shape[0] < 8 or page.rgb.shape[1] < 8:
+            raise FrameRejected("undecodable", f"{page.label} is only {page.rgb.shape[1]}x"
+                                f"{page.rgb.shape[0]} px")
+        out.append(SourceFrame(page.rgb, encode_png(page.rgb), page.label, page.um_per_pixel,
+                               page.metadata))
+    return out
+
+
+@dataclass
+class Offer:
+    """What became of one frame: 'new', 'queued', 'stored' or 'rejected'."""
+
+    outcome: str
+    frame_id: str
+    quality: Quality
+
+
+class Intake:
+    """Quality control, then queue or store a rejection (used by every source)."""
+
+    def __init__(self, settings: Settings, client: redis.Redis, queue: FrameQueue | None = None,
+                 results: ResultStore | None = None, rig_id: str | None = None) -> None:
+        self.settings = settings
+        self.client = client
+        self.queue = queue or FrameQueue(client)
+        self.results = results or ResultStore(client)
+        self.rig_id = rig_id or settings.capture.rig_id
+
+    def scale_of(self, frame: SourceFrame) -> float | None:
+        return frame.um_per_pixel or self.settings.capture.um_per_pixel
+
+    def check(self, frame: SourceFrame) -> Quality:
+        return assess(frame.rgb, self.settings.capture.qc)
+
+    def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,
+              captured_at: float | None = None, metadata: dict[str, str] | None = None,
+              quality: Quality | None = None) -> Offer:
+        """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection."""
+        quality = quality if quality is not None else self.check(frame)
+        meta = {**frame.metadata, **(metadata or {})} or None
+        now = time.time() if captured_at is None else captured_at
+        if not quality.ok:
+            assert quality.reason is not None and quality.message is not None
+            self.store_rejected(frame_id, specimen_id, source, quality.reason, quality.message,
+                                quality.values, self.scale_of(frame), meta, now)
+            return Offer("rejected", frame_id, quality)
+        outcome = self.queue.enqueue(frame_id, specimen_id, source, self.rig_id, frame.data,
+                                     now, um_per_pixel=self.scale_of(frame), metadata=meta)
+        return Offer(outcome, frame_id, quality)
+
+    def store_rejected(self, frame_id: str, specimen_id: str, source: str, reason: str,
+                       message: str, quality: dict[str, float] | None = None,
+                       um_per_pixel: float | None = None, metadata: dict[str, str] | None = None,
+                       captured_at: float | None = None) -> bool:
+        """Store a 'rejected' result (counted once, by reason); True if it was new."""
+        now = time.time()
+        result = FrameResult(
+            frame_id=frame_id, specimen_id=specimen_id, source=source, rig_id=self.rig_id,
+            status="rejected", error=message, reason=reason,
+            captured_at=now if captured_at is None else captured_at, completed_at=now,
+            models={}, quality=quality, um_per_pixel=um_per_pixel, metadata=metadata,
+        )
+        captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
+        new = self.results.store(result, extra=captured)
+        if new:
+            log.warning("frame rejected", extra={
+                "frame_id": frame_id, "specimen_id": specimen_id, "reason": reason,
+                "detail": message, "quality": quality, "source": source})
+        return new
+
+
+def derived_frame_id(specimen_id: str, name: str, label: str | None, file_data: bytes) -> str:
+    """Id of a frame: of the file itself, or of page/scene/tile ``label`` inside it."""
+    return frame_id_for(specimen_id, name if label is None else f"{name}#{label}", file_data)
