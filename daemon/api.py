@@ -112,6 +112,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             raise HTTPException(status_code=404, detail=f"no result for frame {frame_id}")
         return result
 
+    from daemon.routes_frames import router as frames_router
+
+    app.include_router(frames_router)  # POST /frames: HTTP push of frames (issue 4)
     return app
 
 

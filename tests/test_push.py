@@ -1,0 +1,131 @@
+"""HTTP push: POST /frames against a real API server, real Redis, real bytes."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import uvicorn
+
+from daemon.api import create_app
+from daemon.queue import FrameQueue
+from daemon.results import ResultStore
+from tests.capture.conftest import complete, entries
+from tests.capture.frames import blurred_rgb, good_rgb, jpeg, png
+from tests.conftest import free_port, wait_for
+
+LIMIT = 200_000
+
+
+@pytest.fixture
+def api(make_settings) -> Iterator[tuple[str, object]]:
+    settings = make_settings(api={"max_upload_bytes": LIMIT}, capture={"rig_id": "rig-push"})
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the API server")
+    yield f"http://127.0.0.1:{port}", settings
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def post(url: str, data: bytes, content_type: str = "application/octet-stream",
+         ) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+def multipart(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+        for k, v in fields.items()
+    ]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                 f'filename="f.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def test_push_good_oversized_truncated_and_non_image(api, redis_client):
+    base, settings = api
+    good = jpeg(good_rgb(1))
+    meta = json.dumps({"x_um": 1200.5, "objective": "100x oil"})
+    code, body = post(f"{base}/frames?specimen_id=P-1&name=f1.jpg&um_per_pixel=0.1"
+                      f"&metadata={urllib.request.quote(meta)}", good, "image/jpeg")
+    assert code == 202, body
+    assert body["status"] == "new" and len(body["frame_id"]) == 24
+    (entry,) = entries(redis_client)
+    assert entry["data"] == good and entry["specimen_id"] == "P-1"
+    assert entry["rig_id"] == "rig-push" and entry["frame_id"] == body["frame_id"]
+    assert float(entry["um_per_pixel"]) == 0.1
+    assert json.loads(entry["metadata"]) == {"x_um": "1200.5", "objective": "100x oil"}
+    assert (settings.archive_dir / "P-1" / "f1.jpg").read_bytes() == good
+    # The same frame again: same id, not queued twice.
+    code, again = post(f"{base}/frames?specimen_id=P-1&name=f1.jpg", good)
+    assert code == 202 and again["frame_id"] == body["frame_id"]
+
+    # Multipart, fields in the form.
+    form, content_type = multipart({"specimen_id": "P-2", "name": "m.jpg"}, jpeg(good_rgb(2)))
+    code, body = post(f"{base}/frames", form, content_type)
+    assert code == 202 and body["status"] == "new", body
+
+    # Oversized: 413, nothing stored.
+    code, body = post(f"{base}/frames?specimen_id=P-1", b"\xff\xd8\xff" + b"\0" * LIMIT)
+    assert code == 413, body
+
+    # Non-image: 415, rejected result, quarantined with its reason.
+    code, body = post(f"{base}/frames?specimen_id=P-1&name=notes.jpg", b"hello, not a frame")
+    assert code == 415 and body["reason"] == "not_an_image", body
+    store = ResultStore(redis_client)
+    assert store.get(body["frame_id"]).status == "rejected"
+    assert (settings.quarantine_dir / "P-1" / "notes.jpg.reason.txt").exists()
+
+    # Truncated JPEG: 422.
+    code, body = post(f"{base}/frames?specimen_id=P-1&name=cut.jpg", good[: len(good) // 2])
+    assert code == 422 and body["reason"] == "truncated", body
+
+    # Failing QC: 422 with the measured values; the rejected result carries them too.
+    code, body = post(f"{base}/frames?specimen_id=P-1&name=blur.png", png(blurred_rgb(3)))
+    assert code == 422 and body["reason"] == "out_of_focus", body
+    assert body["quality"]["focus"] < settings.capture.qc.min_focus
+    assert store.get(body["frame_id"]).quality["focus"] == body["quality"]["focus"]
+
+    # Bad parameters.
+    assert post(f"{base}/frames", good)[0] == 400  # no specimen_id
+    assert post(f"{base}/frames?specimen_id=../x", good)[0] == 400
+    assert post(f"{base}/frames?specimen_id=P-1&um_per_pixel=-1", good)[0] == 400
+
+    assert len(entries(redis_client)) == 2
+    # Once results are stored, the in-flight records of pushed frames are dropped.
+    assert len(FrameQueue(redis_client).inflight()) == 2
+    complete(redis_client)
+    wait_for(lambda: FrameQueue(redis_client).inflight() == [], 10, "records forgotten")
+    code, text = 0, ""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        code, text = response.status, response.read().decode()
+    for reason in ("not_an_image", "truncated", "out_of_focus", "too_large"):
+        assert f'leukoscope_frames_rejected_total{{reason="{reason}",rig="rig-push"}} 1.0' in text
+
+
+def test_push_backpressure(api, redis_client):
+    base, settings = api
+    queue = FrameQueue(redis_client)
+    for i in range(settings.queue.max_backlog):
+        queue.enqueue(f"f{i}", "S", f"x{i}", "rig-push", b"x", time.time())
+    code, body = post(f"{base}/frames?specimen_id=P-1", jpeg(good_rgb(4)))
+    assert code == 503, body
