@@ -304,7 +304,12 @@ class CaptureService:
 def run_capture(settings: Settings) -> int:
     """``leukoscope capture``: run until SIGTERM/SIGINT; 0 on a clean stop, 1 on failure."""
     try:
-        service = CaptureService(settings)
+        if settings.capture.source == "opencv":
+            from capture.stream import StreamCapture
+
+            service: CaptureService | StreamCapture = StreamCapture(settings)
+        else:
+            service = CaptureService(settings)
     except (redis.RedisError, RuntimeError, OSError) as exc:
         log.error("capture cannot start", extra={"error": str(exc)})
         return 1

@@ -81,7 +81,7 @@ class GatingSettings(_Section):
 
     mode: Literal["settle", "interval", "every"] = "settle"
     motion_threshold: float = Field(
-        default=6.0, gt=0, description="mean abs grey difference (0-255) that means the stage moved"
+        default=0.005, gt=0, le=1, description="share of pixels changed by >15 grey levels = moving"
     )
     settle_seconds: float = Field(default=0.5, ge=0, description="still this long before capture")
     require_focus: bool = Field(default=True, description="settle waits for qc.min_focus too")

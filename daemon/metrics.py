@@ -88,6 +88,30 @@ CATALOGUE: dict[str, MetricDef] = {
             "leukoscope_batch_cells", "histogram", "Cell crops per worker batch.", (), BATCH_BUCKETS
         ),
         MetricDef(
+            "leukoscope_stream_frames_seen_total",
+            "counter",
+            "Frames read from a live source (capture.source: opencv).",
+            ("rig",),
+        ),
+        MetricDef(
+            "leukoscope_stream_frames_gated_total",
+            "counter",
+            "Live frames dropped by field gating (moving, settling, already captured).",
+            ("rig",),
+        ),
+        MetricDef(
+            "leukoscope_stream_frames_captured_total",
+            "counter",
+            "Live frames let through by field gating (then quality-checked and queued).",
+            ("rig",),
+        ),
+        MetricDef(
+            "leukoscope_camera_reconnects_total",
+            "counter",
+            "Live source reconnects, by reason (open_failed, read_failures, stalled, ended).",
+            ("rig", "reason"),
+        ),
+        MetricDef(
             "leukoscope_worker_restarts_total",
             "counter",
             "Child processes restarted by the supervisor.",

@@ -1,0 +1,171 @@
+"""``capture.source: opencv``: a live stream (or a video file / image sequence) through
+field gating and quality control onto the queue.
+
+Frames the gate lets through are encoded (PNG, lossless, or JPEG quality 95 as
+``capture.opencv.encoding`` says) and offered like any other frame; they are named
+``<rig>-<unix ms>-<seq>.<ext>`` in ``capture.opencv.specimen_id``. /status shows the rig's
+state: ``connecting``, ``watching``, ``disconnected`` (reconnecting with backoff) or
+``paused_backpressure``. /metrics counts frames seen, gated (dropped by the gate) and
+captured, and reconnects by reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+
+import cv2
+import redis
+
+from capture.camera import Camera
+from capture.gating import Gate
+from capture.intake import Intake, SourceFrame
+from capture.quality import focus_score, grey
+from daemon import metrics, registry
+from daemon.broker import connect
+from daemon.config import Settings
+from daemon.frame import frame_id_for
+from daemon.queue import FrameQueue
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 2.0
+FLUSH_SECONDS = 0.5
+
+
+class StreamCapture:
+    def __init__(self, settings: Settings, client: redis.Redis | None = None) -> None:
+        self.settings = settings
+        self.rig_id = settings.capture.rig_id
+        self.config = settings.capture.opencv
+        self.client = client if client is not None else connect(settings)
+        self.queue = FrameQueue(self.client)
+        self.intake = Intake(settings, self.client, self.queue)
+        self.camera = Camera(self.config)
+        min_focus = settings.capture.qc.min_focus
+        self.gate = Gate.from_settings(
+            settings.capture.gating, lambda rgb: focus_score(grey(rgb)) >= min_focus)
+        self.stopping = threading.Event()
+        self.state = "starting"
+        self.counts = {"seen": 0, "gated": 0, "captured": 0, "queued": 0, "rejected": 0}
+        self._flushed = dict(self.counts)
+        self._reconnects_flushed: dict[str, int] = {}
+        self.started_at = time.time()
+        self._last_beat = 0.0
+        self._last_flush = 0.0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            log.info("capture stopping", extra={"signal": signal.Signals(signum).name})
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        log.info("stream capture started", extra={
+            "rig": self.rig_id, "uri": self.config.uri, "gating": self.settings.capture.gating.mode,
+            "file": self.camera.file_mode, "latest_only": self.camera.latest_only})
+        self.camera.start()
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.heartbeat()
+                    self.flush()
+                    if self.queue.backlog() >= self.settings.queue.max_backlog:
+                        self._set_state("paused_backpressure")
+                        self.stopping.wait(0.25)
+                        continue
+                    grab = self.camera.get(0.25)
+                    self._set_state("watching" if self.camera.state == "connected"
+                                    else self.camera.state)
+                    if grab is not None:
+                        self.handle(grab.seq, grab.t, grab.rgb)
+                except redis.RedisError as exc:
+                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
+                    self.stopping.wait(1.0)
+        finally:
+            self.camera.stop()
+            self.state = "stopped"
+            try:
+                self.flush(force=True)
+                self.heartbeat(force=True)
+            except redis.RedisError:
+                pass
+            log.info("stream capture stopped", extra={"rig": self.rig_id, **self.counts})
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("capture state", extra={"state": state})
+            self.state = state
+            self.heartbeat(force=True)
+
+    def handle(self, seq: int, t: float, rgb) -> str | None:
+        """Gate one frame; capture it (QC, queue) when the gate opens."""
+        self.counts["seen"] += 1
+        if not self.gate.decide(rgb, t):
+            self.counts["gated"] += 1
+            return None
+        self.counts["captured"] += 1
+        ext = ".png" if self.config.encoding == "png" else ".jpg"
+        params = [] if ext == ".png" else [cv2.IMWRITE_JPEG_QUALITY, 95]
+        ok, buffer = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            log.error("could not encode a captured frame", extra={"seq": seq})
+            return None
+        data = buffer.tobytes()
+        specimen = self.config.specimen_id
+        name = f"{self.rig_id}-{int(time.time() * 1000)}-{seq:06d}{ext}"
+        frame_id = frame_id_for(specimen, name, data)
+        offer = self.intake.offer(SourceFrame(rgb, data), frame_id, specimen,
+                                  f"opencv:{self.config.uri}#{seq}",
+                                  metadata={"stream_time": f"{t:.3f}", "seq": str(seq)})
+        if offer.outcome == "new":
+            self.queue.forget(frame_id)  # no file behind it for an archiver to finish
+            self.counts["queued"] += 1
+        elif offer.outcome == "rejected":
+            self.counts["rejected"] += 1
+        return offer.outcome
+
+    def flush(self, force: bool = False) -> None:
+        """Add the counters' growth since the last flush to the Redis metrics."""
+        now = time.monotonic()
+        if not force and now - self._last_flush < FLUSH_SECONDS:
+            return
+        self._last_flush = now
+        rig = {"rig": self.rig_id}
+        increments: list[metrics.Increment] = []
+        for key in ("seen", "gated", "captured"):
+            delta = self.counts[key] - self._flushed[key]
+            if delta:
+                increments += metrics.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
+                self._flushed[key] = self.counts[key]
+        for reason, count in list(self.camera.reconnects.items()):
+            delta = count - self._reconnects_flushed.get(reason, 0)
+            if delta:
+                increments += metrics.counter("leukoscope_camera_reconnects_total",
+                                              {**rig, "reason": reason}, delta)
+                self._reconnects_flushed[reason] = count
+        if increments:
+            metrics.record(self.client, increments)
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
+            return
+        self._last_beat = now
+        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
+            "id": self.rig_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "state": self.state, "source": "opencv", "uri": self.config.uri,
+            "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),
+            "frames_queued": self.counts["queued"], "frames_rejected": self.counts["rejected"],
+            "frames_seen": self.counts["seen"], "frames_gated": self.counts["gated"],
+            "frames_captured": self.counts["captured"], "started_at": self.started_at,
+        })
