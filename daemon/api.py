@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from daemon import __version__
+from daemon.auth import require, require_if
 from daemon.broker import connect
 from daemon.config import Settings
 from daemon.metrics import RedisCollector
@@ -57,17 +58,34 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     app.state.client = client
     app.state.store = store
     app.state.reader = reader
+    from daemon.routes_specimens import router as specimens_router
+
+    app.include_router(specimens_router)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.api.max_body_bytes:
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"request body over {settings.api.max_body_bytes} bytes"},
+            )
+        return await call_next(request)
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get("/healthz", tags=["ops"], dependencies=[Depends(require_if("protect_health"))])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get(
-        "/readyz", tags=["ops"], response_model=Readiness, responses={503: {"model": Readiness}}
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness}},
+        dependencies=[Depends(require_if("protect_ready"))],
     )
     def readyz(reader: Reader) -> JSONResponse:
         readiness = reader.readiness()
@@ -75,15 +93,26 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             status_code=200 if readiness.ready else 503, content=readiness.model_dump()
         )
 
-    @app.get("/status", tags=["ops"])
+    @app.get("/status", tags=["ops"], dependencies=[Depends(require("read"))])
     def status(reader: Reader) -> StatusReport:
         return reader.report()
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        dependencies=[Depends(require_if("protect_metrics"))],
+    )
     def metrics_endpoint() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/results", tags=["results"], response_model=ResultPage, response_model_by_alias=True)
+    @app.get(
+        "/results",
+        tags=["results"],
+        response_model=ResultPage,
+        response_model_by_alias=True,
+        dependencies=[Depends(require("read", "results.page"))],
+    )
     def results(
         store: Store,
         after: Annotated[
@@ -103,6 +132,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         response_model=FrameResult,
         response_model_by_alias=True,
         responses={404: {"description": "no such frame"}},
+        dependencies=[Depends(require("read", "frame.read"))],
     )
     def frame(store: Store, frame_id: str) -> FrameResult:
         if not re.match(FRAME_ID, frame_id):

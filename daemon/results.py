@@ -13,21 +13,25 @@ from dataclasses import dataclass
 
 import redis
 
-from daemon import metrics
+from daemon import metrics, specimens
 from daemon.result import FrameResult
 
 RESULT_KEY = "lks:result:{}"
 LOG_KEY = "lks:results"
 CURSOR_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
 
-# KEYS: result key, log stream, metrics hash, frames stream
-# ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack), fields...
+# KEYS: result key, log stream, metrics hash, frames stream, then daemon.specimens.store_keys
+# ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack),
+#       specimen update JSON ('' = none, see daemon.specimens.STORE_LUA), metric fields...
 _STORE = """
 local stored = 0
 if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
   redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[2], 'status', ARGV[3], 'rig', ARGV[4])
-  for i = 7, #ARGV, 2 do
+  for i = 8, #ARGV, 2 do
     redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  if ARGV[7] ~= '' then
+-- SPECIMEN UPDATE --
   end
   stored = 1
 end
@@ -36,7 +40,7 @@ if ARGV[6] ~= '' then
   redis.call('XDEL', KEYS[4], ARGV[6])
 end
 return stored
-"""
+""".replace("-- SPECIMEN UPDATE --", specimens.STORE_LUA)
 
 
 class BadCursor(ValueError):
@@ -69,10 +73,17 @@ def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
 
 
 class ResultStore:
-    def __init__(self, client: redis.Redis, frames_stream: str = "", group: str = "") -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        frames_stream: str = "",
+        group: str = "",
+        low_confidence: float = 0.6,
+    ) -> None:
         self.client = client
         self.frames_stream = frames_stream
         self.group = group
+        self.low_confidence = low_confidence  # specimens count cells below this confidence
         self._store = client.register_script(_STORE)
 
     def store(
@@ -120,6 +131,7 @@ class ResultStore:
             result.rig_id or "",
             self.group,
             ack_entry or "",
+            specimens.store_payload(result, self.low_confidence),
             *metrics.flatten(increments),
         ]
         keys = [
@@ -127,6 +139,7 @@ class ResultStore:
             LOG_KEY,
             metrics.METRICS_KEY,
             self.frames_stream or "lks:none",
+            *specimens.store_keys(result.specimen_id),
         ]
         return keys, args
 
