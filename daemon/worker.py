@@ -25,6 +25,7 @@ from daemon.gpu import gpu_stats
 from daemon.queue import STREAM_KEY, Delivery, FrameQueue
 from daemon.result import FrameResult
 from daemon.results import ResultStore
+from daemon.scale import Rescaler
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ class Worker:
             self.client, STREAM_KEY, "workers", settings.specimens.low_confidence
         )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
+        manifests = (self.analyzer.segmenter.manifest, self.analyzer.classifier.manifest)
+        self.rescaler = Rescaler(next((m.um_per_pixel for m in manifests if m.um_per_pixel), None))
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
@@ -136,6 +139,8 @@ class Worker:
             completed_at=time.time(),
             models=self.analyzer.model_refs(),
             worker=self.id,
+            um_per_pixel=d.um_per_pixel,
+            metadata=d.metadata,
             **fields,
         )
 
@@ -162,7 +167,9 @@ class Worker:
                 continue
             decode_start = time.perf_counter()
             try:
-                images.append(decode_rgb(d.data, self.settings.capture.max_frame_bytes))
+                image = decode_rgb(d.data, self.settings.capture.max_frame_bytes)
+                d.scale = self.rescaler.factor(d.um_per_pixel)  # type: ignore[attr-defined]
+                images.append(self.rescaler.apply(image, d.scale))  # type: ignore[attr-defined]
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
                 outcomes.append((d, result, []))
@@ -197,11 +204,13 @@ class Worker:
                 "decode": decode_ms[i],
                 **analysis.timings_ms,
             }
+            described = self.analyzer.describe(analysis)
+            described["cells"] = self.rescaler.to_frame(described["cells"], d.scale)  # type: ignore[attr-defined]
             result = self._result(
                 d,
                 "done",
                 timings_ms={k: round(v, 3) for k, v in timings.items()},
-                **self.analyzer.describe(analysis),
+                **described,
             )
             stage = [
                 inc
