@@ -156,8 +156,49 @@ def run_api(settings: Settings) -> int:
     # handlers that were there before it; no-op handlers make that a clean exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: None)
-    log.info("api listening", extra={"host": settings.api.host, "port": settings.api.port})
-    uvicorn.run(
-        app, host=settings.api.host, port=settings.api.port, log_config=None, access_log=False
+    from daemon.auth import is_loopback
+    from daemon.housekeeping import Housekeeper
+
+    host = settings.api.host
+    if not settings.auth.keys:
+        if not is_loopback(host):
+            log.error(
+                "NO API KEYS CONFIGURED: refusing to serve an open API on a non-loopback "
+                "address; binding to 127.0.0.1 instead. Add auth.keys (leukoscope keygen "
+                "NAME ROLE) to serve other hosts.",
+                extra={"configured_host": host},
+            )
+            host = "127.0.0.1"
+        else:
+            log.warning(
+                "no API keys configured: the API is open without authentication and "
+                "listens on loopback only",
+                extra={"host": host},
+            )
+    tls = settings.api.tls
+    ssl = (
+        {"ssl_certfile": str(tls.certfile), "ssl_keyfile": str(tls.keyfile)} if tls.certfile else {}
     )
+    housekeeper = Housekeeper(settings, app.state.client)
+    housekeeper.start()
+    log.info(
+        "api listening",
+        extra={
+            "host": host,
+            "port": settings.api.port,
+            "scheme": "https" if ssl else "http",
+            "api_keys": len(settings.auth.keys),
+        },
+    )
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            **ssl,  # type: ignore[arg-type]
+        )
+    finally:
+        housekeeper.stop()
     return 0

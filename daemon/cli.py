@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -72,6 +73,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return print_status(_settings(args, "status"), args.url)
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from daemon.auth import keygen
+
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", args.name):
+        print("leukoscope keygen: NAME must be 1-64 of [A-Za-z0-9_.-]", file=sys.stderr)
+        return 2
+    key, line = keygen(args.name, args.role)
+    print(f"API key for {args.name} ({args.role}), shown once; give it to the client now:")
+    print(f"  {key}")
+    print("Add this line under auth.keys in the configuration (only the digest is stored):")
+    print(f"  {line}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukoscope",
@@ -103,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--images", default=None, help="folder of images to use (default: synthetic)"
     )
+    keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
+    keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
+    keygen.add_argument("role", choices=["ingest", "read", "admin"])
     status = command("status", cmd_status, "print the daemon's /status as a table")
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
     try:

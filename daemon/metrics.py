@@ -117,6 +117,13 @@ CATALOGUE: dict[str, MetricDef] = {
             "Child processes restarted by the supervisor.",
             ("role",),
         ),
+        MetricDef(
+            "leukoscope_lis_messages_total",
+            "counter",
+            "ORU^R01 messages pushed to the LIS over MLLP, by outcome (delivered, rejected, "
+            "timeout, error).",
+            ("outcome",),
+        ),
     )
 }
 

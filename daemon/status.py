@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from daemon import __version__, registry
 from daemon.config import Settings
 from daemon.metrics import gauge
+from daemon.mllp import outbox_status
 from daemon.queue import FrameQueue
 from daemon.result import ModelRef
 from daemon.results import ResultStore
@@ -55,6 +56,7 @@ class StatusReport(BaseModel):
     captures: list[CaptureStatus]
     workers: list[WorkerStatus]
     models: list[ModelRef]
+    lis: dict | None = None  # MLLP push: target and outbox (daemon.mllp.outbox_status)
 
 
 class Readiness(BaseModel):
@@ -102,6 +104,7 @@ class StatusReader:
             captures=captures,
             workers=workers,
             models=list(models.values()),
+            lis=outbox_status(self.client, self.settings),
         )
 
     def readiness(self) -> Readiness:
@@ -123,6 +126,16 @@ class StatusReader:
     def live_gauges(self):
         """Gauge families computed at scrape time."""
         report = self.report()
+        if report.lis is not None:
+            yield gauge(
+                "leukoscope_lis_outbox_messages",
+                "Specimen messages waiting for the LIS's ACK, by state.",
+                ["state"],
+                [
+                    (["waiting"], report.lis["outbox_pending"] - report.lis["outbox_retrying"]),
+                    (["retrying"], report.lis["outbox_retrying"]),
+                ],
+            )
         yield gauge(
             "leukoscope_queue_backlog_frames",
             "Frames queued and not yet stored.",

@@ -1,0 +1,277 @@
+"""API keys, roles, audit, MLLP push against real loopback listeners, retention, durability."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+
+from daemon import audit
+from daemon.api import create_app
+from daemon.auth import hash_key
+from daemon.broker import start_embedded, stop_embedded
+from daemon.hl7 import ack, parse
+from daemon.housekeeping import Housekeeper, trim_results
+from daemon.mllp import END_BLOCK, START_BLOCK, Outbox, frame
+from daemon.results import ResultStore
+from daemon.specimens import OUTBOX_KEY, SpecimenStore
+from tests.test_specimens import cell, result
+
+KEYS = {"ingest": "k-ingest-secret", "read": "k-read-secret", "admin": "k-admin-secret"}
+
+
+def key_config(**auth_extra) -> dict:
+    keys = [
+        {"name": f"{role}-client", "role": role, "sha256": hash_key(k)} for role, k in KEYS.items()
+    ]
+    return {"keys": keys, **auth_extra}
+
+
+def bearer(role: str) -> dict:
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+@pytest.fixture
+def secured(make_settings, redis_client: redis.Redis):
+    settings = make_settings(auth=key_config())
+    ResultStore(redis_client).store(result("f1", specimen="S1", cells=[cell("pre_b", 0.9)]))
+    with TestClient(create_app(settings, redis_client)) as client:
+        yield client
+
+
+def test_keys_and_roles(secured: TestClient) -> None:
+    missing = secured.get("/specimens")
+    assert missing.status_code == 401 and "missing API key" in missing.json()["detail"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = secured.get("/specimens", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and wrong.json()["detail"] == "unknown API key"
+    assert secured.get("/specimens", headers={"Authorization": "Basic x"}).status_code == 401
+    forbidden = secured.get("/specimens/S1", headers=bearer("ingest"))
+    assert forbidden.status_code == 403 and "'read'" in forbidden.json()["detail"]
+    for path in ("/specimens", "/specimens/S1", "/specimens/S1/fhir", "/specimens/S1/hl7"):
+        assert secured.get(path, headers=bearer("read")).status_code == 200, path
+        assert secured.get(path, headers=bearer("admin")).status_code == 200, path
+    for path in ("/results", "/frames/f1", "/status"):
+        assert secured.get(path).status_code == 401, path
+        assert secured.get(path, headers=bearer("ingest")).status_code == 403, path
+        assert secured.get(path, headers=bearer("read")).status_code == 200, path
+    assert secured.post("/specimens/S1/complete", headers=bearer("read")).status_code == 403
+    assert secured.post("/specimens/S1/complete", headers=bearer("ingest")).status_code == 200
+    for path in ("/healthz", "/readyz", "/metrics"):
+        assert secured.get(path).status_code in (200, 503), path  # open by default
+    assert secured.get("/audit", headers=bearer("read")).status_code == 403
+
+
+def test_health_and_metrics_can_require_a_key(make_settings, redis_client) -> None:
+    flags = {"protect_health": True, "protect_ready": True, "protect_metrics": True}
+    settings = make_settings(auth=key_config(**flags))
+    with TestClient(create_app(settings, redis_client)) as client:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert client.get(path).status_code == 401, path
+        assert client.get("/healthz", headers=bearer("read")).status_code == 200
+        assert client.get("/metrics", headers=bearer("read")).status_code == 200
+
+
+def test_every_read_and_ingest_is_audited(secured: TestClient) -> None:
+    secured.get("/specimens/S1", headers=bearer("read"))
+    secured.get("/specimens/S1/fhir", headers=bearer("read"))
+    secured.get("/frames/f1", headers=bearer("read"))
+    secured.get("/results?limit=5", headers=bearer("read"))
+    secured.post("/specimens/S1/complete", headers=bearer("ingest"))
+    page = secured.get("/audit", headers=bearer("admin")).json()
+    rows = [(e["key"], e["action"], e.get("specimen_id"), e.get("frame_id")) for e in page["items"]]
+    assert rows == [
+        ("read-client", "specimen.read", "S1", None),
+        ("read-client", "specimen.fhir", "S1", None),
+        ("read-client", "frame.read", None, "f1"),
+        ("read-client", "results.page", None, None),
+        ("ingest-client", "specimen.complete", "S1", None),
+    ]
+    assert all(e["client"] and e["time"] > 0 for e in page["items"])
+    assert page["items"][3]["detail"] == "limit=5"
+    later = secured.get(f"/audit?after={page['next']}", headers=bearer("admin")).json()
+    assert [e["action"] for e in later["items"]] == ["audit.read"]
+    assert secured.get("/audit?after=bad", headers=bearer("admin")).status_code == 400
+
+
+def test_request_bodies_are_bounded(make_settings, redis_client) -> None:
+    settings = make_settings(api={"max_body_bytes": 1000})
+    with TestClient(create_app(settings, redis_client)) as client:
+        response = client.post("/specimens/S1/complete", content=b"x" * 5000)
+        assert response.status_code == 413 and "1000 bytes" in response.json()["detail"]
+
+
+# --- MLLP ---------------------------------------------------------------------------------
+class Listener:
+    """A real MLLP listener on loopback. ``mode``: AA, AE, AR, silent, close_mid, twice."""
+
+    def __init__(self) -> None:
+        self.mode = "AA"
+        self.received: list[str] = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.stopping = False
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        while not self.stopping:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            buffer = b""
+            while END_BLOCK not in buffer:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                buffer += chunk
+            if END_BLOCK not in buffer:
+                return
+            message = buffer[buffer.index(START_BLOCK) + 1 : buffer.index(END_BLOCK)].decode()
+            self.received.append(message)
+            if self.mode == "silent":
+                time.sleep(1.5)
+            elif self.mode == "close_mid":
+                conn.sendall(frame(ack(message, "AA"))[:20])
+            elif self.mode == "twice":
+                conn.sendall(frame(ack(message, "AA")) * 2)
+            else:
+                conn.sendall(frame(ack(message, self.mode, "LIS says no")))
+
+    def close(self) -> None:
+        self.stopping = True
+        self.server.close()
+
+
+@pytest.fixture
+def listener():
+    lis = Listener()
+    yield lis
+    lis.close()
+
+
+def mllp_settings(make_settings, port: int):
+    return make_settings(
+        lis={
+            "mllp": {
+                "host": "127.0.0.1",
+                "port": port,
+                "ack_timeout_seconds": 0.5,
+                "connect_timeout_seconds": 0.5,
+                "retry_initial_seconds": 0.2,
+                "retry_max_seconds": 1.0,
+            }
+        }
+    )
+
+
+def complete(client: redis.Redis, specimen_id: str) -> None:
+    ResultStore(client).store(
+        result(f"{specimen_id}-f", specimen=specimen_id, cells=[cell("pro_b", 0.9)])
+    )
+    assert SpecimenStore(client, mllp_enabled=True).complete(specimen_id, "api") == "completed"
+
+
+def test_mllp_retries_failures_then_delivers_once(make_settings, redis_client, listener) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    outbox = Outbox(redis_client, settings)
+    complete(redis_client, "M1")
+    for mode, outcome in (
+        ("AE", "rejected"),
+        ("AR", "rejected"),
+        ("silent", "timeout"),
+        ("close_mid", "error"),
+    ):
+        listener.mode = mode
+        attempts = outbox.deliver_due(now=time.time() + 60)
+        assert [(a.specimen_id, a.outcome) for a in attempts] == [("M1", outcome)], mode
+    spec = SpecimenStore(redis_client).get("M1")
+    assert spec.delivery["state"] == "retrying" and spec.delivery["attempts"] == 4
+    assert "error" in spec.delivery["last_error"]
+    assert outbox.deliver_due() == []  # backing off: not due yet
+    with TestClient(create_app(settings, redis_client)) as api:
+        lis = api.get("/status").json()["lis"]
+        assert lis["outbox_pending"] == 1 and lis["outbox_retrying"] == 1
+        metrics = api.get("/metrics").text
+        assert 'leukoscope_lis_messages_total{outcome="rejected"} 2.0' in metrics
+        assert 'leukoscope_lis_outbox_messages{state="retrying"} 1.0' in metrics
+    listener.mode = "twice"  # a duplicate ACK is harmless
+    attempts = outbox.deliver_due(now=time.time() + 60)
+    assert [a.outcome for a in attempts] == ["delivered"]
+    assert outbox.deliver_due(now=time.time() + 3600) == []
+    assert redis_client.zcard(OUTBOX_KEY) == 0
+    spec = SpecimenStore(redis_client).get("M1")
+    assert spec.delivery["state"] == "delivered" and spec.delivery["delivered_at"]
+    # Every attempt was the same message: one control id, final results, statement included.
+    control_ids = {parse(m).msh.msh_10.value for m in listener.received}
+    assert control_ids == {spec.control_id}
+    assert all("|F|" in m and "For research use only" in m for m in listener.received)
+    complete(redis_client, "M2")
+    listener.mode = "AA"
+    assert [a.outcome for a in outbox.deliver_due()] == ["delivered"]
+    assert parse(listener.received[-1]).msh.msh_10.value not in control_ids
+
+
+def test_housekeeper_pushes_completed_specimens(make_settings, redis_client, listener) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    keeper = Housekeeper(settings, redis_client, interval=0.05)
+    keeper.start()
+    try:
+        complete(redis_client, "H1")
+        deadline = time.monotonic() + 10
+        while not listener.received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(listener.received) == 1
+        time.sleep(0.3)
+        assert SpecimenStore(redis_client).get("H1").delivery["state"] == "delivered"
+    finally:
+        keeper.stop()
+
+
+# --- durability and retention -------------------------------------------------------------
+def test_specimens_outbox_and_audit_survive_a_redis_restart(
+    make_settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    settings = mllp_settings(make_settings, 9)  # nothing listens: stays in the outbox
+    complete(redis_client, "D1")
+    ResultStore(redis_client).store(result("d2", specimen="D2", cells=[cell("benign", 0.9)]))
+    audit.record(redis_client, "lis", "read", "specimen.read", specimen_id="D1")
+    Outbox(redis_client, settings).deliver_due(now=time.time() + 60)
+    before = (SpecimenStore(redis_client).get("D1"), SpecimenStore(redis_client).get("D2"))
+    directory = Path(redis_url.removeprefix("unix://")).parent
+    stop_embedded(directory)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(redis_url).ping()
+    start_embedded(directory)
+    client = redis.Redis.from_url(redis_url)
+    after = (SpecimenStore(client).get("D1"), SpecimenStore(client).get("D2"))
+    assert after == before and after[0].delivery["state"] == "retrying"
+    assert client.zrange(OUTBOX_KEY, 0, -1) == [b"D1"]
+    assert [e.action for e in audit.page(client, None, 10)[0]] == ["specimen.read"]
+    # The completion log survives too: a LIS cursor from before still works.
+    items, _ = SpecimenStore(client).page("complete", None, 10)
+    assert [s.specimen_id for s in items] == ["D1"]
+
+
+def test_retention_trims_results_but_keeps_specimens_and_audit(redis_client) -> None:
+    store = ResultStore(redis_client)
+    for i in range(5):
+        store.store(result(f"r{i}", specimen="R1", cells=[cell("pre_b", 0.9)]))
+    audit.record(redis_client, "lis", "read", "frame.read", frame_id="r0")
+    assert trim_results(redis_client, time.time() - 3600) == 0
+    time.sleep(0.01)
+    assert trim_results(redis_client, time.time()) == 5
+    assert store.count() == 0 and store.get("r0") is None
+    spec = SpecimenStore(redis_client).get("R1")
+    assert spec.frames_done == 5 and spec.cells_classified == 5
+    assert len(audit.page(redis_client, None, 10)[0]) == 1
