@@ -161,7 +161,13 @@ def run_api(settings: Settings) -> int:
 
     host = settings.api.host
     if not settings.auth.keys:
-        if not is_loopback(host):
+        if not is_loopback(host) and settings.auth.open_network:
+            log.error(
+                "NO API KEYS CONFIGURED and auth.open_network is on: the API is open without "
+                "authentication on a non-loopback address; make sure only trusted hosts reach it",
+                extra={"host": host},
+            )
+        elif not is_loopback(host):
             log.error(
                 "NO API KEYS CONFIGURED: refusing to serve an open API on a non-loopback "
                 "address; binding to 127.0.0.1 instead. Add auth.keys (leukoscope keygen "

@@ -166,6 +166,11 @@ class AuthSettings(_Section):
     protect_health: bool = Field(default=False, description="require a key for /healthz")
     protect_ready: bool = Field(default=False, description="require a key for /readyz")
     protect_metrics: bool = Field(default=False, description="require a key for /metrics")
+    open_network: bool = Field(
+        default=False,
+        description="without keys, still serve on a non-loopback api.host (a container whose "
+        "port is published on loopback only); logged loudly at start",
+    )
 
 
 class MllpSettings(_Section):
