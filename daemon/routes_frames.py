@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import redis
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
@@ -36,6 +36,7 @@ from capture.intake import Intake, derived_frame_id, expand
 from capture.layout import valid_specimen_id
 from capture.mover import free_name, write_reason
 from daemon import metrics
+from daemon.auth import require
 from daemon.config import Settings
 from daemon.frame import FrameRejected, frame_id_for, sniff_format
 
@@ -214,6 +215,7 @@ def _quarantine(settings: Settings, specimen: str, name: str, data: bytes, reaso
         422: {"description": "truncated/undecodable image, or failed quality control"},
         503: {"description": "queue full (backpressure)"},
     },
+    dependencies=[Depends(require("ingest", "frame.ingest"))],  # issue 5: keys and audit
 )
 async def post_frame(request: Request) -> JSONResponse:
     """Queue one frame (or each frame of a CZI / multi-page TIFF) for analysis."""

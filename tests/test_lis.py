@@ -275,3 +275,16 @@ def test_retention_trims_results_but_keeps_specimens_and_audit(redis_client) -> 
     spec = SpecimenStore(redis_client).get("R1")
     assert spec.frames_done == 5 and spec.cells_classified == 5
     assert len(audit.page(redis_client, None, 10)[0]) == 1
+
+
+def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: TestClient) -> None:
+    from tests.conftest import synthetic_jpeg
+
+    url = "/frames?specimen_id=P-1&name=f1.jpg"
+    data = synthetic_jpeg(3)
+    assert secured.post(url, content=data).status_code == 401
+    assert secured.post(url, content=data, headers=bearer("read")).status_code == 403
+    response = secured.post(url, content=data, headers=bearer("ingest"))
+    assert response.status_code == 202, response.text
+    page = secured.get("/audit", headers=bearer("admin")).json()
+    assert [(e["key"], e["action"]) for e in page["items"]] == [("ingest-client", "frame.ingest")]
