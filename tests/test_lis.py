@@ -288,3 +288,24 @@ def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: TestClient) 
     assert response.status_code == 202, response.text
     page = secured.get("/audit", headers=bearer("admin")).json()
     assert [(e["key"], e["action"]) for e in page["items"]] == [("ingest-client", "frame.ingest")]
+
+
+def test_redis_password_in_the_url(
+    make_settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    from daemon.broker import connect
+
+    redis_client.config_set("requirepass", "s3cret")
+    try:
+        socket_path = redis_url.removeprefix("unix://")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis.from_url(redis_url).ping()
+        settings = make_settings()
+        settings.redis.url = f"unix://:s3cret@{socket_path}"
+        client = connect(settings)
+        complete(client, "PW1")
+        assert SpecimenStore(client).get("PW1").status == "complete"
+    finally:
+        redis.Redis.from_url(f"unix://:s3cret@{redis_url.removeprefix('unix://')}").config_set(
+            "requirepass", ""
+        )
