@@ -129,14 +129,16 @@ CATALOGUE: dict[str, MetricDef] = {
 
 Increment = tuple[str, float]
 
-# Label values known in advance: counters start at 0 for each, so rate()/increase() return
-# data before the first event (a dashboard panel of restarts shows 0, not "no data").
-# Rig ids are not known in advance: they are taken from the rigs seen in any sample.
-KNOWN_LABEL_VALUES: dict[str, tuple[str, ...]] = {
-    "outcome": ("done", "rejected", "failed"),
-    "class": CLASS_CODES,
-    "role": ("capture", "worker", "api"),
-    "reason": REJECT_REASONS,
+# Label values known in advance, per counter: those counters start at 0 for each value, so
+# rate()/increase() return data before the first event (a dashboard panel of restarts shows
+# 0, not "no data"). Rig ids are not known in advance: they are the rigs seen in any sample.
+KNOWN_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
+    "leukoscope_frames_captured_total": {},
+    "leukoscope_frames_processed_total": {"outcome": ("done", "rejected", "failed")},
+    "leukoscope_frames_rejected_total": {"reason": REJECT_REASONS},
+    "leukoscope_cells_classified_total": {"class": CLASS_CODES},
+    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api")},
+    "leukoscope_lis_messages_total": {"outcome": ("delivered", "rejected", "timeout", "error")},
 }
 
 
@@ -213,8 +215,8 @@ class RedisCollector(Collector):
         for name, metric in CATALOGUE.items():
             if metric.kind == "counter":
                 family = CounterMetricFamily(name, metric.help, labels=metric.labels)
-                known = {**KNOWN_LABEL_VALUES, "rig": tuple(sorted(rigs))}
-                if all(label in known for label in metric.labels):
+                known = {**KNOWN_LABEL_VALUES.get(name, {}), "rig": tuple(sorted(rigs))}
+                if name in KNOWN_LABEL_VALUES and all(label in known for label in metric.labels):
                     values = [known[label] for label in metric.labels]
                     for combination in itertools.product(*values):
                         counters.setdefault(name, {}).setdefault(combination, 0.0)

@@ -9,30 +9,28 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon.metrics import CATALOGUE
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
 RULE_FILES = [PROM / "rules" / "recording.yml", PROM / "rules" / "alerts.yml"]
 
-# The daemon's metric catalogue (issue 6 / daemon/metrics.py plus the live gauges).
-COUNTERS = {
-    "leukoscope_frames_captured_total", "leukoscope_frames_processed_total",
-    "leukoscope_frames_rejected_total", "leukoscope_cells_classified_total",
-    "leukoscope_worker_restarts_total",
-}
-HISTOGRAMS = {
-    "leukoscope_frame_latency_seconds", "leukoscope_stage_seconds",
-    "leukoscope_batch_frames", "leukoscope_batch_cells",
-}
+# The daemon's metric catalogue: daemon/metrics.py plus the live gauges of daemon/status.py.
+COUNTERS = {m.name for m in CATALOGUE.values() if m.kind == "counter"}
+HISTOGRAMS = {m.name for m in CATALOGUE.values() if m.kind == "histogram"}
 GAUGES = {
     "leukoscope_queue_backlog_frames", "leukoscope_queue_pending_frames",
     "leukoscope_workers_up", "leukoscope_worker_heartbeat_age_seconds",
     "leukoscope_capture_up", "leukoscope_model_info", "leukoscope_build_info",
+    "leukoscope_lis_outbox_messages", "leukoscope_gpu_utilization_ratio",
+    "leukoscope_gpu_memory_used_bytes",
 }
 KNOWN = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 
 REQUIRED_ALERTS = {
     "LeukoscopeBacklogGrowing", "LeukoscopeNoFramesProcessed", "LeukoscopeWorkerDown",
     "LeukoscopeNoWorkersUp", "LeukoscopeLatencyP99High", "LeukoscopeRejectionRateHigh",
+    "LeukoscopeLisDeliveryFailing",
 }
 
 
