@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -15,9 +17,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import redis
+import uvicorn
 import yaml
 
 from daemon.broker import start_embedded, stop_embedded
@@ -74,6 +78,26 @@ def make_settings(
         return load_settings(None, **data)
 
     return make
+
+
+@contextlib.contextmanager
+def serve_http(app: object) -> Iterator[httpx.Client]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yield an HTTP client for it.
+
+    Real sockets and real HTTP, like a LIS or a rig would use (not an in-process transport).
+    """
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the API server")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def free_port() -> int:

@@ -7,9 +7,9 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
-from fastapi.testclient import TestClient
 
 from daemon import audit
 from daemon.api import create_app
@@ -20,6 +20,7 @@ from daemon.housekeeping import Housekeeper, trim_results
 from daemon.mllp import END_BLOCK, START_BLOCK, Outbox, frame
 from daemon.results import ResultStore
 from daemon.specimens import OUTBOX_KEY, SpecimenStore
+from tests.conftest import serve_http
 from tests.test_specimens import cell, result
 
 KEYS = {"ingest": "k-ingest-secret", "read": "k-read-secret", "admin": "k-admin-secret"}
@@ -40,11 +41,11 @@ def bearer(role: str) -> dict:
 def secured(make_settings, redis_client: redis.Redis):
     settings = make_settings(auth=key_config())
     ResultStore(redis_client).store(result("f1", specimen="S1", cells=[cell("pre_b", 0.9)]))
-    with TestClient(create_app(settings, redis_client)) as client:
+    with serve_http(create_app(settings, redis_client)) as client:
         yield client
 
 
-def test_keys_and_roles(secured: TestClient) -> None:
+def test_keys_and_roles(secured: httpx.Client) -> None:
     missing = secured.get("/specimens")
     assert missing.status_code == 401 and "missing API key" in missing.json()["detail"]
     assert missing.headers["www-authenticate"] == "Bearer"
@@ -70,14 +71,14 @@ def test_keys_and_roles(secured: TestClient) -> None:
 def test_health_and_metrics_can_require_a_key(make_settings, redis_client) -> None:
     flags = {"protect_health": True, "protect_ready": True, "protect_metrics": True}
     settings = make_settings(auth=key_config(**flags))
-    with TestClient(create_app(settings, redis_client)) as client:
+    with serve_http(create_app(settings, redis_client)) as client:
         for path in ("/healthz", "/readyz", "/metrics"):
             assert client.get(path).status_code == 401, path
         assert client.get("/healthz", headers=bearer("read")).status_code == 200
         assert client.get("/metrics", headers=bearer("read")).status_code == 200
 
 
-def test_every_read_and_ingest_is_audited(secured: TestClient) -> None:
+def test_every_read_and_ingest_is_audited(secured: httpx.Client) -> None:
     secured.get("/specimens/S1", headers=bearer("read"))
     secured.get("/specimens/S1/fhir", headers=bearer("read"))
     secured.get("/frames/f1", headers=bearer("read"))
@@ -101,7 +102,7 @@ def test_every_read_and_ingest_is_audited(secured: TestClient) -> None:
 
 def test_request_bodies_are_bounded(make_settings, redis_client) -> None:
     settings = make_settings(api={"max_body_bytes": 1000})
-    with TestClient(create_app(settings, redis_client)) as client:
+    with serve_http(create_app(settings, redis_client)) as client:
         response = client.post("/specimens/S1/complete", content=b"x" * 5000)
         assert response.status_code == 413 and "1000 bytes" in response.json()["detail"]
 
@@ -199,7 +200,7 @@ def test_mllp_retries_failures_then_delivers_once(make_settings, redis_client, l
     assert spec.delivery["state"] == "retrying" and spec.delivery["attempts"] == 4
     assert "error" in spec.delivery["last_error"]
     assert outbox.deliver_due() == []  # backing off: not due yet
-    with TestClient(create_app(settings, redis_client)) as api:
+    with serve_http(create_app(settings, redis_client)) as api:
         lis = api.get("/status").json()["lis"]
         assert lis["outbox_pending"] == 1 and lis["outbox_retrying"] == 1
         metrics = api.get("/metrics").text
@@ -277,7 +278,7 @@ def test_retention_trims_results_but_keeps_specimens_and_audit(redis_client) -> 
     assert len(audit.page(redis_client, None, 10)[0]) == 1
 
 
-def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: TestClient) -> None:
+def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: httpx.Client) -> None:
     from tests.conftest import synthetic_jpeg
 
     url = "/frames?specimen_id=P-1&name=f1.jpg"

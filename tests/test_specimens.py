@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import time
 
+import httpx
 import pytest
 import redis
-from fastapi.testclient import TestClient
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
 from daemon.api import create_app
@@ -15,6 +15,7 @@ from daemon.queue import FrameQueue
 from daemon.result import CellResult, FrameResult, ModelRef
 from daemon.results import ResultStore
 from daemon.specimens import SpecimenStore
+from tests.conftest import serve_http
 
 STATEMENT = "For research use only. Not for use in diagnostic procedures."
 MODELS = {
@@ -123,12 +124,12 @@ def test_idle_specimens_complete(redis_client: redis.Redis) -> None:
 @pytest.fixture
 def api(make_settings, redis_client: redis.Redis):
     settings = make_settings()
-    with TestClient(create_app(settings, redis_client)) as client:
+    with serve_http(create_app(settings, redis_client)) as client:
         yield client
 
 
 def test_specimen_api_polls_completed_once_and_reports_validate(
-    api: TestClient, redis_client: redis.Redis
+    api: httpx.Client, redis_client: redis.Redis
 ) -> None:
     store = ResultStore(redis_client)
     for name in ("A", "B", "C"):
@@ -197,7 +198,7 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     assert all(f[11] == "P" for f in open_obx)
 
 
-def test_specimen_api_input_errors(api: TestClient) -> None:
+def test_specimen_api_input_errors(api: httpx.Client) -> None:
     assert api.get("/specimens/nope").status_code == 404
     assert "nope" in api.get("/specimens/nope").json()["detail"]
     assert api.get("/specimens/bad%20id").status_code == 400
