@@ -22,7 +22,7 @@ from capture.quality import Quality, assess
 from capture.tiff import read_tiff
 from daemon import metrics
 from daemon.config import Settings
-from daemon.frame import FrameRejected, check_encoded, frame_id_for
+from daemon.frame import FrameRejected, check_encoded, decode_rgb, frame_id_for
 from daemon.queue import FrameQueue
 from daemon.result import FrameResult
 from daemon.results import ResultStore
@@ -48,15 +48,6 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def decode_plain(data: bytes) -> np.ndarray:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise FrameRejected("undecodable", "the image decoder could not read this file")
-    if image.shape[0] < 8 or image.shape[1] < 8:
-        raise FrameRejected("undecodable", f"image is only {image.shape[1]}x{image.shape[0]} px")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
 def expand(data: bytes, settings: Settings) -> list[SourceFrame]:
     """Frames of one file's bytes; raises FrameRejected (not_an_image, truncated, ...)."""
     capture = settings.capture
@@ -76,7 +67,7 @@ def expand(data: bytes, settings: Settings) -> list[SourceFrame]:
         if plain:
             return [SourceFrame(pages[0].rgb, data)]
     else:
-        return [SourceFrame(decode_plain(data), data)]
+        return [SourceFrame(decode_rgb(data), data)]  # the worker's own decoder
     out = []
     for page in pages:
         if page.rgb.shape[0] < 8 or page.rgb.shape[1] < 8:
