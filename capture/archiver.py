@@ -57,9 +57,9 @@ class Archiver:
         """Move ``path`` to quarantine beside ``<name>.reason.txt``; returns the new path."""
         with self.lock:
             target = move_file(
-                path, self.quarantine_dir / specimen_id, path.name, companion=REASON_SUFFIX
+                path, self.quarantine_dir / specimen_id, path.name, companion=REASON_SUFFIX,
+                before=lambda t: write_reason(t, reason, message, str(path), frame_id),
             )
-            write_reason(target, reason, message, str(path), frame_id)
             self.quarantined += 1
         self.on_moved(path)
         log.warning("frame quarantined", extra={
@@ -86,10 +86,13 @@ class Archiver:
         with self.lock:
             if path.is_file() and self._belongs(path, record):
                 if result is not None and result.status == "rejected":
-                    target = move_file(path, self.quarantine_dir / record.specimen_id, path.name,
-                                       companion=REASON_SUFFIX)
-                    write_reason(target, result.reason or "rejected", result.error or "",
-                                 str(path), record.frame_id)
+                    target = move_file(
+                        path, self.quarantine_dir / record.specimen_id, path.name,
+                        companion=REASON_SUFFIX,
+                        before=lambda t: write_reason(
+                            t, result.reason or "rejected", result.error or "", str(path),
+                            record.frame_id),
+                    )
                     self.quarantined += 1
                     log.warning("frame quarantined", extra={
                         **extra, "reason": result.reason, "target": str(target)})

@@ -28,14 +28,21 @@ def free_name(directory: Path, name: str, companion: str = "") -> Path:
     return directory / candidate
 
 
-def move_file(source: Path, directory: Path, name: str, companion: str = "") -> Path:
+def move_file(
+    source: Path, directory: Path, name: str, companion: str = "", before=None
+) -> Path:
     """Move ``source`` into ``directory`` under a free name; returns where it went.
+
+    ``before(target)``, if given, runs once the name is chosen and before the file appears
+    there (quarantine writes the reason note first, so a file is never seen without it).
 
     Same filesystem: an atomic rename. Across filesystems: copy, fsync, then remove the
     source, so the original exists somewhere at every moment.
     """
     directory.mkdir(parents=True, exist_ok=True)
     target = free_name(directory, name, companion)
+    if before is not None:
+        before(target)
     try:
         os.replace(source, target)
     except OSError as exc:
@@ -54,11 +61,13 @@ def write_reason(target: Path, reason: str, message: str, source: str, frame_id:
     """Write ``<target>.reason.txt`` saying why ``target`` was quarantined."""
     note = target.with_name(target.name + ".reason.txt")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    note.write_text(
+    partial = note.with_name(f".{note.name}.part")
+    partial.write_text(
         f"reason: {reason}\n"
         f"message: {message}\n"
         f"original: {source}\n"
         f"frame_id: {frame_id}\n"
         f"quarantined_at: {stamp}\n"
     )
+    os.replace(partial, note)
     return note
