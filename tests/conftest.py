@@ -201,7 +201,11 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
         except OSError:
             return False
 
-    wait_for(ready, 60, "the daemon to become ready")
+    try:
+        wait_for(ready, 60, "the daemon to become ready")
+    except BaseException:
+        daemon.stop()  # never leave a process tree (and its Redis) behind a failed start
+        raise
     return daemon
 
 
