@@ -16,17 +16,30 @@ DEFAULT_DATA = "../shared/data/all-taleqani"
 def _train(args: argparse.Namespace) -> int:
     from daemon.training import train as T  # torch
 
-    common = dict(data=args.data, epochs=args.epochs, seed=args.seed, block_size=args.block_size,
-                  threads=args.threads, device=args.device, limit_fields=args.limit_fields)
+    common = dict(
+        data=args.data,
+        epochs=args.epochs,
+        seed=args.seed,
+        block_size=args.block_size,
+        threads=args.threads,
+        device=args.device,
+        limit_fields=args.limit_fields,
+    )
     if args.model == "segmenter":
-        cfg = T.SegmenterConfig(out=args.out or "runs/segmenter", base=args.base,
-                                patch=args.patch, **common)
+        cfg = T.SegmenterConfig(
+            out=args.out or "runs/segmenter", base=args.base, patch=args.patch, **common
+        )
         if args.epochs is None:
             cfg.epochs = 10
         T.train_segmenter(cfg)
     else:
-        cfg_c = T.ClassifierConfig(out=args.out or "runs/classifier", width=args.width,
-                                   size=args.size, colour_norm=args.colour_norm, **common)
+        cfg_c = T.ClassifierConfig(
+            out=args.out or "runs/classifier",
+            width=args.width,
+            size=args.size,
+            colour_norm=args.colour_norm,
+            **common,
+        )
         if args.epochs is None:
             cfg_c.epochs = 18
         T.train_classifier(cfg_c)
@@ -46,16 +59,26 @@ def _export(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from daemon.training.evaluate import evaluate  # onnxruntime only
 
-    report = evaluate(args.data, Path(args.models), args.block_size, args.seed,
-                      Path(args.json) if args.json else None,
-                      update_manifests=not args.no_update, threads=args.threads)
+    report = evaluate(
+        args.data,
+        Path(args.models),
+        args.block_size,
+        args.seed,
+        Path(args.json) if args.json else None,
+        update_manifests=not args.no_update,
+        threads=args.threads,
+    )
     field = report["classifier_test_field"]
     seg = report["segmenter_test"]
-    print(f"segmenter test: Dice {seg['dice_pooled']:.4f} IoU {seg['iou_pooled']:.4f} "
-          f"count MAE {seg['cell_count']['mae']:.3f}")
-    print(f"classifier test (fields, end to end): accuracy {field['accuracy']:.4f} "
-          f"macro-F1 {field['macro_f1']:.4f} macro AUC {field['macro_auc_ovr']:.4f} "
-          f"no-call {field['no_call']}")
+    print(
+        f"segmenter test: Dice {seg['dice_pooled']:.4f} IoU {seg['iou_pooled']:.4f} "
+        f"count MAE {seg['cell_count']['mae']:.3f}"
+    )
+    print(
+        f"classifier test (fields, end to end): accuracy {field['accuracy']:.4f} "
+        f"macro-F1 {field['macro_f1']:.4f} macro AUC {field['macro_auc_ovr']:.4f} "
+        f"no-call {field['no_call']}"
+    )
     return 0
 
 
@@ -85,7 +108,8 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     export.set_defaults(func=_export)
 
     evaluate = subparsers.add_parser(
-        "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics")
+        "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics"
+    )
     evaluate.add_argument("--data", default=DEFAULT_DATA)
     evaluate.add_argument("--models", default="models")
     evaluate.add_argument("--block-size", type=int, default=40)

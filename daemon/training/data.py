@@ -12,8 +12,8 @@ so the split is by contiguous blocks of file numbers (``block_split``), never by
 from __future__ import annotations
 
 import hashlib
-import random
 import os
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,12 @@ from daemon.pipeline import crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_CODES: tuple[str, ...] = ("benign", "early_pre_b", "pre_b", "pro_b")
-CLASS_DISPLAY: tuple[str, ...] = ("Benign (hematogone)", "Early pre-B ALL", "Pre-B ALL", "Pro-B ALL")
+CLASS_DISPLAY: tuple[str, ...] = (
+    "Benign (hematogone)",
+    "Early pre-B ALL",
+    "Pre-B ALL",
+    "Pro-B ALL",
+)
 CLASS_FOLDERS: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -319,10 +324,20 @@ def load_splits(
         else:
             images, masks, _ = load_split_arrays(recs)
         labels = np.asarray([r.label for r in recs], np.int64)
-        fresh.update({f"{split}_images": images, f"{split}_masks": masks,
-                      f"{split}_names": np.asarray(names)})
-        out[split] = {"images": images, "masks": masks, "labels": labels, "names": names,
-                      "records": recs}
+        fresh.update(
+            {
+                f"{split}_images": images,
+                f"{split}_masks": masks,
+                f"{split}_names": np.asarray(names),
+            }
+        )
+        out[split] = {
+            "images": images,
+            "masks": masks,
+            "labels": labels,
+            "names": names,
+            "records": recs,
+        }
     if cache is not None and not stored:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, **fresh)

@@ -21,7 +21,7 @@ from daemon.pipeline import aggregate, crop_cells, find_cells, pad_to_multiple, 
 from daemon.training import metrics as M
 from daemon.training.data import CLASS_CODES, load_splits, reinhard_normalize
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (40, 60, 80, 100, 120, 150)
 MAX_AREA = 6000
 
@@ -40,8 +40,9 @@ def segment(session, manifest: ModelManifest, images: np.ndarray, batch: int = 1
     height, width = images.shape[1:3]
     out = []
     for i in range(0, len(images), batch):
-        chunk = np.stack([pad_to_multiple(im, manifest.input.size_multiple)
-                          for im in images[i : i + batch]])
+        chunk = np.stack(
+            [pad_to_multiple(im, manifest.input.size_multiple) for im in images[i : i + batch]]
+        )
         mask = session.run(None, {manifest.input.name: to_tensor(chunk, manifest.input)})[0]
         out.append(mask[:, 0, :height, :width])
     return np.concatenate(out)
@@ -64,8 +65,9 @@ def _counts(probs: np.ndarray, cell_filter: CellFilter) -> np.ndarray:
 
 def choose_cell_filter(val_probs: np.ndarray, val_masks: np.ndarray) -> tuple[CellFilter, dict]:
     """Grid search of threshold x min area minimizing cells-per-field MAE on validation."""
-    reference = _counts(val_masks.astype(np.float32), CellFilter(threshold=0.5, min_area_px=1,
-                                                                 max_area_px=10**9))
+    reference = _counts(
+        val_masks.astype(np.float32), CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9)
+    )
     best, best_mae, table = None, np.inf, []
     for threshold in THRESHOLDS:
         for min_area in MIN_AREAS:
@@ -79,7 +81,11 @@ def choose_cell_filter(val_probs: np.ndarray, val_masks: np.ndarray) -> tuple[Ce
 
 
 def pipeline_cells(
-    images: np.ndarray, probs: np.ndarray, cell_filter: CellFilter, crop: CropSpec, size: int,
+    images: np.ndarray,
+    probs: np.ndarray,
+    cell_filter: CellFilter,
+    crop: CropSpec,
+    size: int,
     lab_target: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops (M, S, S, 3) and owner field index (M,) from segmenter probabilities."""
@@ -135,8 +141,12 @@ def evaluate(
     lab_target = getattr(cls_manifest, "lab_target", None)
     splits = load_splits(data, block_size, seed, limit_fields, cache_dir)
     val, test = splits["val"], splits["test"]
-    report: dict = {"data": str(data), "block_size": block_size, "seed": seed,
-                    "n_fields": {k: len(v["names"]) for k, v in splits.items()}}
+    report: dict = {
+        "data": str(data),
+        "block_size": block_size,
+        "seed": seed,
+        "n_fields": {k: len(v["names"]) for k, v in splits.items()},
+    }
 
     # --- validation: choose the cell filter and the aggregation
     val_probs = segment(seg, seg_manifest, val["images"])
@@ -157,13 +167,18 @@ def evaluate(
     test_probs = segment(seg, seg_manifest, test["images"])
     seg_seconds = time.perf_counter() - t0
     dice, iou = M.dice_iou(test_probs >= cell_filter.threshold, test["masks"])
-    per_field = [M.dice_iou(p >= cell_filter.threshold, m) for p, m in
-                 zip(test_probs, test["masks"], strict=True)]
-    reference = _counts(test["masks"].astype(np.float32),
-                        CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9))
+    per_field = [
+        M.dice_iou(p >= cell_filter.threshold, m)
+        for p, m in zip(test_probs, test["masks"], strict=True)
+    ]
+    reference = _counts(
+        test["masks"].astype(np.float32),
+        CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9),
+    )
     predicted = _counts(test_probs, cell_filter)
     report["segmenter_test"] = {
-        "dice_pooled": dice, "iou_pooled": iou,
+        "dice_pooled": dice,
+        "iou_pooled": iou,
         "dice_mean_per_field": float(np.mean([d for d, _ in per_field])),
         "iou_mean_per_field": float(np.mean([i for _, i in per_field])),
         "cell_count": M.count_agreement(predicted, reference),
@@ -178,14 +193,17 @@ def evaluate(
     fields = fields_from_cells(cell_probs, owners, len(test["labels"]), method)
     report["classifier_test_field"] = M.classification_report(test["labels"], fields, CLASS_CODES)
     report["classifier_test_cell_pipeline"] = M.classification_report(
-        test["labels"][owners], cell_probs, CLASS_CODES)
+        test["labels"][owners], cell_probs, CLASS_CODES
+    )
     # cells cut from the cleaned reference masks (isolates the classifier from the segmenter)
     ref_filter = CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9)
-    ref_crops, ref_owners = pipeline_cells(test["images"], test["masks"].astype(np.float32),
-                                           ref_filter, crop, size, lab_target)
+    ref_crops, ref_owners = pipeline_cells(
+        test["images"], test["masks"].astype(np.float32), ref_filter, crop, size, lab_target
+    )
     ref_probs = classify(cls, cls_manifest, ref_crops)
     report["classifier_test_cell_reference_masks"] = M.classification_report(
-        test["labels"][ref_owners], ref_probs, CLASS_CODES)
+        test["labels"][ref_owners], ref_probs, CLASS_CODES
+    )
     ref_fields = fields_from_cells(ref_probs, ref_owners, len(test["labels"]), method)
     report["classifier_test_field_reference_masks"] = {
         "accuracy": M.classification_report(test["labels"], ref_fields, CLASS_CODES)["accuracy"]
@@ -202,14 +220,19 @@ def evaluate(
     if update_manifests:
         field = report["classifier_test_field"]
         seg_manifest.cells = cell_filter
-        seg_manifest.metrics = {"test": {k: report["segmenter_test"][k] for k in
-                                         ("dice_pooled", "iou_pooled", "dice_mean_per_field")},
-                                "test_cell_count": report["segmenter_test"]["cell_count"],
-                                "split": f"block size {block_size}, seed {seed}"}
+        seg_manifest.metrics = {
+            "test": {
+                k: report["segmenter_test"][k]
+                for k in ("dice_pooled", "iou_pooled", "dice_mean_per_field")
+            },
+            "test_cell_count": report["segmenter_test"]["cell_count"],
+            "split": f"block size {block_size}, seed {seed}",
+        }
         cls_manifest.aggregation = method
         cls_manifest.metrics = {
-            "test_field": {k: field[k] for k in ("n", "no_call", "accuracy", "macro_f1",
-                                                   "macro_auc_ovr")},
+            "test_field": {
+                k: field[k] for k in ("n", "no_call", "accuracy", "macro_f1", "macro_auc_ovr")
+            },
             "test_field_per_class": field["per_class"],
             "test_cell_accuracy_pipeline": report["classifier_test_cell_pipeline"]["accuracy"],
             "val_field_accuracy": report["val_field_accuracy"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,15 @@ def export_onnx(net: torch.nn.Module, kind: str, path: Path, size: int) -> torch
         axes = {"crop": {0: "N"}, "probabilities": {0: "N"}, "cam": {0: "N"}}
     dummy = torch.zeros(2, 3, size, size)
     torch.onnx.export(
-        wrapper, (dummy,), str(path), input_names=names_in, output_names=names_out,
-        dynamic_axes=axes, opset_version=OPSET, dynamo=False, do_constant_folding=True,
+        wrapper,
+        (dummy,),
+        str(path),
+        input_names=names_in,
+        output_names=names_out,
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+        do_constant_folding=True,
     )
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
@@ -79,7 +87,9 @@ def convert_fp16(src: Path, dst: Path) -> None:
 
     model = onnx.load(str(src))
     blocked = list(float16.DEFAULT_OP_BLOCK_LIST) + ["ReduceMean", "Softmax"]
-    half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
+    with warnings.catch_warnings():  # "float32 number ... will be truncated": expected in fp16
+        warnings.simplefilter("ignore", UserWarning)
+        half = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked)
     graph = half.graph
     for output in graph.output:
         if output.type.tensor_type.elem_type != TensorProto.FLOAT16:
@@ -107,7 +117,8 @@ def parity(wrapper: torch.nn.Module, onnx_path: Path, inputs: np.ndarray) -> dic
         torch_out = (torch_out,)
     names = [o.name for o in session.get_outputs()]
     return {
-        n: float(np.abs(a - b.numpy()).max()) for n, a, b in zip(names, ort_out, torch_out, strict=True)
+        n: float(np.abs(a - b.numpy()).max())
+        for n, a, b in zip(names, ort_out, torch_out, strict=True)
     }
 
 
@@ -127,14 +138,17 @@ def write_model_manifest(
         outputs = ["mask"]
         classes: list[ClassSpec] = []
         crop = None
-        extra = {"architecture": f"U-Net, base {meta['arch']['base']} channels, "
-                 f"{meta['arch']['levels']} poolings; sigmoid in graph"}
+        extra = {
+            "architecture": f"U-Net, base {meta['arch']['base']} channels, "
+            f"{meta['arch']['levels']} poolings; sigmoid in graph"
+        }
     else:
         size = (meta["size"], meta["size"])
         multiple = 1
         outputs = ["probabilities", "cam"]
-        classes = [ClassSpec(code=c, display=d) for c, d in zip(CLASS_CODES, CLASS_DISPLAY,
-                                                                strict=True)]
+        classes = [
+            ClassSpec(code=c, display=d) for c, d in zip(CLASS_CODES, CLASS_DISPLAY, strict=True)
+        ]
         crop = CropSpec(**meta["crop"])
         extra = {
             "architecture": f"MobileNetV2 width {meta['arch']['width']}, output stride 16; "
@@ -142,6 +156,8 @@ def write_model_manifest(
             "class_folders": dict(zip(CLASS_CODES, CLASS_FOLDERS, strict=True)),
             "colour_norm": meta["config"].get("colour_norm", "none"),
         }
+        if meta.get("lab_target"):
+            extra["lab_target"] = meta["lab_target"]  # Reinhard target LAB mean, std
     manifest = ModelManifest(
         name=f"leukoscope-{kind}",
         kind=kind,
@@ -168,10 +184,15 @@ def write_model_manifest(
         metrics=metrics or {},
         created=dt.date.today().isoformat(),
         trained_from_scratch=True,
-        training={"epoch": meta.get("epoch"), "config": meta["config"],
-                  "split": {"block_size": meta["config"]["block_size"],
-                            "seed": meta["config"]["seed"], "fractions": "train/val/test by "
-                            "blocks, >=15% test and >=15% val per class"}},
+        training={
+            "epoch": meta.get("epoch"),
+            "config": meta["config"],
+            "split": {
+                "block_size": meta["config"]["block_size"],
+                "seed": meta["config"]["seed"],
+                "fractions": "train/val/test by blocks, >=15% test and >=15% val per class",
+            },
+        },
         um_per_pixel_note="the data set does not state the pixel scale (100x objective, "
         "Zeiss camera, fields resized to 224x224)",
         **extra,
@@ -201,8 +222,10 @@ def export_checkpoint(
     else:
         sample = rng.normal(0, 1, (8, 3, size, size)).astype(np.float32)
         sample_odd = rng.normal(0, 1, (1, 3, size, size)).astype(np.float32)
-    report = {"fp32": parity(wrapper, path, sample), "fp32_other_shape": parity(wrapper, path,
-                                                                                sample_odd)}
+    report = {
+        "fp32": parity(wrapper, path, sample),
+        "fp32_other_shape": parity(wrapper, path, sample_odd),
+    }
     key = "mask" if kind == "segmenter" else "probabilities"
     worst = max(report["fp32"][key], report["fp32_other_shape"][key])
     if worst >= 1e-4:

@@ -20,7 +20,9 @@ def count_agreement(pred: np.ndarray, truth: np.ndarray) -> dict:
     """Cells per field, predicted (N,) vs reference (N,): MAE, exact and +-1 agreement, r."""
     pred, truth = np.asarray(pred, float), np.asarray(truth, float)
     diff = pred - truth
-    corr = float(np.corrcoef(pred, truth)[0, 1]) if len(pred) > 1 and pred.std() and truth.std() else 0
+    corr = (
+        float(np.corrcoef(pred, truth)[0, 1]) if len(pred) > 1 and pred.std() and truth.std() else 0
+    )
     return {
         "mae": float(np.abs(diff).mean()),
         "bias": float(diff.mean()),
@@ -58,9 +60,12 @@ def auc_binary(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def classification_report(
-    truth: np.ndarray, probs: np.ndarray, codes: tuple[str, ...]
-) -> dict:
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def classification_report(truth: np.ndarray, probs: np.ndarray, codes: tuple[str, ...]) -> dict:
     """Accuracy, per-class sensitivity/specificity/F1/one-vs-rest AUC, macro-F1, confusion.
 
     truth (N,) int class indices; probs (N, C) probabilities (rows of NaN count as a wrong,
@@ -95,7 +100,7 @@ def classification_report(
         "no_call": int((~valid).sum()),
         "accuracy": float((pred == truth).mean()) if len(truth) else float("nan"),
         "macro_f1": float(np.mean(f1s)),
-        "macro_auc_ovr": float(np.nanmean([c["auc_ovr"] for c in per_class.values()])),
+        "macro_auc_ovr": _nanmean([c["auc_ovr"] for c in per_class.values()]),
         "per_class": per_class,
         "confusion": {"rows_true_cols_pred": list(codes), "matrix": matrix.tolist()},
     }

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from daemon.manifest import CropSpec
 from daemon.pipeline import aggregate
 from daemon.training import data as D
-from daemon.training.data import load_splits
 from daemon.training.augment import AugmentParams, normalize, random_colour, random_geometry
+from daemon.training.data import load_splits
 from daemon.training.nets import MobileNetV2, UNet
 
 
@@ -134,7 +134,9 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_masks(model: UNet, images: np.ndarray, mean, std, device, batch: int = 32) -> np.ndarray:
+def predict_masks(
+    model: UNet, images: np.ndarray, mean, std, device, batch: int = 32
+) -> np.ndarray:
     """Foreground probabilities (N, H, W) float32 for (N, H, W, 3) uint8 fields (H, W % 16 == 0)."""
     model.eval()
     out = []
@@ -152,8 +154,9 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields,
-                         run_dir.parent / "cache")
+    splits = load_splits(
+        cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
+    )
     train, val = splits["train"], splits["val"]
     mean, std = _channel_stats(train["images"])
     model = UNet(cfg.base, cfg.levels).to(device)
@@ -162,7 +165,10 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
     scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
     start, progress = _resume(run_dir, model, optimizer, scheduler)
     meta = {
-        "kind": "segmenter", "config": asdict(cfg), "mean": mean, "std": std,
+        "kind": "segmenter",
+        "config": asdict(cfg),
+        "mean": mean,
+        "std": std,
         "arch": {"base": cfg.base, "levels": cfg.levels},
         "train_names": train["names"],
         "training_data_sha256": D.training_data_sha256(train["records"]),
@@ -199,17 +205,32 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         pred = prob >= 0.5
         gt = val["masks"].astype(bool)
         dice = float(2 * (pred & gt).sum() / max(1, pred.sum() + gt.sum()))
-        record = {"epoch": epoch + 1, "loss": total / len(order), "val_dice": round(dice, 4),
-                  "lr": scheduler.get_last_lr()[0], "seconds": round(time.time() - t0, 1)}
+        record = {
+            "epoch": epoch + 1,
+            "loss": total / len(order),
+            "val_dice": round(dice, 4),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.time() - t0, 1),
+        }
         progress["history"].append(record)
         _log(run_dir, record)
         if dice > progress["best"]:
             progress["best"] = dice
-            _save(run_dir / "best.pt", {"model": model.state_dict(), "meta": meta,
-                                        "epoch": epoch + 1, "val": record})
-        _save(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                    "progress": progress, "meta": meta})
+            _save(
+                run_dir / "best.pt",
+                {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val": record},
+            )
+        _save(
+            run_dir / "last.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "progress": progress,
+                "meta": meta,
+            },
+        )
     return run_dir
 
 
@@ -249,8 +270,9 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields,
-                         run_dir.parent / "cache")
+    splits = load_splits(
+        cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
+    )
     train, val = splits["train"], splits["val"]
     lab = None
     if cfg.colour_norm == "reinhard":
@@ -274,16 +296,29 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
     start, progress = _resume(run_dir, model, optimizer, scheduler)
     meta = {
-        "kind": "classifier", "config": asdict(cfg), "mean": mean, "std": std,
+        "kind": "classifier",
+        "config": asdict(cfg),
+        "mean": mean,
+        "std": std,
         "arch": {"width": cfg.width, "output_stride": 16},
-        "crop": crop_spec.model_dump(), "size": cfg.size,
+        "crop": crop_spec.model_dump(),
+        "size": cfg.size,
         "lab_target": None if lab is None else [lab[0].tolist(), lab[1].tolist()],
-        "train_names": train["names"], "train_crops_per_class": counts.tolist(),
+        "train_names": train["names"],
+        "train_crops_per_class": counts.tolist(),
         "training_data_sha256": D.training_data_sha256(train["records"]),
     }
     if start == 0:
-        _log(run_dir, {"train_crops": len(tr_crops), "val_crops": len(va_crops),
-                       "per_class": counts.tolist(), "mean": mean, "std": std})
+        _log(
+            run_dir,
+            {
+                "train_crops": len(tr_crops),
+                "val_crops": len(va_crops),
+                "per_class": counts.tolist(),
+                "mean": mean,
+                "std": std,
+            },
+        )
     augment = AugmentParams(**cfg.augment)
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
@@ -298,8 +333,9 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             x, _ = random_geometry(x, None, augment, gen)
             x = normalize(random_colour(x, augment, gen), mean, std).to(device)
             y = torch.from_numpy(tr_labels[idx]).to(device)
-            loss = F.cross_entropy(model(x), y, weight=class_weight.to(device),
-                                   label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(
+                model(x), y, weight=class_weight.to(device), label_smoothing=cfg.label_smoothing
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -310,20 +346,42 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         fields = field_predictions(probs, va_owner, len(val["labels"]), "mean")
         has = ~np.isnan(fields[:, 0])
         field_acc = float((fields[has].argmax(1) == val["labels"][has]).sum() / len(has))
-        nll = float(-np.log(np.clip(probs[np.arange(len(probs)), val["labels"][va_owner]],
-                                    1e-7, 1)).mean()) if len(probs) else 0.0
-        record = {"epoch": epoch + 1, "loss": round(total / len(order), 4),
-                  "val_field_acc": round(field_acc, 4), "val_cell_acc": round(cell_acc, 4),
-                  "val_cell_nll": round(nll, 4), "lr": scheduler.get_last_lr()[0],
-                  "seconds": round(time.time() - t0, 1)}
+        nll = (
+            float(
+                -np.log(
+                    np.clip(probs[np.arange(len(probs)), val["labels"][va_owner]], 1e-7, 1)
+                ).mean()
+            )
+            if len(probs)
+            else 0.0
+        )
+        record = {
+            "epoch": epoch + 1,
+            "loss": round(total / len(order), 4),
+            "val_field_acc": round(field_acc, 4),
+            "val_cell_acc": round(cell_acc, 4),
+            "val_cell_nll": round(nll, 4),
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": round(time.time() - t0, 1),
+        }
         progress["history"].append(record)
         _log(run_dir, record)
         score = field_acc + 0.1 * cell_acc  # field accuracy first, cell accuracy breaks ties
         if score > progress["best"]:
             progress["best"] = score
-            _save(run_dir / "best.pt", {"model": model.state_dict(), "meta": meta,
-                                        "epoch": epoch + 1, "val": record})
-        _save(run_dir / "last.pt", {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                                    "progress": progress, "meta": meta})
+            _save(
+                run_dir / "best.pt",
+                {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val": record},
+            )
+        _save(
+            run_dir / "last.pt",
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch + 1,
+                "progress": progress,
+                "meta": meta,
+            },
+        )
     return run_dir

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import make_dataset, synthetic_field
 
 from daemon.training.data import (
     FieldRecord,
@@ -15,6 +14,7 @@ from daemon.training.data import (
     list_fields,
     training_data_sha256,
 )
+from daemon.training.synthetic import make_dataset, synthetic_field
 
 
 def test_clean_mask_keeps_cells_drops_rims_platelets_and_fills_holes() -> None:
@@ -51,8 +51,11 @@ def test_fill_holes() -> None:
 
 
 def _records(numbers_per_class: dict[int, list[int]]) -> list[FieldRecord]:
-    return [FieldRecord(Path(f"/x/{label}/{n:03d}.jpg"), None, label, n)
-            for label, numbers in numbers_per_class.items() for n in numbers]
+    return [
+        FieldRecord(Path(f"/x/{label}/{n:03d}.jpg"), None, label, n)
+        for label, numbers in numbers_per_class.items()
+        for n in numbers
+    ]
 
 
 def test_block_split_keeps_blocks_and_neighbours_together() -> None:

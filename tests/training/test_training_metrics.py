@@ -11,8 +11,11 @@ def test_auc_matches_pairwise_definition() -> None:
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 5, 60).astype(float)
     positive = rng.random(60) < 0.4
-    pairs = [(1.0 if p > n else 0.5 if p == n else 0.0)
-             for p in scores[positive] for n in scores[~positive]]
+    pairs = [
+        (1.0 if p > n else 0.5 if p == n else 0.0)
+        for p in scores[positive]
+        for n in scores[~positive]
+    ]
     assert abs(auc_binary(scores, positive) - np.mean(pairs)) < 1e-12
 
 
