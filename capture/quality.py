@@ -82,24 +82,32 @@ def grey(image_rgb: np.ndarray) -> np.ndarray:
 def focus_score(gray: np.ndarray) -> float:
     """Variance of the Laplacian after light denoising (higher = sharper)."""
     smooth = cv2.GaussianBlur(gray, (5, 5), 1.2)
-    return float(cv2.Laplacian(smooth, cv2.CV_32F, ksize=3).var())
+    _, std = cv2.meanStdDev(cv2.Laplacian(smooth, cv2.CV_32F, ksize=3))
+    return float(std[0, 0]) ** 2
 
 
 def measure(image_rgb: np.ndarray, saturated_level: int = 254, dark_level: int = 25,
             stain_saturation: int = 40) -> dict[str, float]:
-    """The QC measures of an (H, W, 3) uint8 RGB frame."""
+    """The QC measures of an (H, W, 3) uint8 RGB frame.
+
+    Runs on every captured frame, so it uses OpenCV's counting and statistics (several times
+    faster than numpy reductions over the frame); HSV's V channel is the brightest channel.
+    """
     gray = grey(image_rgb)
-    brightest = image_rgb.max(axis=2)
     pixels = float(gray.size)
-    dark = brightest <= dark_level
+    if image_rgb.ndim == 2:
+        image_rgb = cv2.cvtColor(image_rgb, cv2.COLOR_GRAY2RGB)
     hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV)
-    stained = (hsv[..., 1] >= stain_saturation) & ~dark
+    saturation, brightest = hsv[..., 1], hsv[..., 2]
+    not_dark = cv2.compare(brightest, dark_level, cv2.CMP_GT)
+    stained = cv2.bitwise_and(cv2.compare(saturation, stain_saturation, cv2.CMP_GE), not_dark)
+    saturated = cv2.countNonZero(cv2.compare(brightest, saturated_level, cv2.CMP_GE))
     return {
         "focus": round(focus_score(gray), 3),
-        "saturated_fraction": round(float((brightest >= saturated_level).sum()) / pixels, 5),
-        "dark_fraction": round(float(dark.sum()) / pixels, 5),
-        "mean_brightness": round(float(gray.mean()), 2),
-        "stained_fraction": round(float(stained.sum()) / pixels, 5),
+        "saturated_fraction": round(saturated / pixels, 5),
+        "dark_fraction": round((pixels - cv2.countNonZero(not_dark)) / pixels, 5),
+        "mean_brightness": round(float(cv2.mean(gray)[0]), 2),
+        "stained_fraction": round(cv2.countNonZero(stained) / pixels, 5),
     }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -158,15 +157,28 @@ def counter(name: str, labels: dict[str, str] | None = None, amount: float = 1) 
 
 
 def histogram(name: str, value: float, labels: dict[str, str] | None = None) -> list[Increment]:
-    """Increments recording one observation: every bucket with le >= value, count and sum."""
+    """Increments recording one observation: its own bucket, count and sum.
+
+    Buckets are stored per interval (the smallest ``le`` that holds the value) and made
+    cumulative at scrape time, so an observation writes 3 fields instead of one per bucket.
+    """
     metric = CATALOGUE[name]
     assert metric.kind == "histogram", name
     labels = labels or {}
-    out = [(_field(name, labels, f"le={le}"), 1.0) for le in metric.buckets if value <= le]
-    out.append((_field(name, labels, "le=+Inf"), 1.0))
-    out.append((_field(name, labels, "count"), 1.0))
-    out.append((_field(name, labels, "sum"), float(value)))
-    return out
+    bucket = next((le for le in metric.buckets if value <= le), "+Inf")
+    return [
+        (_field(name, labels, f"le={bucket}"), 1.0),
+        (_field(name, labels, "count"), 1.0),
+        (_field(name, labels, "sum"), float(value)),
+    ]
+
+
+def merge(increments: Iterable[Increment]) -> list[Increment]:
+    """Sum increments of the same field (a worker batch sends each field once)."""
+    total: dict[str, float] = {}
+    for field_name, amount in increments:
+        total[field_name] = total.get(field_name, 0.0) + amount
+    return list(total.items())
 
 
 def flatten(increments: Iterable[Increment]) -> list[str | float]:
@@ -183,10 +195,6 @@ def record(client: redis.Redis, increments: Iterable[Increment]) -> None:
     for field_name, amount in increments:
         pipe.hincrbyfloat(METRICS_KEY, field_name, amount)
     pipe.execute()
-
-
-def _le_key(le: str) -> float:
-    return math.inf if le == "+Inf" else float(le)
 
 
 class RedisCollector(Collector):
@@ -225,10 +233,11 @@ class RedisCollector(Collector):
             else:
                 family = HistogramMetricFamily(name, metric.help, labels=metric.labels)
                 for label_values, parts in sorted(hists.get(name, {}).items()):
-                    buckets = sorted(
-                        ((p[3:], v) for p, v in parts.items() if p.startswith("le=")),
-                        key=lambda item: _le_key(item[0]),
-                    )
+                    running = 0.0
+                    buckets = []
+                    for le in [*metric.buckets, "+Inf"]:
+                        running += parts.get(f"le={le}", 0.0)
+                        buckets.append((str(le) if le == "+Inf" else repr(float(le)), running))
                     family.add_metric(list(label_values), buckets, parts.get("sum", 0.0))
             yield family
         if self.live is not None:

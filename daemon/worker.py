@@ -198,26 +198,26 @@ class Worker:
         batch_metrics = metrics.histogram("leukoscope_batch_frames", len(ready))
         batch_metrics += metrics.histogram("leukoscope_batch_cells", cells)
         outcomes = []
+        # Timings are summed over the batch and sent once with the first result (they need
+        # no exactly-once guarantee); outcome counters travel with each result's own store.
         for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
             timings = {
                 "queue_wait": max(0.0, (started - d.captured_at) * 1000),
                 "decode": decode_ms[i],
                 **analysis.timings_ms,
             }
-            described = self.analyzer.describe(analysis)
-            described["cells"] = self.rescaler.to_frame(described["cells"], d.scale)  # type: ignore[attr-defined]
             result = self._result(
                 d,
                 "done",
                 timings_ms={k: round(v, 3) for k, v in timings.items()},
-                **described,
+                **self.analyzer.describe(analysis),
             )
-            stage = [
-                inc
-                for name, ms in timings.items()
-                for inc in metrics.histogram("leukoscope_stage_seconds", ms / 1000, {"stage": name})
-            ]
-            outcomes.append((d, result, stage + (batch_metrics if i == 0 else [])))
+            for name, ms in timings.items():
+                batch_metrics += metrics.histogram(
+                    "leukoscope_stage_seconds", ms / 1000, {"stage": name}
+                )
+            outcomes.append((d, result, []))
+        outcomes[0] = (*outcomes[0][:2], metrics.merge(batch_metrics))
         return outcomes
 
     def _store_all(
