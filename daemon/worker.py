@@ -13,6 +13,7 @@ import signal
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Worker:
         self.frames_done = 0
         self.started_at = time.time()
         self._last_beat = 0.0
+        self._storer: ThreadPoolExecutor | None = None
+        self._storing: Future | None = None
         self._last_claim = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -99,8 +102,15 @@ class Worker:
             if not own:
                 break
             self.process(own)
-        while not self.stopping.is_set():
-            self.step()
+        # From here on a batch's results are stored while the next batch is analysed.
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        try:
+            while not self.stopping.is_set():
+                self.step()
+        finally:
+            self.flush()
+            self._storer.shutdown(wait=True)
+            self._storer = None
         registry.leave(self.client, registry.WORKERS_KEY, self.id)
         log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
 
@@ -179,7 +189,17 @@ class Worker:
         if ready:
             outcomes += self._analyse(ready, images, decode_ms, started)
         if outcomes:
-            self._store_all(outcomes)
+            self.flush()  # one batch in flight at most: results are stored in order
+            if self._storer is None:
+                self._store_all(outcomes)
+            else:
+                self._storing = self._storer.submit(self._store_all, outcomes)
+
+    def flush(self) -> None:
+        """Wait until the previous batch's results are stored (errors surface here)."""
+        if self._storing is not None:
+            storing, self._storing = self._storing, None
+            storing.result()
 
     def _analyse(
         self,
