@@ -164,6 +164,7 @@ class Worker:
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
         decode_ms: list[float] = []
+        scales: list[float] = []  # frame pixels per model pixel, to map cells back
         outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]] = []
         for d in batch:
             if d.frame_id in done_already:
@@ -178,16 +179,17 @@ class Worker:
             decode_start = time.perf_counter()
             try:
                 image = decode_rgb(d.data, self.settings.capture.max_frame_bytes)
-                d.scale = self.rescaler.factor(d.um_per_pixel)  # type: ignore[attr-defined]
-                images.append(self.rescaler.apply(image, d.scale))  # type: ignore[attr-defined]
+                scale = self.rescaler.factor(d.um_per_pixel)
+                images.append(self.rescaler.apply(image, scale))
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
                 outcomes.append((d, result, []))
                 continue
             decode_ms.append((time.perf_counter() - decode_start) * 1000)
+            scales.append(scale)
             ready.append(d)
         if ready:
-            outcomes += self._analyse(ready, images, decode_ms, started)
+            outcomes += self._analyse(ready, images, decode_ms, scales, started)
         if outcomes:
             self.flush()  # one batch in flight at most: results are stored in order
             if self._storer is None:
@@ -206,6 +208,7 @@ class Worker:
         ready: list[Delivery],
         images: list[np.ndarray],
         decode_ms: list[float],
+        scales: list[float],
         started: float,
     ) -> list[tuple[Delivery, FrameResult, list[metrics.Increment]]]:
         try:
@@ -226,11 +229,14 @@ class Worker:
                 "decode": decode_ms[i],
                 **analysis.timings_ms,
             }
+            described = self.analyzer.describe(analysis)
+            # Cells were found at the models' scale; report them in the frame's own pixels.
+            described["cells"] = self.rescaler.to_frame(described["cells"], scales[i])
             result = self._result(
                 d,
                 "done",
                 timings_ms={k: round(v, 3) for k, v in timings.items()},
-                **self.analyzer.describe(analysis),
+                **described,
             )
             for name, ms in timings.items():
                 batch_metrics += metrics.histogram(
