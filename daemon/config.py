@@ -127,6 +127,9 @@ class QueueSettings(_Section):
     max_deliveries: int = Field(
         default=3, gt=0, description="a frame that crashed this many workers is stored as failed"
     )
+    ready_max_backlog: int = Field(
+        default=1024, gt=0, description="/readyz fails while more frames than this wait"
+    )
 
 
 class TlsSettings(_Section):

@@ -119,8 +119,12 @@ class StatusReader:
                 "no worker has sent a heartbeat in the last "
                 f"{self.settings.workers.stale_after_seconds:g} s (models not loaded?)"
             )
-        if report.backlog.length > 4 * report.backlog.max_backlog:
-            reasons.append(f"backlog {report.backlog.length} frames is over its bound")
+        bound = self.settings.queue.ready_max_backlog
+        if report.backlog.length > bound:
+            reasons.append(
+                f"backlog of {report.backlog.length} frames is over queue.ready_max_backlog "
+                f"({bound})"
+            )
         return Readiness(ready=not reasons, reasons=reasons)
 
     def live_gauges(self):

@@ -1,0 +1,42 @@
+"""/readyz tells ops why the daemon cannot take work: Redis gone, no worker, backlog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import redis
+
+from daemon import registry
+from daemon.api import create_app
+from daemon.broker import stop_embedded
+from daemon.queue import FrameQueue
+from tests.conftest import serve_http
+
+
+def test_readyz_reasons(make_settings, redis_client: redis.Redis, tmp_path: Path) -> None:
+    settings = make_settings(queue={"ready_max_backlog": 3})
+    with serve_http(create_app(settings, redis_client)) as api:
+        not_ready = api.get("/readyz")
+        assert not_ready.status_code == 503
+        assert "no worker" in " ".join(not_ready.json()["reasons"])
+
+        registry.beat(redis_client, registry.WORKERS_KEY, "w0", {
+            "id": "w0", "host": "h", "provider": "CPUExecutionProvider", "frames_done": 0,
+        })
+        ready = api.get("/readyz")
+        assert ready.status_code == 200 and ready.json() == {"ready": True, "reasons": []}
+
+        queue = FrameQueue(redis_client)
+        for i in range(4):
+            queue.enqueue(f"f{i}", "S1", f"/in/{i}.jpg", "rig-1", b"x")
+        over = api.get("/readyz")
+        assert over.status_code == 503
+        assert "over queue.ready_max_backlog (3)" in " ".join(over.json()["reasons"])
+
+        stop_embedded(tmp_path / "redis")  # the fixture's server: Redis is gone
+        gone = api.get("/readyz")
+        assert gone.status_code == 503
+        assert "redis unreachable" in gone.json()["reasons"][0]
+        assert api.get("/healthz").status_code == 200  # the process itself still lives
+        status = api.get("/status")
+        assert status.status_code == 503 and "redis unavailable" in status.json()["detail"]
