@@ -67,6 +67,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(_settings(args, "bench"), args.config, args.frames, args.json, args.images)
 
 
+def cmd_qc(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from capture.quality import assess
+    from daemon.classify import image_files
+    from daemon.frame import FrameRejected, decode_rgb
+
+    settings = _settings(args, "qc")
+    measured: dict[str, list[float]] = {}
+    failed = 0
+    for path in image_files([Path(p) for p in args.paths]):
+        try:
+            quality = assess(decode_rgb(path.read_bytes()), settings.capture.qc)
+        except (OSError, FrameRejected) as exc:
+            print(json.dumps({"source": str(path), "ok": False, "error": str(exc)}))
+            failed += 1
+            continue
+        failed += not quality.ok
+        for name, value in quality.values.items():
+            measured.setdefault(name, []).append(value)
+        if not args.summary:
+            print(json.dumps({"source": str(path), "ok": quality.ok, "reason": quality.reason,
+                              "values": quality.values}))
+    if args.summary:
+        count = len(next(iter(measured.values()), []))
+        print(f"{count} frames measured, {failed} would be rejected with capture.qc as set")
+        print(f"{'measure':20s} {'min':>9s} {'p1':>9s} {'p50':>9s} {'p99':>9s} {'max':>9s}")
+        for name, values in measured.items():
+            q = np.percentile(values, [0, 1, 50, 99, 100])
+            print(f"{name:20s} " + " ".join(f"{v:9.4g}" for v in q))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.status_cli import print_status
 
@@ -121,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
     keygen.add_argument("role", choices=["ingest", "read", "admin"])
+    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as capture would")
+    qc.add_argument("paths", nargs="+", help="image files or folders")
+    qc.add_argument("--summary", action="store_true", help="percentiles instead of one line a file")
     status = command("status", cmd_status, "print the daemon's /status as a table")
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
     try:

@@ -44,7 +44,7 @@ class QcSettings(_Section):
         default=40.0, ge=0, description="variance of the Laplacian; calibrate per rig and objective"
     )
     saturated_level: int = Field(default=254, ge=1, le=255)
-    max_saturated_fraction: float = Field(default=0.10, ge=0, le=1)
+    max_saturated_fraction: float = Field(default=0.90, ge=0, le=1)
     dark_level: int = Field(default=25, ge=0, le=254)
     max_dark_fraction: float = Field(default=0.50, ge=0, le=1)
     min_mean_brightness: float = Field(default=40.0, ge=0, le=255)

@@ -69,3 +69,19 @@ def test_status_prints_tables(running_daemon: Daemon) -> None:
     assert "tiny-classifier" in out.stdout and "watching" in out.stdout
     down = run_cli("status", "--url", "http://127.0.0.1:9")
     assert down.returncode == 1 and "cannot reach" in down.stderr
+
+
+def test_qc_reports_measures_and_rejections(tmp_path: Path) -> None:
+    from tests.capture.frames import blurred_rgb, good_rgb, overexposed_rgb
+
+    for name, image in (("good", good_rgb(1)), ("blur", blurred_rgb(1)),
+                        ("bright", overexposed_rgb(1))):
+        (tmp_path / f"{name}.png").write_bytes(encode(image, ".png"))
+    out = run_cli("qc", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = {Path(r["source"]).stem: r for r in map(json.loads, out.stdout.splitlines())}
+    assert rows["good"]["ok"] and not rows["blur"]["ok"] and not rows["bright"]["ok"]
+    assert rows["blur"]["reason"] == "out_of_focus" and rows["bright"]["reason"] == "overexposed"
+    assert rows["blur"]["values"]["focus"] < rows["good"]["values"]["focus"]
+    summary = run_cli("qc", str(tmp_path), "--summary")
+    assert "3 frames measured, 2 would be rejected" in summary.stdout
