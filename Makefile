@@ -21,13 +21,19 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP) install -e '.[test,train]'
 	@touch $@
 
-# promtool and prometheus (Debian's prometheus package) for the deploy/ rule tests.
+# promtool and prometheus (Debian's prometheus package) for the deploy/ rule tests;
+# a TLS-capable redis-server (Debian's redis-server package) for the rediss:// test.
 system-deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (promtool) for the rule tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing Debian's redis-server package (built with TLS) for the rediss:// test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 
 run: install
 	$(BIN)/leukoscope run --config config.yaml

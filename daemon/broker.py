@@ -23,6 +23,8 @@ from daemon.config import Settings
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "redis.sock"
+SOCKET_TIMEOUT_SECONDS = 30.0  # well above the longest blocking read (0.5 s)
+CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 def redis_server_binary() -> str:
@@ -104,5 +106,15 @@ def redis_url(settings: Settings) -> str:
 
 
 def connect(settings: Settings) -> redis.Redis:
-    """A client for this installation's Redis (bytes responses, health-checked)."""
-    return redis.Redis.from_url(redis_url(settings), health_check_interval=30)
+    """A client for this installation's Redis (bytes responses, health-checked).
+
+    The socket timeouts keep a blocking read (XREADGROUP/XREAD block for 0.5 s at most) from
+    hanging forever on a server that vanished without closing the connection; callers treat
+    the resulting ``redis.TimeoutError`` like a lost connection and retry.
+    """
+    return redis.Redis.from_url(
+        redis_url(settings),
+        health_check_interval=30,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+    )

@@ -16,6 +16,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
+import redis
 
 from daemon import __version__, metrics, registry
 from daemon.analyzer import Analyzer
@@ -29,6 +30,8 @@ from daemon.results import ResultStore
 from daemon.scale import Rescaler
 
 log = logging.getLogger(__name__)
+
+REDIS_RETRY_SECONDS = 0.75  # back-off while Redis is unreachable
 
 
 def host_name() -> str:
@@ -97,22 +100,50 @@ class Worker:
         log.info("worker ready", extra={"worker": self.id, "provider": self.analyzer.provider})
         self.heartbeat(force=True)
         # Entries this consumer held when it last died come first.
+        self.drain_own()
+        # From here on a batch's results are stored while the next batch is analysed.
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        lost = False
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if lost:
+                        # Results of a batch whose store failed were never acknowledged:
+                        # they are still this consumer's pending entries; take them again.
+                        self.heartbeat(force=True)
+                        self.drain_own()
+                        lost = False
+                        log.info("worker reconnected to redis", extra={"worker": self.id})
+                    self.step()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    lost = True
+                    try:
+                        self.flush()  # a store in flight: let it finish or fail first
+                    except Exception:  # noqa: BLE001 - its entries stay pending, re-read
+                        pass
+                    log.error("worker lost redis; retrying",
+                              extra={"worker": self.id, "error": str(exc)})
+                    self.stopping.wait(REDIS_RETRY_SECONDS)
+        finally:
+            try:
+                self.flush()
+            finally:
+                self._storer.shutdown(wait=True)
+                self._storer = None
+        try:
+            registry.leave(self.client, registry.WORKERS_KEY, self.id)
+        except redis.RedisError as exc:
+            log.warning("worker could not leave the registry", extra={"error": str(exc)})
+        log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
+
+    def drain_own(self) -> None:
+        """Process the entries this consumer already holds (delivered, never acknowledged)."""
         while not self.stopping.is_set():
             own = self.queue.read(self.id, self.settings.workers.batch_frames, 0, own_pending=True)
             if not own:
-                break
+                return
             self.process(own)
-        # From here on a batch's results are stored while the next batch is analysed.
-        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        try:
-            while not self.stopping.is_set():
-                self.step()
-        finally:
             self.flush()
-            self._storer.shutdown(wait=True)
-            self._storer = None
-        registry.leave(self.client, registry.WORKERS_KEY, self.id)
-        log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
 
     def step(self, block_ms: int = 500) -> int:
         """One read-process cycle; returns how many frames it handled."""
