@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -33,6 +32,7 @@ from daemon.frame import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_
 from daemon.queue import FrameQueue, Inflight
 from daemon.result import FrameResult
 from daemon.results import ResultStore
+from daemon.shutdown import on_stop_signals
 from daemon.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,7 @@ class CaptureService:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop the loop (main thread only)."""
 
-        def handler(signum: int, _frame: object) -> None:
-            log.info("capture stopping", extra={"signal": signal.Signals(signum).name})
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        on_stop_signals(self.stop, "capture")
 
     def run(self) -> None:
         """Reconcile, then watch the inbox until stopped."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -30,6 +29,7 @@ from daemon.broker import connect
 from daemon.config import Settings
 from daemon.frame import frame_id_for
 from daemon.queue import FrameQueue
+from daemon.shutdown import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +62,7 @@ class StreamCapture:
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: object) -> None:
-            log.info("capture stopping", extra={"signal": signal.Signals(signum).name})
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        on_stop_signals(self.stop, "capture")
 
     def run(self) -> None:
         log.info("stream capture started", extra={

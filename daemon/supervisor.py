@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from daemon import metrics
 from daemon.broker import connect, start_embedded, stop_embedded
 from daemon.config import Settings
+from daemon.shutdown import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +91,7 @@ class Supervisor:
             self.settings.redis.url = self.env["LEUKOSCOPE_REDIS__URL"]
         self.client = connect(self.settings)
 
-        def stop(signum: int, _frame: object) -> None:
-            log.info("stopping", extra={"signal": signal.Signals(signum).name})
-            self.stopping = True
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        on_stop_signals(lambda: setattr(self, "stopping", True), "supervisor")
         for child in self.children:
             self._start(child)
         while not self.stopping:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -28,6 +27,7 @@ from daemon.queue import STREAM_KEY, Delivery, FrameQueue
 from daemon.result import FrameResult
 from daemon.results import ResultStore
 from daemon.scale import Rescaler
+from daemon.shutdown import on_stop_signals
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,7 @@ class Worker:
 
     # --- lifecycle ----------------------------------------------------------------------
     def install_signal_handlers(self) -> None:
-        def stop(signum: int, _frame: object) -> None:
-            log.info("worker stopping", extra={"signal": signal.Signals(signum).name})
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        on_stop_signals(self.stopping.set, "worker")
 
     def heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
