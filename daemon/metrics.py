@@ -62,14 +62,14 @@ CATALOGUE: dict[str, MetricDef] = {
         MetricDef(
             "leukoscope_cells_classified_total",
             "counter",
-            "Cells classified, by predicted class.",
-            ("class",),
+            "Cells classified, by rig and predicted class.",
+            ("rig", "class"),
         ),
         MetricDef(
             "leukoscope_frame_latency_seconds",
             "histogram",
-            "Time from capture to stored result.",
-            (),
+            "Time from capture to stored result, by rig.",
+            ("rig",),
             LATENCY_BUCKETS,
         ),
         MetricDef(

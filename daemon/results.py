@@ -66,9 +66,11 @@ def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
             "leukoscope_frames_rejected_total", {"rig": rig, "reason": result.reason or "other"}
         )
     for cell in result.cells:
-        inc += metrics.counter("leukoscope_cells_classified_total", {"class": cell.class_})
+        inc += metrics.counter(
+            "leukoscope_cells_classified_total", {"rig": rig, "class": cell.class_}
+        )
     latency = max(0.0, result.completed_at - result.captured_at)
-    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency)
+    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency, {"rig": rig})
     return inc
 
 

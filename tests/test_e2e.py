@@ -70,11 +70,11 @@ def test_frames_in_results_out_files_archived_metrics_counted(daemon: Daemon) ->
     )
     assert metric_value(text, 'leukoscope_frames_captured_total{rig="rig-1"}') == n + 1
     cells = sum(
-        metric_value(text, f'leukoscope_cells_classified_total{{class="{c}"}}')
+        metric_value(text, f'leukoscope_cells_classified_total{{class="{c}",rig="rig-1"}}')
         for c in ("benign", "early_pre_b", "pre_b", "pro_b")
     )
     assert cells == sum(len(r["cells"]) for r in results)
-    assert metric_value(text, "leukoscope_frame_latency_seconds_count") == n + 1
+    assert metric_value(text, "leukoscope_frame_latency_seconds_count{rig=\"rig-1\"}") == n + 1
     assert metric_value(text, "leukoscope_workers_up") == 2
     _, status = http_json(f"{daemon.api_url}/status")
     assert len(status["workers"]) == 2 and status["results_stored"] == n + 1
