@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from pathlib import Path
@@ -287,7 +286,7 @@ class CaptureService:
             return
         self._last_beat = now
         registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
             "state": self.state, "directory": str(self.inbox),
             "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,
             "frames_archived": self.archiver.archived,

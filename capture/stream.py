@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -157,7 +156,7 @@ class StreamCapture:
             return
         self._last_beat = now
         registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
             "state": self.state, "source": "opencv", "uri": self.config.uri,
             "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),
             "frames_queued": self.counts["queued"], "frames_rejected": self.counts["rejected"],

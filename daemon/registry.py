@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 
 import redis
 
 WORKERS_KEY = "lks:workers"
 CAPTURES_KEY = "lks:captures"
+
+
+def host_name() -> str:
+    """The host name shown in /status; LEUKOSCOPE_HOSTNAME overrides it (containers, tests)."""
+    return os.environ.get("LEUKOSCOPE_HOSTNAME") or socket.gethostname()
 
 
 def beat(client: redis.Redis, key: str, member: str, info: dict) -> None:

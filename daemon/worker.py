@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,13 +33,8 @@ log = logging.getLogger(__name__)
 REDIS_RETRY_SECONDS = 0.75  # back-off while Redis is unreachable
 
 
-def host_name() -> str:
-    """The host name shown in /status; LEUKOSCOPE_HOSTNAME overrides it (containers, tests)."""
-    return os.environ.get("LEUKOSCOPE_HOSTNAME") or socket.gethostname()
-
-
 def default_worker_id(index: int = 0) -> str:
-    return f"{host_name()}-w{index}"
+    return f"{registry.host_name()}-w{index}"
 
 
 class Worker:
@@ -79,7 +73,7 @@ class Worker:
             self.id,
             {
                 "id": self.id,
-                "host": host_name(),
+                "host": registry.host_name(),
                 "pid": os.getpid(),
                 "provider": self.analyzer.provider,
                 "started_at": self.started_at,
