@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -84,10 +85,29 @@ class Supervisor:
         except Exception:  # metrics must never stop a restart
             log.warning("could not record restart metric")
 
+    def port_in_use(self) -> str | None:
+        """Why the API could not listen, checked before anything starts (None: it can)."""
+        host, port = self.settings.api.host, self.settings.api.port
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                return f"cannot listen on {host}:{port} ({exc.strerror}); is another " \
+                    "leukoscope running? Set api.port or stop it"
+        return None
+
     def run(self) -> int:
+        # A second daemon on the same port would crash-loop its API child forever: refuse.
+        problem = self.port_in_use()
+        if problem:
+            log.error(problem)
+            print(f"leukoscope run: {problem}", file=sys.stderr)
+            return 2
         if not self.settings.redis.url:
-            socket, self.started_redis = start_embedded(self.settings.redis_dir)
-            self.env["LEUKOSCOPE_REDIS__URL"] = f"unix://{socket}"
+            redis_socket, self.started_redis = start_embedded(self.settings.redis_dir)
+            self.env["LEUKOSCOPE_REDIS__URL"] = f"unix://{redis_socket}"
             self.settings.redis.url = self.env["LEUKOSCOPE_REDIS__URL"]
         self.client = connect(self.settings)
 

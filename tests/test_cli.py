@@ -85,3 +85,22 @@ def test_qc_reports_measures_and_rejections(tmp_path: Path) -> None:
     assert rows["blur"]["values"]["focus"] < rows["good"]["values"]["focus"]
     summary = run_cli("qc", str(tmp_path), "--summary")
     assert "3 frames measured, 2 would be rejected" in summary.stdout
+
+
+def test_run_refuses_a_port_in_use(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "c.yaml"
+        config.write_text(yaml.safe_dump({
+            "data_dir": str(tmp_path / "var"), "capture": {"directory": str(tmp_path / "in")},
+            "api": {"port": port},
+            "models": {"segmenter": str(tiny_models[0]), "classifier": str(tiny_models[1])},
+        }))
+        out = run_cli("run", "--config", str(config))
+    assert out.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert not (tmp_path / "var" / "redis" / "redis.sock").exists()  # nothing was started
