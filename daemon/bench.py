@@ -124,30 +124,55 @@ def bench_daemon(
 
 
 def run_bench(
-    settings: Settings, config_path: str | None, count: int, as_json: bool, images: str | None
+    settings: Settings,
+    config_path: str | None,
+    count: int,
+    as_json: bool,
+    images: str | None,
+    rounds: int = 3,
 ) -> int:
+    """Alternate bare and daemon runs: bare, daemon, bare, daemon, ..., bare.
+
+    This machine's speed drifts between runs (shared hardware), so each daemon run is
+    compared with the mean of the bare runs just before and after it, and the medians over
+    the rounds are reported.
+    """
     frames = bench_frames(count, images)
-    bare = bench_bare(settings, frames)
-    daemon_fps, latencies = bench_daemon(settings, frames)
+    bares = [bench_bare(settings, frames)]
+    daemons: list[float] = []
+    latencies: list[float] = []
+    for _ in range(rounds):
+        fps, round_latencies = bench_daemon(settings, frames)
+        daemons.append(fps)
+        latencies += round_latencies
+        bares.append(bench_bare(settings, frames))
+    ratios = [d / ((bares[i] + bares[i + 1]) / 2) for i, d in enumerate(daemons)]
     report = {
         "frames": count,
+        "rounds": rounds,
         "workers": settings.workers.count,
-        "bare_fps": round(bare, 2),
-        "daemon_fps": round(daemon_fps, 2),
-        "ratio": round(daemon_fps / bare, 3),
+        "bare_fps": round(float(np.median(bares)), 2),
+        "daemon_fps": round(float(np.median(daemons)), 2),
+        "ratio": round(float(np.median(ratios)), 3),
+        "ratios": [round(r, 3) for r in ratios],
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
         "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
     }
     if as_json:
         print(json.dumps(report))
     else:
-        print(f"frames            {count} ({'synthetic' if not images else images})")
-        print(f"bare models       {report['bare_fps']:.1f} frames/s")
         print(
-            f"through daemon    {report['daemon_fps']:.1f} frames/s "
-            f"({settings.workers.count} worker(s))"
+            f"frames            {count} ({'synthetic' if not images else images}), {rounds} rounds"
         )
-        print(f"ratio daemon/bare {report['ratio']:.3f}")
+        print(f"bare models       {report['bare_fps']:.1f} frames/s (median)")
+        print(
+            f"through daemon    {report['daemon_fps']:.1f} frames/s (median, "
+            f"{settings.workers.count} worker(s))"
+        )
+        print(
+            f"ratio daemon/bare {report['ratio']:.3f} (median of "
+            f"{', '.join(f'{r:.3f}' for r in report['ratios'])})"
+        )
         print(
             f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
             "(capture to stored result; all frames delivered at once)"

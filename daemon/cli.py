@@ -64,7 +64,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.bench import run_bench
 
-    return run_bench(_settings(args, "bench"), args.config, args.frames, args.json, args.images)
+    return run_bench(
+        _settings(args, "bench"), args.config, args.frames, args.json, args.images, args.rounds
+    )
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
@@ -150,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = command("bench", cmd_bench, "measure bare-model and through-daemon throughput")
     bench.add_argument("--frames", type=int, default=200)
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--rounds", type=int, default=3, help="daemon runs, each between bare runs")
     bench.add_argument(
         "--images", default=None, help="folder of images to use (default: synthetic)"
     )

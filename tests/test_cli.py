@@ -104,3 +104,18 @@ def test_run_refuses_a_port_in_use(tmp_path: Path, tiny_models: tuple[Path, Path
     assert out.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert not (tmp_path / "var" / "redis" / "redis.sock").exists()  # nothing was started
+
+
+def test_bench_reports_both_paths(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    # A functional check of the benchmark's plumbing, not a speed assertion.
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"segmenter": str(tiny_models[0]), "classifier": str(tiny_models[1])},
+        "workers": {"device": "cpu"}, "logging": {"level": "WARNING"},
+    }))
+    out = run_cli("bench", "--config", str(config), "--frames", "12", "--rounds", "1", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["frames"] == 12 and report["rounds"] == 1 and len(report["ratios"]) == 1
+    assert report["bare_fps"] > 0 and report["daemon_fps"] > 0
+    assert report["p99_ms"] >= report["p50_ms"] > 0
