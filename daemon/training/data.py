@@ -25,7 +25,6 @@ from daemon.manifest import CellFilter, CropSpec
 from daemon.pipeline import crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
-CLASS_CODES: tuple[str, ...] = ("benign", "early_pre_b", "pre_b", "pro_b")
 CLASS_DISPLAY: tuple[str, ...] = (
     "Benign (hematogone)",
     "Early pre-B ALL",

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
+from daemon import CLASS_CODES
 from daemon.manifest import CellFilter, CropSpec, ModelManifest, load_manifest, write_manifest
 from daemon.pipeline import aggregate, crop_cells, find_cells, pad_to_multiple, to_tensor
 from daemon.training import metrics as M
-from daemon.training.data import CLASS_CODES, load_splits, reinhard_normalize
+from daemon.training.data import load_splits, reinhard_normalize
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (40, 60, 80, 100, 120, 150)

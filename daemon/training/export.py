@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import torch
 
+from daemon import CLASS_CODES
 from daemon.manifest import (
     CellFilter,
     ClassSpec,
@@ -27,7 +28,7 @@ from daemon.manifest import (
     file_sha256,
     write_manifest,
 )
-from daemon.training.data import CLASS_CODES, CLASS_DISPLAY, CLASS_FOLDERS
+from daemon.training.data import CLASS_DISPLAY, CLASS_FOLDERS
 from daemon.training.nets import ClassifierExport, MobileNetV2, SegmenterExport, UNet
 
 OPSET = 17

@@ -123,6 +123,31 @@ def _save(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def _checkpoint(
+    run_dir: Path, score: float, record: dict, progress: dict, model, optimizer, scheduler,
+    meta: dict, epoch: int,
+) -> None:
+    """End of an epoch: ``best.pt`` when ``score`` beats the best so far, ``last.pt`` always
+    (full state, so re-running the command resumes)."""
+    if score > progress["best"]:
+        progress["best"] = score
+        _save(
+            run_dir / "best.pt",
+            {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val": record},
+        )
+    _save(
+        run_dir / "last.pt",
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch + 1,
+            "progress": progress,
+            "meta": meta,
+        },
+    )
+
+
 # --- segmenter ------------------------------------------------------------------------------
 
 
@@ -214,23 +239,7 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         }
         progress["history"].append(record)
         _log(run_dir, record)
-        if dice > progress["best"]:
-            progress["best"] = dice
-            _save(
-                run_dir / "best.pt",
-                {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val": record},
-            )
-        _save(
-            run_dir / "last.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "progress": progress,
-                "meta": meta,
-            },
-        )
+        _checkpoint(run_dir, dice, record, progress, model, optimizer, scheduler, meta, epoch)
     return run_dir
 
 
@@ -367,21 +376,5 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         progress["history"].append(record)
         _log(run_dir, record)
         score = field_acc + 0.1 * cell_acc  # field accuracy first, cell accuracy breaks ties
-        if score > progress["best"]:
-            progress["best"] = score
-            _save(
-                run_dir / "best.pt",
-                {"model": model.state_dict(), "meta": meta, "epoch": epoch + 1, "val": record},
-            )
-        _save(
-            run_dir / "last.pt",
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1,
-                "progress": progress,
-                "meta": meta,
-            },
-        )
+        _checkpoint(run_dir, score, record, progress, model, optimizer, scheduler, meta, epoch)
     return run_dir
