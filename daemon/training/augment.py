@@ -1,7 +1,11 @@
-"""Batch augmentation on CPU tensors (torch): geometry and colour jitter.
+"""Batch augmentation (torch geometry and colour, OpenCV degradations) for training.
 
-All functions take images as (N, 3, H, W) float32 RGB in [0, 1] (before normalization) and,
-for the segmenter, masks as (N, 1, H, W) float32 {0, 1} transformed with the same geometry.
+Covers what a second rig brings after the daemon's own normalisation (background white
+balance, rescaling to the models' red-cell scale): residual exposure, stain hue and
+saturation, defocus, JPEG compression, sensor noise and residual scale error.
+
+Tensor functions take images as (N, 3, H, W) float32 RGB in [0, 1] (before normalization)
+and, for the segmenter, masks as (N, 1, H, W) float32 {0, 1} with the same geometry.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,11 +24,25 @@ class AugmentParams:
     """Ranges of the random augmentation (uniform unless stated)."""
 
     max_rotation_deg: float = 180.0  # arbitrary rotation (plus flips)
-    scale: tuple[float, float] = (0.85, 1.15)  # zoom factor
-    brightness: float = 0.12  # multiplicative 1 +- this
+    scale: tuple[float, float] = (0.85, 1.15)  # zoom factor, log-uniform
+    brightness: float = 0.25  # exposure: multiplicative 1 +- this
     contrast: float = 0.2  # around the image mean, 1 +- this
-    saturation: float = 0.2  # 1 +- this
-    hue_deg: float = 12.0  # hue rotation +- this, in degrees of the YIQ chroma plane
+    saturation: tuple[float, float] = (0.65, 1.35)  # chroma factor
+    hue_deg: float = 8.0  # hue rotation +- this, in degrees of the YIQ chroma plane
+    blur_sigma: float = 2.0  # defocus: Gaussian sigma up to this (pixels) ...
+    blur_p: float = 0.3  # ... on this share of samples
+    jpeg_quality: tuple[int, int] = (25, 95)  # JPEG re-encoding at a quality in this range ...
+    jpeg_p: float = 0.3  # ... on this share of samples
+    noise_sigma: float = 0.03  # sensor noise: Gaussian sigma up to this (of full scale) ...
+    noise_p: float = 0.3  # ... on this share of samples
+    resample: tuple[float, float] = (0.5, 1.0)  # classifier: detail lost to a coarser scale ...
+    resample_p: float = 0.0  # ... on this share of samples (0: off)
+
+
+#: The segmenter sees whole fields: the residual scale error is a zoom of 0.5-2x.
+SEGMENTER_AUGMENT = AugmentParams(scale=(0.5, 2.0))
+#: The classifier sees crops sized to the cell: scale error shows as lost detail.
+CLASSIFIER_AUGMENT = AugmentParams(resample_p=0.4)
 
 
 def random_geometry(
@@ -37,8 +57,8 @@ def random_geometry(
     """
     n = images.shape[0]
     angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(params.max_rotation_deg)
-    lo, hi = params.scale
-    scale = lo + torch.rand(n, generator=generator) * (hi - lo)
+    lo, hi = math.log(params.scale[0]), math.log(params.scale[1])
+    scale = torch.exp(lo + torch.rand(n, generator=generator) * (hi - lo))
     flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.zeros(n, 2, 3)
@@ -64,14 +84,14 @@ _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 def random_colour(
     images: torch.Tensor, params: AugmentParams, generator: torch.Generator
 ) -> torch.Tensor:
-    """Brightness, contrast, saturation and hue jitter per sample; (N,3,H,W) in [0,1] -> same."""
+    """Exposure, contrast, saturation and hue jitter per sample; (N,3,H,W) in [0,1] -> same."""
     n = images.shape[0]
 
-    def uniform(amount: float) -> torch.Tensor:
-        return 1 + (torch.rand(n, generator=generator) * 2 - 1) * amount
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + torch.rand(n, generator=generator) * (hi - lo)
 
-    hue = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(params.hue_deg)
-    sat = uniform(params.saturation)
+    hue = uniform(-1, 1) * math.radians(params.hue_deg)
+    sat = uniform(*params.saturation)
     rot = torch.zeros(n, 3, 3)
     rot[:, 0, 0] = 1
     rot[:, 1, 1] = torch.cos(hue) * sat
@@ -81,9 +101,43 @@ def random_colour(
     matrix = _YIQ2RGB @ rot @ _RGB2YIQ  # (n, 3, 3)
     out = torch.einsum("nij,njhw->nihw", matrix, images)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * uniform(params.contrast)[:, None, None, None] + mean
-    out = out * uniform(params.brightness)[:, None, None, None]
+    contrast = uniform(1 - params.contrast, 1 + params.contrast)
+    out = (out - mean) * contrast[:, None, None, None] + mean
+    out = out * uniform(1 - params.brightness, 1 + params.brightness)[:, None, None, None]
     return out.clamp(0.0, 1.0)
+
+
+def random_degrade(
+    images: torch.Tensor, params: AugmentParams, generator: torch.Generator
+) -> torch.Tensor:
+    """Per sample, each with its probability: lost detail (downsample and back), defocus
+    blur, sensor noise, JPEG re-encoding. (N,3,H,W) in [0,1] -> same (via uint8, as a camera
+    delivers)."""
+    n, _, height, width = images.shape
+    draws = torch.rand(n, 8, generator=generator).numpy()
+    batch = (images.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    for i in range(n):
+        image = batch[i]
+        if draws[i, 0] < params.resample_p:
+            lo, hi = params.resample
+            f = lo + draws[i, 1] * (hi - lo)
+            small = cv2.resize(image, (max(4, round(width * f)), max(4, round(height * f))),
+                               interpolation=cv2.INTER_AREA)
+            image = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+        if draws[i, 2] < params.blur_p:
+            image = cv2.GaussianBlur(image, (0, 0), 0.3 + draws[i, 3] * (params.blur_sigma - 0.3))
+        if draws[i, 4] < params.noise_p:
+            sigma = draws[i, 5] * params.noise_sigma * 255.0
+            noise = np.random.default_rng(int(draws[i, 5] * 2**31)).normal(0, sigma, image.shape)
+            image = np.clip(image + noise, 0, 255).astype(np.uint8)
+        if draws[i, 6] < params.jpeg_p:
+            lo_q, hi_q = params.jpeg_quality
+            quality = int(lo_q + draws[i, 7] * (hi_q - lo_q))
+            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+        batch[i] = image
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:

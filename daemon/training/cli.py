@@ -38,6 +38,7 @@ def _train(args: argparse.Namespace) -> int:
             width=args.width,
             size=args.size,
             colour_norm=args.colour_norm,
+            negatives=args.negatives,
             **common,
         )
         if args.epochs is None:
@@ -99,6 +100,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--width", type=float, default=0.5, help="classifier: MobileNetV2 width")
     train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
     train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
+    train.add_argument("--negatives", default="",
+                       help="classifier: foreign normal cells <class>/<file> whose train part "
+                            "teaches 'unidentified' (e.g. ../shared/data/pbc-normal)")
     train.set_defaults(func=_train)
 
     export = subparsers.add_parser("export", help="export checkpoints to ONNX + fp16 + manifest")

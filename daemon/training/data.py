@@ -21,8 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from daemon.imaging.acquisition import background_rgb, normalise_background
+from daemon.imaging.ruler import measure_red_cells
 from daemon.manifest import CellFilter, CropSpec
-from daemon.pipeline import crop_cells, find_cells
+from daemon.pipeline import CellBox, crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_DISPLAY: tuple[str, ...] = (
@@ -32,6 +34,10 @@ CLASS_DISPLAY: tuple[str, ...] = (
     "Pro-B ALL",
 )
 CLASS_FOLDERS: tuple[str, ...] = ("Benign", "Early", "Pre", "Pro")
+#: Display name of the classifier's fifth output, ``unidentified``.
+UNIDENTIFIED_DISPLAY = "Unidentified (not a B-lineage precursor)"
+#: Label index of ``unidentified`` (after the four classes).
+UNIDENTIFIED_LABEL = len(CLASS_FOLDERS)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 _NUMBER = re.compile(r"(\d+)\D*$")
@@ -312,16 +318,22 @@ def load_splits(
     cache = None
     if cache_dir is not None and not limit:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cache = cache_dir / f"fields_b{block_size}_s{seed}.npz"
+        cache = cache_dir / f"fields_b{block_size}_s{seed}_bgnorm.npz"
     out: dict[str, dict] = {}
     stored = dict(np.load(cache)) if cache is not None and cache.is_file() else {}
     fresh: dict[str, np.ndarray] = {}
+    if "reference_background" in stored:
+        reference = stored["reference_background"]
+    else:
+        reference = reference_background([read_rgb(r.image) for r in splits["train"]])
+    fresh["reference_background"] = reference
     for split, recs in splits.items():
         names = [r.name for r in recs]
         if f"{split}_images" in stored and list(stored[f"{split}_names"]) == names:
             images, masks = stored[f"{split}_images"], stored[f"{split}_masks"]
         else:
             images, masks, _ = load_split_arrays(recs)
+            images = np.stack([normalise_background(im, tuple(reference)) for im in images])
         labels = np.asarray([r.label for r in recs], np.int64)
         fresh.update(
             {
@@ -331,6 +343,7 @@ def load_splits(
             }
         )
         out[split] = {
+            "reference_background": [float(v) for v in reference],
             "images": images,
             "masks": masks,
             "labels": labels,
@@ -342,3 +355,129 @@ def load_splits(
         np.savez(tmp, **fresh)
         tmp.replace(cache)
     return out
+
+
+# --- the models' scale and acquisition reference ---------------------------------------------
+
+
+def reference_background(images: list[np.ndarray]) -> np.ndarray:
+    """(3,) float32: median background colour (``background_rgb``) of the training fields; the
+    daemon brings every frame's background to it (``acquisition.background_rgb`` manifest key)."""
+    return np.median(np.stack([background_rgb(im) for im in images]), axis=0).round(1)
+
+
+def red_cell_scale(images: np.ndarray) -> dict:
+    """The models' red-cell ruler: median and quartiles of ``measure_red_cells`` over fields.
+
+    Returns ``{"rbc_diameter_px", "q1", "q3", "fields", "reliable"}`` (pixels at the models'
+    scale); the daemon rescales every frame by ``rbc_diameter_px / frame's diameter``.
+    """
+    rulers = [measure_red_cells(im) for im in images]
+    d = np.asarray([r.diameter_px for r in rulers if r.reliable], np.float64)
+    return {
+        "rbc_diameter_px": round(float(np.median(d)), 3),
+        "q1": round(float(np.percentile(d, 25)), 3),
+        "q3": round(float(np.percentile(d, 75)), 3),
+        "fields": len(rulers),
+        "reliable": int(d.size),
+    }
+
+
+# --- negatives for the ``unidentified`` output -------------------------------------------------
+
+PBC_SPLIT = {"train": 0.5, "val": 0.15}  # the rest (35 %) is the held-out test part
+
+
+def pbc_split(pbc_dir: Path, seed: int = 0) -> dict[str, list[tuple[Path, str]]]:
+    """Split the normal-cell sample per class: 50 % train, 15 % val, 35 % test (held out).
+
+    Returns ``{"train"|"val"|"test": [(path, class_folder), ...]}``; deterministic for ``seed``.
+    """
+    out: dict[str, list[tuple[Path, str]]] = {split: [] for split in SPLITS}
+    pbc_dir = Path(pbc_dir)
+    for class_dir in sorted(p for p in pbc_dir.iterdir() if p.is_dir()):
+        paths = sorted(p for p in class_dir.iterdir()
+                       if p.suffix.lower() in {".jpg", ".png"} and not p.name.startswith("."))
+        random.Random(f"{seed}:{class_dir.name}").shuffle(paths)
+        n_train = round(PBC_SPLIT["train"] * len(paths))
+        n_val = round(PBC_SPLIT["val"] * len(paths))
+        for i, path in enumerate(paths):
+            split = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            out[split].append((path, class_dir.name))
+    return out
+
+
+def to_model_scale(
+    image_rgb: np.ndarray, model_rbc_px: float, fallback_rbc_px: float | None,
+    reference_rgb: tuple[float, float, float],
+) -> tuple[np.ndarray, float]:
+    """A foreign image brought to the models' scale and background, as the daemon does.
+
+    The image's own red-cell estimate is used when reliable, else ``fallback_rbc_px`` (the
+    rig's running estimate). Returns the image and the enlargement applied.
+    """
+    ruler = measure_red_cells(image_rgb)
+    diameter = ruler.diameter_px if ruler.reliable else fallback_rbc_px
+    factor = 1.0 if not diameter else model_rbc_px / diameter
+    if abs(factor - 1.0) > 0.02:
+        h, w = image_rgb.shape[:2]
+        image_rgb = cv2.resize(
+            image_rgb, (max(8, round(w * factor)), max(8, round(h * factor))),
+            interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+    return normalise_background(image_rgb, reference_rgb), factor
+
+
+def stained_boxes(image_rgb: np.ndarray, min_area_px: int = 60) -> list[CellBox]:
+    """White-cell-coloured components of a field (``clean_mask`` without curators' masks),
+    those cut by the border left out; the centre box of a quarter of the field if none."""
+    mask = clean_mask(image_rgb, None, CleaningParams(min_area_px=min_area_px))
+    h, w = mask.shape
+    boxes = [b for b in find_cells(mask.astype(np.float32),
+                                   CellFilter(threshold=0.5, min_area_px=min_area_px,
+                                              max_area_px=10**9))
+             if b.x > 0 and b.y > 0 and b.x + b.w < w and b.y + b.h < h]
+    if not boxes:
+        side = max(8, min(h, w) // 4)
+        boxes = [CellBox((w - side) // 2, (h - side) // 2, side, side, side * side)]
+    return boxes
+
+
+def foreign_cell_crops(
+    paths: list[Path], model_rbc_px: float, reference_rgb: tuple[float, float, float],
+    crop_spec: CropSpec, size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crops of the cells in foreign single-cell images (e.g. the normal-cell sample), cut at
+    the models' scale. Returns crops (M, size, size, 3) uint8 and the image index of each."""
+    images = [read_rgb(p) for p in paths]
+    rulers = [measure_red_cells(im) for im in images]
+    reliable = [r.diameter_px for r in rulers if r.reliable]
+    fallback = float(np.median(reliable)) if reliable else None
+    crops, owners = [], []
+    for index, image in enumerate(images):
+        scaled, _ = to_model_scale(image, model_rbc_px, fallback, reference_rgb)
+        boxes = stained_boxes(scaled)
+        crops.append(crop_cells(scaled, boxes, crop_spec, size))
+        owners.extend([index] * len(boxes))
+    if not crops:
+        return np.empty((0, size, size, 3), np.uint8), np.empty((0,), np.int64)
+    return np.concatenate(crops), np.asarray(owners, np.int64)
+
+
+def background_crops(
+    images: np.ndarray, masks: np.ndarray, crop_spec: CropSpec, size: int, seed: int,
+    per_field: int = 1,
+) -> np.ndarray:
+    """Crops centred away from every white cell (red cells, plasma, debris), sized like the
+    small components a segmenter may raise there: negatives for ``unidentified``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    kernel = np.ones((11, 11), np.uint8)
+    for image, mask in zip(images, masks, strict=True):
+        free = np.argwhere(cv2.dilate(mask.astype(np.uint8), kernel) == 0)
+        if len(free) == 0:
+            continue
+        for y, x in free[rng.integers(0, len(free), per_field)]:
+            side = int(rng.integers(10, 30))
+            box = CellBox(int(x) - side // 2, int(y) - side // 2, side, side, side * side)
+            out.append(crop_cells(image, [box], crop_spec, size))
+    return np.concatenate(out) if out else np.empty((0, size, size, 3), np.uint8)

@@ -17,10 +17,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from daemon import CELL_OUTCOMES
 from daemon.manifest import CropSpec
 from daemon.pipeline import aggregate
 from daemon.training import data as D
-from daemon.training.augment import AugmentParams, normalize, random_colour, random_geometry
+from daemon.training.augment import (
+    CLASSIFIER_AUGMENT,
+    SEGMENTER_AUGMENT,
+    normalize,
+    random_colour,
+    random_degrade,
+    random_geometry,
+)
 from daemon.training.data import load_splits
 from daemon.training.nets import MobileNetV2, UNet
 
@@ -67,6 +75,10 @@ class ClassifierConfig:
     limit_fields: int = 0
     device: str = "auto"
     augment: dict = field(default_factory=dict)
+    #: Foreign normal cells (``pbc-normal`` layout ``<class>/<file>``) whose train part teaches
+    #: ``unidentified``; "" for none (then only background crops of the ALL fields do).
+    negatives: str = ""
+    negatives_repeat: int = 3  # the foreign crops are few: each is seen this often per epoch
 
 
 def _device(name: str) -> torch.device:
@@ -197,8 +209,10 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         "arch": {"base": cfg.base, "levels": cfg.levels},
         "train_names": train["names"],
         "training_data_sha256": D.training_data_sha256(train["records"]),
+        "reference_background": train["reference_background"],
+        "scale": D.red_cell_scale(train["images"]),
     }
-    augment = AugmentParams()
+    augment = SEGMENTER_AUGMENT
     patch = min(cfg.patch, train["images"].shape[1], train["images"].shape[2])
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
@@ -217,7 +231,8 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
             ox = int(torch.randint(0, w - patch + 1, (1,), generator=gen))
             x = x[:, :, oy : oy + patch, ox : ox + patch]
             y = y[:, :, oy : oy + patch, ox : ox + patch]
-            x = normalize(random_colour(x, augment, gen), mean, std).to(device)
+            x = random_degrade(random_colour(x, augment, gen), augment, gen)
+            x = normalize(x, mean, std).to(device)
             y = y.to(device)
             logits = model(x)
             loss = F.binary_cross_entropy_with_logits(logits, y) + dice_loss(logits, y)
@@ -254,18 +269,19 @@ def _colour_normalized(images: np.ndarray, stats: tuple | None) -> np.ndarray:
 
 @torch.no_grad()
 def predict_crops(model: MobileNetV2, crops: np.ndarray, mean, std, device, batch: int = 256):
-    """Softmax probabilities (M, 4) for (M, S, S, 3) uint8 crops."""
+    """Softmax probabilities (M, C) for (M, S, S, 3) uint8 crops."""
     model.eval()
     out = []
     for i in range(0, len(crops), batch):
         x = normalize(_to_float(crops[i : i + batch], device), mean, std)
         out.append(torch.softmax(model(x), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.empty((0, 4), np.float32)
+    return np.concatenate(out) if out else np.empty((0, len(CELL_OUTCOMES)), np.float32)
 
 
 def field_predictions(probs: np.ndarray, owners: np.ndarray, n_fields: int, method: str):
     """Aggregate per-crop probabilities (M, 4) into per-field (n_fields, 4); NaN rows: no cells."""
-    out = np.full((n_fields, probs.shape[1] if probs.ndim == 2 else 4), np.nan, np.float32)
+    width = probs.shape[1] if probs.ndim == 2 else len(CELL_OUTCOMES)
+    out = np.full((n_fields, width), np.nan, np.float32)
     for index in np.unique(owners):
         out[index] = aggregate(probs[owners == index], method)
     return out
@@ -294,12 +310,29 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     tr_crops, tr_owner = D.cell_crops(tr_images, train["masks"], crop_spec, cfg.size)
     va_crops, va_owner = D.cell_crops(va_images, val["masks"], crop_spec, cfg.size)
     tr_labels = train["labels"][tr_owner]
+    scale = D.red_cell_scale(train["images"])
+    reference = tuple(train["reference_background"])
+    negatives = [D.background_crops(train["images"], train["masks"], crop_spec, cfg.size, cfg.seed)]
+    va_foreign = np.empty((0, cfg.size, cfg.size, 3), np.uint8)
+    if cfg.negatives:
+        pbc = D.pbc_split(Path(cfg.negatives), cfg.seed)
+        foreign, _ = D.foreign_cell_crops([p for p, _ in pbc["train"]], scale["rbc_diameter_px"],
+                                          reference, crop_spec, cfg.size)
+        negatives += [foreign] * cfg.negatives_repeat
+        va_foreign, _ = D.foreign_cell_crops([p for p, _ in pbc["val"]],
+                                             scale["rbc_diameter_px"], reference, crop_spec,
+                                             cfg.size)
+    negatives_all = np.concatenate(negatives)
+    tr_crops = np.concatenate([tr_crops, negatives_all])
+    tr_labels = np.concatenate(
+        [tr_labels, np.full(len(negatives_all), D.UNIDENTIFIED_LABEL, np.int64)])
     mean, std = _channel_stats(tr_crops)
-    counts = np.bincount(tr_labels, minlength=4).astype(np.float64)
+    n_out = len(CELL_OUTCOMES)
+    counts = np.bincount(tr_labels, minlength=n_out).astype(np.float64)
     class_weight = torch.tensor(
-        np.clip(counts.sum() / (4 * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
+        np.clip(counts.sum() / (n_out * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
     )
-    model = MobileNetV2(num_classes=4, width=cfg.width).to(device)
+    model = MobileNetV2(num_classes=n_out, width=cfg.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr_crops) / cfg.batch)
     scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
@@ -316,6 +349,9 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         "train_names": train["names"],
         "train_crops_per_class": counts.tolist(),
         "training_data_sha256": D.training_data_sha256(train["records"]),
+        "reference_background": list(reference),
+        "scale": scale,
+        "negatives": cfg.negatives or None,
     }
     if start == 0:
         _log(
@@ -328,7 +364,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
                 "std": std,
             },
         )
-    augment = AugmentParams(**cfg.augment)
+    augment = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(
+        **{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
     for epoch in range(start, cfg.epochs):
         t0 = time.time()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
@@ -340,7 +377,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             idx = order[i : i + cfg.batch]
             x = _to_float(tr_crops[idx], torch.device("cpu"))
             x, _ = random_geometry(x, None, augment, gen)
-            x = normalize(random_colour(x, augment, gen), mean, std).to(device)
+            x = random_degrade(random_colour(x, augment, gen), augment, gen)
+            x = normalize(x, mean, std).to(device)
             y = torch.from_numpy(tr_labels[idx]).to(device)
             loss = F.cross_entropy(
                 model(x), y, weight=class_weight.to(device), label_smoothing=cfg.label_smoothing
@@ -354,7 +392,10 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         cell_acc = float((probs.argmax(1) == val["labels"][va_owner]).mean()) if len(probs) else 0
         fields = field_predictions(probs, va_owner, len(val["labels"]), "mean")
         has = ~np.isnan(fields[:, 0])
-        field_acc = float((fields[has].argmax(1) == val["labels"][has]).sum() / len(has))
+        field_acc = float((fields[has, :4].argmax(1) == val["labels"][has]).sum() / len(has))
+        foreign = predict_crops(model, va_foreign, mean, std, device)
+        foreign_unidentified = (
+            float((foreign.argmax(1) == D.UNIDENTIFIED_LABEL).mean()) if len(foreign) else 0.0)
         nll = (
             float(
                 -np.log(
@@ -370,11 +411,13 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             "val_field_acc": round(field_acc, 4),
             "val_cell_acc": round(cell_acc, 4),
             "val_cell_nll": round(nll, 4),
+            "val_foreign_unidentified": round(foreign_unidentified, 4),
             "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.time() - t0, 1),
         }
         progress["history"].append(record)
         _log(run_dir, record)
-        score = field_acc + 0.1 * cell_acc  # field accuracy first, cell accuracy breaks ties
+        # Field accuracy first; cell accuracy and foreign cells called unidentified break ties.
+        score = field_acc + 0.05 * cell_acc + 0.05 * foreign_unidentified
         _checkpoint(run_dir, score, record, progress, model, optimizer, scheduler, meta, epoch)
     return run_dir
