@@ -7,6 +7,20 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 FrameStatus = Literal["done", "rejected", "failed"]
+ScaleSource = Literal["configured", "file", "estimated", "assumed"]
+
+#: Why a cell or a frame goes to a person (bounded set: metric label values too).
+LOW_CONFIDENCE = "low_confidence"
+UNIDENTIFIED_CELL = "unidentified"
+CUT_OFF = "cut_off"
+UNIDENTIFIED_CELLS = "unidentified_cells"
+NO_CELLS = "no_cells"
+SCALE_UNCERTAIN = "scale_uncertain"
+SCALE_UNKNOWN = "scale_unknown"
+ACQUISITION_OUT_OF_RANGE = "acquisition_out_of_range"
+CELL_REVIEW_REASONS = (LOW_CONFIDENCE, UNIDENTIFIED_CELL, CUT_OFF)
+FRAME_REVIEW_REASONS = (LOW_CONFIDENCE, UNIDENTIFIED_CELLS, NO_CELLS, SCALE_UNCERTAIN,
+                        SCALE_UNKNOWN, ACQUISITION_OUT_OF_RANGE)
 
 
 class ModelRef(BaseModel):
@@ -15,11 +29,44 @@ class ModelRef(BaseModel):
     sha256: str
 
 
+class ScaleInfo(BaseModel):
+    """The pixel scale a frame was analysed at, and where it came from."""
+
+    um_per_pixel: float | None = Field(
+        description="µm per pixel of the frame as captured (None: unknown, see source)")
+    source: ScaleSource = Field(
+        description="configured (rig setting or push), file (CZI/TIFF metadata), estimated "
+                    "(red cells in the frame or the rig's running estimate), assumed (nothing "
+                    "known: analysed at the models' scale and sent to review)")
+    factor: float = Field(description="enlargement applied before the models (1: as captured)")
+    rbc_diameter_px: float | None = Field(
+        default=None, description="typical red-cell diameter measured in the frame (pixels)")
+    reliable: bool = Field(
+        default=True, description="false when the estimate rests on too few red cells")
+
+
+class AcquisitionInfo(BaseModel):
+    """The frame's own white reference (background glass/plasma), before normalisation."""
+
+    background_rgb: list[float] = Field(description="median background colour, RGB 0-255")
+    brightness: float = Field(description="background grey level 0-255")
+    hue_deg: float = Field(description="background hue angle in CIELAB a*b* (degrees, 0-360)")
+    chroma: float = Field(description="background chroma in CIELAB (0: neutral grey/white)")
+    gain: list[float] = Field(description="per-channel gain applied to reach the models' "
+                                          "reference background")
+
+
 class CellResult(BaseModel):
     bbox: list[int] = Field(description="[x, y, w, h] in frame pixels")
     area_px: int
-    class_: str = Field(alias="class", serialization_alias="class")
+    class_: str = Field(alias="class", serialization_alias="class",
+                        description="one of the four classes, or 'unidentified'")
     probabilities: dict[str, float]
+    confidence: float | None = Field(
+        default=None, description="calibrated probability of the called class")
+    needs_review: bool = False
+    review_reasons: list[str] = Field(
+        default=[], description="low_confidence, unidentified, cut_off")
 
     model_config = {"populate_by_name": True}
 
@@ -49,6 +96,13 @@ class FrameResult(BaseModel):
     metadata: dict[str, str] | None = Field(
         default=None, description="field metadata sent with the frame (HTTP push, CZI scene/tile)"
     )
+    scale: ScaleInfo | None = Field(default=None, description="scale the frame was analysed at")
+    acquisition: AcquisitionInfo | None = None
+    needs_review: bool = Field(
+        default=False, description="a person must look at this frame before it is reported")
+    review_reasons: list[str] = Field(
+        default=[], description="low_confidence, unidentified_cells, no_cells, scale_uncertain, "
+                                "scale_unknown, acquisition_out_of_range")
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)
