@@ -23,9 +23,11 @@ from capture.tiff import read_tiff
 from daemon import metrics
 from daemon.config import Settings
 from daemon.frame import FrameRejected, check_encoded, decode_rgb, frame_id_for
+from daemon.manifest import ManifestError, load_manifest
 from daemon.queue import FrameQueue
 from daemon.result import FrameResult
 from daemon.results import ResultStore
+from daemon.scale import Rescaler
 
 log = logging.getLogger(__name__)
 
@@ -97,19 +99,35 @@ class Intake:
         self.queue = queue or FrameQueue(client)
         self.results = results or ResultStore(client)
         self.rig_id = rig_id or settings.capture.rig_id
+        self._scale: Rescaler | None = None
 
     def scale_of(self, frame: SourceFrame) -> float | None:
         return frame.um_per_pixel or self.settings.capture.um_per_pixel
 
     def check(self, frame: SourceFrame) -> Quality:
-        return assess(frame.rgb, self.settings.capture.qc)
+        """QC at the models' scale (focus and stain thresholds hold for any camera)."""
+        scale = self._rescaler().resolve(frame.rgb, self.scale_of(frame), rig=self.rig_id)
+        return assess(Rescaler.apply(frame.rgb, scale.factor), self.settings.capture.qc)
+
+    def _rescaler(self) -> Rescaler:
+        if self._scale is None:
+            try:
+                manifest = load_manifest(self.settings.models.segmenter, verify=False)
+                self._scale = Rescaler(manifest.scale)
+            except ManifestError as exc:  # QC then runs on frames as captured
+                log.warning("no model scale for QC: %s", exc)
+                self._scale = Rescaler(None)
+        return self._scale
 
     def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,
               captured_at: float | None = None, metadata: dict[str, str] | None = None,
               quality: Quality | None = None) -> Offer:
         """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection."""
         quality = quality if quality is not None else self.check(frame)
-        meta = {**frame.metadata, **(metadata or {})} or None
+        meta = {**frame.metadata, **(metadata or {})}
+        if frame.um_per_pixel:
+            meta["um_per_pixel_source"] = "file"
+        meta = meta or None
         now = time.time() if captured_at is None else captured_at
         if not quality.ok:
             assert quality.reason is not None and quality.message is not None

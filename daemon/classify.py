@@ -32,18 +32,24 @@ def image_files(paths: list[Path]) -> Iterator[Path]:
 
 
 def classify_files(
-    analyzer: Analyzer, paths: list[Path], out: TextIO = sys.stdout, batch: int = 8
+    analyzer: Analyzer, paths: list[Path], out: TextIO = sys.stdout, batch: int = 8,
+    um_per_pixel: float | None = None,
 ) -> tuple[int, int]:
-    """Print one FrameResult JSON line per file; returns (done, not_done)."""
+    """Print one FrameResult JSON line per file; returns (done, not_done).
+
+    The files are treated as one rig: without ``um_per_pixel`` their scale is estimated from
+    their red cells, with a running estimate over the files (as a worker does per rig).
+    """
     done = failed = 0
-    pending: list[tuple[Path, str, float, object]] = []
+    pending: list[tuple] = []
 
     def flush() -> None:
         nonlocal done
         if not pending:
             return
-        analyses = analyzer.analyze([image for *_, image in pending])  # type: ignore[misc]
-        for (path, frame_id, captured, _), analysis in zip(pending, analyses, strict=True):
+        analyses = analyzer.analyze([item[3] for item in pending])
+        for (path, frame_id, captured, _, scale, acquisition), analysis in zip(
+                pending, analyses, strict=True):
             result = FrameResult(
                 frame_id=frame_id,
                 specimen_id=_specimen(path),
@@ -53,8 +59,10 @@ def classify_files(
                 completed_at=time.time(),
                 models=analyzer.model_refs(),
                 timings_ms={k: round(v, 3) for k, v in analysis.timings_ms.items()},
-                **analyzer.describe(analysis),
+                um_per_pixel=um_per_pixel,
+                **analyzer.describe(analysis, scale, acquisition),
             )
+            result.cells = analyzer.rescaler.to_frame(result.cells, scale.factor)
             out.write(result.to_json() + "\n")
             done += 1
         pending.clear()
@@ -82,7 +90,10 @@ def classify_files(
             )
             failed += 1
             continue
-        pending.append((path, frame_id_for(_specimen(path), path.name, data), captured, image))
+        scale = analyzer.rescaler.resolve(image, um_per_pixel, "configured", "classify")
+        prepared, acquisition = analyzer.prepare(image, scale)
+        pending.append((path, frame_id_for(_specimen(path), path.name, data), captured, prepared,
+                        scale, acquisition))
         if len(pending) >= batch:
             flush()
     flush()

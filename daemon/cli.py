@@ -54,7 +54,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
         print(f"leukoscope classify: no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return 2
     analyzer = Analyzer.from_settings(settings)
-    done, rejected = classify_files(analyzer, paths, batch=settings.workers.batch_frames)
+    done, rejected = classify_files(analyzer, paths, batch=settings.workers.batch_frames,
+                                    um_per_pixel=settings.capture.um_per_pixel)
     if done + rejected == 0:
         print("leukoscope classify: no image files found", file=sys.stderr)
         return 2

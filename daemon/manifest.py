@@ -60,6 +60,38 @@ class CellFilter(BaseModel):
     max_area_px: int = 20000
 
 
+class RedCellScale(BaseModel):
+    """The models' scale, measured on their own training fields with ``daemon.imaging.ruler``.
+
+    Frames are brought to it by ``rbc_diameter_px / frame's red-cell diameter`` (a ratio of
+    two measurements made the same way); ``um_per_pixel`` of the manifest follows from the
+    nominal red-cell diameter and carries its uncertainty (red cells are 6.5-8.5 µm)."""
+
+    rbc_diameter_px: float
+    q1: float | None = None
+    q3: float | None = None
+    fields: int | None = None
+    reliable: int | None = None
+    rbc_um: float = 7.5
+    method: str = "median red-cell diameter, scale-space LoG (daemon/imaging/ruler.py)"
+
+
+class AcquisitionSpec(BaseModel):
+    """The models' reference background and the range of acquisitions they were validated on."""
+
+    background_rgb: tuple[float, float, float]
+    min_brightness: float = 170.0  # background grey below this: outside the validated range
+    max_chroma: float = 25.0  # background colour cast (CIELAB chroma) above this: outside
+
+
+class ReviewSpec(BaseModel):
+    """When a cell or a frame goes to a person (chosen on validation, see models/README.md)."""
+
+    cell_confidence: float = 0.6  # a cell whose calibrated confidence is below this
+    frame_confidence: float = 0.6  # a frame whose class probability is below this
+    max_unidentified_share: float = 0.5  # a frame with a larger share of unidentified cells
+
+
 class ModelManifest(BaseModel):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
@@ -79,6 +111,12 @@ class ModelManifest(BaseModel):
     crop: CropSpec | None = None
     cells: CellFilter | None = None
     aggregation: str | None = None
+    scale: RedCellScale | None = None
+    acquisition: AcquisitionSpec | None = None
+    temperature: float | None = Field(
+        default=None, description="classifier: calibration temperature applied to its "
+                                  "probabilities (p^(1/T), renormalised); null: none")
+    review: ReviewSpec | None = None
     training_data_sha256: str | None = None
     metrics: dict = {}
     created: str | None = None

@@ -107,6 +107,23 @@ def crop_cells(
     return crops
 
 
+def touches_border(box: CellBox, size: tuple[int, int]) -> bool:
+    """True when ``box`` reaches the edge of a (H, W) field: the cell is cut off."""
+    height, width = size
+    return box.x <= 0 or box.y <= 0 or box.x + box.w >= width or box.y + box.h >= height
+
+
+def calibrate(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature scaling of softmax outputs (N, C): ``softmax(logits / T)``, computed from
+    the probabilities as ``p^(1/T)`` renormalised (the same thing: the log-sum-exp cancels)."""
+    if temperature == 1.0 or probabilities.size == 0:
+        return probabilities
+    logs = np.log(np.clip(probabilities, 1e-12, 1.0)) / temperature
+    logs -= logs.max(axis=1, keepdims=True)
+    scaled = np.exp(logs)
+    return (scaled / scaled.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 def aggregate(probabilities: np.ndarray, method: str = "mean") -> np.ndarray:
     """Frame probabilities (C,) from per-cell probabilities (N, C).
 

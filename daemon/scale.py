@@ -1,53 +1,99 @@
-"""Pixel scale: frames reach the models at the scale the models were trained at.
+"""Pixel scale: every frame reaches the models at the scale the models were trained at.
 
-Each frame carries the µm/pixel of its source (``capture.um_per_pixel``, or the CZI file's
-metadata, or ``um_per_pixel`` of an HTTP push); each model manifest states the scale it was
-trained at (``um_per_pixel``; the segmenter's, else the classifier's). A worker resizes each
-decoded frame by ``frame µm/px ÷ model µm/px`` (INTER_AREA when shrinking, INTER_LINEAR
-when enlarging) before segmentation, and maps the cells' boxes and areas back to the
-frame's own pixels, so results are always in the pixels of the frame as captured.
+Where a frame's scale comes from, in order (``ScaleInfo.source`` in its result):
 
-A frame without a scale, or models without one, is analysed as it is; that is logged as
-a warning once per worker (per cause), since results then depend on the rig's optics.
-Factors within 2 % of 1 are not applied (resampling would only blur).
+``configured`` / ``file``
+    The rig's ``capture.um_per_pixel``, an HTTP push's ``um_per_pixel``, or the file's own
+    metadata (CZI). The factor is ``frame µm/px / models' µm/px``.
+``estimated``
+    Red cells measured in the frame (``daemon.imaging.ruler``). The factor is the models'
+    red-cell diameter over the rig's running median diameter (last ``history`` reliable
+    frames of that rig, this one included): one frame's odd estimate cannot move it, an
+    objective change moves it within ``history / 2`` frames. A frame whose own estimate
+    differs from the rig's median by more than ``jump`` is marked ``reliable: false`` (it
+    goes to review: either the frame or the rig's optics changed). A frame with too few red
+    cells uses the rig's median, or (a rig's first frames) its own weak estimate, marked
+    ``reliable: false``.
+``assumed``
+    Nothing known: the frame is analysed as it is and goes to review (``scale_unknown``).
+
+The models' scale is the segmenter manifest's ``scale`` (red-cell diameter measured on the
+training fields). Factors within 2 % of 1 are not applied (resampling would only blur);
+factors are bounded so a frame can neither explode in pixels nor vanish.
 """
 
 from __future__ import annotations
 
-import logging
+import math
+from collections import OrderedDict, deque
 
 import cv2
 import numpy as np
 
-from daemon.result import CellResult
-
-log = logging.getLogger(__name__)
+from daemon.imaging.ruler import RBC_DIAMETER_UM, measure_red_cells
+from daemon.manifest import RedCellScale
+from daemon.result import CellResult, ScaleInfo
 
 TOLERANCE = 0.02
+MIN_FACTOR, MAX_FACTOR = 1 / 16, 4.0
 
 
 class Rescaler:
-    def __init__(self, model_um_per_pixel: float | None) -> None:
-        self.model_um = model_um_per_pixel
-        self._warned: set[str] = set()
+    def __init__(self, model_scale: RedCellScale | None, history: int = 25, jump: float = 0.25,
+                 max_rigs: int = 256) -> None:
+        self.model_scale = model_scale
+        self.model_um = (None if model_scale is None
+                         else model_scale.rbc_um / model_scale.rbc_diameter_px)
+        self.history = history
+        self.jump = jump
+        self.max_rigs = max_rigs
+        self._rigs: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _warn_once(self, key: str, message: str, **extra: object) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning(message, extra=extra)
+    def _rig(self, rig: str) -> deque[float]:
+        diameters = self._rigs.pop(rig, None) or deque(maxlen=self.history)
+        self._rigs[rig] = diameters  # most recently used last
+        while len(self._rigs) > self.max_rigs:
+            self._rigs.popitem(last=False)
+        return diameters
 
-    def factor(self, frame_um: float | None) -> float:
-        """How much to enlarge a frame of ``frame_um`` µm/px for the models (1.0: as is)."""
-        if self.model_um is None:
-            self._warn_once("model", "model manifests state no um_per_pixel; frames are not "
-                            "rescaled")
-            return 1.0
-        if frame_um is None:
-            self._warn_once("frame", "a frame has no pixel scale (set capture.um_per_pixel); "
-                            "assuming the models' scale", model_um_per_pixel=self.model_um)
-            return 1.0
-        factor = frame_um / self.model_um
-        return 1.0 if abs(factor - 1.0) <= TOLERANCE else factor
+    def resolve(self, image: np.ndarray, um_per_pixel: float | None = None,
+                source: str = "configured", rig: str | None = None) -> ScaleInfo:
+        """Where ``image`` ((H, W, 3) uint8 RGB, as captured) stands against the models."""
+        if self.model_scale is None:
+            return ScaleInfo(um_per_pixel=um_per_pixel, source="assumed", factor=1.0,
+                             reliable=False)
+        ruler = measure_red_cells(image)
+        if um_per_pixel is not None and math.isfinite(um_per_pixel) and um_per_pixel > 0:
+            assert self.model_um is not None
+            return self._info(um_per_pixel, source, um_per_pixel / self.model_um,
+                              ruler.diameter_px, True)
+        diameters = self._rig(rig or "")
+        if ruler.reliable:
+            assert ruler.diameter_px is not None
+            diameters.append(ruler.diameter_px)
+            median = float(np.median(diameters))
+            agrees = abs(ruler.diameter_px / median - 1) <= self.jump
+            return self._estimated(median, ruler.diameter_px, agrees)
+        if diameters:
+            return self._estimated(float(np.median(diameters)), ruler.diameter_px, True)
+        if ruler.diameter_px is not None:
+            return self._estimated(ruler.diameter_px, ruler.diameter_px, False)
+        return ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0, reliable=False)
+
+    def _estimated(self, diameter: float, measured: float | None, reliable: bool) -> ScaleInfo:
+        assert self.model_scale is not None
+        return self._info(self.model_scale.rbc_um / diameter, "estimated",
+                          self.model_scale.rbc_diameter_px / diameter, measured, reliable)
+
+    @staticmethod
+    def _info(um: float, source: str, factor: float, measured: float | None,
+              reliable: bool) -> ScaleInfo:
+        bounded = min(MAX_FACTOR, max(MIN_FACTOR, factor))
+        if abs(bounded - 1.0) <= TOLERANCE:
+            bounded = 1.0
+        within = MIN_FACTOR <= factor <= MAX_FACTOR  # beyond: bounded, so not to be trusted
+        return ScaleInfo(um_per_pixel=round(um, 5), source=source, factor=round(bounded, 5),
+                         rbc_diameter_px=measured, reliable=reliable and within)
 
     @staticmethod
     def apply(image: np.ndarray, factor: float) -> np.ndarray:
@@ -71,3 +117,6 @@ class Rescaler:
             out.append(cell.model_copy(update={
                 "bbox": box, "area_px": max(1, round(cell.area_px / factor**2))}))
         return out
+
+
+__all__ = ["RBC_DIAMETER_UM", "Rescaler"]

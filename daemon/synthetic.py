@@ -55,3 +55,31 @@ def encode(image_rgb: np.ndarray, ext: str = ".jpg", quality: int = 92) -> bytes
     if not ok:
         raise ValueError(f"cannot encode {ext}")
     return buffer.tobytes()
+
+
+def red_cell_field(rng: np.random.Generator, diameter: float = 16.0, count: int = 30,
+                   size: tuple[int, int] = (224, 224), pallor: bool = True) -> np.ndarray:
+    """An RGB field of ``count`` separate red cells of a known ``diameter`` (pixels), with a
+    central pallor if asked, and one white cell: a ruler with a known answer."""
+    height, width = size
+    image = np.empty((height, width, 3), np.uint8)
+    image[:] = BACKGROUND_RGB
+    radius = diameter / 2
+    centres: list[tuple[int, int]] = []
+    for _ in range(50 * count):
+        if len(centres) == count:
+            break
+        x = int(rng.integers(int(radius) + 1, width - int(radius) - 1))
+        y = int(rng.integers(int(radius) + 1, height - int(radius) - 1))
+        if all((x - a) ** 2 + (y - b) ** 2 > (diameter + 2) ** 2 for a, b in centres):
+            centres.append((x, y))
+    shift = 4  # sub-pixel radii: cv2 draws with fixed-point coordinates
+    for x, y in centres:
+        centre = (x << shift, y << shift)
+        cv2.circle(image, centre, round(radius * (1 << shift)), RED_CELL_RGB, -1, cv2.LINE_AA,
+                   shift)
+        if pallor:
+            cv2.circle(image, centre, round(radius * 0.4 * (1 << shift)), (224, 200, 210), -1,
+                       cv2.LINE_AA, shift)
+    cv2.circle(image, (width // 2, height // 2), int(diameter * 0.7), WHITE_CELL_RGB, -1)
+    return image

@@ -46,3 +46,14 @@ def normalise_background(image_rgb: np.ndarray, reference_rgb: tuple[float, floa
                          ) -> np.ndarray:
     """The field with its background brought to ``reference_rgb`` (exposure + white balance)."""
     return apply_gain(image_rgb, background_gain(image_rgb, reference_rgb))
+
+
+def describe_background(background: np.ndarray) -> tuple[float, float, float]:
+    """(3,) RGB background colour -> (grey level 0-255, CIELAB hue angle in degrees 0-360,
+    CIELAB chroma): the drift measures of an acquisition."""
+    pixel = np.clip(background, 0, 255).astype(np.uint8).reshape(1, 1, 3)
+    lab = cv2.cvtColor(pixel, cv2.COLOR_RGB2LAB).astype(np.float32)[0, 0]
+    a, b = float(lab[1]) - 128.0, float(lab[2]) - 128.0
+    grey = float(background @ np.array([0.299, 0.587, 0.114], np.float32))
+    hue = (np.degrees(np.arctan2(b, a)) + 360.0) % 360.0
+    return round(grey, 2), round(float(hue), 2), round(float(np.hypot(a, b)), 2)

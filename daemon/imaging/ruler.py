@@ -12,8 +12,8 @@ Method (scale-space blob detection, Lindeberg): on the field's "darkness" (backg
 level minus grey, with white-cell nuclei blanked so they do not vote), the scale-normalised
 Laplacian of Gaussian ``-sigma^2 LoG`` peaks at ``sigma = r / sqrt(2)`` for a disc of radius
 ``r``, touching or not, with or without central pallor. For each sigma on a ladder of
-2^(1/6) steps the strongest quarter of the spatial maxima is averaged; the sigma with the
-highest score (refined by a parabola in log sigma) gives the diameter ``2 sqrt(2) sigma``.
+2^(1/6) steps the strongest quarter of the spatial maxima is averaged; the centroid (in log
+sigma) of the scales scoring within 10 % of the best gives the diameter ``2 sqrt(2) sigma``.
 Each sigma is computed on a copy shrunk so the kernel stays about 2 pixels wide: the cost per
 frame is a few ms and does not grow with the enlargement.
 
@@ -104,13 +104,17 @@ def measure_red_cells(image_rgb: np.ndarray, max_side: int = 1024) -> RedCellRul
         blobs.append(int((values >= 0.5 * values[-1]).sum()))
     if not scores or max(scores) <= 0:
         return RedCellRuler(None, 0, 0.0)
-    best = int(np.argmax(scores))
-    offset = 0.0
-    if 0 < best < len(scores) - 1:
-        a, b, c = scores[best - 1 : best + 2]
-        curvature = a - 2 * b + c
-        if curvature < 0:
-            offset = 0.5 * (a - c) / curvature
-    sigma = _SIGMA0 * 2 ** ((best + offset) / _STEPS_PER_OCTAVE)
+    # The score curve can be flat-topped (touching or overlapping cells, central pallor): take
+    # the centroid, in log sigma, of the contiguous run of scales within 10 % of the best.
+    values = np.asarray(scores)
+    best = int(np.argmax(values))
+    lo = hi = best
+    while lo > 0 and values[lo - 1] >= 0.9 * values[best]:
+        lo -= 1
+    while hi < len(values) - 1 and values[hi + 1] >= 0.9 * values[best]:
+        hi += 1
+    weights = values[lo : hi + 1] - 0.9 * values[best] + 1e-6
+    position = float((np.arange(lo, hi + 1) * weights).sum() / weights.sum())
+    sigma = _SIGMA0 * 2 ** (position / _STEPS_PER_OCTAVE)
     diameter = 2 * math.sqrt(2) * sigma / shrink
     return RedCellRuler(round(diameter, 3), blobs[best], round(scores[best], 2))

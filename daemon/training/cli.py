@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 DEFAULT_DATA = "../shared/data/all-taleqani"
+DEFAULT_NEGATIVES = "../shared/data/pbc-normal"
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -27,7 +28,8 @@ def _train(args: argparse.Namespace) -> int:
     )
     if args.model == "segmenter":
         cfg = T.SegmenterConfig(
-            out=args.out or "runs/segmenter", base=args.base, patch=args.patch, **common
+            out=args.out or "runs/segmenter", base=args.base, patch=args.patch,
+            negatives=args.negatives, **common
         )
         if args.epochs is None:
             cfg.epochs = 10
@@ -68,6 +70,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         Path(args.json) if args.json else None,
         update_manifests=not args.no_update,
         threads=args.threads,
+        negatives=args.negatives or None,
+        shifts=not args.no_shifts,
     )
     field = report["classifier_test_field"]
     seg = report["segmenter_test"]
@@ -78,8 +82,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(
         f"classifier test (fields, end to end): accuracy {field['accuracy']:.4f} "
         f"macro-F1 {field['macro_f1']:.4f} macro AUC {field['macro_auc_ovr']:.4f} "
-        f"no-call {field['no_call']}"
+        f"no-call {field['no_call']} review {field['review_share']:.3f}"
     )
+    cal = report["calibration"]
+    print(f"calibration: T {cal['temperature']} test ECE {cal['test_ece_before']:.4f} -> "
+          f"{cal['test_ece_after']:.4f}")
+    for name, row in report.get("shift_suite", {}).items():
+        print(f"shift {name:18s} accuracy {row['accuracy']:.4f} review {row['review_share']:.3f} "
+              f"factor {row['median_factor']:.3f}")
+    if "foreign_normal_test" in report:
+        for mode in ("one_rig", "each_alone"):
+            for cls, row in report["foreign_normal_test"][mode]["per_class"].items():
+                print(f"normal cells ({mode}) {cls:13s} n {row['n']:3d} leukemic {row['leukemic']:3d}"
+                      f" not flagged {row['leukemic_not_flagged']:3d} unidentified "
+                      f"{row['unidentified']:3d} benign {row['benign']:3d}")
+            total = report["foreign_normal_test"][mode]["total"]
+            print(f"normal cells ({mode}) all: leukemic {total['leukemic_share']:.3f}, "
+                  f"leukemic without review {total['leukemic_not_flagged_share']:.3f}")
     return 0
 
 
@@ -100,9 +119,10 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--width", type=float, default=0.5, help="classifier: MobileNetV2 width")
     train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
     train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
-    train.add_argument("--negatives", default="",
-                       help="classifier: foreign normal cells <class>/<file> whose train part "
-                            "teaches 'unidentified' (e.g. ../shared/data/pbc-normal)")
+    train.add_argument("--negatives", default=DEFAULT_NEGATIVES,
+                       help="foreign normal cells <class>/<file>: their train part teaches the "
+                            "classifier 'unidentified' and the segmenter their red cells "
+                            "('' for none)")
     train.set_defaults(func=_train)
 
     export = subparsers.add_parser("export", help="export checkpoints to ONNX + fp16 + manifest")
@@ -121,6 +141,10 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--json", default="models/eval.json", help="full report ('' for none)")
     evaluate.add_argument("--no-update", action="store_true", help="leave the manifests alone")
     evaluate.add_argument("--threads", type=int, default=0)
+    evaluate.add_argument("--negatives", default=DEFAULT_NEGATIVES,
+                          help="foreign normal cells <class>/<file>: val part joins calibration, "
+                               "held-out part is reported ('' for none)")
+    evaluate.add_argument("--no-shifts", action="store_true", help="skip the shift suite")
     evaluate.set_defaults(func=_evaluate)
 
 

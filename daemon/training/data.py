@@ -481,3 +481,34 @@ def background_crops(
             box = CellBox(int(x) - side // 2, int(y) - side // 2, side, side, side * side)
             out.append(crop_cells(image, [box], crop_spec, size))
     return np.concatenate(out) if out else np.empty((0, size, size, 3), np.uint8)
+
+
+def foreign_mosaics(
+    paths: list[Path], model_rbc_px: float, reference_rgb: tuple[float, float, float],
+    side: int = 224,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Foreign single-cell images at the models' scale, four to a (side, side) mosaic, with
+    white-cell masks from ``clean_mask``: their red cells, stained otherwise than the ALL
+    fields', teach the segmenter and the classifier what is *not* a white cell.
+
+    Returns images (M, side, side, 3) uint8 RGB and masks (M, side, side) uint8 {0, 1}.
+    """
+    images = [read_rgb(p) for p in paths]
+    rulers = [measure_red_cells(im) for im in images]
+    reliable = [r.diameter_px for r in rulers if r.reliable]
+    fallback = float(np.median(reliable)) if reliable else None
+    half = side // 2
+    tiles, masks = [], []
+    for image in images:
+        scaled, _ = to_model_scale(image, model_rbc_px, fallback, reference_rgb)
+        tile = cv2.copyMakeBorder(scaled, half, half, half, half, cv2.BORDER_REFLECT_101)
+        h, w = tile.shape[:2]
+        tile = tile[(h - half) // 2 : (h - half) // 2 + half, (w - half) // 2 : (w - half) // 2
+                    + half]
+        tiles.append(tile)
+        masks.append(clean_mask(tile, None, CleaningParams(min_area_px=60)))
+    out_images, out_masks = [], []
+    for i in range(0, len(tiles) - 3, 4):
+        out_images.append(np.vstack([np.hstack(tiles[i : i + 2]), np.hstack(tiles[i + 2 : i + 4])]))
+        out_masks.append(np.vstack([np.hstack(masks[i : i + 2]), np.hstack(masks[i + 2 : i + 4])]))
+    return np.stack(out_images), np.stack(out_masks)

@@ -1,11 +1,17 @@
 """Evaluate the exported ONNX models end to end, exactly as the daemon runs them (torch-free).
 
-    field -> to_tensor -> segmenter.onnx -> find_cells -> crop_cells -> classifier.onnx
-          -> aggregate -> field class
+    field as captured -> red-cell scale -> rescale -> background normalisation
+          -> segmenter.onnx -> find_cells -> crop_cells -> classifier.onnx (calibrated)
+          -> aggregate -> field class + review flags           (daemon.analyzer.Analyzer)
 
 On the validation blocks it picks the cell filter (threshold, area bounds: best instance-count
-agreement with the cleaned masks) and the aggregation (``mean`` / ``log_mean``: best field
-accuracy); it then reports on the test blocks and writes both into the manifests.
+agreement with the cleaned masks), the aggregation (``mean`` / ``log_mean``: best field
+accuracy), the calibration temperature (least negative log-likelihood of the cells, with the
+validation part of the foreign normal cells as ``unidentified``) and the frame review
+threshold; it writes them into the manifests. It then reports on the test blocks: unshifted
+and under every shift of ``daemon.training.shifts.SUITE`` with no µm/px given, and on the
+held-out part of the foreign normal cells (per class: how many are called leukemic, with and
+without a review flag).
 """
 
 from __future__ import annotations
@@ -16,11 +22,37 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon import CLASS_CODES
-from daemon.manifest import CellFilter, CropSpec, ModelManifest, load_manifest, write_manifest
-from daemon.pipeline import aggregate, crop_cells, find_cells, pad_to_multiple, to_tensor
+from daemon import CLASS_CODES, UNIDENTIFIED
+from daemon.analyzer import Analyzer
+from daemon.inference import Classifier, Segmenter
+from daemon.manifest import (
+    CellFilter,
+    CropSpec,
+    ModelManifest,
+    RedCellScale,
+    ReviewSpec,
+    load_manifest,
+    write_manifest,
+)
+from daemon.pipeline import (
+    aggregate,
+    calibrate,
+    crop_cells,
+    find_cells,
+    pad_to_multiple,
+    to_tensor,
+)
+from daemon.scale import Rescaler
 from daemon.training import metrics as M
-from daemon.training.data import load_splits, reinhard_normalize
+from daemon.training.data import (
+    foreign_cell_crops,
+    load_splits,
+    pbc_split,
+    read_rgb,
+    red_cell_scale,
+    reinhard_normalize,
+)
+from daemon.training.shifts import SUITE
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (40, 60, 80, 100, 120, 150)
@@ -50,7 +82,7 @@ def segment(session, manifest: ModelManifest, images: np.ndarray, batch: int = 1
 
 
 def classify(session, manifest: ModelManifest, crops: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Probabilities (M, 4) for (M, S, S, 3) uint8 crops."""
+    """Probabilities (M, C) for (M, S, S, 3) uint8 crops (uncalibrated: the graph's softmax)."""
     if len(crops) == 0:
         return np.empty((0, len(manifest.classes)), np.float32)
     out = []
@@ -105,10 +137,12 @@ def pipeline_cells(
 
 
 def fields_from_cells(probs: np.ndarray, owners: np.ndarray, n: int, method: str) -> np.ndarray:
-    """(n, 4) field probabilities; rows of NaN where no cell was found."""
-    out = np.full((n, 4), np.nan, np.float32)
-    for index in np.unique(owners):
-        out[index] = aggregate(probs[owners == index], method)
+    """(n, 4) field probabilities from cells' (M, C) probabilities, as the daemon aggregates:
+    over the cells called one of the four classes; NaN rows where there is none."""
+    out = np.full((n, len(CLASS_CODES)), np.nan, np.float32)
+    known = probs.argmax(axis=1) < len(CLASS_CODES) if len(probs) else np.zeros(0, bool)
+    for index in np.unique(owners[known]):
+        out[index] = aggregate(probs[(owners == index) & known][:, : len(CLASS_CODES)], method)
     return out
 
 
@@ -122,6 +156,145 @@ def _round(obj):
     return obj
 
 
+# --- calibration ------------------------------------------------------------------------------
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1)).mean())
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature (0.3-5) minimising the negative log-likelihood of ``labels`` (grid, 0.01)."""
+    grid = np.round(np.arange(0.3, 5.0, 0.01), 2)
+    return float(grid[int(np.argmin([nll(calibrate(probs, t), labels) for t in grid]))])
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> dict:
+    """ECE over ``bins`` equal-width confidence bins, with the bins for a reliability diagram."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        inside = (confidence > lo) & (confidence <= hi)
+        if not inside.any():
+            continue
+        gap = abs(float(correct[inside].mean()) - float(confidence[inside].mean()))
+        ece += gap * inside.mean()
+        table.append({"lo": float(lo), "hi": float(hi), "n": int(inside.sum()),
+                      "accuracy": float(correct[inside].mean()),
+                      "confidence": float(confidence[inside].mean())})
+    return {"ece": float(ece), "n": int(len(labels)), "bins": table}
+
+
+def reliability_png(before: dict, after: dict, path: Path) -> None:
+    """A reliability diagram (accuracy against confidence per bin, before and after) as PNG."""
+    import cv2
+
+    size, pad = 420, 50
+    img = np.full((size + 2 * pad, size + 2 * pad, 3), 255, np.uint8)
+
+    def xy(conf: float, acc: float) -> tuple[int, int]:
+        return int(pad + conf * size), int(pad + (1 - acc) * size)
+
+    cv2.rectangle(img, (pad, pad), (pad + size, pad + size), (0, 0, 0), 1)
+    cv2.line(img, xy(0, 0), xy(1, 1), (160, 160, 160), 1)
+    for k in range(0, 11, 2):
+        v = k / 10
+        cv2.putText(img, f"{v:.1f}", (xy(v, 0)[0] - 10, pad + size + 18),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+        cv2.putText(img, f"{v:.1f}", (8, xy(0, v)[1] + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4,
+                    (0, 0, 0), 1)
+    for report, colour, label, row in ((before, (40, 40, 220), "before", 0),
+                                       (after, (200, 90, 20), "after", 1)):
+        points = [xy(b["confidence"], b["accuracy"]) for b in report["bins"]]
+        for p, q in zip(points[:-1], points[1:], strict=True):
+            cv2.line(img, p, q, colour, 2)
+        for p in points:
+            cv2.circle(img, p, 3, colour, -1)
+        cv2.putText(img, f"{label}: ECE {report['ece']:.3f}", (pad + 10, pad + 20 + 18 * row),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1)
+    cv2.putText(img, "confidence (calibrated probability of the call)", (pad + 40, size + pad + 40),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1)
+    cv2.putText(img, "cell accuracy", (pad, pad - 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                (0, 0, 0), 1)
+    cv2.imwrite(str(path), img)
+
+
+# --- the daemon's path --------------------------------------------------------------------------
+
+
+def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None = None,
+                   batch: int = 16) -> list[dict]:
+    """Describe each (H, W, 3) uint8 RGB field as a worker would, with no µm/px given.
+
+    ``rig=None``: every field stands alone (no running estimate to lean on); a rig name: the
+    fields share one running red-cell estimate, in order, as frames of one rig do.
+    """
+    out: list[dict] = []
+    shared = Rescaler(analyzer.rescaler.model_scale)
+    for start in range(0, len(images), batch):
+        prepared, infos = [], []
+        for image in images[start : start + batch]:
+            rescaler = shared if rig is not None else Rescaler(analyzer.rescaler.model_scale)
+            scale = rescaler.resolve(image, None, rig=rig)
+            frame, acquisition = analyzer.prepare(image, scale)
+            prepared.append(frame)
+            infos.append((scale, acquisition))
+        for analysis, (scale, acquisition) in zip(analyzer.analyze(prepared), infos, strict=True):
+            out.append(analyzer.describe(analysis, scale, acquisition))
+    return out
+
+
+def suite_row(results: list[dict], labels: np.ndarray) -> dict:
+    """Field accuracy (no call and unidentified count as wrong), review share, accuracy of the
+    fields not flagged, and the estimated enlargement applied (median)."""
+    called = np.asarray([CLASS_CODES.index(r["frame_class"]) if r["frame_class"] in CLASS_CODES
+                         else -1 for r in results])
+    flagged = np.asarray([r["needs_review"] for r in results])
+    factors = [r["scale"].factor for r in results if r["scale"] is not None]
+    clear = ~flagged
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((called == labels).mean()),
+        "no_call": int((called < 0).sum()),
+        "review_share": float(flagged.mean()),
+        "accuracy_not_flagged": float((called[clear] == labels[clear]).mean()) if clear.any()
+        else float("nan"),
+        "median_factor": float(np.median(factors)) if factors else float("nan"),
+    }
+
+
+def foreign_report(results: list[dict], classes: list[str]) -> dict:
+    """Per class of normal cells: leukemic frame calls, with and without a review flag."""
+    leukemic = {c for c in CLASS_CODES if c != "benign"}
+    per_class: dict[str, dict] = {}
+    for result, cls in zip(results, classes, strict=True):
+        row = per_class.setdefault(cls, {"n": 0, "leukemic": 0, "leukemic_not_flagged": 0,
+                                         "benign": 0, "unidentified": 0, "no_cells": 0,
+                                         "flagged": 0})
+        row["n"] += 1
+        frame_class = result["frame_class"]
+        row["flagged"] += bool(result["needs_review"])
+        if frame_class in leukemic:
+            row["leukemic"] += 1
+            row["leukemic_not_flagged"] += not result["needs_review"]
+        elif frame_class == "benign":
+            row["benign"] += 1
+        elif frame_class == UNIDENTIFIED:
+            row["unidentified"] += 1
+        else:
+            row["no_cells"] += 1
+    total = {k: sum(r[k] for r in per_class.values()) for k in next(iter(per_class.values()))}
+    for row in [*per_class.values(), total]:
+        row["leukemic_share"] = row["leukemic"] / row["n"]
+        row["leukemic_not_flagged_share"] = row["leukemic_not_flagged"] / row["n"]
+    return {"per_class": per_class, "total": total}
+
+
+# --- the whole evaluation -------------------------------------------------------------------------
+
+
 def evaluate(
     data: str,
     models_dir: Path,
@@ -132,8 +305,12 @@ def evaluate(
     threads: int = 0,
     cache_dir: Path | None = Path("runs/cache"),
     limit_fields: int = 0,
+    negatives: str | None = None,
+    shifts: bool = True,
 ) -> dict:
-    """Run the exported pipeline on val (to choose settings) and test; returns the report."""
+    """Choose settings on validation, write them to the manifests, report on test; returns the
+    report (also written to ``out_json``). ``negatives``: the foreign normal-cell sample (its
+    val part joins the calibration, its held-out test part is reported)."""
     seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
     seg_manifest, cls_manifest = load_manifest(seg_path), load_manifest(cls_path)
     seg, cls = _session(seg_path, threads), _session(cls_path, threads)
@@ -142,28 +319,64 @@ def evaluate(
     lab_target = getattr(cls_manifest, "lab_target", None)
     splits = load_splits(data, block_size, seed, limit_fields, cache_dir)
     val, test = splits["val"], splits["test"]
+    codes = tuple(c.code for c in cls_manifest.classes)
     report: dict = {
         "data": str(data),
         "block_size": block_size,
         "seed": seed,
         "n_fields": {k: len(v["names"]) for k, v in splits.items()},
     }
+    foreign = pbc_split(Path(negatives), seed) if negatives else None
+    # The models' scale is a property of their training fields and of the ruler: measured here,
+    # with the daemon's own estimator, on the training blocks.
+    scale = RedCellScale(**red_cell_scale(splits["train"]["images"]))
+    report["model_scale"] = {**scale.model_dump(),
+                             "um_per_pixel": round(scale.rbc_um / scale.rbc_diameter_px, 4)}
+    for manifest in (seg_manifest, cls_manifest):
+        manifest.scale = scale
+        manifest.um_per_pixel = report["model_scale"]["um_per_pixel"]
+    model_rbc = scale.rbc_diameter_px
+    reference = seg_manifest.acquisition.background_rgb if seg_manifest.acquisition else None
 
-    # --- validation: choose the cell filter and the aggregation
+    # --- validation: cell filter, aggregation, temperature (fields as loaded: model scale)
     val_probs = segment(seg, seg_manifest, val["images"])
     cell_filter, search = choose_cell_filter(val_probs, val["masks"])
     report["cell_filter_search"] = {k: v for k, v in search.items() if k != "grid"}
     crops, owners = pipeline_cells(val["images"], val_probs, cell_filter, crop, size, lab_target)
-    cell_probs = classify(cls, cls_manifest, crops)
+    raw_val = classify(cls, cls_manifest, crops)
+    cal_probs, cal_labels = raw_val, val["labels"][owners]
+    if foreign is not None and model_rbc and reference and UNIDENTIFIED in codes:
+        f_crops, _ = foreign_cell_crops([p for p, _ in foreign["val"]], model_rbc, reference,
+                                        crop, size)
+        cal_probs = np.concatenate([raw_val, classify(cls, cls_manifest, f_crops)])
+        cal_labels = np.concatenate(
+            [cal_labels, np.full(len(f_crops), codes.index(UNIDENTIFIED), np.int64)])
+    temperature = fit_temperature(cal_probs, cal_labels)
+    report["calibration"] = {
+        "temperature": temperature,
+        "fitted_on": f"{len(cal_labels)} validation cells (field labels"
+                     + ("; foreign normal cells as unidentified)" if len(cal_labels) > len(owners)
+                        else ")"),
+        "val_nll_before": nll(cal_probs, cal_labels),
+        "val_nll_after": nll(calibrate(cal_probs, temperature), cal_labels),
+    }
+    val_cells = calibrate(raw_val, temperature)
     agg_scores = {}
     for method in ("mean", "log_mean"):
-        fields = fields_from_cells(cell_probs, owners, len(val["labels"]), method)
+        fields = fields_from_cells(val_cells, owners, len(val["labels"]), method)
         agg_scores[method] = M.classification_report(val["labels"], fields, CLASS_CODES)["accuracy"]
     method = max(agg_scores, key=lambda m: (agg_scores[m], m == "mean"))
     report["aggregation_search"] = {"val_field_accuracy": agg_scores, "chosen": method}
     report["val_field_accuracy"] = agg_scores[method]
+    # Frame review threshold: the highest that flags at most 2 % of validation fields.
+    val_fields = fields_from_cells(val_cells, owners, len(val["labels"]), method)
+    top = np.nan_to_num(val_fields, nan=0.0).max(axis=1)
+    frame_confidence = max((t for t in np.arange(0.40, 0.91, 0.05) if (top < t).mean() <= 0.02),
+                           default=0.4)
+    review = ReviewSpec(frame_confidence=round(float(frame_confidence), 2))
+    report["review_thresholds"] = review.model_dump()
 
-    # --- test: segmentation
+    # --- test: segmentation against the cleaned masks (fields as loaded)
     t0 = time.perf_counter()
     test_probs = segment(seg, seg_manifest, test["images"])
     seg_seconds = time.perf_counter() - t0
@@ -172,55 +385,104 @@ def evaluate(
         M.dice_iou(p >= cell_filter.threshold, m)
         for p, m in zip(test_probs, test["masks"], strict=True)
     ]
-    reference = _counts(
+    reference_counts = _counts(
         test["masks"].astype(np.float32),
         CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9),
     )
-    predicted = _counts(test_probs, cell_filter)
     report["segmenter_test"] = {
         "dice_pooled": dice,
         "iou_pooled": iou,
         "dice_mean_per_field": float(np.mean([d for d, _ in per_field])),
         "iou_mean_per_field": float(np.mean([i for _, i in per_field])),
-        "cell_count": M.count_agreement(predicted, reference),
+        "cell_count": M.count_agreement(_counts(test_probs, cell_filter), reference_counts),
         "reference": "cleaned curators' masks (see models/README.md)",
     }
 
-    # --- test: classification through the whole pipeline
+    # --- test: cells, and calibration (ECE) on the test cells
     t0 = time.perf_counter()
     crops, owners = pipeline_cells(test["images"], test_probs, cell_filter, crop, size, lab_target)
-    cell_probs = classify(cls, cls_manifest, crops)
+    raw_test = classify(cls, cls_manifest, crops)
     cls_seconds = time.perf_counter() - t0
-    fields = fields_from_cells(cell_probs, owners, len(test["labels"]), method)
-    report["classifier_test_field"] = M.classification_report(test["labels"], fields, CLASS_CODES)
-    report["classifier_test_cell_pipeline"] = M.classification_report(
-        test["labels"][owners], cell_probs, CLASS_CODES
-    )
-    # cells cut from the cleaned reference masks (isolates the classifier from the segmenter)
+    test_cells = calibrate(raw_test, temperature)
+    cell_labels = test["labels"][owners]
+    report["classifier_test_cell_pipeline"] = M.classification_report(cell_labels, test_cells,
+                                                                      codes)
+    before = expected_calibration_error(raw_test, cell_labels)
+    after = expected_calibration_error(test_cells, cell_labels)
+    report["calibration"].update(test_ece_before=before["ece"], test_ece_after=after["ece"],
+                                 test_cells=after["n"], test_bins_after=after["bins"])
+    fields = fields_from_cells(test_cells, owners, len(test["labels"]), method)
+    field_conf = np.nan_to_num(fields, nan=0.0)
+    has = ~np.isnan(fields).any(axis=1)
+    report["calibration"]["test_field_ece_after"] = expected_calibration_error(
+        field_conf[has], test["labels"][has])["ece"]
     ref_filter = CellFilter(threshold=0.5, min_area_px=1, max_area_px=10**9)
     ref_crops, ref_owners = pipeline_cells(
         test["images"], test["masks"].astype(np.float32), ref_filter, crop, size, lab_target
     )
-    ref_probs = classify(cls, cls_manifest, ref_crops)
+    ref_probs = calibrate(classify(cls, cls_manifest, ref_crops), temperature)
     report["classifier_test_cell_reference_masks"] = M.classification_report(
-        test["labels"][ref_owners], ref_probs, CLASS_CODES
+        test["labels"][ref_owners], ref_probs, codes
     )
-    ref_fields = fields_from_cells(ref_probs, ref_owners, len(test["labels"]), method)
-    report["classifier_test_field_reference_masks"] = {
-        "accuracy": M.classification_report(test["labels"], ref_fields, CLASS_CODES)["accuracy"]
-    }
     n_test = len(test["labels"])
     report["timing_ms_per_field"] = {
         "segmenter": 1000 * seg_seconds / n_test,
         "crop_and_classify": 1000 * cls_seconds / n_test,
         "threads": threads or "ort default",
     }
+
+    # --- settings into the manifests; the daemon's own Analyzer from here on
+    if update_manifests:
+        seg_manifest.cells = cell_filter
+        cls_manifest.aggregation = method
+        cls_manifest.temperature = temperature
+        cls_manifest.review = review
+        write_manifest(seg_manifest, seg_path.with_suffix(".json"))
+        write_manifest(cls_manifest, cls_path.with_suffix(".json"))
+    analyzer = Analyzer(Segmenter(seg_path, "cpu", threads), Classifier(cls_path, "cpu", threads))
+    analyzer.cell_filter, analyzer.aggregation = cell_filter, method
+    analyzer.temperature, analyzer.review = temperature, review
+    analyzer.rescaler = Rescaler(scale)
+
+    # --- test through the daemon's path: field as captured, no µm/px, under each shift
+    raw_fields = [read_rgb(r.image) for r in test["records"]]
+    labels = test["labels"]
+    unshifted = daemon_results(analyzer, raw_fields)
+    probs = np.asarray([[r["frame_probabilities"].get(c, np.nan) for c in CLASS_CODES]
+                        if r["frame_class"] in CLASS_CODES else [np.nan] * len(CLASS_CODES)
+                        for r in unshifted], np.float32)
+    report["classifier_test_field"] = M.classification_report(labels, probs, CLASS_CODES)
+    report["classifier_test_field"]["review_share"] = float(
+        np.mean([r["needs_review"] for r in unshifted]))
+    reasons: dict[str, int] = {}
+    for r in unshifted:
+        for reason in r["review_reasons"]:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    report["classifier_test_field"]["review_reasons"] = reasons
+    if shifts:
+        report["shift_suite"] = {
+            name: suite_row(unshifted if name == "none" else
+                            daemon_results(analyzer, [shift(im) for im in raw_fields]), labels)
+            for name, shift in SUITE.items()
+        }
+
+    # --- the held-out normal cells of another lab, at their own pixels, no µm/px
+    if foreign is not None:
+        paths = [p for p, _ in foreign["test"]]
+        kinds = [c for _, c in foreign["test"]]
+        images = [read_rgb(p) for p in paths]
+        report["foreign_normal_test"] = {
+            "source": str(negatives),
+            "part": "held-out test part (35 % per class; never trained or tuned on)",
+            "one_rig": foreign_report(daemon_results(analyzer, images, rig="foreign"), kinds),
+            "each_alone": foreign_report(daemon_results(analyzer, images), kinds),
+        }
     report = _round(report)
     if out_json is not None:
         out_json.write_text(json.dumps(report, indent=2) + "\n")
+        reliability_png(before, after, out_json.with_name("reliability.png"))
     if update_manifests:
         field = report["classifier_test_field"]
-        seg_manifest.cells = cell_filter
         seg_manifest.metrics = {
             "test": {
                 k: report["segmenter_test"][k]
@@ -229,16 +491,23 @@ def evaluate(
             "test_cell_count": report["segmenter_test"]["cell_count"],
             "split": f"block size {block_size}, seed {seed}",
         }
-        cls_manifest.aggregation = method
         cls_manifest.metrics = {
             "test_field": {
-                k: field[k] for k in ("n", "no_call", "accuracy", "macro_f1", "macro_auc_ovr")
+                k: field[k] for k in ("n", "no_call", "accuracy", "macro_f1", "macro_auc_ovr",
+                                      "review_share")
             },
             "test_field_per_class": field["per_class"],
             "test_cell_accuracy_pipeline": report["classifier_test_cell_pipeline"]["accuracy"],
             "val_field_accuracy": report["val_field_accuracy"],
+            "test_ece_after_calibration": report["calibration"]["test_ece_after"],
+            "shift_suite_min_accuracy": min(
+                (row["accuracy"] for row in report.get("shift_suite", {}).values()),
+                default=None),
             "split": f"block size {block_size}, seed {seed}",
         }
+        if foreign is not None:
+            cls_manifest.metrics["foreign_normal_leukemic_not_flagged_share"] = (
+                report["foreign_normal_test"]["one_rig"]["total"]["leukemic_not_flagged_share"])
         write_manifest(seg_manifest, seg_path.with_suffix(".json"))
         write_manifest(cls_manifest, cls_path.with_suffix(".json"))
     return report

@@ -18,21 +18,24 @@ import numpy as np
 import onnx
 import torch
 
-from daemon import CLASS_CODES
+from daemon import CELL_OUTCOMES, CLASS_CODES
 from daemon.manifest import (
+    AcquisitionSpec,
     CellFilter,
     ClassSpec,
     CropSpec,
     InputSpec,
     ModelManifest,
+    RedCellScale,
+    ReviewSpec,
     file_sha256,
     write_manifest,
 )
-from daemon.training.data import CLASS_DISPLAY, CLASS_FOLDERS
+from daemon.training.data import CLASS_DISPLAY, CLASS_FOLDERS, UNIDENTIFIED_DISPLAY
 from daemon.training.nets import ClassifierExport, MobileNetV2, SegmenterExport, UNet
 
 OPSET = 17
-VERSION = "1.0.0"
+VERSION = "2.0.0"
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -42,7 +45,10 @@ def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     if meta["kind"] == "segmenter":
         net: torch.nn.Module = UNet(meta["arch"]["base"], meta["arch"]["levels"])
     else:
-        net = MobileNetV2(num_classes=4, width=meta["arch"]["width"])
+        # 4 outputs (the classes) or 5 (then ``unidentified`` last), as the head says.
+        outputs = int(state["model"]["classifier.weight"].shape[0])
+        meta = {**meta, "classes": list(CELL_OUTCOMES[:outputs])}
+        net = MobileNetV2(num_classes=outputs, width=meta["arch"]["width"])
     net.load_state_dict(state["model"])
     meta = dict(meta, epoch=state.get("epoch"))
     return net.eval(), meta
@@ -133,6 +139,11 @@ def write_model_manifest(
     aggregation: str | None = None,
 ) -> ModelManifest:
     """Write ``<model>.json`` beside ``onnx_path`` from checkpoint metadata and test metrics."""
+    scale = RedCellScale(**meta["scale"]) if meta.get("scale") else None
+    um_per_pixel = round(scale.rbc_um / scale.rbc_diameter_px, 4) if scale else None
+    acquisition = (AcquisitionSpec(background_rgb=tuple(meta["reference_background"]))
+                   if meta.get("reference_background") else None)
+    review = ReviewSpec() if kind == "classifier" else None
     if kind == "segmenter":
         size = (224, 224)
         multiple = 2 ** meta["arch"]["levels"]
@@ -147,9 +158,9 @@ def write_model_manifest(
         size = (meta["size"], meta["size"])
         multiple = 1
         outputs = ["probabilities", "cam"]
-        classes = [
-            ClassSpec(code=c, display=d) for c, d in zip(CLASS_CODES, CLASS_DISPLAY, strict=True)
-        ]
+        codes = tuple(meta.get("classes", CLASS_CODES))
+        displays = (*CLASS_DISPLAY, UNIDENTIFIED_DISPLAY)[: len(codes)]
+        classes = [ClassSpec(code=c, display=d) for c, d in zip(codes, displays, strict=True)]
         crop = CropSpec(**meta["crop"])
         extra = {
             "architecture": f"MobileNetV2 width {meta['arch']['width']}, output stride 16; "
@@ -176,7 +187,10 @@ def write_model_manifest(
             std=tuple(meta["std"]),
         ),
         outputs=outputs,
-        um_per_pixel=None,
+        um_per_pixel=um_per_pixel,
+        scale=scale,
+        acquisition=acquisition,
+        review=review,
         classes=classes,
         crop=crop,
         cells=cells if kind == "segmenter" else None,
@@ -194,8 +208,12 @@ def write_model_manifest(
                 "fractions": "train/val/test by blocks, >=15% test and >=15% val per class",
             },
         },
-        um_per_pixel_note="the data set does not state the pixel scale (100x objective, "
-        "Zeiss camera, fields resized to 224x224)",
+        um_per_pixel_note=(
+            "the data set does not state the pixel scale (100x objective, Zeiss camera, fields "
+            "resized to 224x224); um_per_pixel = 7.5 um (nominal red-cell diameter) / the "
+            "median red-cell diameter measured on the training fields (scale.rbc_diameter_px); "
+            "red cells are 6.5-8.5 um, so the absolute value is uncertain by about +-13 %, "
+            "while rescaling between frames and models uses the measured diameters only"),
         **extra,
     )
     write_manifest(manifest, onnx_path.with_suffix(".json"))

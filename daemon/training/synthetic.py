@@ -72,3 +72,41 @@ def make_dataset(root: Path, per_class: int = 12, seed: int = 0) -> Path:
                 [cv2.IMWRITE_JPEG_QUALITY, 95],
             )
     return root
+
+
+NORMAL_KINDS = ("neutrophil", "platelet")
+
+
+def synthetic_normal_cell(rng: np.random.Generator, kind: str, size: int = 180,
+                          enlargement: float = 2.0) -> np.ndarray:
+    """A single-cell image like an analyser's, ``enlargement`` times the fields' scale: pink
+    red cells around one centred normal cell (a lobed neutrophil or a small platelet clump)."""
+    image = np.full((size, size, 3), (236, 226, 222), np.uint8)
+    r_red = int(round(9 * enlargement))
+    for _ in range(14):
+        cx, cy = rng.integers(0, size, 2)
+        cv2.circle(image, (int(cx), int(cy)), r_red, (222, 170, 175), -1)
+    centre = size // 2
+    if kind == "neutrophil":
+        cv2.circle(image, (centre, centre), int(14 * enlargement), (225, 195, 215), -1)
+        for dx, dy in ((-8, -4), (0, 6), (8, -3)):
+            cv2.circle(image, (centre + int(dx * enlargement), centre + int(dy * enlargement)),
+                       int(5 * enlargement), (110, 50, 150), -1)
+    else:
+        for dx, dy in ((-3, 0), (3, 2), (0, -4)):
+            cv2.circle(image, (centre + int(dx * enlargement), centre + int(dy * enlargement)),
+                       int(2 * enlargement), (130, 70, 170), -1)
+    noise = rng.normal(0, 3, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def make_normal_cells(root: Path, per_class: int = 10, seed: int = 1) -> Path:
+    """Write ``<kind>/<file>.jpg`` single-cell images like the normal-cell sample's layout."""
+    rng = np.random.default_rng(seed)
+    for kind in NORMAL_KINDS:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for number in range(per_class):
+            image = synthetic_normal_cell(rng, kind)
+            cv2.imwrite(str(root / kind / f"{kind[:2].upper()}_{number:04d}.jpg"),
+                        cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return root

@@ -51,6 +51,9 @@ class SegmenterConfig:
     threads: int = 0  # 0: leave torch's default
     limit_fields: int = 0  # >0: use only this many fields per split (smoke tests)
     device: str = "auto"
+    #: Foreign normal cells (``<class>/<file>``): their train part, four to a mosaic at the
+    #: models' scale, joins the fields (their red cells are not white cells); "" for none.
+    negatives: str = ""
 
 
 @dataclass
@@ -195,6 +198,14 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
     )
     train, val = splits["train"], splits["val"]
+    scale = D.red_cell_scale(train["images"])
+    if cfg.negatives:
+        pbc = D.pbc_split(Path(cfg.negatives), cfg.seed)
+        mosaics, mosaic_masks = D.foreign_mosaics(
+            [p for p, _ in pbc["train"]], scale["rbc_diameter_px"],
+            tuple(train["reference_background"]))
+        train = {**train, "images": np.concatenate([train["images"], mosaics]),
+                 "masks": np.concatenate([train["masks"], mosaic_masks])}
     mean, std = _channel_stats(train["images"])
     model = UNet(cfg.base, cfg.levels).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -210,7 +221,7 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         "train_names": train["names"],
         "training_data_sha256": D.training_data_sha256(train["records"]),
         "reference_background": train["reference_background"],
-        "scale": D.red_cell_scale(train["images"]),
+        "scale": scale,
     }
     augment = SEGMENTER_AUGMENT
     patch = min(cfg.patch, train["images"].shape[1], train["images"].shape[2])
@@ -319,6 +330,10 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         foreign, _ = D.foreign_cell_crops([p for p, _ in pbc["train"]], scale["rbc_diameter_px"],
                                           reference, crop_spec, cfg.size)
         negatives += [foreign] * cfg.negatives_repeat
+        mosaics, mosaic_masks = D.foreign_mosaics(
+            [p for p, _ in pbc["train"]], scale["rbc_diameter_px"], reference)
+        negatives.append(D.background_crops(mosaics, mosaic_masks, crop_spec, cfg.size,
+                                            cfg.seed, per_field=12))
         va_foreign, _ = D.foreign_cell_crops([p for p, _ in pbc["val"]],
                                              scale["rbc_diameter_px"], reference, crop_spec,
                                              cfg.size)

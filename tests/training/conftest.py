@@ -6,9 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from daemon.training.synthetic import make_dataset
+from daemon.training.synthetic import make_dataset, make_normal_cells
 
 
 @pytest.fixture
 def synthetic_data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def synthetic_normal_cells(tmp_path: Path) -> Path:
+    return make_normal_cells(tmp_path / "normal")

@@ -13,7 +13,10 @@ pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 
-def test_smoke_train_export_parity_evaluate(synthetic_data: Path, tmp_path: Path) -> None:
+def test_smoke_train_export_parity_evaluate(
+    synthetic_data: Path, synthetic_normal_cells: Path, tmp_path: Path
+) -> None:
+    from daemon import CELL_OUTCOMES
     from daemon.manifest import load_manifest
     from daemon.training.evaluate import evaluate
     from daemon.training.export import export_checkpoint, load_checkpoint, parity
@@ -28,7 +31,8 @@ def test_smoke_train_export_parity_evaluate(synthetic_data: Path, tmp_path: Path
     runs, models = tmp_path / "runs", tmp_path / "models"
     common = dict(data=str(synthetic_data), epochs=1, block_size=3, threads=2, device="cpu")
     seg_run = train_segmenter(SegmenterConfig(out=str(runs / "seg"), batch=8, patch=96, **common))
-    cls_run = train_classifier(ClassifierConfig(out=str(runs / "cls"), batch=32, size=48, **common))
+    cls_run = train_classifier(ClassifierConfig(out=str(runs / "cls"), batch=32, size=48,
+                                                negatives=str(synthetic_normal_cells), **common))
     history = [json.loads(line) for line in (cls_run / "log.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == 1
 
@@ -49,20 +53,38 @@ def test_smoke_train_export_parity_evaluate(synthetic_data: Path, tmp_path: Path
     assert parity(ClassifierExport(net), models / "classifier.onnx", crops)["probabilities"] < 1e-4
     session = ort.InferenceSession(str(models / "classifier_fp16.onnx"))
     probs, cam = session.run(None, {"crop": crops})
-    assert probs.dtype == np.float32 and probs.shape == (3, 4) and cam.shape == (3, 4, 3, 3)
+    # four classes and ``unidentified``
+    assert probs.dtype == np.float32 and probs.shape == (3, 5) and cam.shape == (3, 5, 3, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-3)
     seg_session = ort.InferenceSession(str(models / "segmenter.onnx"))
     mask = seg_session.run(None, {"image": np.zeros((2, 3, 64, 96), np.float32)})[0]
     assert mask.shape == (2, 1, 64, 96) and 0 <= mask.min() and mask.max() <= 1
 
     report = evaluate(
-        str(synthetic_data), models, block_size=3, cache_dir=None, out_json=tmp_path / "eval.json"
+        str(synthetic_data), models, block_size=3, cache_dir=None, out_json=tmp_path / "eval.json",
+        negatives=str(synthetic_normal_cells),
     )
     assert 0 <= report["classifier_test_field"]["accuracy"] <= 1
+    # every shift of the suite was run through the daemon's path, with no µm/px given
+    from daemon.training.shifts import SUITE
+
+    assert set(report["shift_suite"]) == set(SUITE)
+    assert report["shift_suite"]["magnify_x4"]["n"] == report["n_fields"]["test"]
+    # the red-cell ruler found the 4x enlargement and the daemon shrank the fields back
+    assert 0.2 < report["shift_suite"]["magnify_x4"]["median_factor"] < 0.3
+    foreign = report["foreign_normal_test"]["one_rig"]
+    assert set(foreign["per_class"]) == {"neutrophil", "platelet"}
+    assert foreign["total"]["n"] == sum(r["n"] for r in foreign["per_class"].values())
+    assert 0 <= report["calibration"]["test_ece_after"] <= 1
+    assert (tmp_path / "reliability.png").stat().st_size > 1000
     seg_manifest = load_manifest(models / "segmenter.onnx")
     cls_manifest = load_manifest(models / "classifier.onnx")
     assert seg_manifest.cells is not None and seg_manifest.input.size_multiple == 16
-    assert [c.code for c in cls_manifest.classes] == ["benign", "early_pre_b", "pre_b", "pro_b"]
+    assert [c.code for c in cls_manifest.classes] == list(CELL_OUTCOMES)
+    assert cls_manifest.temperature and cls_manifest.review is not None
+    assert seg_manifest.scale is not None and seg_manifest.scale == cls_manifest.scale
+    assert seg_manifest.um_per_pixel == round(7.5 / seg_manifest.scale.rbc_diameter_px, 4)
+    assert seg_manifest.acquisition is not None
     assert cls_manifest.aggregation in {"mean", "log_mean"}
     assert cls_manifest.metrics["test_field"]["n"] == report["n_fields"]["test"]
     assert len(cls_manifest.training_data_sha256 or "") == 64

@@ -1,0 +1,54 @@
+"""The red-cell ruler: pixel scale measured in the smear itself (daemon/imaging/ruler.py)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from daemon.imaging.ruler import measure_red_cells
+from daemon.synthetic import red_cell_field, smear_field
+
+ENLARGEMENTS = (0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+def enlarge(image: np.ndarray, factor: float) -> np.ndarray:
+    interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+    return cv2.resize(image, None, fx=factor, fy=factor, interpolation=interpolation)
+
+
+@pytest.mark.parametrize("diameter", [10.0, 16.0, 24.0])
+def test_separate_red_cells_measure_their_drawn_diameter(diameter):
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        ruler = measure_red_cells(red_cell_field(rng, diameter, pallor=False))
+        assert ruler.reliable, ruler
+        assert ruler.diameter_px == pytest.approx(diameter, rel=0.10), ruler
+        # Central pallor reads larger (the blob's response peaks at a wider scale): an
+        # absolute bias that cancels between frames and models measured the same way.
+        with_pallor = measure_red_cells(red_cell_field(rng, diameter, pallor=True))
+        assert diameter < with_pallor.diameter_px < 1.2 * diameter, with_pallor
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_known_enlargements_are_found_within_ten_percent(seed):
+    """Touching and overlapping red cells with pallor, as in a smear: x0.5 to x8."""
+    field, _ = smear_field(np.random.default_rng(seed), red_cells=40)
+    base = measure_red_cells(field).diameter_px
+    for factor in ENLARGEMENTS:
+        ruler = measure_red_cells(enlarge(field, factor))
+        assert ruler.reliable, (factor, ruler)
+        assert ruler.diameter_px / base == pytest.approx(factor, rel=0.10), (factor, ruler)
+
+
+def test_a_field_without_red_cells_gives_no_reliable_scale():
+    blank = np.full((224, 224, 3), 235, np.uint8)
+    assert measure_red_cells(blank).diameter_px is None
+    noise = np.random.default_rng(0).normal(235, 2, (224, 224, 3)).clip(0, 255).astype(np.uint8)
+    assert not measure_red_cells(noise).reliable
+
+
+def test_um_per_pixel_follows_from_the_nominal_red_cell():
+    ruler = measure_red_cells(red_cell_field(np.random.default_rng(1), 15.0))
+    assert ruler.um_per_pixel() == pytest.approx(7.5 / ruler.diameter_px)
+    assert ruler.um_per_pixel(8.0) == pytest.approx(8.0 / ruler.diameter_px)
