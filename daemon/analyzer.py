@@ -159,19 +159,19 @@ class Analyzer:
         cells = []
         for box, p, cut in zip(analysis.cells, analysis.cell_probabilities, cut_off, strict=True):
             best = int(np.argmax(p))
-            called = self.classes[best]
-            reasons = []
-            if called == UNIDENTIFIED:
-                reasons.append(UNIDENTIFIED_CELL)
+            called, confidence = self.classes[best], round(float(p[best]), 6)
+            if cut:  # part of the cell is outside the field: not one of the four, by rule
+                called, confidence, reasons = UNIDENTIFIED, None, [CUT_OFF]
+            elif called == UNIDENTIFIED:
+                reasons = [UNIDENTIFIED_CELL]
             elif p[best] < review.cell_confidence:
-                reasons.append(LOW_CONFIDENCE)
-            if cut:
-                reasons.append(CUT_OFF)
+                reasons = [LOW_CONFIDENCE]
+            else:
+                reasons = []
             cells.append(CellResult(
                 bbox=box.bbox, area_px=box.area_px, class_=called,
                 probabilities={c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
-                confidence=round(float(p[best]), 6), needs_review=bool(reasons),
-                review_reasons=reasons))
+                confidence=confidence, needs_review=bool(reasons), review_reasons=reasons))
         frame_reasons = []
         if scale is not None and scale.source == "assumed":
             frame_reasons.append(SCALE_UNKNOWN)

@@ -53,7 +53,7 @@ def _percent(value: float) -> dict:
 
 
 def diagnostic_report(specimen: Specimen, statement: str) -> dict:
-    status = "final" if specimen.status == "complete" else "preliminary"
+    status = specimen.result_status  # preliminary until complete and nothing to review
     devices = []
     for model in specimen.models:
         devices.append(
@@ -124,6 +124,13 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
             {"valueInteger": specimen.cells_classified},
         )
     )
+    for ident, text, count in (
+        ("unidentified-cells", "Cells not identified (not in the differential)",
+         specimen.unidentified_cells),
+        ("cells-needing-review", "Cells flagged for review", specimen.cells_needing_review),
+        ("frames-needing-review", "Frames flagged for review", specimen.frames_needing_review),
+    ):
+        observations.append(observation(ident, _local(ident, text), {"valueInteger": count}))
     for class_code, count in specimen.cells.items():
         name = display(class_code)
         observations.append(
@@ -142,6 +149,12 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
                 )
             )
     conclusion = statement
+    if specimen.needs_review:
+        conclusion += (
+            f" Not verified: {specimen.cells_needing_review} cell(s) and "
+            f"{specimen.frames_needing_review} frame(s) need review by a person; these results"
+            " stay preliminary until verified."
+        )
     if specimen.late_frames:
         conclusion += (
             f" {specimen.late_frames} frame(s) arrived after the specimen was completed;"

@@ -41,8 +41,7 @@ def _number(value: float) -> str:
 def oru_r01(
     specimen: Specimen, lis: LisSettings, control_id: str | None = None, now: float | None = None
 ) -> Message:
-    final = specimen.status == "complete"
-    flag = "F" if final else "P"
+    flag = "F" if specimen.result_status == "final" else "P"
     created = now if now is not None else (specimen.completed_at or specimen.last_frame_at)
     message = Message("ORU_R01", version="2.5.1", validation_level=VALIDATION_LEVEL.STRICT)
     msh = message.msh
@@ -70,6 +69,11 @@ def oru_r01(
     obr.obr_22 = ts(created)
     obr.obr_25 = flag
     notes = [lis.statement]
+    if specimen.needs_review:
+        notes.append(
+            f"Not verified: {specimen.cells_needing_review} cell(s) and "
+            f"{specimen.frames_needing_review} frame(s) need review; preliminary until verified."
+        )
     if specimen.late_frames:
         notes.append(
             f"{specimen.late_frames} frame(s) arrived after completion and are not included."
@@ -87,6 +91,11 @@ def oru_r01(
             ("26446-5^Blasts/100 leukocytes in Blood^LN", specimen.blast_share_percent, "%")
         )
     values.append(("CELLS^White cells classified^L", specimen.cells_classified, "{cells}"))
+    values.append(("UNIDENTIFIED^Cells not identified^L", specimen.unidentified_cells, "{cells}"))
+    values.append(("REVIEW-CELLS^Cells flagged for review^L", specimen.cells_needing_review,
+                   "{cells}"))
+    values.append(("REVIEW-FRAMES^Frames flagged for review^L", specimen.frames_needing_review,
+                   "{frames}"))
     for class_code, count in specimen.cells.items():
         name = escape(display(class_code))
         values.append((f"COUNT-{class_code.upper()}^{name} count^L", count, "{cells}"))
@@ -94,7 +103,8 @@ def oru_r01(
             values.append(
                 (f"PCT-{class_code.upper()}^{name} share^L", specimen.percent[class_code], "%")
             )
-    units = {"%": "%^percent^UCUM", "{cells}": "{cells}^cells^UCUM"}
+    units = {"%": "%^percent^UCUM", "{cells}": "{cells}^cells^UCUM",
+             "{frames}": "{frames}^frames^UCUM"}
     for i, (code, value, unit) in enumerate(values, start=1):
         obx = order.add_group("ORU_R01_OBSERVATION").obx
         obx.obx_1 = str(i)

@@ -56,8 +56,15 @@ class LogEntry:
 
 
 def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
-    """The counters and histograms a newly stored result adds."""
+    """The counters and histograms a newly stored result adds.
+
+    Besides outcomes and latency, the drift measures of an analysed frame, per rig: its scale
+    and scale source, its background (brightness, hue, a*/b*), its cells' classes and
+    confidences, and whether and why it needs review. Rig ids are capped at scrape time
+    (``metrics.RigLabels``).
+    """
     rig = result.rig_id or ""
+    by_rig = {"rig": rig}
     inc = metrics.counter(
         "leukoscope_frames_processed_total", {"rig": rig, "outcome": result.status}
     )
@@ -69,8 +76,38 @@ def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
         inc += metrics.counter(
             "leukoscope_cells_classified_total", {"rig": rig, "class": cell.class_}
         )
+        if cell.confidence is not None:
+            inc += metrics.histogram("leukoscope_cell_confidence", cell.confidence, by_rig)
     latency = max(0.0, result.completed_at - result.captured_at)
-    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency, {"rig": rig})
+    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency, by_rig)
+    if result.needs_review:
+        inc += metrics.counter("leukoscope_frames_review_total", by_rig)
+        for reason in dict.fromkeys(result.review_reasons):  # each reason once, bounded
+            known = reason if reason in metrics.FRAME_REVIEW_REASONS else metrics.OTHER
+            inc += metrics.counter(
+                "leukoscope_frame_review_reasons_total", {"rig": rig, "reason": known}
+            )
+    if result.status != "done":
+        return inc
+    scale = result.scale
+    if scale is not None:
+        source = {"rig": rig, "source": scale.source}
+        inc += metrics.counter("leukoscope_frames_scale_source_total", source)
+        if scale.um_per_pixel is not None:
+            inc += metrics.histogram("leukoscope_frame_scale_um_per_pixel", scale.um_per_pixel,
+                                     source)
+        if scale.source != "assumed":
+            inc += metrics.histogram("leukoscope_frame_scale_factor", scale.factor, by_rig)
+    background = result.acquisition
+    if background is not None:
+        inc += metrics.histogram("leukoscope_frame_background_brightness",
+                                 background.brightness, by_rig)
+        inc += metrics.histogram("leukoscope_frame_background_hue_degrees",
+                                 background.hue_deg, by_rig)
+        a, b = metrics.chromaticity(background.hue_deg, background.chroma)
+        for axis, value in (("a", a), ("b", b)):
+            inc += metrics.histogram("leukoscope_frame_background_chromaticity", value,
+                                     {"rig": rig, "axis": axis})
     return inc
 
 

@@ -27,7 +27,7 @@ from typing import Literal
 import redis
 from pydantic import BaseModel, Field
 
-from daemon import CLASS_CODES
+from daemon import CLASS_CODES, UNIDENTIFIED
 from daemon.result import FrameResult, ModelRef
 
 log = logging.getLogger(__name__)
@@ -107,9 +107,16 @@ def store_payload(result: FrameResult, low_confidence: float) -> str:
     incr: dict[str, float] = {f"frames_{result.status}": 1}
     if result.status == "rejected":
         incr[f"reject:{result.reason or 'other'}"] = 1
+    if result.needs_review:
+        incr["frames_review"] = 1
     for cell in result.cells:
-        confidence = max(cell.probabilities.values(), default=0.0)
         incr[f"cells:{cell.class_}"] = incr.get(f"cells:{cell.class_}", 0) + 1
+        if cell.needs_review:
+            incr["cells_review"] = incr.get("cells_review", 0) + 1
+        if cell.class_ == UNIDENTIFIED:
+            continue  # counted and shown, never part of the differential
+        confidence = (cell.confidence if cell.confidence is not None
+                      else max(cell.probabilities.values(), default=0.0))
         incr["cells_total"] = incr.get("cells_total", 0) + 1
         incr["confidence_sum"] = incr.get("confidence_sum", 0.0) + confidence
         if confidence < low_confidence:
@@ -144,8 +151,17 @@ class Specimen(BaseModel):
     specimen_id: str
     status: Literal["open", "complete"]
     result_status: Literal["preliminary", "final"] = Field(
-        description="preliminary while open, final once complete"
+        description="preliminary while open, and while any cell or frame needs review (no "
+                    "result is final before a person has verified it); final once complete "
+                    "with nothing to review"
     )
+    needs_review: bool = Field(
+        default=False, description="some cell or frame of the specimen needs a person's review")
+    frames_needing_review: int = 0
+    cells_needing_review: int = 0
+    unidentified_cells: int = Field(
+        default=0, description="cells not placed in any of the four classes (not in the "
+                               "differential: cells, percent and blast share leave them out)")
     opened_at: float
     completed_at: float | None = None
     completed_by: str | None = Field(default=None, description="api, marker or idle")
@@ -159,7 +175,8 @@ class Specimen(BaseModel):
     frames_failed: int = 0
     late_frames: int = Field(default=0, description="results stored after completion")
     late_frame_ids: list[str] = []
-    cells_classified: int = 0
+    cells_classified: int = Field(
+        default=0, description="cells in the differential (one of the four classes)")
     cells: dict[str, int] = {}
     percent: dict[str, float] = {}
     blast_share_percent: float | None = Field(
@@ -195,8 +212,10 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
     total = int(_f(raw, "cells_total"))
     cells = {c: int(_f(raw, f"cells:{c}")) for c in CLASS_CODES}
     for field, value in raw.items():
-        if field.startswith("cells:") and field[6:] not in cells:
+        if field.startswith("cells:") and field[6:] not in cells and field[6:] != UNIDENTIFIED:
             cells[field[6:]] = int(float(value))
+    frames_review, cells_review = int(_f(raw, "frames_review")), int(_f(raw, "cells_review"))
+    needs_review = bool(frames_review or cells_review)
     percent = {c: round(100.0 * n / total, 2) for c, n in cells.items()} if total else {}
     blasts = sum(cells.get(c, 0) for c in BLAST_CLASSES)
     delivery = None
@@ -211,7 +230,12 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
     return Specimen(
         specimen_id=raw["specimen_id"],
         status=raw["status"],
-        result_status="final" if raw["status"] == "complete" else "preliminary",
+        result_status="final" if raw["status"] == "complete" and not needs_review
+        else "preliminary",
+        needs_review=needs_review,
+        frames_needing_review=frames_review,
+        cells_needing_review=cells_review,
+        unidentified_cells=int(_f(raw, f"cells:{UNIDENTIFIED}")),
         opened_at=_f(raw, "opened_at"),
         completed_at=_f(raw, "completed_at") or None,
         completed_by=raw.get("completed_by"),

@@ -23,9 +23,8 @@ from daemon.config import Settings
 from daemon.frame import FrameRejected, decode_rgb
 from daemon.gpu import gpu_stats
 from daemon.queue import STREAM_KEY, Delivery, FrameQueue
-from daemon.result import FrameResult
+from daemon.result import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.results import ResultStore
-from daemon.scale import Rescaler
 from daemon.shutdown import on_stop_signals
 
 log = logging.getLogger(__name__)
@@ -47,8 +46,6 @@ class Worker:
             self.client, STREAM_KEY, "workers", settings.specimens.low_confidence
         )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
-        manifests = (self.analyzer.segmenter.manifest, self.analyzer.classifier.manifest)
-        self.rescaler = Rescaler(next((m.um_per_pixel for m in manifests if m.um_per_pixel), None))
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
@@ -184,7 +181,8 @@ class Worker:
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
         decode_ms: list[float] = []
-        scales: list[float] = []  # frame pixels per model pixel, to map cells back
+        scales: list[ScaleInfo] = []  # how each frame was brought to the models' scale
+        acquisitions: list[AcquisitionInfo | None] = []
         outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]] = []
         for d in batch:
             if d.frame_id in done_already:
@@ -199,17 +197,20 @@ class Worker:
             decode_start = time.perf_counter()
             try:
                 image = decode_rgb(d.data, self.settings.capture.max_frame_bytes)
-                scale = self.rescaler.factor(d.um_per_pixel)
-                images.append(self.rescaler.apply(image, scale))
+                source = (d.metadata or {}).get("um_per_pixel_source", "configured")
+                scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
+                prepared, acquisition = self.analyzer.prepare(image, scale)
+                images.append(prepared)
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
                 outcomes.append((d, result, []))
                 continue
             decode_ms.append((time.perf_counter() - decode_start) * 1000)
             scales.append(scale)
+            acquisitions.append(acquisition)
             ready.append(d)
         if ready:
-            outcomes += self._analyse(ready, images, decode_ms, scales, started)
+            outcomes += self._analyse(ready, images, decode_ms, scales, acquisitions, started)
         if outcomes:
             self.flush()  # one batch in flight at most: results are stored in order
             if self._storer is None:
@@ -228,7 +229,8 @@ class Worker:
         ready: list[Delivery],
         images: list[np.ndarray],
         decode_ms: list[float],
-        scales: list[float],
+        scales: list[ScaleInfo],
+        acquisitions: list[AcquisitionInfo | None],
         started: float,
     ) -> list[tuple[Delivery, FrameResult, list[metrics.Increment]]]:
         try:
@@ -249,9 +251,10 @@ class Worker:
                 "decode": decode_ms[i],
                 **analysis.timings_ms,
             }
-            described = self.analyzer.describe(analysis)
+            described = self.analyzer.describe(analysis, scales[i], acquisitions[i])
             # Cells were found at the models' scale; report them in the frame's own pixels.
-            described["cells"] = self.rescaler.to_frame(described["cells"], scales[i])
+            described["cells"] = self.analyzer.rescaler.to_frame(
+                described["cells"], scales[i].factor)
             result = self._result(
                 d,
                 "done",

@@ -16,14 +16,18 @@ from onnx import TensorProto, helper, numpy_helper
 
 from daemon import CLASS_CODES
 from daemon.manifest import (
+    AcquisitionSpec,
     CellFilter,
     ClassSpec,
     CropSpec,
     InputSpec,
     ModelManifest,
+    RedCellScale,
+    ReviewSpec,
     file_sha256,
     write_manifest,
 )
+from daemon.synthetic import BACKGROUND_RGB
 
 CROP = 32
 
@@ -68,6 +72,9 @@ def build_segmenter(folder: Path) -> Path:
             input=InputSpec(name="image", size=(224, 224)),
             outputs=["mask"],
             cells=CellFilter(threshold=0.5, min_area_px=60, max_area_px=20000),
+            # as the red-cell ruler measures daemon.synthetic's fields, and their background
+            scale=RedCellScale(rbc_diameter_px=21.0),
+            acquisition=AcquisitionSpec(background_rgb=BACKGROUND_RGB),
         ),
         path.with_suffix(".json"),
     )
@@ -111,6 +118,8 @@ def build_classifier(folder: Path) -> Path:
             classes=[ClassSpec(code=c, display=c) for c in CLASS_CODES],
             crop=CropSpec(margin=0.25, min_side_px=32),
             aggregation="mean",
+            # The tiny classifier is never sure of anything: no confidence-based review.
+            review=ReviewSpec(cell_confidence=0.0, frame_confidence=0.0),
         ),
         path.with_suffix(".json"),
     )

@@ -72,6 +72,23 @@ def test_required_views_are_present() -> None:
         assert needle in exprs, needle
 
 
+def test_drift_row_shows_every_drift_measure_per_rig() -> None:
+    """Issue 11: scale, background brightness and hue, unidentified share, mean confidence,
+    class mix and frames needing review by reason, each per rig."""
+    panels = list(iter_panels(load()))
+    row = next(i for i, p in enumerate(panels) if p["type"] == "row" and p["title"] == "Drift per rig")
+    following = next((i for i, p in enumerate(panels[row + 1:], row + 1) if p["type"] == "row"),
+                     len(panels))
+    exprs = [t["expr"] for p in panels[row + 1:following] for t in p["targets"]]
+    for metric in ("leukoscope_frame_scale_um_per_pixel", "leukoscope_frame_scale_factor",
+                   "leukoscope_frame_background_brightness",
+                   "leukoscope_frame_background_chromaticity", 'class="unidentified"',
+                   "leukoscope_cell_confidence", "sum by (rig, class)",
+                   "sum by (reason) (rate(leukoscope_frame_review_reasons_total"):
+        assert any(metric in e for e in exprs), metric
+    assert all('rig=~"$rig"' in e for e in exprs), exprs
+
+
 def test_expressions_are_substituted_and_catalogued() -> None:
     exprs = dashboard_expressions(DASHBOARD)
     assert len(exprs) >= 15

@@ -58,7 +58,8 @@ class Prometheus:
 
 
 def _keep_frames_flowing(daemon: Any, round_: int) -> None:
-    """Re-deliver archived originals under new names so rates are live while we scrape."""
+    """Re-deliver archived originals under new names so rates are live while we scrape; one
+    of them is pushed over HTTP with its pixel size, so the configured-scale series exist."""
     inbox, data_dir = getattr(daemon, "inbox", None), getattr(daemon, "data_dir", None)
     if inbox is None or data_dir is None:
         return
@@ -69,6 +70,14 @@ def _keep_frames_flowing(daemon: Any, round_: int) -> None:
         part = folder / f"r{round_}-{i}.jpg.part"
         shutil.copyfile(original, part)
         part.rename(folder / f"r{round_}-{i}.jpg")
+    if originals:
+        query = urllib.parse.urlencode(
+            {"specimen_id": "S-prom", "name": f"p{round_}.jpg", "um_per_pixel": "0.5"})
+        request = urllib.request.Request(
+            f"{daemon.api_url}/frames?{query}", data=originals[0].read_bytes(), method="POST",
+            headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 202, response.read()
 
 
 @pytest.fixture(scope="module")

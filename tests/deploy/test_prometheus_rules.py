@@ -31,6 +31,11 @@ REQUIRED_ALERTS = {
     "LeukoscopeBacklogGrowing", "LeukoscopeNoFramesProcessed", "LeukoscopeWorkerDown",
     "LeukoscopeNoWorkersUp", "LeukoscopeLatencyP99High", "LeukoscopeRejectionRateHigh",
     "LeukoscopeLisDeliveryFailing",
+    # Drift watch per rig (issue 11): leaving the rig's own baseline, or the validated range.
+    "LeukoscopeRigScaleDrift", "LeukoscopeRigBrightnessDrift",
+    "LeukoscopeRigBackgroundColourDrift", "LeukoscopeRigUnidentifiedDrift",
+    "LeukoscopeRigConfidenceDrift", "LeukoscopeRigScaleAssumed", "LeukoscopeRigScaleOutOfRange",
+    "LeukoscopeRigBackgroundDark", "LeukoscopeRigUnidentifiedHigh", "LeukoscopeRigConfidenceLow",
 }
 
 
@@ -96,6 +101,9 @@ def test_recording_rules_cover_throughput_latency_and_rejections() -> None:
         ":leukoscope_frame_latency_seconds:p95_5m",
         ":leukoscope_frame_latency_seconds:p99_5m",
         "rig:leukoscope_frames_rejected:ratio_rate5m",
+        "rig:leukoscope_cells_unidentified:ratio_rate5m",
+        "rig_class:leukoscope_cells_classified:ratio_rate5m",
+        "rig:leukoscope_cell_confidence:mean5m",
     ):
         assert name in recorded, name
     for name in recorded:
@@ -107,3 +115,13 @@ def test_rules_use_only_catalogued_metrics(path: Path) -> None:
     for rule in rules(path):
         unknown = metric_names(rule["expr"]) - KNOWN
         assert not unknown, f"{rule.get('alert') or rule.get('record')}: unknown {unknown}"
+
+
+def test_drift_alerts_are_per_rig_and_skip_the_overflow_label() -> None:
+    """Baseline alerts compare a rig with itself, so never the mix of rigs beyond the cap."""
+    drift = [r for r in rules(PROM / "rules" / "alerts.yml") if r["alert"].startswith("LeukoscopeRig")]
+    assert drift
+    for rule in drift:
+        assert "by (rig)" in rule["expr"] and "{{ $labels.rig }}" in rule["annotations"]["summary"]
+        if "offset" in rule["expr"]:
+            assert 'rig!="other"' in rule["expr"], rule["alert"]
