@@ -41,6 +41,8 @@ class SourceFrame:
     label: str | None = None  # None: the file itself; else the page/scene/tile in the file
     um_per_pixel: float | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    #: where ``um_per_pixel`` came from: the file's own metadata, or a rig/push setting
+    um_per_pixel_source: str = "file"
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -125,8 +127,8 @@ class Intake:
         """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection."""
         quality = quality if quality is not None else self.check(frame)
         meta = {**frame.metadata, **(metadata or {})}
-        if frame.um_per_pixel:
-            meta["um_per_pixel_source"] = "file"
+        if frame.um_per_pixel and frame.um_per_pixel_source == "file":
+            meta["um_per_pixel_source"] = "file"  # the worker's default is "configured"
         meta = meta or None
         now = time.time() if captured_at is None else captured_at
         if not quality.ok:

@@ -173,7 +173,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     answers = []
     for frame in frames:
         if scale is not None and frame.um_per_pixel is None:
-            frame.um_per_pixel = scale
+            frame.um_per_pixel, frame.um_per_pixel_source = scale, "configured"
         frame_id = derived_frame_id(specimen, name, frame.label, data)
         label = "" if frame.label is None else f"#{frame.label}"
         offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata)

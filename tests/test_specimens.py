@@ -171,7 +171,10 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     assert {d.version[0].value for d in devices} == {"1.2.0", "2.0.1"}
     assert {d.identifier[0].value for d in devices} == {"a" * 64, "b" * 64}
     referenced = {ref.reference for ref in report.result}
-    assert "#blast-share" in referenced and len(referenced) == 2 + 2 * 4
+    # blast share, cells classified, unidentified and review counts, count + share per class
+    assert "#blast-share" in referenced and len(referenced) == 2 + 3 + 2 * 4
+    assert contained["unidentified-cells"].valueInteger == 0
+    assert contained["frames-needing-review"].valueInteger == 0
     assert blast.device.reference.startswith("#model-classifier")
     open_report = DiagnosticReport.model_validate(api.get("/specimens/C/fhir").json())
     assert open_report.status == "preliminary"

@@ -94,3 +94,29 @@ def test_folder_frames_failing_qc_get_rejected_results_and_are_counted(
         if name == "leukoscope_frames_rejected_total":
             rejected[labels["reason"]] = float(value)
     assert rejected == {reason: 1.0 for _, reason in BAD.values()}
+
+
+@pytest.mark.parametrize("enlargement", [2.0, 4.0])
+def test_qc_runs_at_the_models_scale_for_any_camera(
+    make_settings, client, tiny_models, enlargement
+) -> None:
+    """A sharp field from a camera that enlarges 4x reads as blurred at its own pixels; QC
+    measures it at the models' scale (red cells as the ruler), so it passes, and a defocused
+    one at the same enlargement is still rejected."""
+    import cv2
+
+    from capture.intake import Intake, SourceFrame
+
+    def enlarged(image):
+        return cv2.resize(image, None, fx=enlargement, fy=enlargement,
+                          interpolation=cv2.INTER_CUBIC)
+
+    settings = make_settings()
+    settings.models.segmenter = tiny_models[0]  # its manifest states the models' scale
+    intake = Intake(settings, client)
+    sharp, blurred = enlarged(good_rgb(0)), enlarged(blurred_rgb(0))
+    assert not assess(sharp, QcSettings()).ok  # at its own pixels: "out of focus"
+    ok = intake.check(SourceFrame(sharp, b""))
+    assert ok.ok, ok
+    rejected = intake.check(SourceFrame(blurred, b""))
+    assert rejected.reason == "out_of_focus", rejected
