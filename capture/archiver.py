@@ -16,10 +16,10 @@ from pathlib import Path
 import redis
 
 from capture.mover import move_file, write_reason
-from daemon.frame import frame_id_for
-from daemon.queue import FrameQueue, Inflight
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import frame_id_for
+from daemon.store.queue import FrameQueue, Inflight
+from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 

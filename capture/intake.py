@@ -20,12 +20,12 @@ import redis
 
 from capture.quality import Quality, assess
 from capture.tiff import read_tiff
-from daemon import metrics
-from daemon.config import Settings
-from daemon.frame import FrameRejected, check_encoded, decode_rgb, frame_id_for
-from daemon.queue import FrameQueue
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import FrameRejected, check_encoded, decode_rgb, frame_id_for
+from daemon.ops import metrics
+from daemon.settings import Settings
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.frame import IMAGE_SUFFIXES
+from daemon.imaging.frames import IMAGE_SUFFIXES
 
 UNASSIGNED = "unassigned"
 SPECIMEN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TEMP_SUFFIXES = (".part", ".tmp")
 
-# Capture's own reason codes, beside daemon.frame.REJECT_REASONS.
+# Capture's own reason codes, beside daemon.imaging.frames.REJECT_REASONS.
 BAD_LOCATION = "bad_location"
 
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from capture.layout import valid_specimen_id
-from daemon.specimens import SpecimenStore
+from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,16 @@ from capture.layout import BAD_LOCATION, UNASSIGNED, is_image_name
 from capture.markers import MarkerScanner
 from capture.mover import move_file
 from capture.watcher import InboxWatcher, Ready
-from daemon import metrics, registry
-from daemon.broker import connect
-from daemon.config import Settings
-from daemon.frame import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
-from daemon.queue import FrameQueue, Inflight
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
+from daemon.ops import metrics
+from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.specimens import SpecimenStore
+from daemon.store import heartbeats
+from daemon.store.connection import connect
+from daemon.store.queue import FrameQueue, Inflight
+from daemon.store.results import ResultStore
+from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,8 @@ class CaptureService:
         if not force and now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
+        heartbeats.beat(self.client, heartbeats.CAPTURES_KEY, self.rig_id, {
+            "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
             "state": self.state, "directory": str(self.inbox),
             "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,
             "frames_archived": self.archiver.archived,

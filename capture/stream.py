@@ -23,12 +23,13 @@ from capture.camera import Camera
 from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
 from capture.quality import focus_score, grey
-from daemon import metrics, registry
-from daemon.broker import connect
-from daemon.config import Settings
-from daemon.frame import frame_id_for
-from daemon.queue import FrameQueue
+from daemon.imaging.frames import frame_id_for
+from daemon.ops import metrics
+from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
+from daemon.store import heartbeats
+from daemon.store.connection import connect
+from daemon.store.queue import FrameQueue
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,8 @@ class StreamCapture:
         if not force and now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
+        heartbeats.beat(self.client, heartbeats.CAPTURES_KEY, self.rig_id, {
+            "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
             "state": self.state, "source": "opencv", "uri": self.config.uri,
             "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),
             "frames_queued": self.counts["queued"], "frames_rejected": self.counts["rejected"],

@@ -11,15 +11,15 @@ import httpx
 import pytest
 import redis
 
-from daemon import audit
-from daemon.api import create_app
-from daemon.auth import hash_key
-from daemon.broker import start_embedded, stop_embedded
-from daemon.hl7 import ack, parse
-from daemon.housekeeping import Housekeeper, trim_results
-from daemon.mllp import END_BLOCK, START_BLOCK, Outbox, frame
-from daemon.results import ResultStore
-from daemon.specimens import OUTBOX_KEY, SpecimenStore
+from daemon.api.app import create_app
+from daemon.api.auth import hash_key
+from daemon.lis.hl7 import ack, parse
+from daemon.lis.mllp import END_BLOCK, START_BLOCK, Outbox, frame
+from daemon.ops.housekeeping import Housekeeper, trim_results
+from daemon.store import audit
+from daemon.store.connection import start_embedded, stop_embedded
+from daemon.store.results import ResultStore
+from daemon.store.specimens import OUTBOX_KEY, SpecimenStore
 from tests.conftest import serve_http
 from tests.test_specimens import cell, result
 
@@ -294,7 +294,7 @@ def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: httpx.Client
 def test_redis_password_in_the_url(
     make_settings, redis_client: redis.Redis, redis_url: str
 ) -> None:
-    from daemon.broker import connect
+    from daemon.store.connection import connect
 
     redis_client.config_set("requirepass", "s3cret")
     try:

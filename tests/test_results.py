@@ -3,8 +3,8 @@ import time
 import pytest
 import redis
 
-from daemon.result import FrameResult
-from daemon.results import BadCursor, ResultStore
+from daemon.domain.results import FrameResult
+from daemon.store.results import BadCursor, ResultStore
 
 
 def result(frame_id: str, status: str = "done") -> FrameResult:
@@ -60,7 +60,7 @@ def test_malformed_cursor(redis_client: redis.Redis, cursor: str) -> None:
 
 
 def test_outcome_counters_counted_once(redis_client: redis.Redis) -> None:
-    from daemon import metrics
+    from daemon.ops import metrics
 
     store = ResultStore(redis_client)
     rejected = result("r", "rejected").model_copy(update={"reason": "truncated"})

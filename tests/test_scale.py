@@ -8,11 +8,11 @@ import shutil
 import cv2
 import numpy as np
 
-from daemon.result import CellResult
-from daemon.results import ResultStore
-from daemon.scale import Rescaler
-from daemon.synthetic import encode, smear_field
-from daemon.worker import Worker
+from daemon.domain.results import CellResult
+from daemon.imaging.scale import Rescaler
+from daemon.imaging.synthetic import encode, smear_field
+from daemon.store.results import ResultStore
+from daemon.worker.worker import Worker
 
 
 def test_rescaler_factors_and_mapping_back(caplog):

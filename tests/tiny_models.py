@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon import CLASS_CODES
-from daemon.manifest import (
+from daemon.domain.manifest import (
     CellFilter,
     ClassSpec,
     CropSpec,

@@ -21,8 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from daemon.manifest import CellFilter, CropSpec
-from daemon.pipeline import crop_cells, find_cells
+from daemon.domain.manifest import CellFilter, CropSpec
+from daemon.imaging.pipeline import crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_DISPLAY: tuple[str, ...] = (

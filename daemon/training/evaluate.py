@@ -17,8 +17,14 @@ from pathlib import Path
 import numpy as np
 
 from daemon import CLASS_CODES
-from daemon.manifest import CellFilter, CropSpec, ModelManifest, load_manifest, write_manifest
-from daemon.pipeline import aggregate, crop_cells, find_cells, pad_to_multiple, to_tensor
+from daemon.domain.manifest import (
+    CellFilter,
+    CropSpec,
+    ModelManifest,
+    load_manifest,
+    write_manifest,
+)
+from daemon.imaging.pipeline import aggregate, crop_cells, find_cells, pad_to_multiple, to_tensor
 from daemon.training import metrics as M
 from daemon.training.data import load_splits, reinhard_normalize
 

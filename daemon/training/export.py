@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from daemon import CLASS_CODES
-from daemon.manifest import (
+from daemon.domain.manifest import (
     CellFilter,
     ClassSpec,
     CropSpec,

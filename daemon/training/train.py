@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from daemon.manifest import CropSpec
-from daemon.pipeline import aggregate
+from daemon.domain.manifest import CropSpec
+from daemon.imaging.pipeline import aggregate
 from daemon.training import data as D
 from daemon.training.augment import AugmentParams, normalize, random_colour, random_geometry
 from daemon.training.data import load_splits

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from capture.quality import assess, measure
-from daemon import metrics
-from daemon.config import QcSettings
-from daemon.frame import REJECT_REASONS, frame_id_for
-from daemon.results import ResultStore
+from daemon.imaging.frames import REJECT_REASONS, frame_id_for
+from daemon.ops import metrics
+from daemon.settings import QcSettings
+from daemon.store.results import ResultStore
 from tests.capture.conftest import entries, frame_bytes, wait_for
 from tests.capture.frames import (
     blurred_rgb,

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 
 def test_smoke_train_export_parity_evaluate(synthetic_data: Path, tmp_path: Path) -> None:
-    from daemon.manifest import load_manifest
+    from daemon.domain.manifest import load_manifest
     from daemon.training.evaluate import evaluate
     from daemon.training.export import export_checkpoint, load_checkpoint, parity
     from daemon.training.nets import ClassifierExport

@@ -1,0 +1,201 @@
+"""Stored results: one JSON value per frame_id, plus an append-only log for cursor polling.
+
+A result is written once (SET NX): a frame processed twice, after a worker died between
+storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
+queue entry happen in one Redis script, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from daemon.domain.results import FrameResult
+from daemon.ops import metrics
+from daemon.store import specimens
+
+RESULT_KEY = "lks:result:{}"
+LOG_KEY = "lks:results"
+CURSOR_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
+
+# KEYS: result key, log stream, metrics hash, frames stream, then daemon.store.specimens.store_keys
+# ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack),
+#       specimen update JSON ('' = none, see daemon.store.specimens.STORE_LUA), metric fields...
+_STORE = """
+local stored = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
+  redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[2], 'status', ARGV[3], 'rig', ARGV[4])
+  for i = 8, #ARGV, 2 do
+    redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
+  end
+  if ARGV[7] ~= '' then
+-- SPECIMEN UPDATE --
+  end
+  stored = 1
+end
+if ARGV[6] ~= '' then
+  redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('XDEL', KEYS[4], ARGV[6])
+end
+return stored
+""".replace("-- SPECIMEN UPDATE --", specimens.STORE_LUA)
+
+
+class BadCursor(ValueError):
+    """A results cursor that is not of the form the API hands out."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    cursor: str
+    frame_id: str
+    status: str
+    rig: str
+
+
+def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
+    """The counters and histograms a newly stored result adds."""
+    rig = result.rig_id or ""
+    inc = metrics.counter(
+        "leukoscope_frames_processed_total", {"rig": rig, "outcome": result.status}
+    )
+    if result.status == "rejected":
+        inc += metrics.counter(
+            "leukoscope_frames_rejected_total", {"rig": rig, "reason": result.reason or "other"}
+        )
+    for cell in result.cells:
+        inc += metrics.counter(
+            "leukoscope_cells_classified_total", {"rig": rig, "class": cell.class_}
+        )
+    latency = max(0.0, result.completed_at - result.captured_at)
+    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency, {"rig": rig})
+    return inc
+
+
+class ResultStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        frames_stream: str = "",
+        group: str = "",
+        low_confidence: float = 0.6,
+    ) -> None:
+        self.client = client
+        self.frames_stream = frames_stream
+        self.group = group
+        self.low_confidence = low_confidence  # specimens count cells below this confidence
+        self._store = client.register_script(_STORE)
+
+    def store(
+        self,
+        result: FrameResult,
+        ack_entry: str | None = None,
+        extra: Iterable[metrics.Increment] = (),
+    ) -> bool:
+        """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
+        keys, args = self._script_call(result, ack_entry, extra)
+        return bool(self._store(keys=keys, args=args))
+
+    def store_many(
+        self, items: list[tuple[FrameResult, str | None, list[metrics.Increment]]]
+    ) -> list[bool]:
+        """``store`` for a worker's batch in one round trip: [(result, ack_entry, extra)]."""
+        pipe = self.client.pipeline(transaction=False)
+        for result, ack_entry, extra in items:
+            keys, args = self._script_call(result, ack_entry, extra)
+            self._store(keys=keys, args=args, client=pipe)
+        return [bool(stored) for stored in pipe.execute()]
+
+    def ack(self, entry_id: str) -> None:
+        """Acknowledge and drop a queue entry whose frame already has a result."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.frames_stream, self.group, entry_id)
+        pipe.xdel(self.frames_stream, entry_id)
+        pipe.execute()
+
+    def existing(self, frame_ids: list[str]) -> set[str]:
+        """Which of ``frame_ids`` already have a result (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for frame_id in frame_ids:
+            pipe.exists(RESULT_KEY.format(frame_id))
+        return {f for f, hit in zip(frame_ids, pipe.execute(), strict=True) if hit}
+
+    def _script_call(
+        self, result: FrameResult, ack_entry: str | None, extra: Iterable[metrics.Increment]
+    ) -> tuple[list, list]:
+        increments = outcome_increments(result) + list(extra)
+        args = [
+            result.to_json(),
+            result.frame_id,
+            result.status,
+            result.rig_id or "",
+            self.group,
+            ack_entry or "",
+            specimens.store_payload(result, self.low_confidence),
+            *metrics.flatten(increments),
+        ]
+        keys = [
+            RESULT_KEY.format(result.frame_id),
+            LOG_KEY,
+            metrics.METRICS_KEY,
+            self.frames_stream or "lks:none",
+            *specimens.store_keys(result.specimen_id),
+        ]
+        return keys, args
+
+    def exists(self, frame_id: str) -> bool:
+        return bool(self.client.exists(RESULT_KEY.format(frame_id)))
+
+    def get(self, frame_id: str) -> FrameResult | None:
+        raw = self.client.get(RESULT_KEY.format(frame_id))
+        return FrameResult.model_validate_json(raw) if raw else None
+
+    def count(self) -> int:
+        return int(self.client.xlen(LOG_KEY))
+
+    def log_after(self, after: str | None, limit: int) -> list[LogEntry]:
+        """Log entries strictly after cursor ``after`` (None: from the oldest), oldest first."""
+        if after is not None and not CURSOR_PATTERN.match(after):
+            raise BadCursor(f"malformed cursor {after!r}: expected the 'next' value of a page")
+        start = "-" if after is None else f"({after}"
+        entries = self.client.xrange(LOG_KEY, min=start, max="+", count=limit)
+        return [
+            LogEntry(
+                cursor=entry_id.decode(),
+                frame_id=fields[b"frame_id"].decode(),
+                status=fields[b"status"].decode(),
+                rig=fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in entries
+        ]
+
+    def page(self, after: str | None, limit: int) -> tuple[list[FrameResult], str]:
+        """Results after ``after`` in storage order and the cursor to continue from."""
+        entries = self.log_after(after, limit)
+        if not entries:
+            return [], after or "0-0"
+        raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
+        items = [FrameResult.model_validate_json(raw) for raw in raws if raw]
+        return items, entries[-1].cursor
+
+    def last_cursor(self) -> str:
+        info = self.client.xinfo_stream(LOG_KEY) if self.client.exists(LOG_KEY) else None
+        return info["last-generated-id"].decode() if info else "0-0"
+
+    def wait_after(self, cursor: str, block_ms: int, count: int = 100) -> list[LogEntry]:
+        """Block up to ``block_ms`` for log entries after ``cursor`` (capture's archiver)."""
+        reply = self.client.xread({LOG_KEY: cursor}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [
+            LogEntry(
+                entry_id.decode(),
+                fields[b"frame_id"].decode(),
+                fields[b"status"].decode(),
+                fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in reply[0][1]
+        ]
