@@ -14,7 +14,7 @@ import os
 import time
 from pathlib import Path
 
-from capture.layout import valid_specimen_id
+from daemon.domain.ids import valid_specimen_id
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)

@@ -20,16 +20,17 @@ import redis
 
 from capture.archiver import Archiver
 from capture.intake import Intake, SourceFrame, derived_frame_id, expand
-from capture.layout import BAD_LOCATION, UNASSIGNED, is_image_name
+from capture.layout import BAD_LOCATION, is_image_name
 from capture.markers import MarkerScanner
 from capture.mover import move_file
 from capture.watcher import InboxWatcher, Ready
+from daemon.domain.ids import UNASSIGNED
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
 from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats
+from daemon.store import heartbeats, keys
 from daemon.store.connection import connect
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
@@ -286,7 +287,7 @@ class CaptureService:
         if not force and now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        heartbeats.beat(self.client, heartbeats.CAPTURES_KEY, self.rig_id, {
+        heartbeats.beat(self.client, keys.CAPTURES_KEY, self.rig_id, {
             "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
             "state": self.state, "directory": str(self.inbox),
             "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,

@@ -27,7 +27,7 @@ from daemon.imaging.frames import frame_id_for
 from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats
+from daemon.store import heartbeats, keys
 from daemon.store.connection import connect
 from daemon.store.queue import FrameQueue
 
@@ -156,7 +156,7 @@ class StreamCapture:
         if not force and now - self._last_beat < HEARTBEAT_SECONDS:
             return
         self._last_beat = now
-        heartbeats.beat(self.client, heartbeats.CAPTURES_KEY, self.rig_id, {
+        heartbeats.beat(self.client, keys.CAPTURES_KEY, self.rig_id, {
             "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
             "state": self.state, "source": "opencv", "uri": self.config.uri,
             "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),

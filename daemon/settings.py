@@ -22,6 +22,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from daemon.domain.ids import KEY_NAME_PATTERN, RIG_ID_PATTERN, SPECIMEN_ID_PATTERN, UNASSIGNED
+
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -72,7 +74,7 @@ class OpenCvSettings(_Section):
     max_read_failures: int = Field(default=30, gt=0)
     reconnect_min_seconds: float = Field(default=0.5, gt=0)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
-    specimen_id: str = Field(default="unassigned", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    specimen_id: str = Field(default=UNASSIGNED, pattern=SPECIMEN_ID_PATTERN)
     encoding: Literal["png", "jpg"] = "png"
 
 
@@ -106,7 +108,7 @@ class CaptureSettings(_Section):
     opencv: OpenCvSettings = OpenCvSettings()
     gating: GatingSettings = GatingSettings()
     directory: Path = Path("inbox")
-    rig_id: str = Field(default="rig-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    rig_id: str = Field(default="rig-1", pattern=RIG_ID_PATTERN)
     settle_seconds: float = Field(
         default=1.0,
         gt=0,
@@ -155,7 +157,7 @@ class ApiSettings(_Section):
 
 
 class ApiKey(_Section):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    name: str = Field(pattern=KEY_NAME_PATTERN)
     role: Literal["ingest", "read", "admin"]
     sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key (leukoscope keygen)"

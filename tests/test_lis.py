@@ -18,8 +18,9 @@ from daemon.lis.mllp import END_BLOCK, START_BLOCK, Outbox, frame
 from daemon.ops.housekeeping import Housekeeper, trim_results
 from daemon.store import audit
 from daemon.store.connection import start_embedded, stop_embedded
+from daemon.store.keys import OUTBOX_KEY
 from daemon.store.results import ResultStore
-from daemon.store.specimens import OUTBOX_KEY, SpecimenStore
+from daemon.store.specimens import SpecimenStore
 from tests.conftest import serve_http
 from tests.test_specimens import cell, result
 

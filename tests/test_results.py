@@ -4,7 +4,8 @@ import pytest
 import redis
 
 from daemon.domain.results import FrameResult
-from daemon.store.results import BadCursor, ResultStore
+from daemon.store.paging import BadCursor
+from daemon.store.results import ResultStore
 
 
 def result(frame_id: str, status: str = "done") -> FrameResult:

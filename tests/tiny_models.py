@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon import CLASS_CODES
+from daemon.domain.classes import CLASS_CODES
 from daemon.domain.manifest import (
     CellFilter,
     ClassSpec,

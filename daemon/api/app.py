@@ -2,7 +2,6 @@
 the OpenAPI schema is generated from the same pydantic models the workers store."""
 
 import logging
-import re
 import signal
 import time
 from typing import Annotated
@@ -15,17 +14,16 @@ from prometheus_client.registry import CollectorRegistry
 
 from daemon import __version__
 from daemon.api.auth import require, require_if
+from daemon.domain.ids import valid_frame_id
 from daemon.domain.results import FrameResult, ResultPage
 from daemon.ops.metrics import RedisCollector
 from daemon.ops.status import Readiness, StatusReader, StatusReport
 from daemon.settings import Settings
 from daemon.store.connection import connect
-from daemon.store.results import BadCursor, ResultStore
+from daemon.store.paging import BadCursor
+from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
-
-FRAME_ID = r"^[A-Za-z0-9_-]{1,64}$"
-
 
 def get_store(request: Request) -> ResultStore:
     return request.app.state.store
@@ -135,7 +133,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         dependencies=[Depends(require("read", "frame.read"))],
     )
     def frame(store: Store, frame_id: str) -> FrameResult:
-        if not re.match(FRAME_ID, frame_id):
+        if not valid_frame_id(frame_id):
             raise HTTPException(status_code=400, detail="frame_id must be 1-64 of [A-Za-z0-9_-]")
         result = store.get(frame_id)
         if result is None:

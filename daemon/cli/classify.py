@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
+from daemon.domain.ids import UNASSIGNED, valid_specimen_id
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, decode_rgb, frame_id_for
 from daemon.inference.analyzer import Analyzer
-
-SPECIMEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def image_files(paths: list[Path]) -> Iterator[Path]:
@@ -91,4 +89,4 @@ def classify_files(
 
 def _specimen(path: Path) -> str:
     parent = path.resolve().parent.name
-    return parent if SPECIMEN_ID.match(parent) else "unassigned"
+    return parent if valid_specimen_id(parent) else UNASSIGNED

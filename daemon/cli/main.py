@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from daemon import __version__
+from daemon.domain.ids import valid_name
 from daemon.ops.logs import setup_logging
 from daemon.settings import ConfigError, Settings, load_settings
 
@@ -113,7 +113,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from daemon.api.auth import keygen
 
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", args.name):
+    if not valid_name(args.name):
         print("leukoscope keygen: NAME must be 1-64 of [A-Za-z0-9_.-]", file=sys.stderr)
         return 2
     key, line = keygen(args.name, args.role)

@@ -14,7 +14,7 @@ import re
 from datetime import UTC, datetime
 
 from daemon import __version__
-from daemon.store.specimens import Specimen
+from daemon.domain.specimens import Specimen
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

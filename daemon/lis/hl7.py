@@ -15,9 +15,9 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
+from daemon.domain.specimens import Specimen
 from daemon.lis.fhir import display
 from daemon.settings import LisSettings
-from daemon.store.specimens import Specimen
 
 LOCAL_SYSTEM = "L"  # HL7 table 0396: local code system
 

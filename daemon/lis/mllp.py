@@ -23,7 +23,8 @@ import redis
 from daemon.lis.hl7 import oru_r01, read_ack, to_er7
 from daemon.ops import metrics
 from daemon.settings import Settings
-from daemon.store.specimens import OUTBOX_KEY, SPECIMEN_KEY, SpecimenStore
+from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
+from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 

@@ -17,22 +17,14 @@ import redis
 
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
-from daemon.store.results import LOG_KEY, RESULT_KEY
+from daemon.store import scripts
+from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 
-LEASE_KEY = "lks:housekeeper"
 LEASE_SECONDS = 10.0
 RETENTION_EVERY_SECONDS = 600.0
-
-# Renew only our own lease.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
@@ -64,7 +56,7 @@ class Housekeeper:
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
         self.stopping = threading.Event()
-        self._renew = client.register_script(_RENEW)
+        self._renew = client.register_script(scripts.RENEW_LEASE)
         self._next_retention = 0.0
         self._thread: threading.Thread | None = None
 
@@ -78,7 +70,7 @@ class Housekeeper:
             self._thread.join(timeout=5)
 
     def leader(self) -> bool:
-        return bool(self._renew(keys=[LEASE_KEY], args=[self.token, int(LEASE_SECONDS * 1000)]))
+        return bool(self._renew(keys=[HOUSEKEEPER_LEASE_KEY], args=[self.token, int(LEASE_SECONDS * 1000)]))
 
     def step(self) -> None:
         if not self.leader():

@@ -19,10 +19,9 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from daemon import CLASS_CODES
+from daemon.domain.classes import CLASS_CODES
 from daemon.imaging.frames import REJECT_REASONS
-
-METRICS_KEY = "lks:metrics"
+from daemon.store.keys import METRICS_KEY
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)

@@ -12,7 +12,7 @@ from daemon.domain.results import ModelRef
 from daemon.lis.mllp import outbox_status
 from daemon.ops.metrics import gauge
 from daemon.settings import Settings
-from daemon.store import heartbeats
+from daemon.store import heartbeats, keys
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 
@@ -77,15 +77,15 @@ class StatusReader:
         stale = self.settings.workers.stale_after_seconds
         # A dead worker stays listed (alive: false) for a while so ops see it, then goes.
         heartbeats.prune(
-            self.client, heartbeats.WORKERS_KEY, self.settings.workers.forget_after_seconds
+            self.client, keys.WORKERS_KEY, self.settings.workers.forget_after_seconds
         )
         workers = [
             WorkerStatus.model_validate(w)
-            for w in heartbeats.members(self.client, heartbeats.WORKERS_KEY, stale)
+            for w in heartbeats.members(self.client, keys.WORKERS_KEY, stale)
         ]
         captures = [
             CaptureStatus.model_validate(c)
-            for c in heartbeats.members(self.client, heartbeats.CAPTURES_KEY, stale)
+            for c in heartbeats.members(self.client, keys.CAPTURES_KEY, stale)
         ]
         models: dict[str, ModelRef] = {}
         for worker in workers:

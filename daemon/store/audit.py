@@ -6,14 +6,13 @@ with the rest of the data (AOF). ``GET /audit`` (admin) pages them with a cursor
 
 from __future__ import annotations
 
-import re
 import time
 
 import redis
 from pydantic import BaseModel
 
-AUDIT_KEY = "lks:audit"
-CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
+from daemon.store import paging
+from daemon.store.keys import AUDIT_KEY
 
 
 class AuditEntry(BaseModel):
@@ -57,12 +56,10 @@ def record(
 
 
 def page(client: redis.Redis, after: str | None, limit: int) -> tuple[list[AuditEntry], str]:
-    if after is not None and not CURSOR.match(after):
-        raise ValueError(f"malformed cursor {after!r}: expected the 'next' value of a page")
-    start = "-" if after is None else f"({after}"
-    entries = client.xrange(AUDIT_KEY, min=start, max="+", count=limit)
+    """Audit entries after cursor ``after``; raises ``paging.BadCursor`` for a bad cursor."""
+    entries = paging.entries_after(client, AUDIT_KEY, after, limit)
     items = []
     for entry_id, fields in entries:
         data = {k.decode(): v.decode() for k, v in fields.items()}
         items.append(AuditEntry(cursor=entry_id.decode(), **data))
-    return items, (entries[-1][0].decode() if entries else after or "0-0")
+    return items, paging.next_cursor(entries, after)

@@ -9,9 +9,6 @@ import time
 
 import redis
 
-WORKERS_KEY = "lks:workers"
-CAPTURES_KEY = "lks:captures"
-
 
 def host_name() -> str:
     """The host name shown in /status; LEUKOSCOPE_HOSTNAME overrides it (containers, tests)."""

@@ -16,23 +16,8 @@ from dataclasses import dataclass
 import redis
 
 from daemon.ops import metrics
-from daemon.store.results import RESULT_KEY
-
-STREAM_KEY = "lks:frames"
-GROUP = "workers"
-INFLIGHT_KEY = "lks:inflight"
-
-# KEYS: result key, inflight hash, stream, metrics hash
-# ARGV: frame_id, inflight json, metric field, then stream field/value pairs
-_ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 'stored' end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 'queued' end
-local fields = {}
-for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[3], '*', unpack(fields))
-redis.call('HINCRBYFLOAT', KEYS[4], ARGV[3], 1)
-return 'new'
-"""
+from daemon.store import scripts
+from daemon.store.keys import GROUP, INFLIGHT_KEY, METRICS_KEY, RESULT_KEY, STREAM_KEY
 
 
 @dataclass
@@ -62,7 +47,7 @@ class Inflight:
 class FrameQueue:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._enqueue = client.register_script(_ENQUEUE)
+        self._enqueue = client.register_script(scripts.ENQUEUE)
         self.ensure_group()
 
     def ensure_group(self) -> None:
@@ -103,7 +88,7 @@ class FrameQueue:
         args: list = [frame_id, inflight, field_name]
         for key, value in fields.items():
             args.extend((key, value))
-        keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, metrics.METRICS_KEY]
+        keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
         return self._enqueue(keys=keys, args=args).decode()
 
     def inflight(self, rig_id: str | None = None) -> list[Inflight]:

@@ -7,7 +7,6 @@ queue entry happen in one Redis script, so the three can never disagree.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,37 +14,8 @@ import redis
 
 from daemon.domain.results import FrameResult
 from daemon.ops import metrics
-from daemon.store import specimens
-
-RESULT_KEY = "lks:result:{}"
-LOG_KEY = "lks:results"
-CURSOR_PATTERN = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-# KEYS: result key, log stream, metrics hash, frames stream, then daemon.store.specimens.store_keys
-# ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack),
-#       specimen update JSON ('' = none, see daemon.store.specimens.STORE_LUA), metric fields...
-_STORE = """
-local stored = 0
-if redis.call('SET', KEYS[1], ARGV[1], 'NX') then
-  redis.call('XADD', KEYS[2], '*', 'frame_id', ARGV[2], 'status', ARGV[3], 'rig', ARGV[4])
-  for i = 8, #ARGV, 2 do
-    redis.call('HINCRBYFLOAT', KEYS[3], ARGV[i], ARGV[i + 1])
-  end
-  if ARGV[7] ~= '' then
--- SPECIMEN UPDATE --
-  end
-  stored = 1
-end
-if ARGV[6] ~= '' then
-  redis.call('XACK', KEYS[4], ARGV[5], ARGV[6])
-  redis.call('XDEL', KEYS[4], ARGV[6])
-end
-return stored
-""".replace("-- SPECIMEN UPDATE --", specimens.STORE_LUA)
-
-
-class BadCursor(ValueError):
-    """A results cursor that is not of the form the API hands out."""
+from daemon.store import paging, scripts, specimens
+from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY
 
 
 @dataclass(frozen=True)
@@ -87,7 +57,7 @@ class ResultStore:
         self.frames_stream = frames_stream
         self.group = group
         self.low_confidence = low_confidence  # specimens count cells below this confidence
-        self._store = client.register_script(_STORE)
+        self._store = client.register_script(scripts.STORE_RESULT)
 
     def store(
         self,
@@ -140,8 +110,8 @@ class ResultStore:
         keys = [
             RESULT_KEY.format(result.frame_id),
             LOG_KEY,
-            metrics.METRICS_KEY,
-            self.frames_stream or "lks:none",
+            METRICS_KEY,
+            self.frames_stream or NO_STREAM_KEY,
             *specimens.store_keys(result.specimen_id),
         ]
         return keys, args
@@ -158,10 +128,7 @@ class ResultStore:
 
     def log_after(self, after: str | None, limit: int) -> list[LogEntry]:
         """Log entries strictly after cursor ``after`` (None: from the oldest), oldest first."""
-        if after is not None and not CURSOR_PATTERN.match(after):
-            raise BadCursor(f"malformed cursor {after!r}: expected the 'next' value of a page")
-        start = "-" if after is None else f"({after}"
-        entries = self.client.xrange(LOG_KEY, min=start, max="+", count=limit)
+        entries = paging.entries_after(self.client, LOG_KEY, after, limit)
         return [
             LogEntry(
                 cursor=entry_id.decode(),
@@ -176,14 +143,13 @@ class ResultStore:
         """Results after ``after`` in storage order and the cursor to continue from."""
         entries = self.log_after(after, limit)
         if not entries:
-            return [], after or "0-0"
+            return [], paging.next_cursor([], after)
         raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
         items = [FrameResult.model_validate_json(raw) for raw in raws if raw]
         return items, entries[-1].cursor
 
     def last_cursor(self) -> str:
-        info = self.client.xinfo_stream(LOG_KEY) if self.client.exists(LOG_KEY) else None
-        return info["last-generated-id"].decode() if info else "0-0"
+        return paging.last_cursor(self.client, LOG_KEY)
 
     def wait_after(self, cursor: str, block_ms: int, count: int = 100) -> list[LogEntry]:
         """Block up to ``block_ms`` for log entries after ``cursor`` (capture's archiver)."""

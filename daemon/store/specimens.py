@@ -1,8 +1,8 @@
 """Specimens: the per-specimen aggregate of frame results, and its lifecycle.
 
 A specimen is one Redis hash (``lks:specimen:<id>``) of counters. It is updated inside the
-result-store script (:data:`STORE_LUA` is spliced into ``daemon.store.results``), which runs its
-body only when a frame's result is new, so a frame re-processed after a worker crash is never
+result-store script (``scripts/fold_specimen.lua`` is spliced into ``store_result.lua``), which
+runs its body only when a frame's result is new, so a frame re-processed after a worker crash is never
 counted twice. The specimen opens with its first stored result; it completes once, by a
 request (API or marker file), or after an idle time. A result stored for a complete specimen
 is a *late frame*: kept with the frame's result, counted and listed on the specimen, never
@@ -20,88 +20,31 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
-from typing import Literal
 
 import redis
-from pydantic import BaseModel, Field
 
-from daemon import CLASS_CODES
-from daemon.domain.results import FrameResult, ModelRef
+from daemon.domain.classes import BLAST_CLASSES, CLASS_CODES
+from daemon.domain.ids import UNASSIGNED, valid_specimen_id
+from daemon.domain.results import FrameResult
+from daemon.domain.specimens import Specimen, SpecimenModel
+from daemon.store import paging, scripts
+from daemon.store.keys import (
+    COMPLETED_LOG,
+    CONTROL_COUNTER,
+    INFLIGHT_KEY,
+    LATE_KEY,
+    OPEN_SET,
+    OPENED_LOG,
+    OUTBOX_KEY,
+    REQUESTED_SET,
+    SPECIMEN_KEY,
+)
 
 log = logging.getLogger(__name__)
 
-SPECIMEN_KEY = "lks:specimen:{}"
-LATE_KEY = "lks:specimen:{}:late"
-OPENED_LOG = "lks:specimens:opened"
-COMPLETED_LOG = "lks:specimens:completed"
-OPEN_SET = "lks:specimens:open"  # zset: open specimen -> last activity (idle completion)
-REQUESTED_SET = "lks:specimens:requested"  # zset: completion requested -> request time
-CONTROL_COUNTER = "lks:lis:control"
-OUTBOX_KEY = "lks:outbox"  # zset: specimen -> next attempt time
-
-SPECIMEN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-UNASSIGNED = "unassigned"
-BLAST_CLASSES = ("early_pre_b", "pre_b", "pro_b")
-
-# Runs inside daemon.store.results' store script, only for a newly stored result.
-# KEYS[5] specimen hash, KEYS[6] opened log, KEYS[7] open zset, KEYS[8] late set
-# ARGV[7] JSON: {id, at, now, threshold, frame_id, incr: {field: n}, set: {field: value}}
-STORE_LUA = """
-local spec = cjson.decode(ARGV[7])
-local skey = KEYS[5]
-local sstatus = redis.call('HGET', skey, 'status')
-if not sstatus then
-  redis.call('HSET', skey, 'specimen_id', spec.id, 'status', 'open', 'opened_at', spec.now,
-    'first_frame_at', spec.at, 'last_frame_at', spec.at,
-    'low_confidence_threshold', spec.threshold)
-  redis.call('XADD', KEYS[6], '*', 'specimen_id', spec.id)
-  sstatus = 'open'
-end
-if sstatus == 'open' then
-  for f, v in pairs(spec.incr) do redis.call('HINCRBYFLOAT', skey, f, v) end
-  for f, v in pairs(spec.set) do redis.call('HSET', skey, f, v) end
-  if tonumber(spec.at) < tonumber(redis.call('HGET', skey, 'first_frame_at')) then
-    redis.call('HSET', skey, 'first_frame_at', spec.at)
-  end
-  if tonumber(spec.at) > tonumber(redis.call('HGET', skey, 'last_frame_at')) then
-    redis.call('HSET', skey, 'last_frame_at', spec.at)
-  end
-  redis.call('HSET', skey, 'last_activity_at', spec.now)
-  redis.call('ZADD', KEYS[7], spec.now, spec.id)
-else
-  redis.call('HINCRBY', skey, 'late_frames', 1)
-  redis.call('SADD', KEYS[8], spec.frame_id)
-end
-"""
-
-# KEYS: specimen hash, completed log, open zset, requested zset, outbox zset, control counter
-# ARGV: specimen id, now, completed_by, '1' to queue for MLLP
-_COMPLETE = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'complete' then return 'already' end
-local control = 'LKS' .. redis.call('INCR', KEYS[6])
-redis.call('HSET', KEYS[1], 'status', 'complete', 'completed_at', ARGV[2],
-  'completed_by', ARGV[3], 'control_id', control)
-redis.call('XADD', KEYS[2], '*', 'specimen_id', ARGV[1], 'control_id', control)
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('ZREM', KEYS[4], ARGV[1])
-if ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[5], ARGV[2], ARGV[1])
-  redis.call('HSET', KEYS[1], 'outbox_state', 'pending', 'outbox_attempts', 0)
-end
-return 'completed'
-"""
-
-
-def valid_specimen_id(value: str) -> bool:
-    return bool(SPECIMEN_ID.match(value)) and ".." not in value
-
-
 def store_payload(result: FrameResult, low_confidence: float) -> str:
-    """The ARGV JSON that folds ``result`` into its specimen ('' when it has none)."""
+    """The ARGV JSON of ``scripts/fold_specimen.lua`` for ``result`` ('' when it has none)."""
     if result.specimen_id == UNASSIGNED or not valid_specimen_id(result.specimen_id):
         return ""
     incr: dict[str, float] = {f"frames_{result.status}": 1}
@@ -132,60 +75,11 @@ def store_payload(result: FrameResult, low_confidence: float) -> str:
 
 
 def store_keys(specimen_id: str) -> list[str]:
+    """KEYS[5..8] of ``scripts/store_result.lua``: what folding a result into a specimen touches."""
     return [SPECIMEN_KEY.format(specimen_id), OPENED_LOG, OPEN_SET, LATE_KEY.format(specimen_id)]
 
 
-# --- the report -----------------------------------------------------------------------
-class SpecimenModel(ModelRef):
-    kind: str
-
-
-class Specimen(BaseModel):
-    specimen_id: str
-    status: Literal["open", "complete"]
-    result_status: Literal["preliminary", "final"] = Field(
-        description="preliminary while open, final once complete"
-    )
-    opened_at: float
-    completed_at: float | None = None
-    completed_by: str | None = Field(default=None, description="api, marker or idle")
-    completion_requested_at: float | None = None
-    control_id: str | None = Field(default=None, description="HL7 message control id")
-    first_frame_at: float
-    last_frame_at: float
-    last_activity_at: float | None = None
-    frames_done: int = 0
-    frames_rejected: int = 0
-    frames_failed: int = 0
-    late_frames: int = Field(default=0, description="results stored after completion")
-    late_frame_ids: list[str] = []
-    cells_classified: int = 0
-    cells: dict[str, int] = {}
-    percent: dict[str, float] = {}
-    blast_share_percent: float | None = Field(
-        default=None, description="early_pre_b + pre_b + pro_b over all classified cells, %"
-    )
-    mean_confidence: float | None = None
-    low_confidence_cells: int = 0
-    low_confidence_threshold: float | None = None
-    rejections: dict[str, int] = {}
-    models: list[SpecimenModel] = []
-    delivery: dict[str, str | int | float | None] | None = Field(
-        default=None, description="MLLP delivery state, when MLLP push is configured"
-    )
-    statement: str = ""
-
-
-class SpecimenEvent(BaseModel):
-    cursor: str
-    specimen: Specimen
-
-
-class SpecimenPage(BaseModel):
-    items: list[Specimen]
-    next: str = Field(description="cursor for the next call's `after`")
-
-
+# --- the report: the specimen hash read back ------------------------------------------
 def _f(raw: dict[str, str], name: str, default: float = 0.0) -> float:
     value = raw.get(name)
     return float(value) if value not in (None, "") else default
@@ -250,13 +144,6 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
     )
 
 
-class BadCursor(ValueError):
-    pass
-
-
-CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
-
-
 class SpecimenStore:
     """Reads specimens and drives their lifecycle (completion, idle, requests)."""
 
@@ -266,7 +153,7 @@ class SpecimenStore:
         self.client = client
         self.statement = statement
         self.mllp_enabled = mllp_enabled
-        self._complete = client.register_script(_COMPLETE)
+        self._complete = client.register_script(scripts.COMPLETE_SPECIMEN)
 
     # --- reads ------------------------------------------------------------------------
     def get(self, specimen_id: str) -> Specimen | None:
@@ -286,13 +173,10 @@ class SpecimenStore:
         order. Otherwise the opened log is paged (each specimen once, in order of its first
         frame), filtered to open specimens for ``status=open``.
         """
-        if after is not None and not CURSOR.match(after):
-            raise BadCursor(f"malformed cursor {after!r}: expected the 'next' value of a page")
         stream = COMPLETED_LOG if status == "complete" else OPENED_LOG
-        start = "-" if after is None else f"({after}"
-        entries = self.client.xrange(stream, min=start, max="+", count=limit)
+        entries = paging.entries_after(self.client, stream, after, limit)
         if not entries:
-            return [], after or "0-0"
+            return [], paging.next_cursor(entries, after)
         items = []
         for _entry_id, fields in entries:
             specimen = self.get(fields[b"specimen_id"].decode())
@@ -301,7 +185,7 @@ class SpecimenStore:
             if status == "open" and specimen.status != "open":
                 continue
             items.append(specimen)
-        return items, entries[-1][0].decode()
+        return items, paging.next_cursor(entries, after)
 
     # --- lifecycle --------------------------------------------------------------------
     def complete(self, specimen_id: str, by: str, now: float | None = None) -> str:
@@ -322,8 +206,6 @@ class SpecimenStore:
 
     def in_flight(self, specimen_id: str) -> int:
         """Frames of the specimen queued or being processed (not yet archived)."""
-        from daemon.store.queue import INFLIGHT_KEY
-
         count = 0
         for _frame, raw in self.client.hscan_iter(INFLIGHT_KEY):
             info = json.loads(raw)
@@ -375,7 +257,4 @@ class SpecimenStore:
         return done
 
     def last_completed_cursor(self) -> str:
-        info = (
-            self.client.xinfo_stream(COMPLETED_LOG) if self.client.exists(COMPLETED_LOG) else None
-        )
-        return info["last-generated-id"].decode() if info else "0-0"
+        return paging.last_cursor(self.client, COMPLETED_LOG)

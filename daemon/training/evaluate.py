@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon import CLASS_CODES
+from daemon.domain.classes import CLASS_CODES
 from daemon.domain.manifest import (
     CellFilter,
     CropSpec,

@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import torch
 
-from daemon import CLASS_CODES
+from daemon.domain.classes import CLASS_CODES
 from daemon.domain.manifest import (
     CellFilter,
     ClassSpec,

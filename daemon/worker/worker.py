@@ -25,9 +25,9 @@ from daemon.inference.gpu import gpu_stats
 from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats
+from daemon.store import heartbeats, keys
 from daemon.store.connection import connect
-from daemon.store.queue import STREAM_KEY, Delivery, FrameQueue
+from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Worker:
         self.client = connect(settings)
         self.queue = FrameQueue(self.client)
         self.store = ResultStore(
-            self.client, STREAM_KEY, "workers", settings.specimens.low_confidence
+            self.client, keys.STREAM_KEY, keys.GROUP, settings.specimens.low_confidence
         )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
         manifests = (self.analyzer.segmenter.manifest, self.analyzer.classifier.manifest)
@@ -71,7 +71,7 @@ class Worker:
         refs = self.analyzer.model_refs()
         heartbeats.beat(
             self.client,
-            heartbeats.WORKERS_KEY,
+            keys.WORKERS_KEY,
             self.id,
             {
                 "id": self.id,
@@ -122,7 +122,7 @@ class Worker:
                 self._storer.shutdown(wait=True)
                 self._storer = None
         try:
-            heartbeats.leave(self.client, heartbeats.WORKERS_KEY, self.id)
+            heartbeats.leave(self.client, keys.WORKERS_KEY, self.id)
         except redis.RedisError as exc:
             log.warning("worker could not leave the registry", extra={"error": str(exc)})
         log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})

@@ -20,7 +20,8 @@ from capture.service import CaptureService
 from daemon.domain.results import FrameResult
 from daemon.settings import Settings
 from daemon.store.connection import start_embedded, stop_embedded
-from daemon.store.queue import GROUP, STREAM_KEY, Delivery, FrameQueue
+from daemon.store.keys import GROUP, STREAM_KEY
+from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 

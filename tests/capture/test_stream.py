@@ -16,7 +16,7 @@ import pytest
 from capture.gating import Gate
 from capture.stream import StreamCapture
 from daemon.ops import metrics
-from daemon.store import heartbeats
+from daemon.store import keys
 from tests.capture.conftest import entries, wait_for
 from tests.capture.frames import good_rgb, noisy
 
@@ -122,7 +122,7 @@ def test_mjpg_avi_through_gating_one_capture_per_field(client, make_settings, tm
     with streaming(settings) as service:
         wait_for(lambda: service.camera.reconnects["ended"] >= 1, what="the video to end")
         # While it waits to reopen, /status (the capture registry) shows it disconnected.
-        wait_for(lambda: json.loads(client.hget(heartbeats.CAPTURES_KEY, "rig-1") or "{}"
+        wait_for(lambda: json.loads(client.hget(keys.CAPTURES_KEY, "rig-1") or "{}"
                                     ).get("state") == "disconnected", what="disconnected state")
         wait_for(lambda: service.counts["seen"] == len(frames), what="all frames seen")
     queued = entries(client)

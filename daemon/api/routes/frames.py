@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
@@ -33,9 +32,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from capture.intake import Intake, derived_frame_id, expand
-from capture.layout import valid_specimen_id
 from capture.mover import free_name, write_reason
 from daemon.api.auth import require
+from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
 from daemon.ops import metrics
 from daemon.settings import Settings
@@ -44,8 +43,6 @@ log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["frames"])
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-RIG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif", "bmp": "bmp", "czi": "czi"}
 MAX_METADATA_KEYS = 32
 UPLOAD_PREFIX = "upload:"  # source of pushed frames (not a file path)
@@ -139,7 +136,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     if not valid_specimen_id(specimen):
         raise Refused(400, "specimen_id is required: letters, digits, '.', '_', '-'; at most 64")
     rig = fields.get("rig_id") or settings.capture.rig_id
-    if not RIG.match(rig):
+    if not valid_name(rig):
         raise Refused(400, "rig_id: letters, digits, '.', '_', '-'; at most 64")
     scale = None
     if fields.get("um_per_pixel"):
@@ -152,7 +149,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     metadata = _metadata(fields.get("metadata"))
     kind = sniff_format(data)
     name = fields.get("name") or f"upload.{EXTENSIONS.get(kind or '', 'bin')}"
-    if not NAME.match(name) or ".." in name:
+    if not valid_upload_name(name):
         raise Refused(400, "name: letters, digits, '.', '_', '-'; at most 128")
     if rig != intake.rig_id:
         intake = Intake(settings, intake.client, intake.queue, intake.results, rig)

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from daemon.api.auth import Caller, client_address, require
+from daemon.domain.ids import NAME_RULE, valid_specimen_id
+from daemon.domain.specimens import Specimen, SpecimenPage
 from daemon.settings import Settings
 from daemon.store import audit
-from daemon.store.specimens import BadCursor, Specimen, SpecimenPage, SpecimenStore
+from daemon.store.paging import BadCursor
+from daemon.store.specimens import SpecimenStore
 
-SPECIMEN_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_PAGE = 1000
 
 router = APIRouter()
@@ -36,11 +37,8 @@ Specimens = Annotated[SpecimenStore, Depends(get_specimens)]
 
 
 def _check_id(specimen_id: str) -> None:
-    if not re.match(SPECIMEN_ID, specimen_id) or ".." in specimen_id:
-        raise HTTPException(
-            status_code=400,
-            detail="specimen_id must be 1-64 of [A-Za-z0-9._-], starting with a letter or digit",
-        )
+    if not valid_specimen_id(specimen_id):
+        raise HTTPException(status_code=400, detail=f"specimen_id must be {NAME_RULE}")
 
 
 def _specimen(store: SpecimenStore, specimen_id: str) -> Specimen:
@@ -158,7 +156,7 @@ def audit_log(
     client = request.app.state.client
     try:
         items, cursor = audit.page(client, after, limit)
-    except ValueError as exc:
+    except BadCursor as exc:
         raise HTTPException(status_code=400, detail=str(exc)) from exc
     audit.record(
         client,
