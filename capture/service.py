@@ -27,10 +27,9 @@ from capture.watcher import InboxWatcher, Ready
 from daemon.domain.ids import UNASSIGNED
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
-from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats, keys
+from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import connect
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
@@ -270,7 +269,7 @@ class CaptureService:
             status="rejected", error=message, reason=reason, captured_at=now, completed_at=now,
             models={}, quality=quality,
         )
-        captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
+        captured = counters.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
         if self.results.store(result, extra=captured):
             self.frames_rejected += 1
         try:

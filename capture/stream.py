@@ -24,10 +24,9 @@ from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
 from capture.quality import focus_score, grey
 from daemon.imaging.frames import frame_id_for
-from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats, keys
+from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import connect
 from daemon.store.queue import FrameQueue
 
@@ -136,20 +135,20 @@ class StreamCapture:
             return
         self._last_flush = now
         rig = {"rig": self.rig_id}
-        increments: list[metrics.Increment] = []
+        increments: list[counters.Increment] = []
         for key in ("seen", "gated", "captured"):
             delta = self.counts[key] - self._flushed[key]
             if delta:
-                increments += metrics.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
+                increments += counters.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
                 self._flushed[key] = self.counts[key]
         for reason, count in list(self.camera.reconnects.items()):
             delta = count - self._reconnects_flushed.get(reason, 0)
             if delta:
-                increments += metrics.counter("leukoscope_camera_reconnects_total",
+                increments += counters.counter("leukoscope_camera_reconnects_total",
                                               {**rig, "reason": reason}, delta)
                 self._reconnects_flushed[reason] = count
         if increments:
-            metrics.record(self.client, increments)
+            counters.record(self.client, increments)
 
     def heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import redis
 
 from daemon.lis.hl7 import oru_r01, read_ack, to_er7
-from daemon.ops import metrics
 from daemon.settings import Settings
+from daemon.store import counters
 from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
 from daemon.store.specimens import SpecimenStore
 
@@ -169,8 +169,8 @@ class Outbox:
 
     def _count(self, outcome: str) -> None:
         try:
-            metrics.record(
-                self.client, metrics.counter("leukoscope_lis_messages_total", {"outcome": outcome})
+            counters.record(
+                self.client, counters.counter("leukoscope_lis_messages_total", {"outcome": outcome})
             )
         except (redis.RedisError, KeyError, AssertionError):
             log.warning("could not count an LIS delivery outcome")

@@ -16,9 +16,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
+from daemon.store import counters
 from daemon.store.connection import connect, start_embedded, stop_embedded
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ class Supervisor:
             extra={"child": child.name, "exit_code": code, "restart_in_seconds": delay},
         )
         try:
-            metrics.record(
+            counters.record(
                 self.client,
-                metrics.counter("leukoscope_worker_restarts_total", {"role": child.role}),
+                counters.counter("leukoscope_worker_restarts_total", {"role": child.role}),
             )
         except Exception:  # metrics must never stop a restart
             log.warning("could not record restart metric")

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import redis
 
-from daemon.ops import metrics
-from daemon.store import scripts
+from daemon.store import counters, scripts
 from daemon.store.keys import GROUP, INFLIGHT_KEY, METRICS_KEY, RESULT_KEY, STREAM_KEY
 
 
@@ -72,7 +71,7 @@ class FrameQueue:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'."""
         captured = time.time() if captured_at is None else captured_at
         inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
-        ((field_name, _),) = metrics.counter("leukoscope_frames_captured_total", {"rig": rig_id})
+        ((field_name, _),) = counters.counter("leukoscope_frames_captured_total", {"rig": rig_id})
         fields = {
             "frame_id": frame_id,
             "specimen_id": specimen_id,

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import redis
 
 from daemon.domain.results import FrameResult
-from daemon.ops import metrics
-from daemon.store import paging, scripts, specimens
+from daemon.store import counters, paging, scripts, specimens
 from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY
 
 
@@ -26,22 +25,22 @@ class LogEntry:
     rig: str
 
 
-def outcome_increments(result: FrameResult) -> list[metrics.Increment]:
+def outcome_increments(result: FrameResult) -> list[counters.Increment]:
     """The counters and histograms a newly stored result adds."""
     rig = result.rig_id or ""
-    inc = metrics.counter(
+    inc = counters.counter(
         "leukoscope_frames_processed_total", {"rig": rig, "outcome": result.status}
     )
     if result.status == "rejected":
-        inc += metrics.counter(
+        inc += counters.counter(
             "leukoscope_frames_rejected_total", {"rig": rig, "reason": result.reason or "other"}
         )
     for cell in result.cells:
-        inc += metrics.counter(
+        inc += counters.counter(
             "leukoscope_cells_classified_total", {"rig": rig, "class": cell.class_}
         )
     latency = max(0.0, result.completed_at - result.captured_at)
-    inc += metrics.histogram("leukoscope_frame_latency_seconds", latency, {"rig": rig})
+    inc += counters.histogram("leukoscope_frame_latency_seconds", latency, {"rig": rig})
     return inc
 
 
@@ -63,14 +62,14 @@ class ResultStore:
         self,
         result: FrameResult,
         ack_entry: str | None = None,
-        extra: Iterable[metrics.Increment] = (),
+        extra: Iterable[counters.Increment] = (),
     ) -> bool:
         """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
         keys, args = self._script_call(result, ack_entry, extra)
         return bool(self._store(keys=keys, args=args))
 
     def store_many(
-        self, items: list[tuple[FrameResult, str | None, list[metrics.Increment]]]
+        self, items: list[tuple[FrameResult, str | None, list[counters.Increment]]]
     ) -> list[bool]:
         """``store`` for a worker's batch in one round trip: [(result, ack_entry, extra)]."""
         pipe = self.client.pipeline(transaction=False)
@@ -94,7 +93,7 @@ class ResultStore:
         return {f for f, hit in zip(frame_ids, pipe.execute(), strict=True) if hit}
 
     def _script_call(
-        self, result: FrameResult, ack_entry: str | None, extra: Iterable[metrics.Increment]
+        self, result: FrameResult, ack_entry: str | None, extra: Iterable[counters.Increment]
     ) -> tuple[list, list]:
         increments = outcome_increments(result) + list(extra)
         args = [
@@ -105,7 +104,7 @@ class ResultStore:
             self.group,
             ack_entry or "",
             specimens.store_payload(result, self.low_confidence),
-            *metrics.flatten(increments),
+            *counters.flatten(increments),
         ]
         keys = [
             RESULT_KEY.format(result.frame_id),

@@ -22,10 +22,9 @@ from daemon.imaging.frames import FrameRejected, decode_rgb
 from daemon.imaging.scale import Rescaler
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.gpu import gpu_stats
-from daemon.ops import metrics
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import heartbeats, keys
+from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import connect
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
@@ -187,7 +186,7 @@ class Worker:
         ready: list[Delivery] = []
         decode_ms: list[float] = []
         scales: list[float] = []  # frame pixels per model pixel, to map cells back
-        outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]] = []
+        outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
         for d in batch:
             if d.frame_id in done_already:
                 # Stored by a worker that died before acknowledging: just ack.
@@ -232,7 +231,7 @@ class Worker:
         decode_ms: list[float],
         scales: list[float],
         started: float,
-    ) -> list[tuple[Delivery, FrameResult, list[metrics.Increment]]]:
+    ) -> list[tuple[Delivery, FrameResult, list[counters.Increment]]]:
         try:
             analyses = self.analyzer.analyze(images)
         except Exception as exc:  # a model failure must not lose the frames
@@ -240,8 +239,8 @@ class Worker:
             error = f"analysis failed: {exc}"
             return [(d, self._result(d, "failed", error=error), []) for d in ready]
         cells = sum(len(a.cells) for a in analyses)
-        batch_metrics = metrics.histogram("leukoscope_batch_frames", len(ready))
-        batch_metrics += metrics.histogram("leukoscope_batch_cells", cells)
+        batch_metrics = counters.histogram("leukoscope_batch_frames", len(ready))
+        batch_metrics += counters.histogram("leukoscope_batch_cells", cells)
         outcomes = []
         # Timings are summed over the batch and sent once with the first result (they need
         # no exactly-once guarantee); outcome counters travel with each result's own store.
@@ -261,22 +260,22 @@ class Worker:
                 **described,
             )
             for name, ms in timings.items():
-                batch_metrics += metrics.histogram(
+                batch_metrics += counters.histogram(
                     "leukoscope_stage_seconds", ms / 1000, {"stage": name}
                 )
             outcomes.append((d, result, []))
-        outcomes[0] = (*outcomes[0][:2], metrics.merge(batch_metrics))
+        outcomes[0] = (*outcomes[0][:2], counters.merge(batch_metrics))
         return outcomes
 
     def _store_all(
-        self, outcomes: list[tuple[Delivery, FrameResult, list[metrics.Increment]]]
+        self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
     ) -> None:
         store_start = time.perf_counter()
         stored = self.store.store_many([(r, d.entry_id, extra) for d, r, extra in outcomes])
         per_frame = (time.perf_counter() - store_start) / len(outcomes)
-        metrics.record(
+        counters.record(
             self.client,
-            metrics.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
+            counters.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
         )
         for (d, result, _), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)

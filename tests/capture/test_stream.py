@@ -15,7 +15,6 @@ import pytest
 
 from capture.gating import Gate
 from capture.stream import StreamCapture
-from daemon.ops import metrics
 from daemon.store import keys
 from tests.capture.conftest import entries, wait_for
 from tests.capture.frames import good_rgb, noisy
@@ -82,7 +81,7 @@ def streaming(settings) -> Iterator[StreamCapture]:
 
 def counters(client) -> dict[tuple[str, str], float]:
     out = {}
-    for key, value in client.hgetall(metrics.METRICS_KEY).items():
+    for key, value in client.hgetall(keys.METRICS_KEY).items():
         name, labels, _ = json.loads(key)
         out[(name, labels.get("reason", ""))] = float(value)
     return out

@@ -36,8 +36,8 @@ from capture.mover import free_name, write_reason
 from daemon.api.auth import require
 from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
-from daemon.ops import metrics
 from daemon.settings import Settings
+from daemon.store import counters
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ async def post_frame(request: Request) -> JSONResponse:
     except Refused as exc:
         if exc.status == 413:
             rig = settings.capture.rig_id
-            metrics.record(request.app.state.client, metrics.counter(
+            counters.record(request.app.state.client, counters.counter(
                 "leukoscope_frames_rejected_total", {"rig": rig, "reason": "too_large"}))
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return JSONResponse(status_code=exc.status, content=exc.body, headers=headers)
