@@ -79,7 +79,9 @@ class CaptureService:
         self.frames_rejected = 0
         self.started_at = time.time()
         self._archiver_thread: threading.Thread | None = None
-        self._last_beat = 0.0
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -282,18 +284,13 @@ class CaptureService:
 
     # --- heartbeat ----------------------------------------------------------------------
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
-            return
-        self._last_beat = now
-        heartbeats.beat(self.client, keys.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
+        self.heart.beat(lambda: {
             "state": self.state, "directory": str(self.inbox),
             "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,
             "frames_archived": self.archiver.archived,
             "frames_quarantined": self.archiver.quarantined,
             "native_events": self.watcher.using_events, "started_at": self.started_at,
-        })
+        }, force)
 
 
 def run_capture(settings: Settings) -> int:

@@ -12,7 +12,6 @@ captured, and reconnects by reason.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -54,7 +53,9 @@ class StreamCapture:
         self._flushed = dict(self.counts)
         self._reconnects_flushed: dict[str, int] = {}
         self.started_at = time.time()
-        self._last_beat = 0.0
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
+        )
         self._last_flush = 0.0
 
     def stop(self) -> None:
@@ -151,15 +152,10 @@ class StreamCapture:
             counters.record(self.client, increments)
 
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
-            return
-        self._last_beat = now
-        heartbeats.beat(self.client, keys.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": heartbeats.host_name(), "pid": os.getpid(),
+        self.heart.beat(lambda: {
             "state": self.state, "source": "opencv", "uri": self.config.uri,
             "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),
             "frames_queued": self.counts["queued"], "frames_rejected": self.counts["rejected"],
             "frames_seen": self.counts["seen"], "frames_gated": self.counts["gated"],
             "frames_captured": self.counts["captured"], "started_at": self.started_at,
-        })
+        }, force)

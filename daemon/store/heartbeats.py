@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -42,3 +43,29 @@ def prune(client: redis.Redis, key: str, older_than: float) -> int:
     if gone:
         client.hdel(key, *gone)
     return len(gone)
+
+
+class Heartbeat:
+    """One process's entry in a heartbeat hash, written at most every ``every`` seconds.
+
+    ``beat(info)`` calls ``info()`` only when a beat is due (or forced) and adds ``id``,
+    ``host`` and ``pid`` to what it returns.
+    """
+
+    def __init__(self, client: redis.Redis, key: str, member: str, every: float) -> None:
+        self.client = client
+        self.key = key
+        self.member = member
+        self.every = every
+        self._last = 0.0
+
+    def beat(self, info: Callable[[], dict], force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.every:
+            return
+        self._last = now
+        identity = {"id": self.member, "host": host_name(), "pid": os.getpid()}
+        beat(self.client, self.key, self.member, {**identity, **info()})
+
+    def leave(self) -> None:
+        leave(self.client, self.key, self.member)

@@ -8,7 +8,6 @@ new ones; every ``claim_idle_seconds`` it also takes over entries of silent cons
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,7 +52,9 @@ class Worker:
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
-        self._last_beat = 0.0
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.WORKERS_KEY, worker_id, settings.workers.heartbeat_seconds
+        )
         self._storer: ThreadPoolExecutor | None = None
         self._storing: Future | None = None
         self._last_claim = 0.0
@@ -63,26 +64,16 @@ class Worker:
         on_stop_signals(self.stopping.set, "worker")
 
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_beat < self.settings.workers.heartbeat_seconds:
-            return
-        self._last_beat = now
-        refs = self.analyzer.model_refs()
-        heartbeats.beat(
-            self.client,
-            keys.WORKERS_KEY,
-            self.id,
-            {
-                "id": self.id,
-                "host": heartbeats.host_name(),
-                "pid": os.getpid(),
+        self.heart.beat(
+            lambda: {
                 "provider": self.analyzer.provider,
                 "started_at": self.started_at,
                 "frames_done": self.frames_done,
                 "version": __version__,
-                "models": {k: v.model_dump() for k, v in refs.items()},
+                "models": {k: v.model_dump() for k, v in self.analyzer.model_refs().items()},
                 "gpus": gpu_stats() if self.analyzer.provider.startswith("CUDA") else [],
             },
+            force,
         )
 
     def run(self) -> None:
@@ -121,7 +112,7 @@ class Worker:
                 self._storer.shutdown(wait=True)
                 self._storer = None
         try:
-            heartbeats.leave(self.client, keys.WORKERS_KEY, self.id)
+            self.heart.leave()
         except redis.RedisError as exc:
             log.warning("worker could not leave the registry", extra={"error": str(exc)})
         log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
