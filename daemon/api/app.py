@@ -70,6 +70,11 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             )
         return await call_next(request)
 
+    @app.exception_handler(BadCursor)
+    async def bad_cursor(_request: Request, exc: BadCursor) -> JSONResponse:
+        # Every paged route (/results, /specimens, /audit): a cursor we did not hand out.
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
     @app.exception_handler(redis.RedisError)
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
@@ -118,10 +123,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         ] = None,
         limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
     ) -> ResultPage:
-        try:
-            items, cursor = store.page(after, limit)
-        except BadCursor as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        items, cursor = store.page(after, limit)
         return ResultPage(items=items, next=cursor)
 
     @app.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -11,9 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from daemon.api.auth import Caller, client_address, require
 from daemon.domain.ids import NAME_RULE, valid_specimen_id
 from daemon.domain.specimens import Specimen, SpecimenPage
-from daemon.settings import Settings
+from daemon.settings import LisSettings, Settings
 from daemon.store import audit
-from daemon.store.paging import BadCursor
 from daemon.store.specimens import SpecimenStore
 
 MAX_PAGE = 1000
@@ -64,10 +64,7 @@ def list_specimens(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> SpecimenPage:
-    try:
-        items, cursor = store.page(status, after, limit)
-    except BadCursor as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    items, cursor = store.page(status, after, limit)  # BadCursor: 400 (daemon.api.app)
     return SpecimenPage(items=items, next=cursor)
 
 
@@ -85,40 +82,39 @@ def get_specimen(
     return _specimen(store, specimen_id)
 
 
-@router.get(
-    "/specimens/{specimen_id}/fhir",
-    tags=["specimens"],
-    responses={200: {"content": {"application/fhir+json": {}}}},
-)
-def specimen_fhir(
-    request: Request,
-    store: Specimens,
-    specimen_id: str,
-    _caller: Annotated[Caller, Depends(require("read", "specimen.fhir"))],
-) -> Response:
+def _fhir(specimen: Specimen, lis: LisSettings) -> str:
     from daemon.lis.fhir import diagnostic_report
 
-    specimen = _specimen(store, specimen_id)
-    report = diagnostic_report(specimen, request.app.state.settings.lis.statement)
-    return Response(json.dumps(report), media_type="application/fhir+json")
+    return json.dumps(diagnostic_report(specimen, lis.statement))
 
 
-@router.get(
-    "/specimens/{specimen_id}/hl7",
-    tags=["specimens"],
-    responses={200: {"content": {"application/hl7-v2": {}}}},
-)
-def specimen_hl7(
-    request: Request,
-    store: Specimens,
-    specimen_id: str,
-    _caller: Annotated[Caller, Depends(require("read", "specimen.hl7"))],
-) -> Response:
+def _hl7(specimen: Specimen, lis: LisSettings) -> str:
     from daemon.lis.hl7 import oru_r01, to_er7
 
-    specimen = _specimen(store, specimen_id)
-    er7 = to_er7(oru_r01(specimen, request.app.state.settings.lis))
-    return Response(er7, media_type="application/hl7-v2; charset=utf-8")
+    return to_er7(oru_r01(specimen, lis))
+
+
+def _report_route(name: str, media_type: str, render: Callable[[Specimen, LisSettings], str]
+                  ) -> None:
+    """``GET /specimens/{id}/<name>``: the specimen's report rendered for the LIS."""
+
+    def report(request: Request, store: Specimens, specimen_id: str) -> Response:
+        specimen = _specimen(store, specimen_id)
+        return Response(render(specimen, request.app.state.settings.lis), media_type=media_type)
+
+    router.add_api_route(
+        f"/specimens/{{specimen_id}}/{name}",
+        report,
+        methods=["GET"],
+        dependencies=[Depends(require("read", f"specimen.{name}"))],
+        name=f"specimen_{name}",  # keeps the OpenAPI operationId of the former functions
+        tags=["specimens"],
+        responses={200: {"content": {media_type.split(";")[0]: {}}}},
+    )
+
+
+_report_route("fhir", "application/fhir+json", _fhir)
+_report_route("hl7", "application/hl7-v2; charset=utf-8", _hl7)
 
 
 @router.post(
@@ -154,10 +150,7 @@ def audit_log(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> audit.AuditPage:
     client = request.app.state.client
-    try:
-        items, cursor = audit.page(client, after, limit)
-    except BadCursor as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from exc
+    items, cursor = audit.page(client, after, limit)  # BadCursor: 400 (daemon.api.app)
     audit.record(
         client,
         caller.name,
