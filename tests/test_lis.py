@@ -311,3 +311,14 @@ def test_redis_password_in_the_url(
         redis.Redis.from_url(f"unix://:s3cret@{redis_url.removeprefix('unix://')}").config_set(
             "requirepass", ""
         )
+
+
+def test_one_housekeeper_holds_the_lease(make_settings, redis_client) -> None:
+    settings = make_settings()
+    first, second = Housekeeper(settings, redis_client), Housekeeper(settings, redis_client)
+    assert first.leader() and first.leader()  # taken, then renewed
+    assert not second.leader()
+    assert redis_client.get("lks:housekeeper") == first.token.encode()
+    assert 0 < redis_client.pttl("lks:housekeeper") <= 10_000
+    redis_client.delete("lks:housekeeper")  # the lease expired: the next to ask takes it
+    assert second.leader() and not first.leader()

@@ -1,8 +1,8 @@
 """Background upkeep run by the API process: specimen lifecycle, MLLP outbox, retention.
 
-Several API processes may run; a Redis lease (``lks:housekeeper``) lets one do the work at a
-time. Every step is idempotent (completion and delivery are keyed by specimen), so a lease
-lost mid-step costs at most a repeated check.
+Several API processes may run; a Redis lease (``lks:housekeeper``, a redis-py ``Lock``) lets
+one do the work at a time. Every step is idempotent (completion and delivery are keyed by
+specimen), so a lease lost mid-step costs at most a repeated check.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import threading
 import time
 
 import redis
+from redis.exceptions import LockError
 
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
-from daemon.store import scripts
 from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY
 from daemon.store.specimens import SpecimenStore
 
@@ -53,10 +53,13 @@ class Housekeeper:
         self.client = client
         self.interval = interval
         self.token = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
+        # The lease: redis-py's Lock (SET NX PX to take it, a token-checked script to renew).
+        self.lease = client.lock(
+            HOUSEKEEPER_LEASE_KEY, timeout=LEASE_SECONDS, blocking=False, thread_local=False
+        )
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
         self.stopping = threading.Event()
-        self._renew = client.register_script(scripts.RENEW_LEASE)
         self._next_retention = 0.0
         self._thread: threading.Thread | None = None
 
@@ -70,7 +73,14 @@ class Housekeeper:
             self._thread.join(timeout=5)
 
     def leader(self) -> bool:
-        return bool(self._renew(keys=[HOUSEKEEPER_LEASE_KEY], args=[self.token, int(LEASE_SECONDS * 1000)]))
+        """Renew our lease, or take it if free; False while another process holds it."""
+        if self.lease.local.token is not None:
+            try:
+                self.lease.reacquire()  # back to a full LEASE_SECONDS, only if still ours
+                return True
+            except LockError:
+                self.lease.local.token = None  # expired and maybe taken: try afresh
+        return self.lease.acquire(blocking=False, token=self.token)
 
     def step(self) -> None:
         if not self.leader():
