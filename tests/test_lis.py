@@ -69,6 +69,17 @@ def test_keys_and_roles(secured: httpx.Client) -> None:
     assert secured.get("/audit", headers=bearer("read")).status_code == 403
 
 
+def test_openapi_shows_the_bearer_scheme(secured: httpx.Client) -> None:
+    doc = secured.get("/openapi.json").json()
+    scheme = doc["components"]["securitySchemes"]["apiKey"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    for path, method in (("/results", "get"), ("/frames", "post"), ("/specimens", "get"),
+                         ("/specimens/{specimen_id}/hl7", "get"), ("/audit", "get")):
+        assert doc["paths"][path][method]["security"] == [{"apiKey": []}], path
+    malformed = secured.get("/specimens", headers={"Authorization": "Bearer"})
+    assert malformed.status_code == 401 and "malformed" in malformed.json()["detail"]
+
+
 def test_health_and_metrics_can_require_a_key(make_settings, redis_client) -> None:
     flags = {"protect_health": True, "protect_ready": True, "protect_metrics": True}
     settings = make_settings(auth=key_config(**flags))

@@ -19,8 +19,10 @@ import ipaddress
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from daemon.settings import Settings
 from daemon.store import audit
@@ -32,6 +34,17 @@ ALLOWED: dict[str, frozenset[str]] = {
 }
 KEY_PREFIX = "lks_"
 ANONYMOUS = "anonymous"  # the caller when no keys are configured (loopback-only API)
+
+# Declares the scheme in OpenAPI (and /docs' Authorize button); the checks and their 401
+# messages stay ours, so auto_error is off.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key from `leukoscope keygen NAME ROLE`, sent as "
+    "`Authorization: Bearer <key>`. Roles: ingest, read, admin. Not needed while no key is "
+    "configured (the API then serves loopback only).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 @dataclass(frozen=True)
@@ -64,20 +77,19 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def authenticate(request: Request) -> Caller:
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     settings: Settings = request.app.state.settings
     keys = settings.auth.keys
     if not keys:
         return Caller(ANONYMOUS, "admin")
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
+    if not request.headers.get("authorization", ""):
         raise HTTPException(
             status_code=401,
             detail="missing API key: send 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if scheme.lower() != "bearer" or not token.strip():
+    token = credentials.credentials if credentials is not None else ""
+    if not token.strip():
         raise HTTPException(
             status_code=401,
             detail="malformed Authorization header: expected 'Bearer <key>'",
@@ -107,8 +119,8 @@ def client_address(request: Request) -> str | None:
 def require(role: str, audit_action: str | None = None) -> Callable[[Request], Caller]:
     """A dependency: authenticate, check ``role``, and audit ``audit_action`` if given."""
 
-    def dependency(request: Request) -> Caller:
-        caller = authenticate(request)
+    def dependency(request: Request, credentials: Credentials) -> Caller:
+        caller = authenticate(request, credentials)
         check_role(caller, role)
         if audit_action is not None:
             params = request.path_params
@@ -131,11 +143,11 @@ def require(role: str, audit_action: str | None = None) -> Callable[[Request], C
 def require_if(flag: str, role: str = "read") -> Callable[[Request], Caller | None]:
     """For /healthz, /readyz, /metrics: open unless ``auth.<flag>`` is true."""
 
-    def dependency(request: Request) -> Caller | None:
+    def dependency(request: Request, credentials: Credentials) -> Caller | None:
         settings: Settings = request.app.state.settings
         if not getattr(settings.auth, flag):
             return None
-        caller = authenticate(request)
+        caller = authenticate(request, credentials)
         check_role(caller, role)
         return caller
 
