@@ -16,7 +16,8 @@ rooms on the same layer are independent of each other.
     0  domain (and the ``daemon`` package itself: ``__version__``)
 
 capture/ is a top-level package but a room like the others: it may use daemon's settings,
-domain, imaging and store, and only the API (HTTP push) and the CLI use it.
+domain, imaging and store, and only the API (HTTP push) and the CLI use it. Redis key names
+("lks:...") are written in daemon/store/keys.py and nowhere else.
 """
 
 from __future__ import annotations
@@ -247,3 +248,20 @@ def test_the_checks_catch_what_they_should(tmp_path: Path) -> None:
         "  (line 1)"
     ]
     assert Edge("daemon.ops.metrics", "daemon.store", 1) in edges  # relative import resolved
+
+
+def test_every_redis_key_is_named_in_store_keys() -> None:
+    """Key names ("lks:...") are written only in daemon/store/keys.py (issue 12)."""
+    home = ROOT / "daemon" / "store" / "keys.py"
+    stray = []
+    for module, path in module_names().items():
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and node.value.startswith("lks:")
+            ):
+                stray.append(f"{module} line {node.lineno}: {node.value!r}")
+    assert not stray, f"Redis key names outside daemon/store/keys.py:{_listing(stray)}"
