@@ -30,7 +30,7 @@ from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, 
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
-from daemon.store.connection import connect
+from daemon.store.connection import Outage, connect
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
@@ -108,6 +108,7 @@ class CaptureService:
         self._archiver_thread.start()
         self.state = "watching"
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        outage = Outage("capture", rig=self.rig_id)
         try:
             while not self.stopping.is_set():
                 try:
@@ -116,13 +117,14 @@ class CaptureService:
                     if time.monotonic() >= next_reconcile:
                         self.archiver.reconcile()
                         next_reconcile = time.monotonic() + RECONCILE_SECONDS
-                    if self.step():
-                        self.watcher.wait(self.watcher.tick_seconds())
-                    else:
+                    paused = not self.step()
+                    outage.ok()
+                    if paused:
                         self.stopping.wait(BACKPRESSURE_POLL_SECONDS)
+                    else:
+                        self.watcher.wait(self.watcher.tick_seconds())
                 except redis.RedisError as exc:
-                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(outage.failed(exc))
         finally:
             self.watcher.stop()
             self._archiver_thread.join(timeout=5)

@@ -26,7 +26,7 @@ from daemon.imaging.frames import frame_id_for
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
-from daemon.store.connection import connect
+from daemon.store.connection import Outage, connect
 from daemon.store.queue import FrameQueue
 
 log = logging.getLogger(__name__)
@@ -69,11 +69,13 @@ class StreamCapture:
             "rig": self.rig_id, "uri": self.config.uri, "gating": self.settings.capture.gating.mode,
             "file": self.camera.file_mode, "latest_only": self.camera.latest_only})
         self.camera.start()
+        outage = Outage("stream capture", rig=self.rig_id)
         try:
             while not self.stopping.is_set():
                 try:
                     self.heartbeat()
                     self.flush()
+                    outage.ok()
                     if self.queue.backlog() >= self.settings.queue.max_backlog:
                         self._set_state("paused_backpressure")
                         self.stopping.wait(0.25)
@@ -84,8 +86,7 @@ class StreamCapture:
                     if grab is not None:
                         self.handle(grab.seq, grab.t, grab.rgb)
                 except redis.RedisError as exc:
-                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(outage.failed(exc))
         finally:
             self.camera.stop()
             self.state = "stopped"

@@ -18,6 +18,7 @@ from redis.exceptions import LockError
 
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
+from daemon.store.connection import Outage
 from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY
 from daemon.store.specimens import SpecimenStore
 
@@ -96,11 +97,14 @@ class Housekeeper:
                 log.info("results past retention trimmed", extra={"removed": removed})
 
     def run(self) -> None:
+        outage = Outage("housekeeping")
         while not self.stopping.is_set():
+            wait = self.interval
             try:
                 self.step()
+                outage.ok()
             except redis.RedisError as exc:
-                log.warning("housekeeping: redis unavailable", extra={"error": str(exc)})
+                wait = max(wait, outage.failed(exc))
             except Exception:  # never let upkeep die silently
                 log.exception("housekeeping step failed")
-            self.stopping.wait(self.interval)
+            self.stopping.wait(wait)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
 
 from daemon.settings import Settings
 
@@ -25,6 +27,12 @@ log = logging.getLogger(__name__)
 SOCKET_NAME = "redis.sock"
 SOCKET_TIMEOUT_SECONDS = 30.0  # well above the longest blocking read (0.5 s)
 CONNECT_TIMEOUT_SECONDS = 5.0
+# A command that meets a dropped connection or a timeout is retried by the client itself
+# (redis-py's Retry), up to COMMAND_RETRIES times with jittered exponential backoff: a Redis
+# restart or failover of a second or two is invisible to callers. Longer outages reach the
+# callers' loops, which wait with Outage below and carry on once Redis is back.
+COMMAND_RETRIES = 10
+OUTAGE_BACKOFF = (0.25, 2.0)  # seconds: first wait, longest wait between outer attempts
 
 
 def redis_server_binary() -> str:
@@ -117,4 +125,35 @@ def connect(settings: Settings) -> redis.Redis:
         health_check_interval=30,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), COMMAND_RETRIES),
     )
+
+
+class Outage:
+    """The waits of a long-running loop while Redis stays unreachable (one per loop).
+
+    ``failed(exc)`` logs the first failure of an outage (as ``"<what> lost redis; retrying"``)
+    and returns how long to wait before the next attempt: redis-py's jittered exponential
+    backoff over the failures so far, from ``OUTAGE_BACKOFF[0]`` up to ``OUTAGE_BACKOFF[1]``.
+    ``ok()`` ends the outage and says so in the log; it returns True when one just ended.
+    """
+
+    def __init__(self, what: str, **context: object) -> None:
+        self.what = what
+        self.context = context
+        self.failures = 0
+        self._backoff = ExponentialWithJitterBackoff(cap=OUTAGE_BACKOFF[1], base=OUTAGE_BACKOFF[0] / 2)
+
+    def failed(self, exc: BaseException) -> float:
+        self.failures += 1
+        if self.failures == 1:
+            log.error(f"{self.what} lost redis; retrying", extra={**self.context, "error": str(exc)})
+        return max(OUTAGE_BACKOFF[0], self._backoff.compute(self.failures))
+
+    def ok(self) -> bool:
+        if not self.failures:
+            return False
+        log.info(f"{self.what} reconnected to redis",
+                 extra={**self.context, "attempts": self.failures})
+        self.failures = 0
+        return True

@@ -24,14 +24,11 @@ from daemon.inference.gpu import gpu_stats
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
-from daemon.store.connection import connect
+from daemon.store.connection import Outage, connect
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
-
-REDIS_RETRY_SECONDS = 0.75  # back-off while Redis is unreachable
-
 
 def default_worker_id(index: int = 0) -> str:
     return f"{heartbeats.host_name()}-w{index}"
@@ -84,27 +81,23 @@ class Worker:
         self.drain_own()
         # From here on a batch's results are stored while the next batch is analysed.
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-        lost = False
+        outage = Outage("worker", worker=self.id)
         try:
             while not self.stopping.is_set():
                 try:
-                    if lost:
+                    if outage.failures:
                         # Results of a batch whose store failed were never acknowledged:
                         # they are still this consumer's pending entries; take them again.
                         self.heartbeat(force=True)
                         self.drain_own()
-                        lost = False
-                        log.info("worker reconnected to redis", extra={"worker": self.id})
+                        outage.ok()
                     self.step()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
-                    lost = True
                     try:
                         self.flush()  # a store in flight: let it finish or fail first
                     except Exception:  # noqa: BLE001 - its entries stay pending, re-read
                         pass
-                    log.error("worker lost redis; retrying",
-                              extra={"worker": self.id, "error": str(exc)})
-                    self.stopping.wait(REDIS_RETRY_SECONDS)
+                    self.stopping.wait(outage.failed(exc))
         finally:
             try:
                 self.flush()

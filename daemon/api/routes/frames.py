@@ -38,6 +38,7 @@ from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
 from daemon.settings import Settings
 from daemon.store import counters
+from daemon.store.connection import Outage
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class UploadJanitor:
         self.thread.start()
 
     def run(self) -> None:
-        failures = 0
+        outage = Outage("upload janitor")
         while True:
             try:
                 for entry in self.results.wait_after(self.cursor, 1000):
@@ -121,12 +122,9 @@ class UploadJanitor:
                     if record is not None and record.path.startswith(UPLOAD_PREFIX):
                         self.queue.forget(entry.frame_id)
                     self.cursor = entry.cursor
-                failures = 0
+                outage.ok()
             except redis.RedisError as exc:
-                failures += 1
-                if failures == 1:
-                    log.error("upload janitor lost redis; retrying", extra={"error": str(exc)})
-                time.sleep(min(5.0, 0.5 * failures))
+                time.sleep(outage.failed(exc))
 
 
 def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str | None]
