@@ -8,7 +8,7 @@ import logging
 import sys
 
 from capture.service import run_capture
-from daemon.config import ConfigError, load_settings
+from daemon.settings import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> int:

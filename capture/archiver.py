@@ -16,10 +16,11 @@ from pathlib import Path
 import redis
 
 from capture.mover import move_file, write_reason
-from daemon.frame import frame_id_for
-from daemon.queue import FrameQueue, Inflight
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import frame_id_for
+from daemon.store.connection import Outage
+from daemon.store.queue import FrameQueue, Inflight
+from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -133,20 +134,20 @@ class Archiver:
 
     def follow(self, cursor: str, stopping: threading.Event, block_ms: int = 500) -> None:
         """Tail the results log from ``cursor`` until ``stopping`` is set."""
+        outage = Outage("archiver", rig=self.rig_id)
         while not stopping.is_set():
             try:
                 entries = self.results.wait_after(cursor, block_ms)
+                outage.ok()
             except redis.RedisError as exc:
-                log.error("archiver lost redis; retrying", extra={"error": str(exc)})
-                stopping.wait(1.0)
+                stopping.wait(outage.failed(exc))
                 continue
             for entry in entries:
                 try:
                     if not entry.rig or entry.rig == self.rig_id:
                         self.handle(entry.frame_id)
                 except redis.RedisError as exc:
-                    log.error("archiver lost redis; retrying", extra={"error": str(exc)})
-                    stopping.wait(1.0)
+                    stopping.wait(outage.failed(exc))
                     break  # the cursor stays before this entry: it is handled again
                 except OSError as exc:
                     log.error("could not move a finished frame; the next reconcile retries",

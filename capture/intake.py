@@ -20,14 +20,14 @@ import redis
 
 from capture.quality import Quality, assess
 from capture.tiff import read_tiff
-from daemon import metrics
-from daemon.config import Settings
-from daemon.frame import FrameRejected, check_encoded, decode_rgb, frame_id_for
-from daemon.manifest import ManifestError, load_manifest
-from daemon.queue import FrameQueue
-from daemon.result import FrameResult
-from daemon.results import ResultStore
-from daemon.scale import Rescaler
+from daemon.domain.manifest import ManifestError, load_manifest
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import FrameRejected, check_encoded, decode_rgb, frame_id_for
+from daemon.imaging.scale import Rescaler
+from daemon.settings import Settings
+from daemon.store import counters
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ class Intake:
             captured_at=now if captured_at is None else captured_at, completed_at=now,
             models={}, quality=quality, um_per_pixel=um_per_pixel, metadata=metadata,
         )
-        captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
+        captured = counters.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
         new = self.results.store(result, extra=captured)
         if new:
             log.warning("frame rejected", extra={

@@ -7,27 +7,21 @@ belongs to specimen ``unassigned``. Anything else that is not ignored (hidden na
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.frame import IMAGE_SUFFIXES
+from daemon.domain.ids import UNASSIGNED, valid_specimen_id
+from daemon.imaging.frames import IMAGE_SUFFIXES
 
-UNASSIGNED = "unassigned"
-SPECIMEN_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 TEMP_SUFFIXES = (".part", ".tmp")
 
-# Capture's own reason codes, beside daemon.frame.REJECT_REASONS.
+# Capture's own reason codes, beside daemon.imaging.frames.REJECT_REASONS.
 BAD_LOCATION = "bad_location"
 
 
 def is_ignored_name(name: str) -> bool:
     """Hidden names and files still being delivered (``.part``/``.tmp``) are never taken."""
     return name.startswith(".") or name.lower().endswith(TEMP_SUFFIXES)
-
-
-def valid_specimen_id(value: str) -> bool:
-    return bool(SPECIMEN_PATTERN.match(value)) and ".." not in value
 
 
 def is_image_name(name: str) -> bool:

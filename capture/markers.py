@@ -14,8 +14,8 @@ import os
 import time
 from pathlib import Path
 
-from capture.layout import valid_specimen_id
-from daemon.specimens import SpecimenStore
+from daemon.domain.ids import valid_specimen_id
+from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ QC_REASONS = (OVEREXPOSED, UNDEREXPOSED, EMPTY_FIELD, OUT_OF_FOCUS)
 
 
 class Thresholds(Protocol):
-    """What :func:`assess` reads (``daemon.config.QcSettings`` satisfies it)."""
+    """What :func:`assess` reads (``daemon.settings.QcSettings`` satisfies it)."""
 
     enabled: bool
     min_focus: float

@@ -20,19 +20,20 @@ import redis
 
 from capture.archiver import Archiver
 from capture.intake import Intake, SourceFrame, derived_frame_id, expand
-from capture.layout import BAD_LOCATION, UNASSIGNED, is_image_name
+from capture.layout import BAD_LOCATION, is_image_name
 from capture.markers import MarkerScanner
 from capture.mover import move_file
 from capture.watcher import InboxWatcher, Ready
-from daemon import metrics, registry
-from daemon.broker import connect
-from daemon.config import Settings
-from daemon.frame import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
-from daemon.queue import FrameQueue, Inflight
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.ids import UNASSIGNED
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
+from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.specimens import SpecimenStore
+from daemon.store import counters, heartbeats, keys
+from daemon.store.connection import Outage, connect
+from daemon.store.queue import FrameQueue, Inflight
+from daemon.store.results import ResultStore
+from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class CaptureService:
         self.frames_rejected = 0
         self.started_at = time.time()
         self._archiver_thread: threading.Thread | None = None
-        self._last_beat = 0.0
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -105,6 +108,7 @@ class CaptureService:
         self._archiver_thread.start()
         self.state = "watching"
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
+        outage = Outage("capture", rig=self.rig_id)
         try:
             while not self.stopping.is_set():
                 try:
@@ -113,13 +117,14 @@ class CaptureService:
                     if time.monotonic() >= next_reconcile:
                         self.archiver.reconcile()
                         next_reconcile = time.monotonic() + RECONCILE_SECONDS
-                    if self.step():
-                        self.watcher.wait(self.watcher.tick_seconds())
-                    else:
+                    paused = not self.step()
+                    outage.ok()
+                    if paused:
                         self.stopping.wait(BACKPRESSURE_POLL_SECONDS)
+                    else:
+                        self.watcher.wait(self.watcher.tick_seconds())
                 except redis.RedisError as exc:
-                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(outage.failed(exc))
         finally:
             self.watcher.stop()
             self._archiver_thread.join(timeout=5)
@@ -268,7 +273,7 @@ class CaptureService:
             status="rejected", error=message, reason=reason, captured_at=now, completed_at=now,
             models={}, quality=quality,
         )
-        captured = metrics.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
+        captured = counters.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
         if self.results.store(result, extra=captured):
             self.frames_rejected += 1
         try:
@@ -281,18 +286,13 @@ class CaptureService:
 
     # --- heartbeat ----------------------------------------------------------------------
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
-            return
-        self._last_beat = now
-        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
+        self.heart.beat(lambda: {
             "state": self.state, "directory": str(self.inbox),
             "frames_queued": self.frames_queued, "frames_rejected": self.frames_rejected,
             "frames_archived": self.archiver.archived,
             "frames_quarantined": self.archiver.quarantined,
             "native_events": self.watcher.using_events, "started_at": self.started_at,
-        })
+        }, force)
 
 
 def run_capture(settings: Settings) -> int:

@@ -12,7 +12,6 @@ captured, and reconnects by reason.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -23,12 +22,12 @@ from capture.camera import Camera
 from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
 from capture.quality import focus_score, grey
-from daemon import metrics, registry
-from daemon.broker import connect
-from daemon.config import Settings
-from daemon.frame import frame_id_for
-from daemon.queue import FrameQueue
+from daemon.imaging.frames import frame_id_for
+from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
+from daemon.store import counters, heartbeats, keys
+from daemon.store.connection import Outage, connect
+from daemon.store.queue import FrameQueue
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,9 @@ class StreamCapture:
         self._flushed = dict(self.counts)
         self._reconnects_flushed: dict[str, int] = {}
         self.started_at = time.time()
-        self._last_beat = 0.0
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
+        )
         self._last_flush = 0.0
 
     def stop(self) -> None:
@@ -68,11 +69,13 @@ class StreamCapture:
             "rig": self.rig_id, "uri": self.config.uri, "gating": self.settings.capture.gating.mode,
             "file": self.camera.file_mode, "latest_only": self.camera.latest_only})
         self.camera.start()
+        outage = Outage("stream capture", rig=self.rig_id)
         try:
             while not self.stopping.is_set():
                 try:
                     self.heartbeat()
                     self.flush()
+                    outage.ok()
                     if self.queue.backlog() >= self.settings.queue.max_backlog:
                         self._set_state("paused_backpressure")
                         self.stopping.wait(0.25)
@@ -83,8 +86,7 @@ class StreamCapture:
                     if grab is not None:
                         self.handle(grab.seq, grab.t, grab.rgb)
                 except redis.RedisError as exc:
-                    log.error("capture lost redis; retrying", extra={"error": str(exc)})
-                    self.stopping.wait(1.0)
+                    self.stopping.wait(outage.failed(exc))
         finally:
             self.camera.stop()
             self.state = "stopped"
@@ -135,31 +137,26 @@ class StreamCapture:
             return
         self._last_flush = now
         rig = {"rig": self.rig_id}
-        increments: list[metrics.Increment] = []
+        increments: list[counters.Increment] = []
         for key in ("seen", "gated", "captured"):
             delta = self.counts[key] - self._flushed[key]
             if delta:
-                increments += metrics.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
+                increments += counters.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
                 self._flushed[key] = self.counts[key]
         for reason, count in list(self.camera.reconnects.items()):
             delta = count - self._reconnects_flushed.get(reason, 0)
             if delta:
-                increments += metrics.counter("leukoscope_camera_reconnects_total",
+                increments += counters.counter("leukoscope_camera_reconnects_total",
                                               {**rig, "reason": reason}, delta)
                 self._reconnects_flushed[reason] = count
         if increments:
-            metrics.record(self.client, increments)
+            counters.record(self.client, increments)
 
     def heartbeat(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last_beat < HEARTBEAT_SECONDS:
-            return
-        self._last_beat = now
-        registry.beat(self.client, registry.CAPTURES_KEY, self.rig_id, {
-            "id": self.rig_id, "host": registry.host_name(), "pid": os.getpid(),
+        self.heart.beat(lambda: {
             "state": self.state, "source": "opencv", "uri": self.config.uri,
             "camera": self.camera.state, "reconnects": dict(self.camera.reconnects),
             "frames_queued": self.counts["queued"], "frames_rejected": self.counts["rejected"],
             "frames_seen": self.counts["seen"], "frames_gated": self.counts["gated"],
             "frames_captured": self.counts["captured"], "started_at": self.started_at,
-        })
+        }, force)

@@ -24,9 +24,9 @@ import redis
 import uvicorn
 import yaml
 
-from daemon.broker import start_embedded, stop_embedded
-from daemon.config import Settings, load_settings
-from daemon.synthetic import encode, smear_field
+from daemon.imaging.synthetic import encode, smear_field
+from daemon.settings import Settings, load_settings
+from daemon.store.connection import start_embedded, stop_embedded
 from tests.tiny_models import build_classifier, build_segmenter
 
 REPO = Path(__file__).resolve().parent.parent

@@ -3,10 +3,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.analyzer import Analyzer
-from daemon.inference import Classifier, Segmenter, providers_for
-from daemon.manifest import ManifestError
-from daemon.synthetic import smear_field
+from daemon.domain.manifest import ManifestError
+from daemon.imaging.synthetic import smear_field
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.sessions import Classifier, Segmenter, providers_for
 
 
 @pytest.fixture(scope="module")

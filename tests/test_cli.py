@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from daemon.synthetic import encode, smear_field
+from daemon.imaging.synthetic import encode, smear_field
 from tests.conftest import REPO, Daemon
 
 

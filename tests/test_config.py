@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
-from daemon.config import SHIPPED_MODELS, ConfigError, load_settings
+from daemon.cli.main import main
+from daemon.settings import SHIPPED_MODELS, ConfigError, load_settings
 
 
 def test_defaults_without_file_use_shipped_models() -> None:

@@ -11,15 +11,17 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon import CELL_OUTCOMES, metrics
-from daemon.result import (
+from daemon.domain.classes import CELL_OUTCOMES
+from daemon.domain.results import (
     FRAME_REVIEW_REASONS,
     AcquisitionInfo,
     CellResult,
     FrameResult,
     ScaleInfo,
 )
-from daemon.results import ResultStore, outcome_increments
+from daemon.ops.metrics import RedisCollector
+from daemon.store import counters, keys
+from daemon.store.results import ResultStore, outcome_increments
 
 
 def cell(class_: str, confidence: float | None) -> CellResult:
@@ -56,12 +58,12 @@ def drifting_frame(frame_id: str = "f1", rig: str | None = "rig-1") -> FrameResu
     )
 
 
-def as_dict(increments: list[metrics.Increment]) -> dict[str, float]:
-    return dict(metrics.merge(increments))
+def as_dict(increments: list[counters.Increment]) -> dict[str, float]:
+    return dict(counters.merge(increments))
 
 
 def field(name: str, part: str = "", **labels: str) -> str:
-    return metrics._field(name, labels, part)
+    return counters._field(name, labels, part)
 
 
 def test_drift_increments_land_in_their_buckets_and_labels() -> None:
@@ -121,7 +123,7 @@ def test_what_is_not_known_is_not_observed() -> None:
 
 def scrape(client: redis.Redis, **kwargs: int) -> dict[str, list]:
     registry = CollectorRegistry()
-    registry.register(metrics.RedisCollector(client, **kwargs))
+    registry.register(RedisCollector(client, **kwargs))
     text = generate_latest(registry).decode()
     return {f.name: f.samples for f in text_string_to_metric_families(text)}
 
@@ -161,30 +163,30 @@ def test_collector_exposes_the_drift_families(redis_client: redis.Redis) -> None
 
 def test_the_33rd_rig_is_labelled_other(redis_client: redis.Redis) -> None:
     store = ResultStore(redis_client)
-    rigs = [f"rig-{i:02d}" for i in range(metrics.MAX_RIGS + 3)]
-    for i, rig in enumerate(rigs[: metrics.MAX_RIGS]):
+    rigs = [f"rig-{i:02d}" for i in range(counters.MAX_RIGS + 3)]
+    for i, rig in enumerate(rigs[: counters.MAX_RIGS]):
         store.store(drifting_frame(f"f{i}", rig))
     scrape(redis_client)  # the first 32 rigs are admitted
-    for i, rig in enumerate(rigs[metrics.MAX_RIGS:]):
+    for i, rig in enumerate(rigs[counters.MAX_RIGS:]):
         store.store(drifting_frame(f"late{i}", rig))
     store.store(drifting_frame("none", None))  # no rig: always its own (empty) label
     families = scrape(redis_client)
     processed = {s.labels["rig"]: s.value for s in families["leukoscope_frames_processed"]
                  if s.labels["outcome"] == "done"}
-    assert set(processed) == {*rigs[: metrics.MAX_RIGS], "other", ""}
+    assert set(processed) == {*rigs[: counters.MAX_RIGS], "other", ""}
     assert processed["other"] == 3 and processed["rig-00"] == 1
     brightness = {s.labels["rig"] for s in families["leukoscope_frame_background_brightness"]}
-    assert "other" in brightness and not brightness & set(rigs[metrics.MAX_RIGS:])
+    assert "other" in brightness and not brightness & set(rigs[counters.MAX_RIGS:])
     # Folded in Redis too: no field names a rig beyond the cap, and nothing was lost.
-    raw = redis_client.hgetall(metrics.METRICS_KEY)
+    raw = redis_client.hgetall(keys.METRICS_KEY)
     assert not any(f'"rig":"{rig}"'.encode() in key for key in raw for rig in rigs[32:])
-    assert redis_client.scard(metrics.RIGS_KEY) == metrics.MAX_RIGS
+    assert redis_client.scard(keys.RIGS_KEY) == counters.MAX_RIGS
     again = scrape(redis_client)  # another API process: same set, same labels, same values
     assert again["leukoscope_frames_processed"] == families["leukoscope_frames_processed"]
 
 
 def test_rig_labels_cache_admissions(redis_client: redis.Redis) -> None:
-    labels = metrics.RigLabels(redis_client, cap=2)
+    labels = counters.RigLabels(redis_client, cap=2)
     calls = []
     admit = labels._admit
     labels._admit = lambda **kw: calls.append(kw) or admit(**kw)  # type: ignore[method-assign]
@@ -192,5 +194,5 @@ def test_rig_labels_cache_admissions(redis_client: redis.Redis) -> None:
     assert labels.label("c") == "other" and labels.label("a") == "a"
     assert labels.label("d") == "other"
     assert len(calls) == 1  # full after the first call: no more round trips
-    other = metrics.RigLabels(redis_client, cap=2)  # a second process shares the set
+    other = counters.RigLabels(redis_client, cap=2)  # a second process shares the set
     assert other.labels(["c", "a"]) == {"c": "other", "a": "a"}

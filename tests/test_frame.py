@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from daemon.frame import FrameRejected, check_encoded, decode_rgb, frame_id_for
-from daemon.synthetic import encode, smear_field
+from daemon.imaging.frames import FrameRejected, check_encoded, decode_rgb, frame_id_for
+from daemon.imaging.synthetic import encode, smear_field
 
 
 @pytest.fixture(scope="module")

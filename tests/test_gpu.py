@@ -1,6 +1,6 @@
 import pytest
 
-from daemon.gpu import gpu_stats, visible_indices
+from daemon.inference.gpu import gpu_stats, visible_indices
 
 
 def test_no_gpu_means_no_stats_and_no_error() -> None:

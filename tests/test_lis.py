@@ -11,15 +11,16 @@ import httpx
 import pytest
 import redis
 
-from daemon import audit
-from daemon.api import create_app
-from daemon.auth import hash_key
-from daemon.broker import start_embedded, stop_embedded
-from daemon.hl7 import ack, parse
-from daemon.housekeeping import Housekeeper, trim_results
-from daemon.mllp import END_BLOCK, START_BLOCK, Outbox, frame
-from daemon.results import ResultStore
-from daemon.specimens import OUTBOX_KEY, SpecimenStore
+from daemon.api.app import create_app
+from daemon.api.auth import hash_key
+from daemon.lis.hl7 import ack, parse
+from daemon.lis.mllp import END_BLOCK, START_BLOCK, Outbox, frame
+from daemon.ops.housekeeping import Housekeeper, trim_results
+from daemon.store import audit
+from daemon.store.connection import start_embedded, stop_embedded
+from daemon.store.keys import OUTBOX_KEY
+from daemon.store.results import ResultStore
+from daemon.store.specimens import SpecimenStore
 from tests.conftest import serve_http
 from tests.test_specimens import cell, result
 
@@ -66,6 +67,17 @@ def test_keys_and_roles(secured: httpx.Client) -> None:
     for path in ("/healthz", "/readyz", "/metrics"):
         assert secured.get(path).status_code in (200, 503), path  # open by default
     assert secured.get("/audit", headers=bearer("read")).status_code == 403
+
+
+def test_openapi_shows_the_bearer_scheme(secured: httpx.Client) -> None:
+    doc = secured.get("/openapi.json").json()
+    scheme = doc["components"]["securitySchemes"]["apiKey"]
+    assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
+    for path, method in (("/results", "get"), ("/frames", "post"), ("/specimens", "get"),
+                         ("/specimens/{specimen_id}/hl7", "get"), ("/audit", "get")):
+        assert doc["paths"][path][method]["security"] == [{"apiKey": []}], path
+    malformed = secured.get("/specimens", headers={"Authorization": "Bearer"})
+    assert malformed.status_code == 401 and "malformed" in malformed.json()["detail"]
 
 
 def test_health_and_metrics_can_require_a_key(make_settings, redis_client) -> None:
@@ -294,7 +306,7 @@ def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: httpx.Client
 def test_redis_password_in_the_url(
     make_settings, redis_client: redis.Redis, redis_url: str
 ) -> None:
-    from daemon.broker import connect
+    from daemon.store.connection import connect
 
     redis_client.config_set("requirepass", "s3cret")
     try:
@@ -310,3 +322,14 @@ def test_redis_password_in_the_url(
         redis.Redis.from_url(f"unix://:s3cret@{redis_url.removeprefix('unix://')}").config_set(
             "requirepass", ""
         )
+
+
+def test_one_housekeeper_holds_the_lease(make_settings, redis_client) -> None:
+    settings = make_settings()
+    first, second = Housekeeper(settings, redis_client), Housekeeper(settings, redis_client)
+    assert first.leader() and first.leader()  # taken, then renewed
+    assert not second.leader()
+    assert redis_client.get("lks:housekeeper") == first.token.encode()
+    assert 0 < redis_client.pttl("lks:housekeeper") <= 10_000
+    redis_client.delete("lks:housekeeper")  # the lease expired: the next to ask takes it
+    assert second.leader() and not first.leader()

@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-from daemon.auth import hash_key
-from daemon.hl7 import parse
+from daemon.api.auth import hash_key
+from daemon.lis.hl7 import parse
 from tests.conftest import REPO, free_port, start_daemon, synthetic_jpeg, wait_for, write_frame
 from tests.test_lis import Listener
 

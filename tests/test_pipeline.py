@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from daemon.manifest import CellFilter, CropSpec, InputSpec
-from daemon.pipeline import CellBox, aggregate, crop_cells, find_cells, pad_to_multiple, to_tensor
+from daemon.domain.manifest import CellFilter, CropSpec, InputSpec
+from daemon.imaging.pipeline import (
+    CellBox,
+    aggregate,
+    crop_cells,
+    find_cells,
+    pad_to_multiple,
+    to_tensor,
+)
 
 
 def disc_mask(shape: tuple[int, int], discs: list[tuple[int, int, int]]) -> np.ndarray:

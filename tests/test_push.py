@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from daemon.api import create_app
-from daemon.queue import FrameQueue
-from daemon.results import ResultStore
+from daemon.api.app import create_app
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 from tests.capture.conftest import complete, entries
 from tests.capture.frames import blurred_rgb, good_rgb, jpeg, png
 from tests.conftest import free_port, wait_for

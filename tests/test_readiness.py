@@ -6,10 +6,10 @@ from pathlib import Path
 
 import redis
 
-from daemon import registry
-from daemon.api import create_app
-from daemon.broker import stop_embedded
-from daemon.queue import FrameQueue
+from daemon.api.app import create_app
+from daemon.store import heartbeats, keys
+from daemon.store.connection import stop_embedded
+from daemon.store.queue import FrameQueue
 from tests.conftest import serve_http
 
 
@@ -20,7 +20,7 @@ def test_readyz_reasons(make_settings, redis_client: redis.Redis, tmp_path: Path
         assert not_ready.status_code == 503
         assert "no worker" in " ".join(not_ready.json()["reasons"])
 
-        registry.beat(redis_client, registry.WORKERS_KEY, "w0", {
+        heartbeats.beat(redis_client, keys.WORKERS_KEY, "w0", {
             "id": "w0", "host": "h", "provider": "CPUExecutionProvider", "frames_done": 0,
         })
         ready = api.get("/readyz")

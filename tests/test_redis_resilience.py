@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.broker import start_embedded, stop_embedded
+from daemon.store.connection import start_embedded, stop_embedded
 from tests.conftest import (
     Daemon,
     free_port,
@@ -214,11 +214,11 @@ def tls_redis(tmp_path: Path):
 def test_rediss_url_with_password_round_trip(
     tls_redis: tuple[int, Path], tmp_path: Path, tiny_models: tuple[Path, Path]
 ) -> None:
-    from daemon.broker import connect
-    from daemon.config import load_settings
-    from daemon.queue import FrameQueue
-    from daemon.results import ResultStore
-    from daemon.worker import Worker
+    from daemon.settings import load_settings
+    from daemon.store.connection import connect
+    from daemon.store.queue import FrameQueue
+    from daemon.store.results import ResultStore
+    from daemon.worker.worker import Worker
     from tests.conftest import settings_dict
 
     port, ca_file = tls_redis

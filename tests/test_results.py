@@ -3,8 +3,9 @@ import time
 import pytest
 import redis
 
-from daemon.result import FrameResult
-from daemon.results import BadCursor, ResultStore
+from daemon.domain.results import FrameResult
+from daemon.store.paging import BadCursor
+from daemon.store.results import ResultStore
 
 
 def result(frame_id: str, status: str = "done") -> FrameResult:
@@ -60,14 +61,14 @@ def test_malformed_cursor(redis_client: redis.Redis, cursor: str) -> None:
 
 
 def test_outcome_counters_counted_once(redis_client: redis.Redis) -> None:
-    from daemon import metrics
+    from daemon.store import counters, keys
 
     store = ResultStore(redis_client)
     rejected = result("r", "rejected").model_copy(update={"reason": "truncated"})
     store.store(rejected)
     store.store(rejected)
-    raw = {k.decode(): float(v) for k, v in redis_client.hgetall(metrics.METRICS_KEY).items()}
-    key = metrics.counter(
+    raw = {k.decode(): float(v) for k, v in redis_client.hgetall(keys.METRICS_KEY).items()}
+    key = counters.counter(
         "leukoscope_frames_rejected_total", {"rig": "rig-1", "reason": "truncated"}
     )[0][0]
     assert raw[key] == 1.0

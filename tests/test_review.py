@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import redis
 
-from daemon.analyzer import Analyzer
-from daemon.fhir import diagnostic_report
-from daemon.hl7 import oru_r01, parse, to_er7
-from daemon.inference import Classifier, Segmenter
-from daemon.manifest import ReviewSpec
-from daemon.result import AcquisitionInfo, CellResult, FrameResult, ScaleInfo
-from daemon.results import ResultStore
-from daemon.specimens import SpecimenStore
-from daemon.synthetic import WHITE_CELL_RGB, smear_field
+from daemon.domain.manifest import ReviewSpec
+from daemon.domain.results import AcquisitionInfo, CellResult, FrameResult, ScaleInfo
+from daemon.imaging.synthetic import WHITE_CELL_RGB, smear_field
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.sessions import Classifier, Segmenter
+from daemon.lis.fhir import diagnostic_report
+from daemon.lis.hl7 import oru_r01, parse, to_er7
+from daemon.store.results import ResultStore
+from daemon.store.specimens import SpecimenStore
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_frame_reasons_scale_acquisition_and_confidence(analyzer: Analyzer):
 
 
 def test_acquisition_outside_the_validated_range_is_flagged(analyzer: Analyzer):
-    from daemon.manifest import AcquisitionSpec
+    from daemon.domain.manifest import AcquisitionSpec
 
     image, _ = smear_field(np.random.default_rng(6), white_cells=1)
     analyzer.acquisition, saved = AcquisitionSpec(background_rgb=(232, 226, 238)), None

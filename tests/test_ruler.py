@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from daemon.imaging.ruler import measure_red_cells
-from daemon.synthetic import red_cell_field, smear_field
+from daemon.imaging.synthetic import red_cell_field, smear_field
 
 ENLARGEMENTS = (0.5, 1.0, 2.0, 4.0, 8.0)
 

@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 
+from daemon.domain.manifest import RedCellScale
+from daemon.domain.results import CellResult
 from daemon.imaging.ruler import measure_red_cells
-from daemon.manifest import RedCellScale
-from daemon.result import CellResult
-from daemon.results import ResultStore
-from daemon.scale import Rescaler
-from daemon.synthetic import encode, smear_field
-from daemon.worker import Worker
+from daemon.imaging.scale import Rescaler
+from daemon.imaging.synthetic import encode, smear_field
+from daemon.store.results import ResultStore
+from daemon.worker.worker import Worker
 
 
 def enlarge(image: np.ndarray, factor: float) -> np.ndarray:

@@ -11,8 +11,8 @@ from pathlib import Path
 import redis
 import yaml
 
-from daemon.queue import FrameQueue
-from daemon.results import ResultStore
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 from tests.conftest import REPO, free_port, http_json, settings_dict, synthetic_jpeg, wait_for
 
 

@@ -9,12 +9,12 @@ import pytest
 import redis
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 
-from daemon.api import create_app
-from daemon.hl7 import parse
-from daemon.queue import FrameQueue
-from daemon.result import CellResult, FrameResult, ModelRef
-from daemon.results import ResultStore
-from daemon.specimens import SpecimenStore
+from daemon.api.app import create_app
+from daemon.domain.results import CellResult, FrameResult, ModelRef
+from daemon.lis.hl7 import parse
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
+from daemon.store.specimens import SpecimenStore
 from tests.conftest import serve_http
 
 STATEMENT = "For research use only. Not for use in diagnostic procedures."

@@ -4,10 +4,10 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.config import Settings
-from daemon.queue import FrameQueue
-from daemon.results import ResultStore
-from daemon.worker import Worker
+from daemon.settings import Settings
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
+from daemon.worker.worker import Worker
 from tests.conftest import synthetic_jpeg
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from daemon import CLASS_CODES
-from daemon.manifest import (
+from daemon.domain.classes import CLASS_CODES
+from daemon.domain.manifest import (
     AcquisitionSpec,
     CellFilter,
     ClassSpec,
@@ -27,7 +27,7 @@ from daemon.manifest import (
     file_sha256,
     write_manifest,
 )
-from daemon.synthetic import BACKGROUND_RGB
+from daemon.imaging.synthetic import BACKGROUND_RGB
 
 CROP = 32
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from daemon.domain.manifest import CellFilter, CropSpec
 from daemon.imaging.acquisition import background_rgb, normalise_background
+from daemon.imaging.pipeline import CellBox, crop_cells, find_cells
 from daemon.imaging.ruler import measure_red_cells
-from daemon.manifest import CellFilter, CropSpec
-from daemon.pipeline import CellBox, crop_cells, find_cells
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_DISPLAY: tuple[str, ...] = (

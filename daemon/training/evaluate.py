@@ -22,10 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon import CLASS_CODES, UNIDENTIFIED
-from daemon.analyzer import Analyzer
-from daemon.inference import Classifier, Segmenter
-from daemon.manifest import (
+from daemon.domain.classes import CLASS_CODES, UNIDENTIFIED
+from daemon.domain.manifest import (
     CellFilter,
     CropSpec,
     ModelManifest,
@@ -34,7 +32,7 @@ from daemon.manifest import (
     load_manifest,
     write_manifest,
 )
-from daemon.pipeline import (
+from daemon.imaging.pipeline import (
     aggregate,
     calibrate,
     crop_cells,
@@ -42,7 +40,9 @@ from daemon.pipeline import (
     pad_to_multiple,
     to_tensor,
 )
-from daemon.scale import Rescaler
+from daemon.imaging.scale import Rescaler
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training import metrics as M
 from daemon.training.data import (
     foreign_cell_crops,

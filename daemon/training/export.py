@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import torch
 
-from daemon import CELL_OUTCOMES, CLASS_CODES
-from daemon.manifest import (
+from daemon.domain.classes import CELL_OUTCOMES, CLASS_CODES
+from daemon.domain.manifest import (
     AcquisitionSpec,
     CellFilter,
     ClassSpec,

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from daemon import CELL_OUTCOMES
-from daemon.manifest import CropSpec
-from daemon.pipeline import aggregate
+from daemon.domain.classes import CELL_OUTCOMES
+from daemon.domain.manifest import CropSpec
+from daemon.imaging.pipeline import aggregate
 from daemon.training import data as D
 from daemon.training.augment import (
     CLASSIFIER_AUGMENT,

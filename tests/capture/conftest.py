@@ -17,11 +17,12 @@ import pytest
 import redis
 
 from capture.service import CaptureService
-from daemon.broker import start_embedded, stop_embedded
-from daemon.config import Settings
-from daemon.queue import GROUP, STREAM_KEY, Delivery, FrameQueue
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.results import FrameResult
+from daemon.settings import Settings
+from daemon.store.connection import start_embedded, stop_embedded
+from daemon.store.keys import GROUP, STREAM_KEY
+from daemon.store.queue import Delivery, FrameQueue
+from daemon.store.results import ResultStore
 
 
 @pytest.fixture(scope="session")

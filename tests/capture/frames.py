@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from daemon.synthetic import smear_field
+from daemon.imaging.synthetic import smear_field
 
 
 def good_rgb(seed: int = 0, size: int = 224) -> np.ndarray:

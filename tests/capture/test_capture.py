@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from capture.layout import UNASSIGNED
-from daemon import registry
-from daemon.frame import frame_id_for
-from daemon.queue import FrameQueue
-from daemon.result import FrameResult
-from daemon.results import ResultStore
+from daemon.domain.ids import UNASSIGNED
+from daemon.domain.results import FrameResult
+from daemon.imaging.frames import frame_id_for
+from daemon.store import keys
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 from tests.capture.conftest import complete, entries, frame_bytes, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def result_of(client: redis.Redis, specimen: str, name: str, data: bytes) -> Fra
 
 
 def heartbeat(client: redis.Redis, rig: str = "rig-1") -> dict:
-    raw = client.hget(registry.CAPTURES_KEY, rig)
+    raw = client.hget(keys.CAPTURES_KEY, rig)
     return json.loads(raw) if raw else {}
 
 

@@ -12,7 +12,7 @@ import tifffile
 
 from capture.czi import read_czi_path
 from capture.tiff import read_tiff, to_uint8
-from daemon.results import ResultStore
+from daemon.store.results import ResultStore
 from tests.capture.conftest import entries, wait_for
 from tests.capture.frames import blurred_rgb, dark_rgb, good_rgb
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from capture.layout import UNASSIGNED, is_ignored_name, place, valid_specimen_id
+from capture.layout import is_ignored_name, place
 from capture.mover import free_name, move_file, write_reason
+from daemon.domain.ids import UNASSIGNED, valid_specimen_id
 
 
 def test_specimen_ids() -> None:

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from capture.quality import assess, measure
-from daemon import metrics
-from daemon.config import QcSettings
-from daemon.frame import REJECT_REASONS, frame_id_for
-from daemon.results import ResultStore
+from daemon.imaging.frames import REJECT_REASONS, frame_id_for
+from daemon.settings import QcSettings
+from daemon.store import keys
+from daemon.store.results import ResultStore
 from tests.capture.conftest import entries, frame_bytes, wait_for
 from tests.capture.frames import (
     blurred_rgb,
@@ -87,7 +87,7 @@ def test_folder_frames_failing_qc_get_rejected_results_and_are_counted(
             assert f"reason: {reason}" in note.read_text()
     assert sorted(e["source"].rsplit("/", 1)[1] for e in entries(client)) == [
         "capture_style.jpg", "good.jpg"]
-    raw = client.hgetall(metrics.METRICS_KEY)
+    raw = client.hgetall(keys.METRICS_KEY)
     rejected = {}
     for key, value in raw.items():
         name, labels, _ = json.loads(key)

@@ -15,7 +15,7 @@ import pytest
 
 from capture.gating import Gate
 from capture.stream import StreamCapture
-from daemon import metrics, registry
+from daemon.store import keys
 from tests.capture.conftest import entries, wait_for
 from tests.capture.frames import good_rgb, noisy
 
@@ -81,7 +81,7 @@ def streaming(settings) -> Iterator[StreamCapture]:
 
 def counters(client) -> dict[tuple[str, str], float]:
     out = {}
-    for key, value in client.hgetall(metrics.METRICS_KEY).items():
+    for key, value in client.hgetall(keys.METRICS_KEY).items():
         name, labels, _ = json.loads(key)
         out[(name, labels.get("reason", ""))] = float(value)
     return out
@@ -121,7 +121,7 @@ def test_mjpg_avi_through_gating_one_capture_per_field(client, make_settings, tm
     with streaming(settings) as service:
         wait_for(lambda: service.camera.reconnects["ended"] >= 1, what="the video to end")
         # While it waits to reopen, /status (the capture registry) shows it disconnected.
-        wait_for(lambda: json.loads(client.hget(registry.CAPTURES_KEY, "rig-1") or "{}"
+        wait_for(lambda: json.loads(client.hget(keys.CAPTURES_KEY, "rig-1") or "{}"
                                     ).get("state") == "disconnected", what="disconnected state")
         wait_for(lambda: service.counts["seen"] == len(frames), what="all frames seen")
     queued = entries(client)

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon.metrics import CATALOGUE
+from daemon.store.counters import CATALOGUE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
 RULE_FILES = [PROM / "rules" / "recording.yml", PROM / "rules" / "alerts.yml"]
 
-# The daemon's metric catalogue: daemon/metrics.py plus the live gauges of daemon/status.py.
+# The daemon's metric catalogue: daemon/store/counters.py plus the live gauges of daemon/ops/status.py.
 COUNTERS = {m.name for m in CATALOGUE.values() if m.kind == "counter"}
 HISTOGRAMS = {m.name for m in CATALOGUE.values() if m.kind == "histogram"}
 GAUGES = {

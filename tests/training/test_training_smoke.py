@@ -16,8 +16,8 @@ ort = pytest.importorskip("onnxruntime")
 def test_smoke_train_export_parity_evaluate(
     synthetic_data: Path, synthetic_normal_cells: Path, tmp_path: Path
 ) -> None:
-    from daemon import CELL_OUTCOMES
-    from daemon.manifest import load_manifest
+    from daemon.domain.classes import CELL_OUTCOMES
+    from daemon.domain.manifest import load_manifest
     from daemon.training.evaluate import evaluate
     from daemon.training.export import export_checkpoint, load_checkpoint, parity
     from daemon.training.nets import ClassifierExport

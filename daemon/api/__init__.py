@@ -1,0 +1,1 @@
+"""API: the FastAPI app, API-key auth, and the routers under routes/."""

@@ -1,0 +1,210 @@
+"""The HTTP API. Routes are thin: state comes from Redis through injected dependencies, and
+the OpenAPI schema is generated from the same pydantic models the workers store."""
+
+import logging
+import signal
+import time
+from typing import Annotated
+
+import redis
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from daemon import __version__
+from daemon.api.auth import require, require_if
+from daemon.domain.ids import valid_frame_id
+from daemon.domain.results import FrameResult, ResultPage
+from daemon.ops.metrics import RedisCollector
+from daemon.ops.status import Readiness, StatusReader, StatusReport
+from daemon.settings import Settings
+from daemon.store.connection import connect
+from daemon.store.paging import BadCursor
+from daemon.store.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+def get_store(request: Request) -> ResultStore:
+    return request.app.state.store
+
+
+def get_reader(request: Request) -> StatusReader:
+    return request.app.state.reader
+
+
+Store = Annotated[ResultStore, Depends(get_store)]
+Reader = Annotated[StatusReader, Depends(get_reader)]
+
+
+def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
+    client = client or connect(settings)
+    started_at = time.time()
+    reader = StatusReader(client, settings, started_at)
+    store = ResultStore(client)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(client, reader.live_gauges))
+
+    app = FastAPI(
+        title="leukoscope",
+        version=__version__,
+        description="White-cell segmentation and ALL subtype classification results. "
+        "For research use only. Not for use in diagnostic procedures.",
+    )
+
+    app.state.settings = settings
+    app.state.client = client
+    app.state.store = store
+    app.state.reader = reader
+    from daemon.api.routes.specimens import router as specimens_router
+
+    app.include_router(specimens_router)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > settings.api.max_body_bytes:
+            return JSONResponse(
+                status_code=413,
+                content={"detail": f"request body over {settings.api.max_body_bytes} bytes"},
+            )
+        return await call_next(request)
+
+    @app.exception_handler(BadCursor)
+    async def bad_cursor(_request: Request, exc: BadCursor) -> JSONResponse:
+        # Every paged route (/results, /specimens, /audit): a cursor we did not hand out.
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
+
+    @app.get("/healthz", tags=["ops"], dependencies=[Depends(require_if("protect_health"))])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Readiness,
+        responses={503: {"model": Readiness}},
+        dependencies=[Depends(require_if("protect_ready"))],
+    )
+    def readyz(reader: Reader) -> JSONResponse:
+        readiness = reader.readiness()
+        return JSONResponse(
+            status_code=200 if readiness.ready else 503, content=readiness.model_dump()
+        )
+
+    @app.get("/status", tags=["ops"], dependencies=[Depends(require("read"))])
+    def status(reader: Reader) -> StatusReport:
+        return reader.report()
+
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        response_class=Response,
+        dependencies=[Depends(require_if("protect_metrics"))],
+    )
+    def metrics_endpoint() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(
+        "/results",
+        tags=["results"],
+        response_model=ResultPage,
+        response_model_by_alias=True,
+        dependencies=[Depends(require("read", "results.page"))],
+    )
+    def results(
+        store: Store,
+        after: Annotated[
+            str | None, Query(max_length=48, description="the `next` cursor of the previous page")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
+    ) -> ResultPage:
+        items, cursor = store.page(after, limit)
+        return ResultPage(items=items, next=cursor)
+
+    @app.get(
+        "/frames/{frame_id}",
+        tags=["results"],
+        response_model=FrameResult,
+        response_model_by_alias=True,
+        responses={404: {"description": "no such frame"}},
+        dependencies=[Depends(require("read", "frame.read"))],
+    )
+    def frame(store: Store, frame_id: str) -> FrameResult:
+        if not valid_frame_id(frame_id):
+            raise HTTPException(status_code=400, detail="frame_id must be 1-64 of [A-Za-z0-9_-]")
+        result = store.get(frame_id)
+        if result is None:
+            raise HTTPException(status_code=404, detail=f"no result for frame {frame_id}")
+        return result
+
+    from daemon.api.routes.frames import router as frames_router
+
+    app.include_router(frames_router)  # POST /frames: HTTP push of frames (issue 4)
+    return app
+
+
+def run_api(settings: Settings) -> int:
+    import uvicorn
+
+    app = create_app(settings)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal to the
+    # handlers that were there before it; no-op handlers make that a clean exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: None)
+    from daemon.api.auth import is_loopback
+    from daemon.ops.housekeeping import Housekeeper
+
+    host = settings.api.host
+    if not settings.auth.keys:
+        if not is_loopback(host) and settings.auth.open_network:
+            log.error(
+                "NO API KEYS CONFIGURED and auth.open_network is on: the API is open without "
+                "authentication on a non-loopback address; make sure only trusted hosts reach it",
+                extra={"host": host},
+            )
+        elif not is_loopback(host):
+            log.error(
+                "NO API KEYS CONFIGURED: refusing to serve an open API on a non-loopback "
+                "address; binding to 127.0.0.1 instead. Add auth.keys (leukoscope keygen "
+                "NAME ROLE) to serve other hosts.",
+                extra={"configured_host": host},
+            )
+            host = "127.0.0.1"
+        else:
+            log.warning(
+                "no API keys configured: the API is open without authentication and "
+                "listens on loopback only",
+                extra={"host": host},
+            )
+    tls = settings.api.tls
+    ssl = (
+        {"ssl_certfile": str(tls.certfile), "ssl_keyfile": str(tls.keyfile)} if tls.certfile else {}
+    )
+    housekeeper = Housekeeper(settings, app.state.client)
+    housekeeper.start()
+    log.info(
+        "api listening",
+        extra={
+            "host": host,
+            "port": settings.api.port,
+            "scheme": "https" if ssl else "http",
+            "api_keys": len(settings.auth.keys),
+        },
+    )
+    try:
+        uvicorn.run(
+            app,
+            host=host,
+            port=settings.api.port,
+            log_config=None,
+            access_log=False,
+            **ssl,  # type: ignore[arg-type]
+        )
+    finally:
+        housekeeper.stop()
+    return 0

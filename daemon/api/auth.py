@@ -1,0 +1,154 @@
+"""API keys with roles.
+
+Keys are configured as SHA-256 hex digests (``auth.keys``), never in clear; a client sends
+``Authorization: Bearer <key>``. Roles: ``ingest`` (POST /frames, complete a specimen),
+``read`` (results, specimens, reports, status), ``admin`` (everything, /audit). A missing or
+unknown key is 401, a key whose role does not allow the route 403.
+
+With no key configured the API is open, and ``run_api`` binds it to loopback only.
+
+Route dependencies: ``Depends(require("read", audit="frame.read"))`` authenticates, checks
+the role and appends the access to the audit trail (with the route's specimen/frame id).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from daemon.settings import Settings
+from daemon.store import audit
+
+ALLOWED: dict[str, frozenset[str]] = {
+    "ingest": frozenset({"ingest"}),
+    "read": frozenset({"read"}),
+    "admin": frozenset({"ingest", "read", "admin"}),
+}
+KEY_PREFIX = "lks_"
+ANONYMOUS = "anonymous"  # the caller when no keys are configured (loopback-only API)
+
+# Declares the scheme in OpenAPI (and /docs' Authorize button); the checks and their 401
+# messages stay ours, so auto_error is off.
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="apiKey",
+    description="An API key from `leukoscope keygen NAME ROLE`, sent as "
+    "`Authorization: Bearer <key>`. Roles: ingest, read, admin. Not needed while no key is "
+    "configured (the API then serves loopback only).",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+@dataclass(frozen=True)
+class Caller:
+    name: str
+    role: str
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def keygen(name: str, role: str) -> tuple[str, str]:
+    """A new key and its ``auth.keys`` config line (only the digest goes in config)."""
+    key = generate_key()
+    line = f"- {{name: {name}, role: {role}, sha256: {hash_key(key)}}}"
+    return key, line
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    settings: Settings = request.app.state.settings
+    keys = settings.auth.keys
+    if not keys:
+        return Caller(ANONYMOUS, "admin")
+    if not request.headers.get("authorization", ""):
+        raise HTTPException(
+            status_code=401,
+            detail="missing API key: send 'Authorization: Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    token = credentials.credentials if credentials is not None else ""
+    if not token.strip():
+        raise HTTPException(
+            status_code=401,
+            detail="malformed Authorization header: expected 'Bearer <key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    digest = hash_key(token.strip())
+    for key in keys:
+        if hmac.compare_digest(digest, key.sha256):
+            return Caller(key.name, key.role)
+    raise HTTPException(
+        status_code=401, detail="unknown API key", headers={"WWW-Authenticate": "Bearer"}
+    )
+
+
+def check_role(caller: Caller, role: str) -> None:
+    if role not in ALLOWED[caller.role]:
+        raise HTTPException(
+            status_code=403,
+            detail=f"key {caller.name!r} has role {caller.role!r}; this needs {role!r}",
+        )
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def require(role: str, audit_action: str | None = None) -> Callable[[Request], Caller]:
+    """A dependency: authenticate, check ``role``, and audit ``audit_action`` if given."""
+
+    def dependency(request: Request, credentials: Credentials) -> Caller:
+        caller = authenticate(request, credentials)
+        check_role(caller, role)
+        if audit_action is not None:
+            params = request.path_params
+            detail = str(request.url.query)[:200] or None
+            audit.record(
+                request.app.state.client,
+                caller.name,
+                caller.role,
+                audit_action,
+                specimen_id=params.get("specimen_id"),
+                frame_id=params.get("frame_id"),
+                detail=detail,
+                address=client_address(request),
+            )
+        return caller
+
+    return dependency
+
+
+def require_if(flag: str, role: str = "read") -> Callable[[Request], Caller | None]:
+    """For /healthz, /readyz, /metrics: open unless ``auth.<flag>`` is true."""
+
+    def dependency(request: Request, credentials: Credentials) -> Caller | None:
+        settings: Settings = request.app.state.settings
+        if not getattr(settings.auth, flag):
+            return None
+        caller = authenticate(request, credentials)
+        check_role(caller, role)
+        return caller
+
+    return dependency

@@ -1,0 +1,252 @@
+"""``POST /frames``: rigs that send frames themselves (HTTP push).
+
+The image is the request body (any content type), or the ``file`` part of a
+``multipart/form-data`` body; ``specimen_id`` (required), ``name``, ``um_per_pixel``,
+``rig_id`` and ``metadata`` (a JSON object of field metadata: stage position, objective,
+...) come as query parameters or, with multipart, as form fields. The frame goes through the
+same intake as a file in the watched folder (capture/intake.py): structural checks, CZI and
+TIFF expansion, quality control, then the queue.
+
+Answers: 202 with the ``frame_id`` (and every frame's id and state when a CZI or multi-page
+TIFF holds several); 413 for a body above ``api.max_upload_bytes``; 415 for a body that is
+not an image; 422 for a truncated or undecodable image or one failing quality control (its
+``rejected`` result is stored, with the measured values); 400 for bad parameters; 503 while
+the queue is over ``queue.max_backlog``. Refused bodies (415/422) are kept under
+``<data_dir>/quarantine/<specimen_id>/`` beside a ``.reason.txt``, and accepted originals
+under ``<data_dir>/archive/<specimen_id>/``, as for the folder. The same frame (specimen,
+name, bytes) pushed twice gets the same ``frame_id``, is queued once and gets one result.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+import redis
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from capture.intake import Intake, derived_frame_id, expand
+from capture.mover import free_name, write_reason
+from daemon.api.auth import require
+from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
+from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
+from daemon.settings import Settings
+from daemon.store import counters
+from daemon.store.connection import Outage
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["frames"])
+
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "tiff": "tif", "bmp": "bmp", "czi": "czi"}
+MAX_METADATA_KEYS = 32
+UPLOAD_PREFIX = "upload:"  # source of pushed frames (not a file path)
+
+
+class Refused(Exception):
+    def __init__(self, code: int, detail: str, /, **extra: object) -> None:
+        super().__init__(detail)
+        self.status = code
+        self.body = {"detail": detail, **extra}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise Refused(413, f"body of {length} bytes exceeds api.max_upload_bytes ({limit})")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"body exceeds api.max_upload_bytes ({limit})")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _metadata(raw: str | None) -> dict[str, str] | None:
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise Refused(400, f"metadata is not JSON: {exc}") from exc
+    if not isinstance(value, dict) or len(value) > MAX_METADATA_KEYS:
+        raise Refused(400, f"metadata must be a JSON object of at most {MAX_METADATA_KEYS} keys")
+    out = {}
+    for key, item in value.items():
+        if not isinstance(item, str | int | float | bool) or len(str(key)) > 64:
+            raise Refused(400, f"metadata {key!r}: values must be strings, numbers or booleans")
+        out[str(key)] = str(item)[:256]
+    return out
+
+
+def _keep(directory: Path, name: str, data: bytes) -> Path:
+    """Write ``data`` under a free name in ``directory`` (temp file, then rename)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = free_name(directory, name, companion=".reason.txt")
+    partial = directory / f".{target.name}.{os.getpid()}.part"
+    partial.write_bytes(data)
+    os.replace(partial, target)
+    return target
+
+
+class UploadJanitor:
+    """Forgets the in-flight records of pushed frames once their results are stored.
+
+    A pushed frame has no inbox file for a capture process to archive, but its in-flight
+    record is what makes a repeated push of a still-queued frame a no-op ('queued'). This
+    thread tails the results log from the moment the first frame is pushed and drops the
+    records of ``upload:`` frames (any rig) as their results arrive.
+    """
+
+    def __init__(self, intake: Intake) -> None:
+        self.queue = intake.queue
+        self.results = intake.results
+        self.cursor = self.results.last_cursor()
+        self.thread = threading.Thread(target=self.run, name="upload-janitor", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        outage = Outage("upload janitor")
+        while True:
+            try:
+                for entry in self.results.wait_after(self.cursor, 1000):
+                    record = self.queue.inflight_of(entry.frame_id)
+                    if record is not None and record.path.startswith(UPLOAD_PREFIX):
+                        self.queue.forget(entry.frame_id)
+                    self.cursor = entry.cursor
+                outage.ok()
+            except redis.RedisError as exc:
+                time.sleep(outage.failed(exc))
+
+
+def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str | None]
+         ) -> tuple[int, dict]:
+    """The work of one upload (blocking: runs in the thread pool)."""
+    specimen = fields.get("specimen_id") or ""
+    if not valid_specimen_id(specimen):
+        raise Refused(400, "specimen_id is required: letters, digits, '.', '_', '-'; at most 64")
+    rig = fields.get("rig_id") or settings.capture.rig_id
+    if not valid_name(rig):
+        raise Refused(400, "rig_id: letters, digits, '.', '_', '-'; at most 64")
+    scale = None
+    if fields.get("um_per_pixel"):
+        try:
+            scale = float(fields["um_per_pixel"] or "")
+        except ValueError as exc:
+            raise Refused(400, "um_per_pixel must be a number") from exc
+        if not scale > 0:
+            raise Refused(400, "um_per_pixel must be positive")
+    metadata = _metadata(fields.get("metadata"))
+    kind = sniff_format(data)
+    name = fields.get("name") or f"upload.{EXTENSIONS.get(kind or '', 'bin')}"
+    if not valid_upload_name(name):
+        raise Refused(400, "name: letters, digits, '.', '_', '-'; at most 128")
+    if rig != intake.rig_id:
+        intake = Intake(settings, intake.client, intake.queue, intake.results, rig)
+    source = f"{UPLOAD_PREFIX}{specimen}/{name}"
+    file_id = frame_id_for(specimen, name, data)
+    if intake.queue.backlog() >= settings.queue.max_backlog:
+        raise Refused(503, "the frame queue is full; retry later", retry_after=1)
+    try:
+        frames = expand(data, settings)
+    except FrameRejected as exc:
+        intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
+                              metadata=metadata)
+        _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
+        code = 415 if exc.reason in ("not_an_image", "empty_file") else 422
+        raise Refused(code, exc.message, frame_id=file_id, status="rejected",
+                      reason=exc.reason) from exc
+    now = time.time()
+    answers = []
+    for frame in frames:
+        if scale is not None and frame.um_per_pixel is None:
+            frame.um_per_pixel, frame.um_per_pixel_source = scale, "configured"
+        frame_id = derived_frame_id(specimen, name, frame.label, data)
+        label = "" if frame.label is None else f"#{frame.label}"
+        offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata)
+        answer = {"frame_id": frame_id, "status": offer.outcome}
+        if frame.label is not None:
+            answer["part"] = frame.label
+        if offer.outcome == "rejected":
+            answer.update(reason=offer.quality.reason, detail=offer.quality.message,
+                          quality=offer.quality.values)
+        answers.append(answer)
+    if all(a["status"] == "rejected" for a in answers):
+        first = answers[0]
+        _quarantine(settings, specimen, name, data, str(first["reason"]),
+                    str(first["detail"]), file_id)
+        raise Refused(422, str(first["detail"]), **first, frames=answers)
+    if any(a["status"] == "new" for a in answers):
+        _keep(settings.archive_dir / specimen, name, data)
+    log.info("frame pushed", extra={"specimen_id": specimen, "rig": rig, "source_name": name,
+                                    "frames": len(answers)})
+    return 202, {**answers[0], "frames": answers}
+
+
+def _quarantine(settings: Settings, specimen: str, name: str, data: bytes, reason: str,
+                message: str, frame_id: str) -> None:
+    try:
+        target = _keep(settings.quarantine_dir / specimen, name, data)
+        write_reason(target, reason, message, f"upload:{specimen}/{name}", frame_id)
+    except OSError as exc:
+        log.error("could not quarantine a refused upload", extra={"error": str(exc)})
+
+
+@router.post(
+    "/frames",
+    status_code=202,
+    responses={
+        400: {"description": "bad parameters"},
+        413: {"description": "body above api.max_upload_bytes"},
+        415: {"description": "not an image"},
+        422: {"description": "truncated/undecodable image, or failed quality control"},
+        503: {"description": "queue full (backpressure)"},
+    },
+    dependencies=[Depends(require("ingest", "frame.ingest"))],  # issue 5: keys and audit
+)
+async def post_frame(request: Request) -> JSONResponse:
+    """Queue one frame (or each frame of a CZI / multi-page TIFF) for analysis."""
+    settings: Settings = request.app.state.settings
+    intake = getattr(request.app.state, "intake", None)
+    if intake is None:
+        intake = request.app.state.intake = Intake(settings, request.app.state.client)
+        request.app.state.upload_janitor = UploadJanitor(intake)
+    limit = settings.api.max_upload_bytes
+    try:
+        body = await _read_body(request, limit + 64 * 1024)  # room for multipart framing
+        fields: dict[str, str | None] = {
+            key: request.query_params.get(key)
+            for key in ("specimen_id", "name", "um_per_pixel", "rig_id", "metadata")
+        }
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            request._body = body  # let Starlette parse what was read under the limit
+            form = await request.form(max_files=1, max_fields=16, max_part_size=1024 * 1024)
+            upload = form.get("file")
+            if upload is None or isinstance(upload, str):
+                raise Refused(400, "multipart body needs a 'file' part with the image")
+            data = await upload.read()
+            for key in fields:
+                value = form.get(key)
+                if isinstance(value, str):
+                    fields[key] = value
+        else:
+            data = body
+        if len(data) > limit:
+            raise Refused(413, f"image exceeds api.max_upload_bytes ({limit})")
+        status, answer = await run_in_threadpool(push, settings, intake, data, fields)
+        return JSONResponse(status_code=status, content=answer)
+    except Refused as exc:
+        if exc.status == 413:
+            rig = settings.capture.rig_id
+            counters.record(request.app.state.client, counters.counter(
+                "leukoscope_frames_rejected_total", {"rig": rig, "reason": "too_large"}))
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(status_code=exc.status, content=exc.body, headers=headers)

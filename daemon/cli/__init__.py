@@ -1,0 +1,1 @@
+"""The leukoscope command line: one module per command group (entry point: main.main)."""

@@ -1,0 +1,185 @@
+"""The ``leukoscope`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from daemon import __version__
+from daemon.domain.ids import valid_name
+from daemon.ops.logs import setup_logging
+from daemon.settings import ConfigError, Settings, load_settings
+
+
+def _settings(args: argparse.Namespace, role: str) -> Settings:
+    settings = load_settings(args.config)
+    setup_logging(settings.logging.level, settings.logging.format, role)
+    return settings
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.ops.supervisor import run_all
+
+    return run_all(_settings(args, "supervisor"), args.config)
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from capture.service import run_capture
+
+    return run_capture(_settings(args, "capture"))
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from daemon.worker.worker import default_worker_id, run_worker
+
+    settings = _settings(args, f"worker-{args.index}")
+    return run_worker(settings, args.id or default_worker_id(args.index))
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    from daemon.api.app import run_api
+
+    return run_api(_settings(args, "api"))
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from daemon.cli.classify import classify_files
+    from daemon.inference.analyzer import Analyzer
+
+    settings = _settings(args, "classify")
+    paths = [Path(p) for p in args.paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        print(f"leukoscope classify: no such file or folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    analyzer = Analyzer.from_settings(settings)
+    done, rejected = classify_files(analyzer, paths, batch=settings.workers.batch_frames,
+                                    um_per_pixel=settings.capture.um_per_pixel)
+    if done + rejected == 0:
+        print("leukoscope classify: no image files found", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from daemon.cli.bench import run_bench
+
+    return run_bench(
+        _settings(args, "bench"), args.config, args.frames, args.json, args.images, args.rounds
+    )
+
+
+def cmd_qc(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from capture.quality import assess
+    from daemon.cli.classify import image_files
+    from daemon.imaging.frames import FrameRejected, decode_rgb
+
+    settings = _settings(args, "qc")
+    measured: dict[str, list[float]] = {}
+    failed = 0
+    for path in image_files([Path(p) for p in args.paths]):
+        try:
+            quality = assess(decode_rgb(path.read_bytes()), settings.capture.qc)
+        except (OSError, FrameRejected) as exc:
+            print(json.dumps({"source": str(path), "ok": False, "error": str(exc)}))
+            failed += 1
+            continue
+        failed += not quality.ok
+        for name, value in quality.values.items():
+            measured.setdefault(name, []).append(value)
+        if not args.summary:
+            print(json.dumps({"source": str(path), "ok": quality.ok, "reason": quality.reason,
+                              "values": quality.values}))
+    if args.summary:
+        count = len(next(iter(measured.values()), []))
+        print(f"{count} frames measured, {failed} would be rejected with capture.qc as set")
+        print(f"{'measure':20s} {'min':>9s} {'p1':>9s} {'p50':>9s} {'p99':>9s} {'max':>9s}")
+        for name, values in measured.items():
+            q = np.percentile(values, [0, 1, 50, 99, 100])
+            print(f"{name:20s} " + " ".join(f"{v:9.4g}" for v in q))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.cli.status import print_status
+
+    return print_status(_settings(args, "status"), args.url)
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from daemon.api.auth import keygen
+
+    if not valid_name(args.name):
+        print("leukoscope keygen: NAME must be 1-64 of [A-Za-z0-9_.-]", file=sys.stderr)
+        return 2
+    key, line = keygen(args.name, args.role)
+    print(f"API key for {args.name} ({args.role}), shown once; give it to the client now:")
+    print(f"  {key}")
+    print("Add this line under auth.keys in the configuration (only the digest is stored):")
+    print(f"  {line}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leukoscope",
+        description="White-cell segmentation and ALL subtype classification beside a microscope."
+        " For research use only. Not for use in diagnostic procedures.",
+    )
+    parser.add_argument("--version", action="version", version=f"leukoscope {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=None, help="configuration file (YAML)")
+        p.set_defaults(func=func)
+        return p
+
+    command("run", cmd_run, "capture + workers + API as one supervised process tree")
+    command("capture", cmd_capture, "watch the inbox and queue frames")
+    worker = command("worker", cmd_worker, "analyse queued frames")
+    worker.add_argument("--index", type=int, default=0, help="worker number on this host")
+    worker.add_argument("--id", default=None, help="consumer name (default: <host>-w<index>)")
+    command("api", cmd_api, "serve status, results and metrics over HTTP")
+    classify = command(
+        "classify", cmd_classify, "classify image files in-process (no Redis); prints JSON Lines"
+    )
+    classify.add_argument("paths", nargs="+", help="image files or folders")
+    bench = command("bench", cmd_bench, "measure bare-model and through-daemon throughput")
+    bench.add_argument("--frames", type=int, default=200)
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--rounds", type=int, default=3, help="daemon runs, each between bare runs")
+    bench.add_argument(
+        "--images", default=None, help="folder of images to use (default: synthetic)"
+    )
+    keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
+    keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
+    keygen.add_argument("role", choices=["ingest", "read", "admin"])
+    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as capture would")
+    qc.add_argument("paths", nargs="+", help="image files or folders")
+    qc.add_argument("--summary", action="store_true", help="percentiles instead of one line a file")
+    status = command("status", cmd_status, "print the daemon's /status as a table")
+    status.add_argument("--url", default=None, help="API base URL (default: from config)")
+    try:
+        from daemon.training.cli import add_training_commands
+    except ImportError:  # training code not installed
+        pass
+    else:
+        add_training_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"leukoscope: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

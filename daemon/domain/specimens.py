@@ -1,0 +1,73 @@
+"""A specimen's report: the per-specimen aggregate of frame results, as the API serves it.
+
+Built from the specimen's Redis hash by ``daemon.store.specimens``; rendered for the LIS by
+``daemon.lis`` (FHIR DiagnosticReport, HL7 ORU^R01).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from daemon.domain.results import ModelRef
+
+
+class SpecimenModel(ModelRef):
+    kind: str
+
+
+class Specimen(BaseModel):
+    specimen_id: str
+    status: Literal["open", "complete"]
+    result_status: Literal["preliminary", "final"] = Field(
+        description="preliminary while open, and while any cell or frame needs review (no "
+                    "result is final before a person has verified it); final once complete "
+                    "with nothing to review"
+    )
+    needs_review: bool = Field(
+        default=False, description="some cell or frame of the specimen needs a person's review")
+    frames_needing_review: int = 0
+    cells_needing_review: int = 0
+    unidentified_cells: int = Field(
+        default=0, description="cells not placed in any of the four classes (not in the "
+                               "differential: cells, percent and blast share leave them out)")
+    opened_at: float
+    completed_at: float | None = None
+    completed_by: str | None = Field(default=None, description="api, marker or idle")
+    completion_requested_at: float | None = None
+    control_id: str | None = Field(default=None, description="HL7 message control id")
+    first_frame_at: float
+    last_frame_at: float
+    last_activity_at: float | None = None
+    frames_done: int = 0
+    frames_rejected: int = 0
+    frames_failed: int = 0
+    late_frames: int = Field(default=0, description="results stored after completion")
+    late_frame_ids: list[str] = []
+    cells_classified: int = Field(
+        default=0, description="cells in the differential (one of the four classes)")
+    cells: dict[str, int] = {}
+    percent: dict[str, float] = {}
+    blast_share_percent: float | None = Field(
+        default=None, description="early_pre_b + pre_b + pro_b over all classified cells, %"
+    )
+    mean_confidence: float | None = None
+    low_confidence_cells: int = 0
+    low_confidence_threshold: float | None = None
+    rejections: dict[str, int] = {}
+    models: list[SpecimenModel] = []
+    delivery: dict[str, str | int | float | None] | None = Field(
+        default=None, description="MLLP delivery state, when MLLP push is configured"
+    )
+    statement: str = ""
+
+
+class SpecimenEvent(BaseModel):
+    cursor: str
+    specimen: Specimen
+
+
+class SpecimenPage(BaseModel):
+    items: list[Specimen]
+    next: str = Field(description="cursor for the next call's `after`")

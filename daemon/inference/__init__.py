@@ -1,0 +1,1 @@
+"""Inference: ONNX Runtime sessions, the segmenter and classifier operators, the batch analyser."""

@@ -1,0 +1,209 @@
+"""The whole chain for a batch of decoded frames: segment -> find cells -> crop -> classify ->
+aggregate. Used by the workers, by ``leukoscope classify`` and by the benchmark alike."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from daemon.domain.classes import UNIDENTIFIED
+from daemon.domain.manifest import CellFilter, CropSpec, ReviewSpec
+from daemon.domain.results import (
+    ACQUISITION_OUT_OF_RANGE,
+    CUT_OFF,
+    LOW_CONFIDENCE,
+    SCALE_UNCERTAIN,
+    SCALE_UNKNOWN,
+    UNIDENTIFIED_CELL,
+    UNIDENTIFIED_CELLS,
+    AcquisitionInfo,
+    CellResult,
+    ModelRef,
+    ScaleInfo,
+)
+from daemon.imaging.acquisition import apply_gain, background_rgb, describe_background
+from daemon.imaging.pipeline import (
+    CellBox,
+    aggregate,
+    calibrate,
+    crop_cells,
+    find_cells,
+    touches_border,
+)
+from daemon.imaging.scale import Rescaler
+from daemon.inference.sessions import Classifier, Segmenter
+from daemon.settings import Settings
+
+
+@dataclass
+class FrameAnalysis:
+    """What the models found in one frame."""
+
+    cells: list[CellBox]
+    cell_probabilities: np.ndarray  # (N, C) calibrated
+    frame_probabilities: np.ndarray | None  # (4,) over the four classes; None: no known cell
+    size: tuple[int, int] = (0, 0)  # (H, W) of the image the models saw
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def cut_off(self) -> list[bool]:
+        """Per cell: its box touches the field's edge (part of the cell is not in view)."""
+        return [touches_border(box, self.size) for box in self.cells]
+
+
+class Analyzer:
+    def __init__(self, segmenter: Segmenter, classifier: Classifier, max_batch_cells: int = 64):
+        self.segmenter = segmenter
+        self.classifier = classifier
+        self.max_batch_cells = max_batch_cells
+        self.cell_filter = segmenter.manifest.cells or CellFilter()
+        self.crop_spec = classifier.manifest.crop or CropSpec()
+        self.aggregation = classifier.manifest.aggregation or "mean"
+        self.classes = classifier.classes
+        self.temperature = classifier.manifest.temperature or 1.0
+        self.review = classifier.manifest.review or ReviewSpec()
+        self.acquisition = segmenter.manifest.acquisition
+        # Outputs that are one of the four classes (a model without ``unidentified`` has 4).
+        self.known = [i for i, c in enumerate(self.classes) if c != UNIDENTIFIED]
+        self.rescaler = Rescaler(segmenter.manifest.scale or classifier.manifest.scale)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Analyzer:
+        w = settings.workers
+        return cls(
+            Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16),
+            Classifier(settings.models.classifier, w.device, w.threads, w.fp16),
+            w.max_batch_cells,
+        )
+
+    @property
+    def provider(self) -> str:
+        return self.segmenter.provider
+
+    def model_refs(self) -> dict[str, ModelRef]:
+        return {
+            kind: ModelRef(
+                name=m.manifest.name, version=m.manifest.version, sha256=m.manifest.sha256
+            )
+            for kind, m in (("segmenter", self.segmenter), ("classifier", self.classifier))
+        }
+
+    def warm_up(self) -> None:
+        """One pass on a blank frame so the first real frame does not pay for allocation."""
+        height, width = self.segmenter.manifest.input.size
+        self.analyze([np.full((height, width, 3), 230, dtype=np.uint8)])
+        size = self.classifier.crop_size
+        self.classifier.compute(np.zeros((1, size, size, 3), dtype=np.uint8))
+
+    def prepare(self, image: np.ndarray, scale: ScaleInfo
+                ) -> tuple[np.ndarray, AcquisitionInfo | None]:
+        """A frame as captured -> the frame at the models' scale and background.
+
+        image: (H, W, 3) uint8 RGB. The background is measured after rescaling (fewer pixels
+        when shrinking) and brought to the models' reference by a per-channel gain.
+        """
+        image = self.rescaler.apply(image, scale.factor)
+        if self.acquisition is None:
+            return image, None
+        background = background_rgb(image)
+        reference = np.asarray(self.acquisition.background_rgb, np.float32)
+        gain = np.clip(reference / np.maximum(background, 1.0), 0.6, 3.0)
+        brightness, hue, chroma = describe_background(background)
+        info = AcquisitionInfo(
+            background_rgb=[round(float(v), 1) for v in background], brightness=brightness,
+            hue_deg=hue, chroma=chroma, gain=[round(float(g), 4) for g in gain])
+        return apply_gain(image, gain), info
+
+    def analyze(self, images: list[np.ndarray]) -> list[FrameAnalysis]:
+        """images: (H, W, 3) uint8 RGB frames at the models' scale (``prepare``). Crops of all
+        frames share batches."""
+        started = time.perf_counter()
+        masks = self.segmenter.compute(images)
+        segmented = time.perf_counter()
+        boxes = [find_cells(mask, self.cell_filter) for mask in masks]
+        crops = [
+            crop_cells(image, frame_boxes, self.crop_spec, self.classifier.crop_size)
+            for image, frame_boxes in zip(images, boxes, strict=True)
+        ]
+        cropped = time.perf_counter()
+        all_probs = calibrate(
+            self.classifier.compute(np.concatenate(crops), self.max_batch_cells),
+            self.temperature)
+        classified = time.perf_counter()
+        per_frame_ms = {
+            "segment": (segmented - started) * 1000 / len(images),
+            "crop": (cropped - segmented) * 1000 / len(images),
+            "classify": (classified - cropped) * 1000 / len(images),
+        }
+        analyses = []
+        offset = 0
+        for image, frame_boxes in zip(images, boxes, strict=True):
+            probs = all_probs[offset : offset + len(frame_boxes)]
+            offset += len(frame_boxes)
+            size = image.shape[:2]
+            counted = self._counted(frame_boxes, probs, size)
+            frame_probs = (aggregate(probs[counted][:, self.known], self.aggregation)
+                           if counted.any() else None)
+            analyses.append(FrameAnalysis(frame_boxes, probs, frame_probs, size,
+                                          dict(per_frame_ms)))
+        return analyses
+
+    def _counted(self, boxes: list[CellBox], probs: np.ndarray, size: tuple[int, int]
+                 ) -> np.ndarray:
+        """(N,) bool: cells that vote for the frame's class: identified and not cut off."""
+        identified = np.isin(probs.argmax(axis=1), self.known) if len(probs) else np.zeros(0, bool)
+        whole = np.asarray([not touches_border(b, size) for b in boxes], bool)
+        # A field whose every known cell touches the edge still has a class: use them.
+        return identified & whole if (identified & whole).any() else identified
+
+    def describe(self, analysis: FrameAnalysis, scale: ScaleInfo | None = None,
+                 acquisition: AcquisitionInfo | None = None) -> dict:
+        """FrameResult fields for one analysis: frame_class, frame_probabilities, cells and the
+        review flags (cells' and the frame's, with the scale's and acquisition's reasons)."""
+        review = self.review
+        cut_off = analysis.cut_off()
+        cells = []
+        for box, p, cut in zip(analysis.cells, analysis.cell_probabilities, cut_off, strict=True):
+            best = int(np.argmax(p))
+            called, confidence = self.classes[best], round(float(p[best]), 6)
+            if cut:  # part of the cell is outside the field: not one of the four, by rule
+                called, confidence, reasons = UNIDENTIFIED, None, [CUT_OFF]
+            elif called == UNIDENTIFIED:
+                reasons = [UNIDENTIFIED_CELL]
+            elif p[best] < review.cell_confidence:
+                reasons = [LOW_CONFIDENCE]
+            else:
+                reasons = []
+            cells.append(CellResult(
+                bbox=box.bbox, area_px=box.area_px, class_=called,
+                probabilities={c: round(float(v), 6) for c, v in zip(self.classes, p, strict=True)},
+                confidence=confidence, needs_review=bool(reasons), review_reasons=reasons))
+        frame_reasons = []
+        if scale is not None and scale.source == "assumed":
+            frame_reasons.append(SCALE_UNKNOWN)
+        elif scale is not None and not scale.reliable:
+            frame_reasons.append(SCALE_UNCERTAIN)
+        if acquisition is not None and self.acquisition is not None and (
+                acquisition.brightness < self.acquisition.min_brightness
+                or acquisition.chroma > self.acquisition.max_chroma):
+            frame_reasons.append(ACQUISITION_OUT_OF_RANGE)
+        unidentified = sum(c.class_ == UNIDENTIFIED for c in cells)
+        if cells and unidentified / len(cells) > review.max_unidentified_share:
+            frame_reasons.append(UNIDENTIFIED_CELLS)
+        fields: dict = {"cells": cells}
+        fp = analysis.frame_probabilities
+        if fp is None:
+            fields.update(frame_class=UNIDENTIFIED if cells else None, frame_probabilities={})
+        else:
+            known = [self.classes[i] for i in self.known]
+            fields.update(
+                frame_class=known[int(np.argmax(fp))],
+                frame_probabilities={c: round(float(v), 6) for c, v in zip(known, fp, strict=True)})
+            if float(fp.max()) < review.frame_confidence:
+                frame_reasons.append(LOW_CONFIDENCE)
+        if fields["frame_class"] == UNIDENTIFIED and UNIDENTIFIED_CELLS not in frame_reasons:
+            frame_reasons.append(UNIDENTIFIED_CELLS)
+        fields.update(needs_review=bool(frame_reasons), review_reasons=frame_reasons,
+                      scale=scale, acquisition=acquisition)
+        return fields

@@ -1,0 +1,197 @@
+"""MLLP push of completed specimens' ORU^R01 to the LIS, from an outbox kept in Redis.
+
+Completing a specimen puts it in the outbox (``lks:outbox``, a sorted set scored by the next
+attempt time) in the same script that completes it, so nothing is lost across restarts of the
+daemon or of Redis. The sender opens a connection per message, writes the MLLP frame
+(``0x0B message 0x1C 0x0D``) and reads one ACK: ``AA`` whose MSA-2 is the message's control
+id means delivered; ``AE``/``AR``, an ACK for another message, no ACK within
+``ack_timeout_seconds``, or a connection closed or refused, mean retry with exponential
+backoff (``retry_initial_seconds`` doubling up to ``retry_max_seconds``). The control id
+(MSH-10) is unique per specimen message and kept across retries, so the LIS can drop a
+duplicate; an ACK arriving for a message already delivered changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+
+import redis
+
+from daemon.lis.hl7 import oru_r01, read_ack, to_er7
+from daemon.settings import Settings
+from daemon.store import counters
+from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
+from daemon.store.specimens import SpecimenStore
+
+log = logging.getLogger(__name__)
+
+START_BLOCK = b"\x0b"
+END_BLOCK = b"\x1c\x0d"
+
+
+class MllpError(Exception):
+    def __init__(self, outcome: str, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome  # timeout | error | rejected
+
+
+def frame(message: str) -> bytes:
+    return START_BLOCK + message.encode("utf-8") + END_BLOCK
+
+
+def read_frame(sock: socket.socket, deadline: float) -> str:
+    """Read one MLLP frame; raises MllpError on timeout or a closed connection."""
+    buffer = b""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise MllpError("timeout", "no ACK before the timeout")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError as exc:
+            raise MllpError("timeout", "no ACK before the timeout") from exc
+        if not chunk:
+            raise MllpError("error", "connection closed before a complete ACK")
+        buffer += chunk
+        start = buffer.find(START_BLOCK)
+        end = buffer.find(END_BLOCK, start + 1)
+        if start != -1 and end != -1:
+            return buffer[start + 1 : end].decode("utf-8", "replace")
+
+
+def exchange(host: str, port: int, message: str, connect_timeout: float, ack_timeout: float) -> str:
+    """Send one message and return the ACK's ER7."""
+    try:
+        sock = socket.create_connection((host, port), timeout=connect_timeout)
+    except OSError as exc:
+        raise MllpError("error", f"cannot connect to {host}:{port}: {exc}") from exc
+    with sock:
+        try:
+            sock.sendall(frame(message))
+        except OSError as exc:
+            raise MllpError("error", f"send failed: {exc}") from exc
+        return read_frame(sock, time.monotonic() + ack_timeout)
+
+
+@dataclass
+class Attempt:
+    specimen_id: str
+    outcome: str  # delivered | rejected | timeout | error
+    detail: str = ""
+
+
+class Outbox:
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.specimens = SpecimenStore(client, settings.lis.statement, mllp_enabled=True)
+
+    def pending(self) -> int:
+        return int(self.client.zcard(OUTBOX_KEY))
+
+    def deliver_due(self, now: float | None = None, limit: int = 20) -> list[Attempt]:
+        mllp = self.settings.lis.mllp
+        if mllp is None:
+            return []
+        now = time.time() if now is None else now
+        due = self.client.zrangebyscore(OUTBOX_KEY, "-inf", now, 0, limit)
+        return [self.attempt(member.decode()) for member in due]
+
+    def attempt(self, specimen_id: str) -> Attempt:
+        mllp = self.settings.lis.mllp
+        assert mllp is not None
+        key = SPECIMEN_KEY.format(specimen_id)
+        specimen = self.specimens.get(specimen_id)
+        if specimen is None or specimen.control_id is None:
+            self.client.zrem(OUTBOX_KEY, specimen_id)
+            return Attempt(specimen_id, "error", "specimen gone")
+        control_id = specimen.control_id
+        try:
+            er7 = to_er7(oru_r01(specimen, self.settings.lis, control_id))
+            reply = exchange(
+                mllp.host, mllp.port, er7, mllp.connect_timeout_seconds, mllp.ack_timeout_seconds
+            )
+            try:
+                code, acked_id, text = read_ack(reply)
+            except ValueError as exc:
+                raise MllpError("error", f"unreadable ACK: {exc}") from exc
+            if acked_id != control_id:
+                raise MllpError("error", f"ACK for message {acked_id!r}, not {control_id!r}")
+            if code not in ("AA", "CA"):
+                raise MllpError("rejected", f"{code}: {text}".rstrip(": "))
+        except MllpError as exc:
+            attempts = int(self.client.hincrby(key, "outbox_attempts", 1))
+            delay = min(mllp.retry_max_seconds, mllp.retry_initial_seconds * 2 ** (attempts - 1))
+            next_at = time.time() + delay
+            pipe = self.client.pipeline()
+            pipe.hset(
+                key,
+                mapping={
+                    "outbox_state": "retrying",
+                    "outbox_last_error": f"{exc.outcome}: {exc}"[:500],
+                    "outbox_next_at": repr(next_at),
+                },
+            )
+            pipe.zadd(OUTBOX_KEY, {specimen_id: next_at}, xx=True)
+            pipe.execute()
+            self._count(exc.outcome)
+            log.warning(
+                "LIS delivery failed; will retry",
+                extra={
+                    "specimen_id": specimen_id,
+                    "control_id": control_id,
+                    "outcome": exc.outcome,
+                    "error": str(exc),
+                    "attempts": attempts,
+                    "retry_in_seconds": round(delay, 3),
+                },
+            )
+            return Attempt(specimen_id, exc.outcome, str(exc))
+        pipe = self.client.pipeline()
+        pipe.zrem(OUTBOX_KEY, specimen_id)
+        pipe.hincrby(key, "outbox_attempts", 1)
+        pipe.hset(
+            key,
+            mapping={"outbox_state": "delivered", "delivered_at": repr(time.time())},
+        )
+        pipe.hdel(key, "outbox_next_at")
+        pipe.execute()
+        self._count("delivered")
+        log.info(
+            "specimen delivered to the LIS",
+            extra={"specimen_id": specimen_id, "control_id": control_id},
+        )
+        return Attempt(specimen_id, "delivered")
+
+    def _count(self, outcome: str) -> None:
+        try:
+            counters.record(
+                self.client, counters.counter("leukoscope_lis_messages_total", {"outcome": outcome})
+            )
+        except (redis.RedisError, KeyError, AssertionError):
+            log.warning("could not count an LIS delivery outcome")
+
+
+def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
+    """For /status and metrics: the MLLP target and what waits in the outbox."""
+    mllp = settings.lis.mllp
+    if mllp is None:
+        return None
+    members = client.zrange(OUTBOX_KEY, 0, -1, withscores=True)
+    retrying = []
+    for member, _score in members:
+        raw = client.hmget(
+            SPECIMEN_KEY.format(member.decode()), "outbox_attempts", "outbox_last_error"
+        )
+        if raw[0] and int(float(raw[0])) > 0:
+            retrying.append((member.decode(), raw[1].decode() if raw[1] else None))
+    return {
+        "target": f"{mllp.host}:{mllp.port}",
+        "outbox_pending": len(members),
+        "outbox_retrying": len(retrying),
+        "retrying": [{"specimen_id": s, "last_error": e} for s, e in retrying[:20]],
+    }

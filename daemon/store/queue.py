@@ -1,0 +1,179 @@
+"""The frame queue: a Redis stream with one consumer group shared by all workers.
+
+Capture adds a frame's original encoded bytes with its metadata; a worker reads entries with
+XREADGROUP, and the entry stays pending until the worker's result store acknowledges and
+deletes it, so the stream's length is the backlog. Entries left pending by a dead worker are
+taken over with XAUTOCLAIM. ``lks:inflight`` maps each queued frame to its source, which
+dedupes re-queueing after a restart and tells capture which file to archive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from daemon.store import counters, scripts
+from daemon.store.keys import GROUP, INFLIGHT_KEY, METRICS_KEY, RESULT_KEY, STREAM_KEY
+
+
+@dataclass
+class Delivery:
+    """One queue entry as a worker receives it."""
+
+    entry_id: str
+    frame_id: str
+    specimen_id: str
+    source: str
+    rig_id: str
+    captured_at: float
+    data: bytes
+    deliveries: int = 1
+    um_per_pixel: float | None = None  # pixel size of the frame as captured, when known
+    metadata: dict[str, str] | None = None  # field metadata (HTTP push, CZI scene/tile)
+
+
+@dataclass(frozen=True)
+class Inflight:
+    frame_id: str
+    path: str
+    rig_id: str
+    specimen_id: str
+
+
+class FrameQueue:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._enqueue = client.register_script(scripts.ENQUEUE)
+        self.ensure_group()
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(STREAM_KEY, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # --- capture side -------------------------------------------------------------------
+    def enqueue(
+        self,
+        frame_id: str,
+        specimen_id: str,
+        source: str,
+        rig_id: str,
+        data: bytes,
+        captured_at: float | None = None,
+        um_per_pixel: float | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> str:
+        """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'."""
+        captured = time.time() if captured_at is None else captured_at
+        inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
+        ((field_name, _),) = counters.counter("leukoscope_frames_captured_total", {"rig": rig_id})
+        fields = {
+            "frame_id": frame_id,
+            "specimen_id": specimen_id,
+            "source": source,
+            "rig_id": rig_id,
+            "captured_at": repr(captured),
+            "data": data,
+        }
+        if um_per_pixel is not None:
+            fields["um_per_pixel"] = repr(float(um_per_pixel))
+        if metadata:
+            fields["metadata"] = json.dumps(metadata, sort_keys=True)
+        args: list = [frame_id, inflight, field_name]
+        for key, value in fields.items():
+            args.extend((key, value))
+        keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
+        return self._enqueue(keys=keys, args=args).decode()
+
+    def inflight(self, rig_id: str | None = None) -> list[Inflight]:
+        out = []
+        for frame_id, raw in self.client.hgetall(INFLIGHT_KEY).items():
+            info = json.loads(raw)
+            if rig_id is None or info["rig"] == rig_id:
+                out.append(Inflight(frame_id.decode(), info["path"], info["rig"], info["specimen"]))
+        return out
+
+    def inflight_of(self, frame_id: str) -> Inflight | None:
+        raw = self.client.hget(INFLIGHT_KEY, frame_id)
+        if raw is None:
+            return None
+        info = json.loads(raw)
+        return Inflight(frame_id, info["path"], info["rig"], info["specimen"])
+
+    def forget(self, frame_id: str) -> None:
+        """Drop the in-flight record once the original file is archived or quarantined."""
+        self.client.hdel(INFLIGHT_KEY, frame_id)
+
+    def backlog(self) -> int:
+        """Frames queued and not yet stored (waiting + being processed)."""
+        return int(self.client.xlen(STREAM_KEY))
+
+    def pending(self) -> int:
+        """Frames delivered to a worker and not yet acknowledged."""
+        try:
+            return int(self.client.xpending(STREAM_KEY, GROUP)["pending"])
+        except redis.ResponseError:
+            return 0
+
+    # --- worker side --------------------------------------------------------------------
+    @staticmethod
+    def _parse(entry_id: bytes, fields: dict[bytes, bytes]) -> Delivery:
+        return Delivery(
+            entry_id=entry_id.decode(),
+            frame_id=fields[b"frame_id"].decode(),
+            specimen_id=fields[b"specimen_id"].decode(),
+            source=fields[b"source"].decode(),
+            rig_id=fields[b"rig_id"].decode(),
+            captured_at=float(fields[b"captured_at"]),
+            data=fields[b"data"],
+            um_per_pixel=float(fields[b"um_per_pixel"]) if b"um_per_pixel" in fields else None,
+            metadata=json.loads(fields[b"metadata"]) if b"metadata" in fields else None,
+        )
+
+    def read(
+        self, consumer: str, count: int, block_ms: int, own_pending: bool = False
+    ) -> list[Delivery]:
+        """New entries for ``consumer`` (or, with own_pending, the ones it already holds)."""
+        reply = self.client.xreadgroup(
+            GROUP,
+            consumer,
+            {STREAM_KEY: "0" if own_pending else ">"},
+            count=count,
+            block=None if own_pending else block_ms,
+        )
+        if not reply:
+            return []
+        entries = [(eid, fields) for eid, fields in reply[0][1] if fields]
+        deliveries = [self._parse(eid, fields) for eid, fields in entries]
+        if own_pending:
+            self._count_deliveries(deliveries)
+        return deliveries
+
+    def reclaim(self, consumer: str, min_idle_ms: int, count: int) -> list[Delivery]:
+        """Take over entries idle for ``min_idle_ms`` on other (dead) consumers."""
+        reply = self.client.xautoclaim(
+            STREAM_KEY, GROUP, consumer, min_idle_time=min_idle_ms, start_id="0-0", count=count
+        )
+        entries = reply[1] if reply else []
+        deliveries = [self._parse(eid, fields) for eid, fields in entries if fields]
+        self._count_deliveries(deliveries)
+        return deliveries
+
+    def _count_deliveries(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            info = self.client.xpending_range(
+                STREAM_KEY, GROUP, min=delivery.entry_id, max=delivery.entry_id, count=1
+            )
+            if info:
+                delivery.deliveries = int(info[0]["times_delivered"])
+
+    def consumers(self) -> list[dict]:
+        try:
+            return self.client.xinfo_consumers(STREAM_KEY, GROUP)
+        except redis.ResponseError:
+            return []

@@ -1,0 +1,203 @@
+"""Stored results: one JSON value per frame_id, plus an append-only log for cursor polling.
+
+A result is written once (SET NX): a frame processed twice, after a worker died between
+storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
+queue entry happen in one Redis script, so the three can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import redis
+
+from daemon.domain.results import FRAME_REVIEW_REASONS, FrameResult
+from daemon.store import counters, paging, scripts, specimens
+from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    cursor: str
+    frame_id: str
+    status: str
+    rig: str
+
+
+def outcome_increments(result: FrameResult) -> list[counters.Increment]:
+    """The counters and histograms a newly stored result adds.
+
+    Besides outcomes and latency, the drift measures of an analysed frame, per rig: its scale
+    and scale source, its background (brightness, hue, a*/b*), its cells' classes and
+    confidences, and whether and why it needs review. Rig ids are capped at scrape time
+    (``counters.RigLabels``).
+    """
+    rig = result.rig_id or ""
+    by_rig = {"rig": rig}
+    inc = counters.counter(
+        "leukoscope_frames_processed_total", {"rig": rig, "outcome": result.status}
+    )
+    if result.status == "rejected":
+        inc += counters.counter(
+            "leukoscope_frames_rejected_total", {"rig": rig, "reason": result.reason or "other"}
+        )
+    for cell in result.cells:
+        inc += counters.counter(
+            "leukoscope_cells_classified_total", {"rig": rig, "class": cell.class_}
+        )
+        if cell.confidence is not None:
+            inc += counters.histogram("leukoscope_cell_confidence", cell.confidence, by_rig)
+    latency = max(0.0, result.completed_at - result.captured_at)
+    inc += counters.histogram("leukoscope_frame_latency_seconds", latency, by_rig)
+    if result.needs_review:
+        inc += counters.counter("leukoscope_frames_review_total", by_rig)
+        for reason in dict.fromkeys(result.review_reasons):  # each reason once, bounded
+            known = reason if reason in FRAME_REVIEW_REASONS else counters.OTHER
+            inc += counters.counter(
+                "leukoscope_frame_review_reasons_total", {"rig": rig, "reason": known}
+            )
+    if result.status != "done":
+        return inc
+    scale = result.scale
+    if scale is not None:
+        source = {"rig": rig, "source": scale.source}
+        inc += counters.counter("leukoscope_frames_scale_source_total", source)
+        if scale.um_per_pixel is not None:
+            inc += counters.histogram("leukoscope_frame_scale_um_per_pixel", scale.um_per_pixel,
+                                      source)
+        if scale.source != "assumed":
+            inc += counters.histogram("leukoscope_frame_scale_factor", scale.factor, by_rig)
+    background = result.acquisition
+    if background is not None:
+        inc += counters.histogram("leukoscope_frame_background_brightness",
+                                  background.brightness, by_rig)
+        inc += counters.histogram("leukoscope_frame_background_hue_degrees",
+                                  background.hue_deg, by_rig)
+        a, b = counters.chromaticity(background.hue_deg, background.chroma)
+        for axis, value in (("a", a), ("b", b)):
+            inc += counters.histogram("leukoscope_frame_background_chromaticity", value,
+                                      {"rig": rig, "axis": axis})
+    return inc
+
+
+class ResultStore:
+    def __init__(
+        self,
+        client: redis.Redis,
+        frames_stream: str = "",
+        group: str = "",
+        low_confidence: float = 0.6,
+    ) -> None:
+        self.client = client
+        self.frames_stream = frames_stream
+        self.group = group
+        self.low_confidence = low_confidence  # specimens count cells below this confidence
+        self._store = client.register_script(scripts.STORE_RESULT)
+
+    def store(
+        self,
+        result: FrameResult,
+        ack_entry: str | None = None,
+        extra: Iterable[counters.Increment] = (),
+    ) -> bool:
+        """Store ``result`` unless one exists; ack ``ack_entry`` either way. True if new."""
+        keys, args = self._script_call(result, ack_entry, extra)
+        return bool(self._store(keys=keys, args=args))
+
+    def store_many(
+        self, items: list[tuple[FrameResult, str | None, list[counters.Increment]]]
+    ) -> list[bool]:
+        """``store`` for a worker's batch in one round trip: [(result, ack_entry, extra)]."""
+        pipe = self.client.pipeline(transaction=False)
+        for result, ack_entry, extra in items:
+            keys, args = self._script_call(result, ack_entry, extra)
+            self._store(keys=keys, args=args, client=pipe)
+        return [bool(stored) for stored in pipe.execute()]
+
+    def ack(self, entry_id: str) -> None:
+        """Acknowledge and drop a queue entry whose frame already has a result."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(self.frames_stream, self.group, entry_id)
+        pipe.xdel(self.frames_stream, entry_id)
+        pipe.execute()
+
+    def existing(self, frame_ids: list[str]) -> set[str]:
+        """Which of ``frame_ids`` already have a result (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for frame_id in frame_ids:
+            pipe.exists(RESULT_KEY.format(frame_id))
+        return {f for f, hit in zip(frame_ids, pipe.execute(), strict=True) if hit}
+
+    def _script_call(
+        self, result: FrameResult, ack_entry: str | None, extra: Iterable[counters.Increment]
+    ) -> tuple[list, list]:
+        increments = outcome_increments(result) + list(extra)
+        args = [
+            result.to_json(),
+            result.frame_id,
+            result.status,
+            result.rig_id or "",
+            self.group,
+            ack_entry or "",
+            specimens.store_payload(result, self.low_confidence),
+            *counters.flatten(increments),
+        ]
+        keys = [
+            RESULT_KEY.format(result.frame_id),
+            LOG_KEY,
+            METRICS_KEY,
+            self.frames_stream or NO_STREAM_KEY,
+            *specimens.store_keys(result.specimen_id),
+        ]
+        return keys, args
+
+    def exists(self, frame_id: str) -> bool:
+        return bool(self.client.exists(RESULT_KEY.format(frame_id)))
+
+    def get(self, frame_id: str) -> FrameResult | None:
+        raw = self.client.get(RESULT_KEY.format(frame_id))
+        return FrameResult.model_validate_json(raw) if raw else None
+
+    def count(self) -> int:
+        return int(self.client.xlen(LOG_KEY))
+
+    def log_after(self, after: str | None, limit: int) -> list[LogEntry]:
+        """Log entries strictly after cursor ``after`` (None: from the oldest), oldest first."""
+        entries = paging.entries_after(self.client, LOG_KEY, after, limit)
+        return [
+            LogEntry(
+                cursor=entry_id.decode(),
+                frame_id=fields[b"frame_id"].decode(),
+                status=fields[b"status"].decode(),
+                rig=fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in entries
+        ]
+
+    def page(self, after: str | None, limit: int) -> tuple[list[FrameResult], str]:
+        """Results after ``after`` in storage order and the cursor to continue from."""
+        entries = self.log_after(after, limit)
+        if not entries:
+            return [], paging.next_cursor([], after)
+        raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
+        items = [FrameResult.model_validate_json(raw) for raw in raws if raw]
+        return items, entries[-1].cursor
+
+    def last_cursor(self) -> str:
+        return paging.last_cursor(self.client, LOG_KEY)
+
+    def wait_after(self, cursor: str, block_ms: int, count: int = 100) -> list[LogEntry]:
+        """Block up to ``block_ms`` for log entries after ``cursor`` (capture's archiver)."""
+        reply = self.client.xread({LOG_KEY: cursor}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [
+            LogEntry(
+                entry_id.decode(),
+                fields[b"frame_id"].decode(),
+                fields[b"status"].decode(),
+                fields.get(b"rig", b"").decode(),
+            )
+            for entry_id, fields in reply[0][1]
+        ]

@@ -1,0 +1,1 @@
+"""Worker: read frames from the queue, analyse them, store the results, acknowledge."""

@@ -1,0 +1,285 @@
+"""A worker process: read frames from the queue, analyse them in batches, store results.
+
+A frame is acknowledged only by the script that stores its result. On start a worker first
+re-reads the entries it still holds from a previous life (same consumer name), then takes
+new ones; every ``claim_idle_seconds`` it also takes over entries of silent consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import redis
+
+from daemon import __version__
+from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
+from daemon.imaging.frames import FrameRejected, decode_rgb
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.gpu import gpu_stats
+from daemon.settings import Settings
+from daemon.shutdown import on_stop_signals
+from daemon.store import counters, heartbeats, keys
+from daemon.store.connection import Outage, connect
+from daemon.store.queue import Delivery, FrameQueue
+from daemon.store.results import ResultStore
+
+log = logging.getLogger(__name__)
+
+def default_worker_id(index: int = 0) -> str:
+    return f"{heartbeats.host_name()}-w{index}"
+
+
+class Worker:
+    def __init__(self, settings: Settings, worker_id: str, analyzer: Analyzer | None = None):
+        self.settings = settings
+        self.id = worker_id
+        self.client = connect(settings)
+        self.queue = FrameQueue(self.client)
+        self.store = ResultStore(
+            self.client, keys.STREAM_KEY, keys.GROUP, settings.specimens.low_confidence
+        )
+        self.analyzer = analyzer or Analyzer.from_settings(settings)
+        self.stopping = threading.Event()
+        self.frames_done = 0
+        self.started_at = time.time()
+        self.heart = heartbeats.Heartbeat(
+            self.client, keys.WORKERS_KEY, worker_id, settings.workers.heartbeat_seconds
+        )
+        self._storer: ThreadPoolExecutor | None = None
+        self._storing: Future | None = None
+        self._last_claim = 0.0
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        on_stop_signals(self.stopping.set, "worker")
+
+    def heartbeat(self, force: bool = False) -> None:
+        self.heart.beat(
+            lambda: {
+                "provider": self.analyzer.provider,
+                "started_at": self.started_at,
+                "frames_done": self.frames_done,
+                "version": __version__,
+                "models": {k: v.model_dump() for k, v in self.analyzer.model_refs().items()},
+                "gpus": gpu_stats() if self.analyzer.provider.startswith("CUDA") else [],
+            },
+            force,
+        )
+
+    def run(self) -> None:
+        self.analyzer.warm_up()
+        log.info("worker ready", extra={"worker": self.id, "provider": self.analyzer.provider})
+        self.heartbeat(force=True)
+        # Entries this consumer held when it last died come first.
+        self.drain_own()
+        # From here on a batch's results are stored while the next batch is analysed.
+        self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        outage = Outage("worker", worker=self.id)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    if outage.failures:
+                        # Results of a batch whose store failed were never acknowledged:
+                        # they are still this consumer's pending entries; take them again.
+                        self.heartbeat(force=True)
+                        self.drain_own()
+                        outage.ok()
+                    self.step()
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    try:
+                        self.flush()  # a store in flight: let it finish or fail first
+                    except Exception:  # noqa: BLE001 - its entries stay pending, re-read
+                        pass
+                    self.stopping.wait(outage.failed(exc))
+        finally:
+            try:
+                self.flush()
+            finally:
+                self._storer.shutdown(wait=True)
+                self._storer = None
+        try:
+            self.heart.leave()
+        except redis.RedisError as exc:
+            log.warning("worker could not leave the registry", extra={"error": str(exc)})
+        log.info("worker stopped", extra={"worker": self.id, "frames_done": self.frames_done})
+
+    def drain_own(self) -> None:
+        """Process the entries this consumer already holds (delivered, never acknowledged)."""
+        while not self.stopping.is_set():
+            own = self.queue.read(self.id, self.settings.workers.batch_frames, 0, own_pending=True)
+            if not own:
+                return
+            self.process(own)
+            self.flush()
+
+    def step(self, block_ms: int = 500) -> int:
+        """One read-process cycle; returns how many frames it handled."""
+        self.heartbeat()
+        batch: list[Delivery] = []
+        claim_every = self.settings.queue.claim_idle_seconds / 2
+        if time.monotonic() - self._last_claim > claim_every:
+            self._last_claim = time.monotonic()
+            batch = self.queue.reclaim(
+                self.id,
+                int(self.settings.queue.claim_idle_seconds * 1000),
+                self.settings.workers.batch_frames,
+            )
+            if batch:
+                log.warning(
+                    "reclaimed frames of a silent worker",
+                    extra={"worker": self.id, "count": len(batch)},
+                )
+        if not batch:
+            batch = self.queue.read(self.id, self.settings.workers.batch_frames, block_ms)
+        if batch:
+            self.process(batch)
+        return len(batch)
+
+    # --- the work -----------------------------------------------------------------------
+    def _result(self, d: Delivery, status: str, **fields: object) -> FrameResult:
+        return FrameResult(
+            frame_id=d.frame_id,
+            specimen_id=d.specimen_id,
+            source=d.source,
+            rig_id=d.rig_id,
+            status=status,
+            captured_at=d.captured_at,
+            completed_at=time.time(),
+            models=self.analyzer.model_refs(),
+            worker=self.id,
+            um_per_pixel=d.um_per_pixel,
+            metadata=d.metadata,
+            **fields,
+        )
+
+    def process(self, batch: list[Delivery]) -> None:
+        """Analyse a batch and store one result per frame (duplicates are acked only).
+
+        All of a batch's results are stored in one Redis round trip.
+        """
+        started = time.time()
+        done_already = self.store.existing([d.frame_id for d in batch])
+        images: list[np.ndarray] = []
+        ready: list[Delivery] = []
+        decode_ms: list[float] = []
+        scales: list[ScaleInfo] = []  # how each frame was brought to the models' scale
+        acquisitions: list[AcquisitionInfo | None] = []
+        outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
+        for d in batch:
+            if d.frame_id in done_already:
+                # Stored by a worker that died before acknowledging: just ack.
+                self.store.ack(d.entry_id)
+                log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
+                continue
+            if d.deliveries > self.settings.queue.max_deliveries:
+                error = f"frame crashed or stalled {d.deliveries - 1} workers"
+                outcomes.append((d, self._result(d, "failed", error=error), []))
+                continue
+            decode_start = time.perf_counter()
+            try:
+                image = decode_rgb(d.data, self.settings.capture.max_frame_bytes)
+                source = (d.metadata or {}).get("um_per_pixel_source", "configured")
+                scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
+                prepared, acquisition = self.analyzer.prepare(image, scale)
+                images.append(prepared)
+            except FrameRejected as exc:
+                result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
+                outcomes.append((d, result, []))
+                continue
+            decode_ms.append((time.perf_counter() - decode_start) * 1000)
+            scales.append(scale)
+            acquisitions.append(acquisition)
+            ready.append(d)
+        if ready:
+            outcomes += self._analyse(ready, images, decode_ms, scales, acquisitions, started)
+        if outcomes:
+            self.flush()  # one batch in flight at most: results are stored in order
+            if self._storer is None:
+                self._store_all(outcomes)
+            else:
+                self._storing = self._storer.submit(self._store_all, outcomes)
+
+    def flush(self) -> None:
+        """Wait until the previous batch's results are stored (errors surface here)."""
+        if self._storing is not None:
+            storing, self._storing = self._storing, None
+            storing.result()
+
+    def _analyse(
+        self,
+        ready: list[Delivery],
+        images: list[np.ndarray],
+        decode_ms: list[float],
+        scales: list[ScaleInfo],
+        acquisitions: list[AcquisitionInfo | None],
+        started: float,
+    ) -> list[tuple[Delivery, FrameResult, list[counters.Increment]]]:
+        try:
+            analyses = self.analyzer.analyze(images)
+        except Exception as exc:  # a model failure must not lose the frames
+            log.exception("analysis failed", extra={"worker": self.id})
+            error = f"analysis failed: {exc}"
+            return [(d, self._result(d, "failed", error=error), []) for d in ready]
+        cells = sum(len(a.cells) for a in analyses)
+        batch_metrics = counters.histogram("leukoscope_batch_frames", len(ready))
+        batch_metrics += counters.histogram("leukoscope_batch_cells", cells)
+        outcomes = []
+        # Timings are summed over the batch and sent once with the first result (they need
+        # no exactly-once guarantee); outcome counters travel with each result's own store.
+        for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
+            timings = {
+                "queue_wait": max(0.0, (started - d.captured_at) * 1000),
+                "decode": decode_ms[i],
+                **analysis.timings_ms,
+            }
+            described = self.analyzer.describe(analysis, scales[i], acquisitions[i])
+            # Cells were found at the models' scale; report them in the frame's own pixels.
+            described["cells"] = self.analyzer.rescaler.to_frame(
+                described["cells"], scales[i].factor)
+            result = self._result(
+                d,
+                "done",
+                timings_ms={k: round(v, 3) for k, v in timings.items()},
+                **described,
+            )
+            for name, ms in timings.items():
+                batch_metrics += counters.histogram(
+                    "leukoscope_stage_seconds", ms / 1000, {"stage": name}
+                )
+            outcomes.append((d, result, []))
+        outcomes[0] = (*outcomes[0][:2], counters.merge(batch_metrics))
+        return outcomes
+
+    def _store_all(
+        self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
+    ) -> None:
+        store_start = time.perf_counter()
+        stored = self.store.store_many([(r, d.entry_id, extra) for d, r, extra in outcomes])
+        per_frame = (time.perf_counter() - store_start) / len(outcomes)
+        counters.record(
+            self.client,
+            counters.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
+        )
+        for (d, result, _), new in zip(outcomes, stored, strict=True):
+            self.frames_done += int(new)
+            log.info(
+                "frame stored" if new else "duplicate frame acknowledged",
+                extra={
+                    "frame_id": d.frame_id,
+                    "specimen_id": d.specimen_id,
+                    "status": result.status,
+                    "frame_class": result.frame_class,
+                    "cells": len(result.cells),
+                },
+            )
+
+
+def run_worker(settings: Settings, worker_id: str | None = None) -> int:
+    worker = Worker(settings, worker_id or default_worker_id())
+    worker.install_signal_handlers()
+    worker.run()
+    return 0
