@@ -145,6 +145,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     from daemon.api.routes.frames import router as frames_router
 
     app.include_router(frames_router)  # POST /frames: HTTP push of frames (issue 4)
+    from daemon.api.routes.orders import router as orders_router
+
+    app.include_router(orders_router)  # orders from the LIS (FHIR ServiceRequest)
     return app
 
 

@@ -34,3 +34,8 @@ WORKERS_KEY = "lks:workers"  # hash: worker id -> heartbeat JSON
 CAPTURES_KEY = "lks:captures"  # hash: rig id -> capture heartbeat JSON
 AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (never trimmed)
 HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process doing upkeep
+
+# --- orders from the LIS (store/orders.py) -----------------------------------------------
+ORDER_KEY = "lks:order:{}"  # string: an Order's JSON, by placer order number
+SPECIMEN_ORDER_KEY = "lks:specimen:{}:order"  # string: the placer order number of a specimen
+ORDERS_LOG = "lks:orders"  # stream: one entry per order received (HL7 or FHIR), for paging
