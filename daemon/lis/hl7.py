@@ -64,8 +64,21 @@ def _cwe(code: codes.Code) -> str:
     return f"{escape(code.code)}^{escape(code.display)}^{codes.LOCAL_SYSTEM_HL7}"
 
 
+def _hd(authority: str | None, sep: str) -> str:
+    """An assigning authority as HD parts joined by ``sep`` (``^`` in EI, ``&`` in CX-4):
+    a short name as the namespace (IS, 20 characters at most), an OID or URI (or a longer
+    name) as the universal id with its type (ISO, URI, L)."""
+    if not authority:
+        return ""
+    if len(authority) <= 20 and ":" not in authority:
+        return escape(authority)
+    if authority.startswith("urn:oid:"):
+        return f"{sep}{escape(authority.removeprefix('urn:oid:'))}{sep}ISO"
+    return f"{sep}{escape(authority)}{sep}{'URI' if ':' in authority else 'L'}"
+
+
 def _ei(value: str, namespace: str | None) -> str:
-    return escape(value) + (f"^{escape(namespace)}" if namespace else "")
+    return escape(value) + (f"^{_hd(namespace, '^')}" if namespace else "")
 
 
 UNITS = {"%": "%^percent^UCUM", "{cells}": "{cells}^cells^UCUM", "{frames}": "{frames}^frames^UCUM"}
@@ -132,7 +145,7 @@ def oru_r01(
         pid.pid_1 = "1"
         for ident in patient.identifiers:  # PID-3 repeats: every identifier the order gave
             pid.add_field("PID_3").value = (
-                f"{escape(ident.value)}^^^{escape(ident.authority or '')}^{escape(ident.type or '')}"
+                f"{escape(ident.value)}^^^{_hd(ident.authority, '&')}^{escape(ident.type or '')}"
             ).rstrip("^")
         if patient.family or patient.given:
             pid.pid_5 = f"{escape(patient.family or '')}^{escape(patient.given or '')}".rstrip("^")
