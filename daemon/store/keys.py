@@ -14,6 +14,8 @@ INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until a
 
 # --- results (store/results.py) ----------------------------------------------------------
 RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, written once (SET NX)
+STORED_AT_KEY = "lks:results:location"  # hash: frame_id -> path of the original after capture
+#   moved it (archive/ or quarantine/); trimmed with the result
 LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, archiver)
 NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry when a store acknowledges nothing
 
