@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +26,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from daemon.settings import Settings
-from daemon.store import audit
+from daemon.store import audit, counters
+
+log = logging.getLogger(__name__)
 
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest"}),
@@ -77,31 +80,41 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _refuse(request: Request, reason: str, detail: str) -> HTTPException:
+    """A 401, logged, counted (leukoscope_auth_failures_total) and audited (auth.failed)."""
+    address = client_address(request)
+    log.warning(
+        "authentication failed",
+        extra={"reason": reason, "client": address, "method": request.method,
+               "path": request.url.path},
+    )
+    client = request.app.state.client
+    try:
+        counters.record(client, counters.counter("leukoscope_auth_failures_total",
+                                                 {"reason": reason}))
+        audit.record(client, "-", "-", "auth.failed", detail=f"{reason} {request.method} "
+                     f"{request.url.path}"[:200], address=address)
+    except Exception:  # a refusal must not become a 500 because Redis is away
+        log.warning("could not record an authentication failure")
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     settings: Settings = request.app.state.settings
     keys = settings.auth.keys
     if not keys:
         return Caller(ANONYMOUS, "admin")
     if not request.headers.get("authorization", ""):
-        raise HTTPException(
-            status_code=401,
-            detail="missing API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refuse(request, "missing", "missing API key: send 'Authorization: Bearer <key>'")
     token = credentials.credentials if credentials is not None else ""
     if not token.strip():
-        raise HTTPException(
-            status_code=401,
-            detail="malformed Authorization header: expected 'Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refuse(request, "malformed",
+                      "malformed Authorization header: expected 'Bearer <key>'")
     digest = hash_key(token.strip())
     for key in keys:
         if hmac.compare_digest(digest, key.sha256):
             return Caller(key.name, key.role)
-    raise HTTPException(
-        status_code=401, detail="unknown API key", headers={"WWW-Authenticate": "Bearer"}
-    )
+    raise _refuse(request, "unknown_key", "unknown API key")
 
 
 def check_role(caller: Caller, role: str) -> None:
