@@ -145,6 +145,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     from daemon.api.routes.frames import router as frames_router
 
     app.include_router(frames_router)  # POST /frames: HTTP push of frames (issue 4)
+    from daemon.api.ui import mount as mount_review_station
+
+    mount_review_station(app)  # /ui/ and the API under it (issue 13)
     return app
 
 

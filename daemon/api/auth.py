@@ -2,8 +2,11 @@
 
 Keys are configured as SHA-256 hex digests (``auth.keys``), never in clear; a client sends
 ``Authorization: Bearer <key>``. Roles: ``ingest`` (POST /frames, complete a specimen),
-``read`` (results, specimens, reports, status), ``admin`` (everything, /audit). A missing or
-unknown key is 401, a key whose role does not allow the route 403.
+``read`` (results, specimens, reports, status), ``reviewer`` (read, plus reclassify cells and
+sign specimens: the review station), ``admin`` (everything, /audit). A missing or unknown key
+is 401, a key whose role does not allow the route 403. A browser signed in at /ui/ sends a
+session cookie instead (``daemon.api.session``); with it, a state-changing request without
+the right CSRF token is 403.
 
 With no key configured the API is open, and ``run_api`` binds it to loopback only.
 
@@ -24,13 +27,15 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from daemon.api import session
 from daemon.settings import Settings
 from daemon.store import audit
 
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest"}),
     "read": frozenset({"read"}),
-    "admin": frozenset({"ingest", "read", "admin"}),
+    "reviewer": frozenset({"read", "review"}),
+    "admin": frozenset({"ingest", "read", "review", "admin"}),
 }
 KEY_PREFIX = "lks_"
 ANONYMOUS = "anonymous"  # the caller when no keys are configured (loopback-only API)
@@ -83,6 +88,8 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     if not keys:
         return Caller(ANONYMOUS, "admin")
     if not request.headers.get("authorization", ""):
+        if request.cookies.get(session.COOKIE):
+            return _from_session(request, keys)
         raise HTTPException(
             status_code=401,
             detail="missing API key: send 'Authorization: Bearer <key>'",
@@ -102,6 +109,26 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     raise HTTPException(
         status_code=401, detail="unknown API key", headers={"WWW-Authenticate": "Bearer"}
     )
+
+
+def key_for_session(keys: list, found: session.Session):
+    """The configured key a session was issued for, or None (removed or replaced)."""
+    for key in keys:
+        if key.name == found.name and key.role == found.role and key.sha256.startswith(
+            found.key_prefix
+        ):
+            return key
+    return None
+
+
+def _from_session(request: Request, keys: list) -> Caller:
+    found = session.read(request)
+    if found is None or key_for_session(keys, found) is None:
+        raise HTTPException(status_code=401, detail="session expired or invalid: sign in again",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if request.method not in session.SAFE_METHODS and not session.csrf_ok(request, found):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
+    return Caller(found.name, found.role)
 
 
 def check_role(caller: Caller, role: str) -> None:

@@ -22,6 +22,7 @@ LOCAL_CODES = "urn:leukoscope:codes"
 SPECIMEN_SYSTEM = "urn:leukoscope:specimen"
 MODEL_SHA_SYSTEM = "urn:leukoscope:model-sha256"
 DEVICE_EXTENSION = "urn:leukoscope:fhir:extension:model-device"
+KEY_SYSTEM = "urn:leukoscope:api-key"  # the verifier: the name of the API key that signed
 
 CLASS_DISPLAY = {
     "benign": "Benign (non-blast) white cell",
@@ -160,6 +161,7 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
             f" {specimen.late_frames} frame(s) arrived after the specimen was completed;"
             " they are not included in these results."
         )
+    conclusion += verification_note(specimen)
     specimen_resource = {
         "resourceType": "Specimen",
         "id": "specimen",
@@ -196,4 +198,23 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
     }
     if not devices:
         del report["extension"]
+    if specimen.verified_by:  # the review station's sign-off (issue 13)
+        report["contained"].append({
+            "resourceType": "Practitioner", "id": "verifier",
+            "identifier": [{"system": KEY_SYSTEM, "value": specimen.verified_by}],
+            "name": [{"text": specimen.verified_by}],
+        })
+        report["resultsInterpreter"] = [{"reference": "#verifier",
+                                         "display": specimen.verified_by}]
     return report
+
+
+def verification_note(specimen: Specimen) -> str:
+    """Who verified the results and when, or that nobody has yet (FHIR and HL7)."""
+    if specimen.verified_by and specimen.verified_at:
+        others = [s.by for s in specimen.signatures if s.by != specimen.verified_by]
+        also = f" (also signed by {', '.join(others)})" if others else ""
+        return (f" Verified by {specimen.verified_by}{also} at "
+                f"{instant(specimen.verified_at)}; {specimen.reclassified_cells} cell(s) "
+                "reclassified on review.")
+    return " Preliminary: not yet verified by a reviewer."

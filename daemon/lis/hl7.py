@@ -16,7 +16,7 @@ from hl7apy.core import Message
 from hl7apy.parser import parse_message
 
 from daemon.domain.specimens import Specimen
-from daemon.lis.fhir import display
+from daemon.lis.fhir import display, verification_note
 from daemon.settings import LisSettings
 
 LOCAL_SYSTEM = "L"  # HL7 table 0396: local code system
@@ -68,7 +68,9 @@ def oru_r01(
     obr.obr_8 = ts(specimen.last_frame_at)
     obr.obr_22 = ts(created)
     obr.obr_25 = flag
-    notes = [lis.statement]
+    if specimen.verified_by:  # OBR-32 principal result interpreter: the verifier (issue 13)
+        obr.obr_32 = escape(specimen.verified_by)
+    notes = [lis.statement, verification_note(specimen).strip()]
     if specimen.needs_review:
         notes.append(
             f"Not verified: {specimen.cells_needing_review} cell(s) and "
@@ -114,6 +116,8 @@ def oru_r01(
         obx.obx_6 = units[unit]
         obx.obx_11 = flag
         obx.obx_14 = ts(specimen.last_frame_at)
+        if specimen.verified_by:  # OBX-16 responsible observer
+            obx.obx_16 = escape(specimen.verified_by)
         for instance in equipment:  # OBX-18 repeats: one per model
             obx.add_field("OBX_18").value = instance
     return message
