@@ -60,10 +60,6 @@ def real_specimen(client: redis.Redis, settings: Settings, specimen_id: str,
                   per_class: int = 2) -> list[FrameResult]:
     """Real fields (the Taleqani development set) through the shipped models, in-process
     (``leukoscope classify``'s path); the originals stay in the archive for the images."""
-    from daemon.cli.classify import classify_files
-    from daemon.inference.analyzer import Analyzer
-    from daemon.inference.sessions import Classifier, Segmenter
-
     folder = settings.archive_dir / specimen_id
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -72,6 +68,29 @@ def real_specimen(client: redis.Redis, settings: Settings, specimen_id: str,
             target = folder / source.name
             target.write_bytes(source.read_bytes())
             paths.append(target)
+    return analysed(client, settings, paths)
+
+
+def synthetic_analysed_specimen(client: redis.Redis, settings: Settings, specimen_id: str,
+                                frames: int = 6, seed: int = 100) -> list[FrameResult]:
+    """Synthetic smear fields (no patient image) through the configured models: what the
+    README's screenshots show."""
+    folder = settings.archive_dir / specimen_id
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(frames):
+        path = folder / f"field-{i:03d}.jpg"
+        path.write_bytes(synthetic_jpeg(seed + i, 3))
+        paths.append(path)
+    return analysed(client, settings, paths)
+
+
+def analysed(client: redis.Redis, settings: Settings, paths: list[Path]) -> list[FrameResult]:
+    """``paths`` (in ``<archive>/<specimen>/``) through the models, results stored."""
+    from daemon.cli.classify import classify_files
+    from daemon.inference.analyzer import Analyzer
+    from daemon.inference.sessions import Classifier, Segmenter
+
     analyzer = Analyzer(Segmenter(settings.models.segmenter, "cpu", 1),
                         Classifier(settings.models.classifier, "cpu", 1))
     out = io.StringIO()

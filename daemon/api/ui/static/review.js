@@ -68,7 +68,7 @@ async function drawFrame(svg, frameId, options = {}) {
       const text = document.createElementNS(SVG, "text");
       text.setAttribute("x", x);
       text.setAttribute("y", Math.max(10, y - 3));
-      text.setAttribute("font-size", Math.max(9, Math.round(height / 40)));
+      text.setAttribute("font-size", Math.max(8, Math.round(Math.max(width, height) / 60)));
       text.setAttribute("class", `label ${current}`);
       text.textContent = `${index} ${LABELS[current] || current}`;
       svg.appendChild(text);
