@@ -316,3 +316,50 @@ def test_export_labels_writes_verified_crops(settings, redis_client: redis.Redis
     rows = (out / "labels.csv").read_text().splitlines()
     assert rows[0].startswith("file,class,model_class,specimen_id,frame_id,index")
     assert len(rows) == 7
+
+
+def test_verifying_queues_the_final_report_for_mllp_with_a_new_control_id(
+    make_settings, redis_client: redis.Redis
+) -> None:
+    from daemon.store.keys import OUTBOX_KEY
+    from daemon.store.review import ReviewStore
+
+    settings = make_settings(lis={"mllp": {"host": "127.0.0.1", "port": 9}})
+    frames = synthetic_specimen(redis_client, settings, "MLLP-1", frames=1)
+    specimens = SpecimenStore(redis_client, mllp_enabled=True)
+    specimens.complete("MLLP-1", "api")
+    preliminary = specimens.get("MLLP-1").control_id
+    redis_client.zrem(OUTBOX_KEY, "MLLP-1")  # as if the preliminary report was delivered
+    redis_client.hset("lks:specimen:MLLP-1", "outbox_state", "delivered")
+    reviews = ReviewStore(redis_client)
+    reviews.reclassify("MLLP-1", frames[0].frame_id, 0, "pro_b", frames[0].cells[0].class_, "r")
+    assert reviews.sign("MLLP-1", "r", "reviewer", 1, queue_for_mllp=True) == "verified"
+    spec = specimens.get("MLLP-1")
+    assert spec.result_status == "final" and spec.delivery["state"] == "pending"
+    assert redis_client.zscore(OUTBOX_KEY, "MLLP-1") is not None
+    assert spec.control_id != preliminary
+
+
+def test_a_sign_off_counted_before_a_late_reclassification_is_counted_again(
+    settings, redis_client: redis.Redis
+) -> None:
+    from daemon.store.review import ReviewStore
+
+    frames = synthetic_specimen(redis_client, settings, "RACE-1", frames=1, complete=True)
+    reviews = ReviewStore(redis_client)
+    counts = reviews.reviewed_counts
+    calls = []
+
+    def counted_then_changed(specimen_id: str):
+        result = counts(specimen_id)
+        if not calls:  # a reviewer's change lands between counting and signing
+            reviews.reclassify("RACE-1", frames[0].frame_id, 0, "pro_b",
+                               frames[0].cells[0].class_, "other")
+        calls.append(1)
+        return result
+
+    reviews.reviewed_counts = counted_then_changed
+    assert reviews.sign("RACE-1", "rev", "reviewer", 1, queue_for_mllp=False) == "verified"
+    assert len(calls) == 2
+    assert SpecimenStore(redis_client).get("RACE-1").reclassified_cells == (
+        frames[0].cells[0].class_ != "pro_b")

@@ -157,6 +157,7 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     assert spec["status"] == "complete" and spec["blast_share_percent"] == 50.0
 
     assert api.post("/specimens/B/verify").json()["outcome"] == "verified"  # issue 13
+    spec = api.get("/specimens/B").json()  # the final report has its own control id
     # FHIR R4 DiagnosticReport, validated with fhir.resources' R4B models.
     response = api.get("/specimens/B/fhir")
     assert response.headers["content-type"].startswith("application/fhir+json")

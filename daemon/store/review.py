@@ -25,6 +25,7 @@ from daemon.domain.results import FrameResult
 from daemon.store import scripts
 from daemon.store.keys import (
     CELL_REVIEW_KEY,
+    CONTROL_COUNTER,
     LOG_KEY,
     OUTBOX_KEY,
     RESULT_KEY,
@@ -120,13 +121,21 @@ class ReviewStore:
 
     def sign(self, specimen_id: str, by: str, role: str, required: int,
              queue_for_mllp: bool) -> str:
-        """'verified' or 'signed' (more signatures needed). Raises ReviewError."""
-        fields, _changed = self.reviewed_counts(specimen_id)
-        outcome = self._verify(
-            keys=[SPECIMEN_KEY.format(specimen_id), OUTBOX_KEY],
-            args=[by, role, repr(time.time()), str(required), json.dumps(fields),
-                  "1" if queue_for_mllp else ""],
-        ).decode()
+        """'verified' or 'signed' (more signatures needed). Raises ReviewError.
+
+        The counts are made from the reviewed cells as of ``review_version``; a cell reviewed
+        meanwhile makes the script answer 'stale' and the counts are made again."""
+        key = SPECIMEN_KEY.format(specimen_id)
+        for _attempt in range(20):
+            version = (self.client.hget(key, "review_version") or b"0").decode()
+            fields, _changed = self.reviewed_counts(specimen_id)
+            outcome = self._verify(
+                keys=[key, OUTBOX_KEY, CONTROL_COUNTER],
+                args=[by, role, repr(time.time()), str(required), json.dumps(fields),
+                      "1" if queue_for_mllp else "", version],
+            ).decode()
+            if outcome != "stale":
+                break
         if outcome not in ("verified", "signed"):
             raise ReviewError(outcome)
         return outcome

@@ -201,6 +201,7 @@ def verify(
     except ReviewError as exc:
         detail = {"open": "the specimen is not complete yet: complete it first",
                   "already": "the specimen is verified already",
+                  "stale": "cells kept changing while signing: sign again",
                   "same_signer": f"{caller.name!r} has signed already: a second person must "
                                  "sign", "missing": f"no specimen {specimen_id}"}[exc.code]
         raise HTTPException(status_code=404 if exc.code == "missing" else 409,

@@ -134,6 +134,7 @@ class Review:
     after: dict[str, int]
     histogram: list[tuple[str, int]]
     keys: dict[str, str]
+    flagged_frames: list[FrameResult]
 
     @property
     def max_count(self) -> int:
@@ -192,7 +193,8 @@ def specimen_review(state, specimen_id: str) -> Review | None:
     histogram = [(f"{i * width:.1f}–{(i + 1) * width:.1f}", n) for i, n in enumerate(bins)]
     return Review(specimen, state_of(specimen), frames, list(groups.values()),
                   sum(before.values()), reviewed, flagged, flagged_reviewed, before, after,
-                  histogram, KEYS)
+                  histogram, KEYS,
+                  [f for f in frames if f.status == "done" and f.needs_review])
 
 
 @dataclass

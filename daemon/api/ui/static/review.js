@@ -185,13 +185,15 @@ function reviewPage() {
     }
   }
 
-  async function openFrame(tile) {
-    const frame = tile.dataset.frame;
-    document.getElementById("frame-title").textContent = `frame ${frame.slice(0, 12)} · cell ${tile.dataset.index}`;
+  const openFrame = (tile) => showFrame(tile.dataset.frame, Number(tile.dataset.index));
+
+  async function showFrame(frame, index) {
+    const cell = index >= 0 ? ` · cell ${index}` : "";
+    document.getElementById("frame-title").textContent = `frame ${frame.slice(0, 12)}${cell}`;
     dialog.showModal();
     const svg = document.getElementById("frame-view");
     try {
-      const size = await drawFrame(svg, frame, { highlight: Number(tile.dataset.index), classOf });
+      const size = await drawFrame(svg, frame, { highlight: index, classOf });
       zoomable(svg, size);
     } catch (error) {
       svg.replaceChildren();
@@ -211,6 +213,9 @@ function reviewPage() {
 
   tiles.forEach((tile, i) => {
     tile.addEventListener("click", () => { select(i); openFrame(tile); });
+  });
+  document.querySelectorAll(".frame-flag").forEach((button) => {
+    button.addEventListener("click", () => showFrame(button.dataset.frame, -1));
   });
   document.getElementById("frame-close").addEventListener("click", () => dialog.close());
   dialog.addEventListener("close", () => select(selected));
