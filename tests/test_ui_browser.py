@@ -23,7 +23,7 @@ from daemon.api.auth import hash_key
 from daemon.lis.hl7 import parse
 from daemon.settings import load_settings
 from daemon.store.specimens import SpecimenStore
-from tests.conftest import serve_http, settings_dict
+from tests.conftest import MEASURED, serve_http, settings_dict
 from tests.review_data import (
     REAL_DATA,
     SHIPPED_MODELS,
@@ -53,7 +53,7 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
 
 
 def test_review_a_real_specimen_in_chromium(
-    tmp_path: Path, tiny_models: tuple[Path, Path], redis_url: str, redis_client: redis.Redis
+    request: pytest.FixtureRequest, tmp_path: Path, tiny_models: tuple[Path, Path], redis_url: str, redis_client: redis.Redis
 ) -> None:
     real = REAL_DATA.is_dir() and (SHIPPED_MODELS / "classifier.onnx").is_file()
     models = (SHIPPED_MODELS / "segmenter.onnx", SHIPPED_MODELS / "classifier.onnx") if real \
@@ -184,7 +184,7 @@ def test_review_a_real_specimen_in_chromium(
                     f"{timing['response']:.0f} ms, DOM ready {timing['dom']:.0f} ms, load "
                     f"{timing['load']:.0f} ms (wall {wall:.0f} ms)")
             log.warning(line)
-            print(line)
+            request.config.stash[MEASURED].append(line)
             (ARTIFACTS / "load-time.txt").write_text(line + "\n")
             assert cells == 500
             page.screenshot(path=str(ARTIFACTS / "review-500-cells-1920x1080.png"))

@@ -38,15 +38,35 @@ function say(text, kind = "") {
 }
 
 // --- frame view: the image with every cell outlined and labelled, zoom and pan ----------
-async function drawFrame(svg, frameId, options = {}) {
+// Results and images never change once stored: keep the last few (the live view redraws
+// every few seconds and would otherwise fetch, and audit, the same frames again and again).
+const frames = new Map();
+const KEEP_FRAMES = 64;
+
+async function loadFrame(frameId) {
+  if (frames.has(frameId)) return frames.get(frameId);
   const [result, image] = await Promise.all([
     api("GET", `/frames/${encodeURIComponent(frameId)}`),
     fetch(`/frames/${encodeURIComponent(frameId)}/image`, { credentials: "same-origin" }),
   ]);
   if (!image.ok) throw new Error(`image: ${image.status}`);
-  const width = Number(image.headers.get("X-Image-Width"));
-  const height = Number(image.headers.get("X-Image-Height"));
-  const url = URL.createObjectURL(await image.blob());
+  const loaded = {
+    result,
+    width: Number(image.headers.get("X-Image-Width")),
+    height: Number(image.headers.get("X-Image-Height")),
+    url: URL.createObjectURL(await image.blob()),
+  };
+  frames.set(frameId, loaded);
+  if (frames.size > KEEP_FRAMES) {
+    const [oldest, entry] = frames.entries().next().value;
+    frames.delete(oldest);
+    URL.revokeObjectURL(entry.url);
+  }
+  return loaded;
+}
+
+async function drawFrame(svg, frameId, options = {}) {
+  const { result, width, height, url } = await loadFrame(frameId);
   svg.replaceChildren();
   svg.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const img = document.createElementNS(SVG, "image");
