@@ -104,6 +104,10 @@ class Archiver:
                         **extra, "status": result.status if result else None,
                         "target": str(target)})
                 moved = True
+                try:
+                    ResultStore(self.queue.client).record_moved(record.frame_id, str(target))
+                except Exception:  # the move is done; only the pointer to it is missing
+                    log.warning("could not record where the original went", extra=extra)
             elif path.exists():
                 log.warning("file changed since it was queued; left in the inbox",
                             extra={**extra, "source": str(path)})

@@ -187,6 +187,15 @@ class MllpSettings(_Section):
     retry_max_seconds: float = Field(default=600.0, gt=0)
 
 
+class MllpListenSettings(_Section):
+    host: str = Field(default="127.0.0.1", description="address the order listener binds")
+    port: int = Field(default=2575, ge=0, le=65535, description="0: any free port (tests)")
+    max_message_bytes: int = Field(default=1024 * 1024, gt=0,
+                                   description="a larger MLLP frame closes the connection")
+    idle_timeout_seconds: float = Field(default=300.0, gt=0,
+                                        description="an idle LIS connection is closed after")
+
+
 class LisSettings(_Section):
     statement: str = Field(
         default="For research use only. Not for use in diagnostic procedures.",
@@ -200,6 +209,17 @@ class LisSettings(_Section):
     mllp: MllpSettings | None = Field(
         default=None, description="push completed specimens' ORU^R01 over MLLP"
     )
+    listen: MllpListenSettings | None = Field(
+        default=None, description="accept orders (OML^O33, ORM^O01) over MLLP; started by "
+        "`leukoscope run` (or `leukoscope lis`)")
+    processing_id: Literal["P", "T", "D"] = Field(
+        default="P", description="MSH-11: P production, T training, D debugging")
+    filler_authority: str = Field(
+        default="LEUKOSCOPE", min_length=1, max_length=20,
+        description="namespace of the filler order numbers this daemon assigns (ORC-3/OBR-3)")
+    hold_unordered: bool = Field(
+        default=True, description="do not push a specimen over MLLP until an order names it "
+        "(its reports would carry no patient)")
 
 
 class SpecimenSettings(_Section):

@@ -61,8 +61,14 @@ def test_frames_in_results_out_files_archived_metrics_counted(daemon: Daemon) ->
         assert r["models"]["segmenter"]["version"] == "0.0.1-test"
         assert r["completed_at"] >= r["captured_at"]
         code, one = http_json(f"{daemon.api_url}/frames/{r['frame_id']}")
-        assert code == 200 and one == r
+        # archived_path may appear between the two reads (capture moves files meanwhile)
+        assert code == 200 and {**one, "archived_path": None} == {**r, "archived_path": None}
     wait_for(lambda: len(archived(daemon)) == n + 1, 30, "originals archived")
+    wait_for(lambda: all(r["archived_path"] for r in daemon.results()), 30, "archived paths")
+    for r in daemon.results():  # source is where it was captured; archived_path where it is
+        assert Path(r["archived_path"]).is_file() and not Path(r["source"]).exists()
+        assert Path(r["archived_path"]).name == Path(r["source"]).name
+        assert "archive" in Path(r["archived_path"]).parts
     assert not any(p.is_file() for p in daemon.inbox.rglob("*"))
     text = metrics_text(daemon)
     assert (

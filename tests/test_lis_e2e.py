@@ -68,7 +68,8 @@ def test_lis_polls_completed_specimens_once_across_restarts_and_gets_mllp_push(
     listener = Listener()
     overrides = {
         "auth": AUTH,
-        "lis": {"mllp": {"host": "127.0.0.1", "port": listener.port, "retry_initial_seconds": 0.5}},
+        "lis": {"mllp": {"host": "127.0.0.1", "port": listener.port, "retry_initial_seconds": 0.5},
+                "hold_unordered": False},
         "specimens": {"complete_grace_seconds": 30},
     }
     daemon = start_daemon(tmp_path / "d", tiny_models, **overrides)

@@ -123,18 +123,18 @@ def test_flags_reach_the_specimen_fhir_and_hl7(redis_client: redis.Redis, make_s
     assert report["status"] == "preliminary" and "Not verified" in report["conclusion"]
     values = {o["id"]: o.get("valueInteger") for o in report["contained"]
               if o["resourceType"] == "Observation"}
-    assert values["unidentified-cells"] == 1
+    assert values["cells-unidentified"] == 1
     assert (values["cells-needing-review"], values["frames-needing-review"]) == (2, 1)
 
     lis = make_settings().lis
     er7 = to_er7(oru_r01(spec, lis))
-    message = parse(er7)
-    assert "|P" in er7.split("\r")[2]  # OBR-25 result status: preliminary
-    obx = {seg.obx_3.obx_3_1.value: seg.obx_5.value for seg in message.children[1]
-           .children[1].children if seg.name == "ORU_R01_OBSERVATION"
-           for seg in [seg.obx]}
-    assert obx["UNIDENTIFIED"] == "1" and obx["REVIEW-CELLS"] == "2"
-    assert obx["REVIEW-FRAMES"] == "1"
+    parse(er7).validate()
+    obr = next(s for s in er7.split("\r") if s.startswith("OBR"))
+    assert obr.split("|")[25] == "P"  # OBR-25 result status: preliminary
+    obx = {f[3].split("^")[0]: f[5] for f in
+           (seg.split("|") for seg in er7.split("\r") if seg.startswith("OBX"))}
+    assert obx["cells-unidentified"] == "1" and obx["cells-needing-review"] == "2"
+    assert obx["frames-needing-review"] == "1"
 
 
 def test_a_specimen_with_nothing_to_review_becomes_final(redis_client: redis.Redis):

@@ -6,6 +6,7 @@ trail, FHIR and HL7; images come from the archive for watched-folder and pushed 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -127,6 +128,18 @@ def test_every_new_route_refuses_missing_wrong_and_insufficient_credentials(
         api.cookies.clear()
         assert api.get("/ui/specimens").status_code == 303
 
+        # Refusals are counted and audited like the API's (issue 14): a bad session cookie
+        # and an unknown key at the sign-in form included.
+        metrics = api.get("/metrics").text
+        for reason in ("missing", "unknown_key", "session", "ui_login"):
+            found = re.search(
+                rf'^leukoscope_auth_failures_total{{reason="{reason}"}} (\S+)$', metrics, re.M)
+            assert found and float(found.group(1)) >= 1, reason
+        trail = api.get("/audit?limit=1000", headers=bearer("adm")).json()["items"]
+        assert any(e["action"] == "auth.failed" and e["detail"].startswith("session ")
+                   for e in trail)
+        assert any(e["action"] == "ui.login_failed" for e in trail)
+
 
 def test_removing_a_key_ends_its_sessions(make_settings, redis_client: redis.Redis) -> None:
     keys = [{"name": "rev", "role": "reviewer", "sha256": hash_key(KEYS["rev"][1])}]
@@ -186,7 +199,11 @@ def test_reclassify_and_sign_reach_audit_fhir_and_hl7(settings, redis_client) ->
         assert "Verified by rev" in fhir["conclusion"]
         counts = {r["id"]: r.get("valueInteger") for r in fhir["contained"]
                   if r["resourceType"] == "Observation"}
-        assert counts["cells-classified"] == spec["cells_classified"]
+        assert counts["cells-identified"] == spec["cells_classified"]
+        assert counts["cells-unidentified"] == spec["unidentified_cells"]  # still reported
+        assert counts["cells-needing-review"] == 0 and counts["frames-needing-review"] == 0
+        assert sum(counts[f"count-{c.replace('_', '-')}"] for c in spec["cells"]) \
+            == spec["cells_classified"]  # the verified counts, under issue 14's codes
         hl7 = api.get("/specimens/SIGN-1/hl7", headers=bearer("reader")).text
         assert parse(hl7).validate()
         obr = next(s for s in hl7.split("\r") if s.startswith("OBR")).split("|")

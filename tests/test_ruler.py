@@ -52,3 +52,11 @@ def test_um_per_pixel_follows_from_the_nominal_red_cell():
     ruler = measure_red_cells(red_cell_field(np.random.default_rng(1), 15.0))
     assert ruler.um_per_pixel() == pytest.approx(7.5 / ruler.diameter_px)
     assert ruler.um_per_pixel(8.0) == pytest.approx(8.0 / ruler.diameter_px)
+
+
+def test_sensor_noise_does_not_answer_as_small_red_cells():
+    field, _ = smear_field(np.random.default_rng(7), red_cells=40)
+    base = measure_red_cells(field).diameter_px
+    noise = np.random.default_rng(8).normal(0, 0.03 * 255, field.shape)
+    noisy = np.clip(field + noise, 0, 255).astype(np.uint8)
+    assert measure_red_cells(noisy).diameter_px == pytest.approx(base, rel=0.10)

@@ -164,21 +164,24 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     report = DiagnosticReport.model_validate(response.json())
     assert report.status == "final" and report.conclusion.startswith(STATEMENT)
     contained = {r.id: r for r in report.contained}
-    blast = contained["blast-share"]
-    assert blast.code.coding[0].system == "http://loinc.org"
-    assert blast.code.coding[0].code == "26446-5"
+    blast = contained["all-lymphoid-share"]  # not LOINC 26446-5: not blasts/100 leukocytes
+    assert blast.code.coding[0].system == "urn:leukoscope:codes"
+    assert blast.code.coding[0].code == "all-lymphoid-share"
     assert float(blast.valueQuantity.value) == 50.0 and blast.valueQuantity.unit == "%"
-    assert contained["count-pre_b".replace("_", "-")].valueInteger == 1
-    assert contained["cells-classified"].valueInteger == 2
+    assert contained["count-pre-b"].valueInteger == 1
+    assert contained["cells-identified"].valueInteger == 2
     devices = [r for r in report.contained if r.__resource_type__ == "Device"]
     assert {d.version[0].value for d in devices} == {"1.2.0", "2.0.1"}
     assert {d.identifier[0].value for d in devices} == {"a" * 64, "b" * 64}
     referenced = {ref.reference for ref in report.result}
-    # blast share, cells classified, unidentified and review counts, count + share per class
-    assert "#blast-share" in referenced and len(referenced) == 2 + 3 + 2 * 4
-    assert contained["unidentified-cells"].valueInteger == 0
+    # ALL share, identified count and share, unidentified and review counts, count + share
+    # per class; a 1:1 tie between two classes: no predominant class
+    assert contained.get("predominant-class") is None
+    assert "#all-lymphoid-share" in referenced and len(referenced) == 3 + 3 + 2 * 4
+    assert contained["cells-unidentified"].valueInteger == 0
     assert contained["frames-needing-review"].valueInteger == 0
     assert blast.device.reference.startswith("#model-classifier")
+    assert report.subject is None and not report.basedOn  # unordered: no patient invented
     open_report = DiagnosticReport.model_validate(api.get("/specimens/C/fhir").json())
     assert open_report.status == "preliminary"
 
@@ -190,12 +193,16 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     assert message.msh.msh_9.value == "ORU^R01^ORU_R01" and message.msh.msh_12.value == "2.5.1"
     assert message.msh.msh_10.value == spec["control_id"]
     segments = response.text.split("\r")
-    pid = next(s for s in segments if s.startswith("PID"))
-    assert pid.split("|")[3].startswith("B^")
+    assert not any(s.startswith("PID") for s in segments)  # unordered: no pseudo-patient
+    obr = next(s for s in segments if s.startswith("OBR")).split("|")
+    assert obr[3] == "B^LEUKOSCOPE" and obr[2] == ""  # filler = specimen id; no placer
     obx = [s.split("|") for s in segments if s.startswith("OBX")]
-    assert obx[0][2] == "NM" and obx[0][3].startswith("26446-5^") and obx[0][5] == "50"
+    assert obx[0][2] == "NM" and obx[0][3].startswith("all-lymphoid-share^")
+    assert obx[0][3].endswith("^99LKS") and obx[0][5] == "50"
     assert obx[0][6].startswith("%^") and all(f[11] == "F" for f in obx)
     assert "cls:2.0.1^classifier^" + "b" * 64 in obx[0][18]
+    spm = next(s for s in segments if s.startswith("SPM")).split("|")
+    assert spm[2] == "^B&LEUKOSCOPE"
     nte = next(s for s in segments if s.startswith("NTE"))
     assert STATEMENT in nte
     open_obx = [

@@ -48,9 +48,29 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     app = FastAPI(
         title="leukoscope",
         version=__version__,
-        description="White-cell segmentation and ALL subtype classification results. "
-        "For research use only. Not for use in diagnostic procedures.",
+        description="White-cell segmentation and ALL subtype classification results, LIS "
+        "orders and reports. For research use only. Not for use in diagnostic procedures.\n\n"
+        "**Stability:** routes, fields and codes documented here change only compatibly "
+        "(fields and routes are added, never renamed or removed) within a major version of "
+        "`leukoscope`; `info.version` is that version. Errors are JSON `{\"detail\": ...}` "
+        "with the status codes listed per route; 401 (no or unknown key), 403 (role) and 503 "
+        "(Redis unavailable) can come from any protected route.",
+        docs_url=None,
+        redoc_url=None,
+        responses={
+            401: {"description": "missing, malformed or unknown API key (when keys are "
+                  "configured)", "content": {"application/json": {"example": {
+                      "detail": "missing API key: send 'Authorization: Bearer <key>'"}}}},
+            403: {"description": "the key's role does not allow this route",
+                  "content": {"application/json": {"example": {
+                      "detail": "key 'lis' has role 'read'; this needs 'ingest'"}}}},
+            503: {"description": "Redis unavailable", "content": {"application/json": {
+                "example": {"detail": "redis unavailable: Connection refused"}}}},
+        },
     )
+    from daemon.api.docs import add_docs
+
+    add_docs(app)
 
     app.state.settings = settings
     app.state.client = client
@@ -145,6 +165,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     from daemon.api.routes.frames import router as frames_router
 
     app.include_router(frames_router)  # POST /frames: HTTP push of frames (issue 4)
+    from daemon.api.routes.orders import router as orders_router
+
+    app.include_router(orders_router)  # orders from the LIS (FHIR ServiceRequest)
     from daemon.api.ui import mount as mount_review_station
 
     mount_review_station(app)  # /ui/ and the API under it (issue 13)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from daemon.api import session
 from daemon.settings import Settings
-from daemon.store import audit
+from daemon.store import audit, counters
+
+log = logging.getLogger(__name__)
 
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest"}),
@@ -46,7 +49,7 @@ bearer = HTTPBearer(
     auto_error=False,
     scheme_name="apiKey",
     description="An API key from `leukoscope keygen NAME ROLE`, sent as "
-    "`Authorization: Bearer <key>`. Roles: ingest, read, admin. Not needed while no key is "
+    "`Authorization: Bearer <key>`. Roles: ingest, read, reviewer, admin. Not needed while no key is "
     "configured (the API then serves loopback only).",
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -82,6 +85,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def note_failure(request: Request, reason: str, action: str = "auth.failed") -> None:
+    """Log, count (leukoscope_auth_failures_total) and audit (``action``) a refused caller."""
+    address = client_address(request)
+    log.warning(
+        "authentication failed",
+        extra={"reason": reason, "client": address, "method": request.method,
+               "path": request.url.path},
+    )
+    client = request.app.state.client
+    try:
+        counters.record(client, counters.counter("leukoscope_auth_failures_total",
+                                                 {"reason": reason}))
+        audit.record(client, "-", "-", action, detail=f"{reason} {request.method} "
+                     f"{request.url.path}"[:200], address=address)
+    except Exception:  # a refusal must not become a 500 because Redis is away
+        log.warning("could not record an authentication failure")
+
+
+def _refuse(request: Request, reason: str, detail: str) -> HTTPException:
+    """A 401, logged, counted and audited (``note_failure``)."""
+    note_failure(request, reason)
+    return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     settings: Settings = request.app.state.settings
     keys = settings.auth.keys
@@ -90,25 +117,16 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     if not request.headers.get("authorization", ""):
         if request.cookies.get(session.COOKIE):
             return _from_session(request, keys)
-        raise HTTPException(
-            status_code=401,
-            detail="missing API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refuse(request, "missing", "missing API key: send 'Authorization: Bearer <key>'")
     token = credentials.credentials if credentials is not None else ""
     if not token.strip():
-        raise HTTPException(
-            status_code=401,
-            detail="malformed Authorization header: expected 'Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise _refuse(request, "malformed",
+                      "malformed Authorization header: expected 'Bearer <key>'")
     digest = hash_key(token.strip())
     for key in keys:
         if hmac.compare_digest(digest, key.sha256):
             return Caller(key.name, key.role)
-    raise HTTPException(
-        status_code=401, detail="unknown API key", headers={"WWW-Authenticate": "Bearer"}
-    )
+    raise _refuse(request, "unknown_key", "unknown API key")
 
 
 def key_for_session(keys: list, found: session.Session):
@@ -124,8 +142,7 @@ def key_for_session(keys: list, found: session.Session):
 def _from_session(request: Request, keys: list) -> Caller:
     found = session.read(request)
     if found is None or key_for_session(keys, found) is None:
-        raise HTTPException(status_code=401, detail="session expired or invalid: sign in again",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise _refuse(request, "session", "session expired or invalid: sign in again")
     if request.method not in session.SAFE_METHODS and not session.csrf_ok(request, found):
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
     return Caller(found.name, found.role)

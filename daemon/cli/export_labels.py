@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -25,6 +26,18 @@ log = logging.getLogger(__name__)
 FOLDERS = {"benign": "Benign", "early_pre_b": "Early", "pre_b": "Pre", "pro_b": "Pro"}
 
 
+def _completed(store) -> Iterator[str]:
+    """Every completed specimen's id, following the completion log's cursor (one page reads
+    at most ``SCAN_BOUND`` entries, so a single large page would stop short)."""
+    cursor = None
+    while True:
+        items, after = store.page("complete", cursor, 1000)
+        yield from (s.specimen_id for s in items)
+        if after == cursor:
+            return
+        cursor = after
+
+
 def export_labels(settings: Settings, client: redis.Redis, out: Path,
                   specimens: list[str] | None = None) -> int:
     """Write the crops; returns how many were written."""
@@ -35,7 +48,7 @@ def export_labels(settings: Settings, client: redis.Redis, out: Path,
     store = SpecimenStore(client)
     reviews = ReviewStore(client)
     images = FrameImages(settings)
-    ids = specimens or [s.specimen_id for s in store.page("complete", None, 100_000)[0]]
+    ids = specimens or list(_completed(store))
     out.mkdir(parents=True, exist_ok=True)
     written = missing = 0
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as handle:

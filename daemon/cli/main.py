@@ -43,6 +43,12 @@ def cmd_api(args: argparse.Namespace) -> int:
     return run_api(_settings(args, "api"))
 
 
+def cmd_lis(args: argparse.Namespace) -> int:
+    from daemon.lis.listener import run_listener
+
+    return run_listener(_settings(args, "lis"))
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from daemon.cli.classify import classify_files
     from daemon.inference.analyzer import Analyzer
@@ -108,7 +114,7 @@ def cmd_qc(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from daemon.cli.status import print_status
 
-    return print_status(_settings(args, "status"), args.url)
+    return print_status(_settings(args, "status"), args.url, args.key)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -156,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--index", type=int, default=0, help="worker number on this host")
     worker.add_argument("--id", default=None, help="consumer name (default: <host>-w<index>)")
     command("api", cmd_api, "serve status, results and metrics over HTTP")
+    command("lis", cmd_lis, "accept LIS orders (OML^O33, ORM^O01) over MLLP (lis.listen)")
     classify = command(
         "classify", cmd_classify, "classify image files in-process (no Redis); prints JSON Lines"
     )
@@ -179,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--specimen", action="append", help="only these specimens (repeatable)")
     status = command("status", cmd_status, "print the daemon's /status as a table")
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
+    status.add_argument("--key", default=None,
+                        help="API key with role read (default: $LEUKOSCOPE_API_KEY)")
     try:
         from daemon.training.cli import add_training_commands
     except ImportError:  # training code not installed

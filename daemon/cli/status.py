@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -67,11 +68,34 @@ def format_status(status: dict) -> str:
     return "\n".join(out)
 
 
-def print_status(settings: Settings, url: str | None) -> int:
+KEY_ENV = "LEUKOSCOPE_API_KEY"
+
+
+def print_status(settings: Settings, url: str | None, key: str | None = None) -> int:
     base = url or f"http://{settings.api.host}:{settings.api.port}"
+    key = key or os.environ.get(KEY_ENV) or None
+    request = urllib.request.Request(f"{base}/status")
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
     try:
-        with urllib.request.urlopen(f"{base}/status", timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             status = json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            detail = json.loads(exc.read()).get("detail", "")
+        except (ValueError, AttributeError):
+            detail = ""
+        if exc.code == 401:
+            how = "the key was refused" if key else f"no key given: pass --key or set {KEY_ENV}"
+            print(f"leukoscope status: {base}/status answered 401 ({detail or 'unauthorized'}); "
+                  f"{how}", file=sys.stderr)
+        elif exc.code == 403:
+            print(f"leukoscope status: {base}/status answered 403 ({detail}); use a key with "
+                  "role read or admin", file=sys.stderr)
+        else:
+            print(f"leukoscope status: {base}/status answered {exc.code} {detail}",
+                  file=sys.stderr)
+        return 1
     except (urllib.error.URLError, OSError) as exc:
         print(f"leukoscope status: cannot reach {base}/status: {exc}", file=sys.stderr)
         return 1

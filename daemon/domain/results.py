@@ -74,7 +74,12 @@ class CellResult(BaseModel):
 class FrameResult(BaseModel):
     frame_id: str
     specimen_id: str
-    source: str = Field(description="where the frame came from (file path or upload name)")
+    source: str = Field(description="where the frame came from (file path or upload name), "
+                        "as it was when captured")
+    archived_path: str | None = Field(
+        default=None, description="where the original is now, once capture has moved it "
+        "(archive/ when analysed, quarantine/ when rejected); null until then, and for "
+        "frames capture never held (live cameras)")
     rig_id: str | None = None
     status: FrameStatus
     error: str | None = Field(default=None, description="why a frame was rejected or failed")

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from daemon.domain.orders import Order
 from daemon.domain.results import ModelRef
 
 
@@ -68,8 +69,20 @@ class Specimen(BaseModel):
     cells: dict[str, int] = {}
     percent: dict[str, float] = {}
     blast_share_percent: float | None = Field(
-        default=None, description="early_pre_b + pre_b + pro_b over all classified cells, %"
+        default=None, description="ALL-class share of identified lymphoid cells: early_pre_b + "
+        "pre_b + pro_b over cells_classified, % (local code all-lymphoid-share; not blasts per "
+        "100 leukocytes)"
     )
+    predominant_class: str | None = Field(
+        default=None, description="the class with most identified cells (null: none, or a tie)")
+    predominant_share_percent: float | None = Field(
+        default=None, description="predominant_class's share of identified lymphoid cells, %")
+    identified_share_percent: float | None = Field(
+        default=None, description="cells_classified over all cells found (identified + "
+        "unidentified), %")
+    ordered: bool = Field(default=False, description="an order from the LIS names this specimen;"
+                          " false: unordered (reports carry no patient; MLLP push waits)")
+    order: Order | None = Field(default=None, description="the LIS order, when one arrived")
     mean_confidence: float | None = None
     low_confidence_cells: int = 0
     low_confidence_threshold: float | None = None

@@ -188,8 +188,10 @@ class Analyzer:
                 acquisition.brightness < self.acquisition.min_brightness
                 or acquisition.chroma > self.acquisition.max_chroma):
             frame_reasons.append(ACQUISITION_OUT_OF_RANGE)
-        unidentified = sum(c.class_ == UNIDENTIFIED for c in cells)
-        if cells and unidentified / len(cells) > review.max_unidentified_share:
+        # Cells cut by the edge are left out by rule, not doubt: the share is of whole cells.
+        whole = [c for c, cut in zip(cells, cut_off, strict=True) if not cut]
+        unidentified = sum(c.class_ == UNIDENTIFIED for c in whole)
+        if whole and unidentified / len(whole) > review.max_unidentified_share:
             frame_reasons.append(UNIDENTIFIED_CELLS)
         fields: dict = {"cells": cells}
         fp = analysis.frame_probabilities

@@ -24,6 +24,7 @@ from daemon.lis.hl7 import oru_r01, read_ack, to_er7
 from daemon.settings import Settings
 from daemon.store import counters
 from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
+from daemon.store.orders import hold_unordered
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,11 @@ class Outbox:
             self.client.zrem(OUTBOX_KEY, specimen_id)
             return Attempt(specimen_id, "error", "specimen gone")
         control_id = specimen.control_id
+        if not specimen.ordered and self.settings.lis.hold_unordered:
+            hold_unordered(self.client, specimen_id)  # released when its order arrives
+            log.info("unordered specimen held until an order names it",
+                     extra={"specimen_id": specimen_id})
+            return Attempt(specimen_id, "held", "unordered")
         try:
             er7 = to_er7(oru_r01(specimen, self.settings.lis, control_id))
             reply = exchange(
@@ -183,6 +189,7 @@ def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
         return None
     members = client.zrange(OUTBOX_KEY, 0, -1, withscores=True)
     retrying = []
+    held = [m.decode() for m, score in members if score == float("inf")]
     for member, _score in members:
         raw = client.hmget(
             SPECIMEN_KEY.format(member.decode()), "outbox_attempts", "outbox_last_error"
@@ -194,4 +201,6 @@ def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
         "outbox_pending": len(members),
         "outbox_retrying": len(retrying),
         "retrying": [{"specimen_id": s, "last_error": e} for s, e in retrying[:20]],
+        "outbox_unordered": len(held),
+        "unordered": held[:20],
     }

@@ -19,7 +19,7 @@ from redis.exceptions import LockError
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
 from daemon.store.connection import Outage
-from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY
+from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY, STORED_AT_KEY
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
         pipe = client.pipeline(transaction=False)
         for entry_id, fields in entries:
             pipe.delete(RESULT_KEY.format(fields[b"frame_id"].decode()))
+            pipe.hdel(STORED_AT_KEY, fields[b"frame_id"].decode())
             pipe.xdel(LOG_KEY, entry_id)
         pipe.execute()
         removed += len(entries)

@@ -137,8 +137,10 @@ class StatusReader:
                 "Specimen messages waiting for the LIS's ACK, by state.",
                 ["state"],
                 [
-                    (["waiting"], report.lis["outbox_pending"] - report.lis["outbox_retrying"]),
+                    (["waiting"], report.lis["outbox_pending"] - report.lis["outbox_retrying"]
+                     - report.lis.get("outbox_unordered", 0)),
                     (["retrying"], report.lis["outbox_retrying"]),
+                    (["unordered"], report.lis.get("outbox_unordered", 0)),
                 ],
             )
         yield gauge(

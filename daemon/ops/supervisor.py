@@ -53,6 +53,8 @@ class Supervisor:
             Child("worker", ["--index", str(i)]) for i in range(settings.workers.count)
         ]
         self.children.append(Child("api", []))
+        if settings.lis.listen is not None:  # the MLLP order listener (daemon/lis/listener.py)
+            self.children.append(Child("lis", []))
 
     def _command(self, child: Child) -> list[str]:
         command = [sys.executable, "-m", "daemon", child.role, *child.args]

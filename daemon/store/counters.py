@@ -218,6 +218,21 @@ CATALOGUE: dict[str, MetricDef] = {
             "timeout, error).",
             ("outcome",),
         ),
+        MetricDef(
+            "leukoscope_auth_failures_total",
+            "counter",
+            "API requests refused for authentication (401), by reason (missing, malformed, "
+            "unknown_key, session: an expired or invalid review-station cookie, ui_login: an "
+            "unknown key at POST /ui/login).",
+            ("reason",),
+        ),
+        MetricDef(
+            "leukoscope_orders_received_total",
+            "counter",
+            "Orders from the LIS, by source (hl7-oml, hl7-orm, fhir) and outcome (accepted, "
+            "refused).",
+            ("source", "outcome"),
+        ),
     )
 }
 

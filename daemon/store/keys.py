@@ -14,6 +14,8 @@ INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until a
 
 # --- results (store/results.py) ----------------------------------------------------------
 RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, written once (SET NX)
+STORED_AT_KEY = "lks:results:location"  # hash: frame_id -> path of the original after capture
+#   moved it (archive/ or quarantine/); trimmed with the result
 LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, archiver)
 NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry when a store acknowledges nothing
 
@@ -39,3 +41,8 @@ WORKERS_KEY = "lks:workers"  # hash: worker id -> heartbeat JSON
 CAPTURES_KEY = "lks:captures"  # hash: rig id -> capture heartbeat JSON
 AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (never trimmed)
 HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process doing upkeep
+
+# --- orders from the LIS (store/orders.py) -----------------------------------------------
+ORDER_KEY = "lks:order:{}"  # string: an Order's JSON, by placer order number
+SPECIMEN_ORDER_KEY = "lks:specimen:{}:order"  # string: the placer order number of a specimen
+ORDERS_LOG = "lks:orders"  # stream: one entry per order received (HL7 or FHIR), for paging

@@ -14,7 +14,7 @@ import redis
 
 from daemon.domain.results import FRAME_REVIEW_REASONS, FrameResult
 from daemon.store import counters, paging, scripts, specimens
-from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY
+from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY, STORED_AT_KEY
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,19 @@ class ResultStore:
         return bool(self.client.exists(RESULT_KEY.format(frame_id)))
 
     def get(self, frame_id: str) -> FrameResult | None:
-        raw = self.client.get(RESULT_KEY.format(frame_id))
-        return FrameResult.model_validate_json(raw) if raw else None
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(RESULT_KEY.format(frame_id))
+        pipe.hget(STORED_AT_KEY, frame_id)
+        raw, moved_to = pipe.execute()
+        if not raw:
+            return None
+        result = FrameResult.model_validate_json(raw)
+        result.archived_path = moved_to.decode() if moved_to else None
+        return result
+
+    def record_moved(self, frame_id: str, path: str) -> None:
+        """Capture moved the frame's original to ``path`` (shown as ``archived_path``)."""
+        self.client.hset(STORED_AT_KEY, frame_id, path)
 
     def count(self) -> int:
         return int(self.client.xlen(LOG_KEY))
@@ -181,7 +192,13 @@ class ResultStore:
         if not entries:
             return [], paging.next_cursor([], after)
         raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
-        items = [FrameResult.model_validate_json(raw) for raw in raws if raw]
+        moved = self.client.hmget(STORED_AT_KEY, [e.frame_id for e in entries])
+        items = []
+        for raw, moved_to in zip(raws, moved, strict=True):
+            if raw:
+                item = FrameResult.model_validate_json(raw)
+                item.archived_path = moved_to.decode() if moved_to else None
+                items.append(item)
         return items, entries[-1].cursor
 
     def last_cursor(self) -> str:

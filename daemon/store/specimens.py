@@ -41,8 +41,11 @@ from daemon.store.keys import (
     SPECIMEN_FRAMES_KEY,
     SPECIMEN_KEY,
 )
+from daemon.store.orders import OrderStore
 
 log = logging.getLogger(__name__)
+
+SCAN_BOUND = 5000  # log entries one filtered page reads at most
 
 def store_payload(result: FrameResult, low_confidence: float) -> str:
     """The ARGV JSON of ``scripts/fold_specimen.lua`` for ``result`` ('' when it has none)."""
@@ -114,6 +117,8 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
     needs_review = bool(frames_review or cells_review)
     percent = {c: round(100.0 * n / total, 2) for c, n in cells.items()} if total else {}
     blasts = sum(cells.get(c, 0) for c in BLAST_CLASSES)
+    top = sorted(cells.items(), key=lambda kv: -kv[1])
+    predominant = top[0][0] if total and (len(top) == 1 or top[0][1] > top[1][1]) else None
     delivery = None
     if "outbox_state" in raw:
         delivery = {
@@ -154,6 +159,13 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
         cells=cells,
         percent=percent,
         blast_share_percent=round(100.0 * blasts / total, 2) if total else None,
+        predominant_class=predominant,
+        predominant_share_percent=round(100.0 * cells[predominant] / total, 2)
+        if predominant else None,
+        identified_share_percent=round(100.0 * total / (total + unidentified), 2)
+        if total + unidentified else None,
+        # over the cells the models classified (confidence is the models'; a reviewer's
+        # counts replace cells/total once verified, not the confidence sum)
         mean_confidence=(round(_f(raw, "confidence_sum") / _f(raw, "cells_total"), 4)
                          if _f(raw, "cells_total") else None),
         low_confidence_cells=int(_f(raw, "low_confidence")),
@@ -196,9 +208,14 @@ class SpecimenStore:
         if not raw:
             return None
         decoded = {k.decode(): v.decode() for k, v in raw.items()}
-        return build(decoded, [m.decode() for m in late], self.statement)
+        specimen = build(decoded, [m.decode() for m in late], self.statement)
+        order = OrderStore(self.client).for_specimen(specimen_id)
+        if order is not None:
+            specimen.order, specimen.ordered = order, True
+        return specimen
 
-    def page(self, status: str | None, after: str | None, limit: int) -> tuple[list[Specimen], str]:
+    def page(self, status: str | None, after: str | None, limit: int,
+             ordered: bool | None = None) -> tuple[list[Specimen], str]:
         """Specimens after cursor ``after``.
 
         ``status=complete`` pages the completion log: each specimen once, in completion
@@ -206,18 +223,26 @@ class SpecimenStore:
         frame), filtered to open specimens for ``status=open``.
         """
         stream = COMPLETED_LOG if status == "complete" else OPENED_LOG
-        entries = paging.entries_after(self.client, stream, after, limit)
-        if not entries:
-            return [], paging.next_cursor(entries, after)
-        items = []
-        for _entry_id, fields in entries:
-            specimen = self.get(fields[b"specimen_id"].decode())
-            if specimen is None:
-                continue
-            if status == "open" and specimen.status != "open":
-                continue
-            items.append(specimen)
-        return items, paging.next_cursor(entries, after)
+        items: list[Specimen] = []
+        cursor = after
+        scanned = 0
+        # Filters apply before the limit: read on until ``limit`` specimens match, the log
+        # ends, or SCAN_BOUND entries were read (then the page is short and ``next`` resumes
+        # after the last entry read, so nothing is skipped).
+        while len(items) < limit and scanned < SCAN_BOUND:
+            entries = paging.entries_after(self.client, stream, cursor, min(limit * 4, 500))
+            if not entries:
+                break
+            for entry_id, fields in entries:
+                scanned += 1
+                cursor = entry_id.decode()
+                specimen = self.get(fields[b"specimen_id"].decode())
+                if specimen is not None and (status != "open" or specimen.status == "open") \
+                        and (ordered is None or specimen.ordered == ordered):
+                    items.append(specimen)
+                    if len(items) == limit:
+                        break
+        return items, cursor or paging.START
 
     # --- lifecycle --------------------------------------------------------------------
     def complete(self, specimen_id: str, by: str, now: float | None = None) -> str:

@@ -41,10 +41,13 @@ def _train(args: argparse.Namespace) -> int:
             size=args.size,
             colour_norm=args.colour_norm,
             negatives=args.negatives,
+            init=args.init,
             **common,
         )
         if args.epochs is None:
             cfg_c.epochs = 18
+        if args.lr is not None:
+            cfg_c.lr = args.lr
         T.train_classifier(cfg_c)
     return 0
 
@@ -119,6 +122,8 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--width", type=float, default=0.5, help="classifier: MobileNetV2 width")
     train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
     train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
+    train.add_argument("--init", default="", help="classifier: fine-tune from this checkpoint")
+    train.add_argument("--lr", type=float, default=None, help="classifier: peak learning rate")
     train.add_argument("--negatives", default=DEFAULT_NEGATIVES,
                        help="foreign normal cells <class>/<file>: their train part teaches the "
                             "classifier 'unidentified' and the segmenter their red cells "

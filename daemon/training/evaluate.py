@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +226,21 @@ def reliability_png(before: dict, after: dict, path: Path) -> None:
 
 
 def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None = None,
-                   batch: int = 16) -> list[dict]:
+                   batch: int = 16, shift: Callable[[np.ndarray], np.ndarray] | None = None
+                   ) -> list[dict]:
     """Describe each (H, W, 3) uint8 RGB field as a worker would, with no µm/px given.
 
     ``rig=None``: every field stands alone (no running estimate to lean on); a rig name: the
-    fields share one running red-cell estimate, in order, as frames of one rig do.
+    fields share one running red-cell estimate, in order, as frames of one rig do. ``shift``
+    is applied to each field as it is analysed (an 8x field is 64x the pixels: a batch at a
+    time, never the whole set in memory).
     """
     out: list[dict] = []
     shared = Rescaler(analyzer.rescaler.model_scale)
     for start in range(0, len(images), batch):
         prepared, infos = [], []
         for image in images[start : start + batch]:
+            image = shift(image) if shift is not None else image
             rescaler = shared if rig is not None else Rescaler(analyzer.rescaler.model_scale)
             scale = rescaler.resolve(image, None, rig=rig)
             frame, acquisition = analyzer.prepare(image, scale)
@@ -462,7 +467,7 @@ def evaluate(
     if shifts:
         report["shift_suite"] = {
             name: suite_row(unshifted if name == "none" else
-                            daemon_results(analyzer, [shift(im) for im in raw_fields]), labels)
+                            daemon_results(analyzer, raw_fields, shift=shift), labels)
             for name, shift in SUITE.items()
         }
 

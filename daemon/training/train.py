@@ -82,6 +82,7 @@ class ClassifierConfig:
     #: ``unidentified``; "" for none (then only background crops of the ALL fields do).
     negatives: str = ""
     negatives_repeat: int = 3  # the foreign crops are few: each is seen this often per epoch
+    init: str = ""  # start from this checkpoint's weights (fine-tuning); "" for random
 
 
 def _device(name: str) -> torch.device:
@@ -348,6 +349,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         np.clip(counts.sum() / (n_out * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
     )
     model = MobileNetV2(num_classes=n_out, width=cfg.width).to(device)
+    if cfg.init:
+        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=False)["model"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(tr_crops) / cfg.batch)
     scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)

@@ -200,15 +200,61 @@ def _quarantine(settings: Settings, specimen: str, name: str, data: bytes, reaso
         log.error("could not quarantine a refused upload", extra={"error": str(exc)})
 
 
+def _param(name: str, description: str, schema: dict, example: object) -> dict:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema, "example": example}
+
+
+_IMAGE = {"type": "string", "format": "binary"}
+_FRAME_DOC = {
+    "parameters": [
+        _param("specimen_id", "the specimen (accession number) the frame belongs to; 1-64 of "
+               "[A-Za-z0-9._-]", {"type": "string", "maxLength": 64}, "ACC-1001"),
+        _param("name", "file name to keep (archive, quarantine); default upload.<ext>",
+               {"type": "string", "maxLength": 128}, "field-001.png"),
+        _param("um_per_pixel", "pixel size in µm (else capture.um_per_pixel; CZI: its own)",
+               {"type": "number", "exclusiveMinimum": 0}, 0.1),
+        _param("rig_id", "the microscope (default capture.rig_id)", {"type": "string"}, "rig-1"),
+        _param("metadata", "JSON object of string values kept with the result",
+               {"type": "string"}, '{"stain": "wright"}'),
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "the image (JPEG, PNG, BMP, TIFF, CZI) as the body, or a multipart "
+                       "form with a `file` part (and the parameters as form fields)",
+        "content": {
+            "image/png": {"schema": _IMAGE}, "image/jpeg": {"schema": _IMAGE},
+            "image/tiff": {"schema": _IMAGE}, "application/octet-stream": {"schema": _IMAGE},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                               "properties": {"file": _IMAGE,
+                                                              "specimen_id": {"type": "string"},
+                                                              "name": {"type": "string"}}}},
+        },
+    },
+}
+
+
+def _err(description: str, detail: str) -> dict:
+    return {"description": description,
+            "content": {"application/json": {"example": {"detail": detail}}}}
+
+
 @router.post(
     "/frames",
     status_code=202,
+    tags=["frames"],
+    summary="Push a frame (HTTP capture)",
+    openapi_extra=_FRAME_DOC,
     responses={
-        400: {"description": "bad parameters"},
-        413: {"description": "body above api.max_upload_bytes"},
-        415: {"description": "not an image"},
-        422: {"description": "truncated/undecodable image, or failed quality control"},
-        503: {"description": "queue full (backpressure)"},
+        202: {"description": "queued; the frame ids to poll with GET /frames/{frame_id}",
+              "content": {"application/json": {"example": {
+                  "frame_id": "9f2c0b1d", "specimen_id": "ACC-1001", "status": "queued"}}}},
+        400: _err("bad parameters", "specimen_id must be 1-64 of [A-Za-z0-9._-]"),
+        413: _err("body above api.max_upload_bytes", "image exceeds api.max_upload_bytes"),
+        415: _err("not an image", "not an image"),
+        422: _err("truncated/undecodable image, or failed quality control", "out_of_focus"),
+        503: {"description": "queue full (backpressure); retry after Retry-After seconds",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
     },
     dependencies=[Depends(require("ingest", "frame.ingest"))],  # issue 5: keys and audit
 )

@@ -63,8 +63,14 @@ def list_specimens(
         str | None, Query(max_length=48, description="the `next` cursor of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    ordered: Annotated[
+        bool | None,
+        Query(description="false: only unordered specimens (no LIS order names them); true: "
+              "only ordered ones"),
+    ] = None,
 ) -> SpecimenPage:
-    items, cursor = store.page(status, after, limit)  # BadCursor: 400 (daemon.api.app)
+    # Filters apply before the limit; a page may be short (see SpecimenStore.page).
+    items, cursor = store.page(status, after, limit, ordered)  # BadCursor: 400
     return SpecimenPage(items=items, next=cursor)
 
 

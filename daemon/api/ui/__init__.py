@@ -25,7 +25,7 @@ from fastapi.templating import Jinja2Templates
 
 from daemon import __version__
 from daemon.api import session
-from daemon.api.auth import ALLOWED, ANONYMOUS, client_address, hash_key
+from daemon.api.auth import ALLOWED, ANONYMOUS, client_address, hash_key, note_failure
 from daemon.api.ui import views
 from daemon.domain.classes import CELL_OUTCOMES
 from daemon.domain.ids import valid_frame_id, valid_specimen_id
@@ -126,7 +126,7 @@ def login(
             key = candidate
     client = request.app.state.client
     if key is None:
-        audit.record(client, "unknown", "-", "ui.login_failed", address=client_address(request))
+        note_failure(request, "ui_login", action="ui.login_failed")
         return page(request, "login.html", None, 401, next=target, error="unknown API key",
                     open_api=False)
     if key.role == "ingest":

@@ -1,0 +1,46 @@
+"""API documentation served from the package, so it works on an offline lab network.
+
+``/docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, at ``/docs/assets``;
+``/redoc``: ReDoc from ``daemon/api/static/redoc/`` (vendored ``redoc.standalone.js`` 2.5.4,
+MIT), without Google Fonts. ``/openapi.json`` is FastAPI's, with the bearer scheme. No page
+loads anything from another host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+
+REDOC_DIR = Path(__file__).parent / "static" / "redoc"
+
+
+def add_docs(app: FastAPI) -> None:
+    import swagger_ui_bundle
+
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+              name="swagger-ui")
+    app.mount("/redoc/assets", StaticFiles(directory=REDOC_DIR), name="redoc")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} API",
+            redoc_js_url="/redoc/assets/redoc.standalone.js",
+            redoc_favicon_url="/docs/assets/favicon-32x32.png",
+            with_google_fonts=False,
+        )
