@@ -22,7 +22,8 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	@touch $@
 
 # promtool and prometheus (Debian's prometheus package) for the deploy/ rule tests;
-# a TLS-capable redis-server (Debian's redis-server package) for the rediss:// test.
+# a TLS-capable redis-server (Debian's redis-server package) for the rediss:// test;
+# Debian's chromium for the review station's browser test (never `playwright install`).
 system-deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (promtool) for the rule tests"; \
@@ -34,6 +35,11 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	@test -x /usr/bin/chromium || { \
+	  echo "installing Debian's chromium for the review-station browser test (Playwright drives it)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
 run: install
 	$(BIN)/leukoscope run --config config.yaml

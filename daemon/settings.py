@@ -158,7 +158,7 @@ class ApiSettings(_Section):
 
 class ApiKey(_Section):
     name: str = Field(pattern=KEY_NAME_PATTERN)
-    role: Literal["ingest", "read", "admin"]
+    role: Literal["ingest", "read", "reviewer", "admin"]
     sha256: str = Field(
         pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key (leukoscope keygen)"
     )
@@ -236,6 +236,25 @@ class SpecimenSettings(_Section):
     )
 
 
+class ReviewSettings(_Section):
+    """The review station (/ui/, issue 13): sessions and sign-off."""
+
+    signatures: int = Field(
+        default=1, ge=1, le=2,
+        description="distinct reviewer keys that must sign before a specimen is verified "
+                    "(2: two-person sign-off)")
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 7,
+                                 description="a /ui/ sign-in lasts this long")
+    session_secret: str | None = Field(
+        default=None, min_length=32,
+        description="HMAC secret signing session cookies; null: a random one kept in Redis "
+                    "(shared by every API replica)")
+    image_max_side: int = Field(default=2048, ge=64, le=8192,
+                                description="frame images are served at most this wide/high")
+    image_cache_frames: int = Field(default=64, ge=0, le=4096,
+                                    description="decoded frames the API keeps for crops")
+
+
 class ResultsSettings(_Section):
     retention_days: float | None = Field(
         default=None, gt=0, description="frames' results older than this are trimmed; null: keep"
@@ -283,6 +302,7 @@ class Settings(BaseSettings):
     lis: LisSettings = LisSettings()
     specimens: SpecimenSettings = SpecimenSettings()
     results: ResultsSettings = ResultsSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @field_validator("data_dir")
     @classmethod

@@ -223,3 +223,20 @@ def running_daemon(
         yield daemon
     finally:
         daemon.stop()
+
+
+#: Measurements a test reports (not asserts) at the end of the run, e.g. the review station's
+#: page load time (tests/test_ui_browser.py).
+MEASURED = pytest.StashKey[list]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[MEASURED] = []
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config: pytest.Config) -> None:
+    lines = config.stash.get(MEASURED, [])
+    if lines:
+        terminalreporter.section("measured (not asserted)")
+        for line in lines:
+            terminalreporter.write_line(line)

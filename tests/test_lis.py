@@ -226,10 +226,11 @@ def test_mllp_retries_failures_then_delivers_once(make_settings, redis_client, l
     assert redis_client.zcard(OUTBOX_KEY) == 0
     spec = SpecimenStore(redis_client).get("M1")
     assert spec.delivery["state"] == "delivered" and spec.delivery["delivered_at"]
-    # Every attempt was the same message: one control id, final results, statement included.
+    # Every attempt was the same message: one control id, results preliminary until verified
+    # (issue 13), statement included.
     control_ids = {parse(m).msh.msh_10.value for m in listener.received}
     assert control_ids == {spec.control_id}
-    assert all("|F|" in m and "For research use only" in m for m in listener.received)
+    assert all("|P|" in m and "For research use only" in m for m in listener.received)
     complete(redis_client, "M2")
     listener.mode = "AA"
     assert [a.outcome for a in outbox.deliver_due()] == ["delivered"]

@@ -233,6 +233,28 @@ def test_a_lis_simulator_orders_and_files_the_result_end_to_end(
             assert patient.identifier[0].value == "MRN-1001"
             spec = api.get("/specimens/ACC-77").json()
             assert spec["ordered"] and spec["order"]["placer_order_number"] == "PL-77"
+            # Completion sends a preliminary result; only sign-off at the review station
+            # (issue 13) makes it final, as a new message filed against the same order.
+            assert obr[25] == "P" and orc[5] == "IP" and report.status == "preliminary"
+            verified = api.post("/specimens/ACC-77/verify")
+            assert verified.status_code == 200 and verified.json()["outcome"] == "verified"
+
+            def finals() -> list[str]:
+                return [m for m in list(lis.received) if segments(m, "OBR")[0][25] == "F"]
+
+            wait_for(finals, 60, "the final ORU^R01 for ACC-77")
+            final = finals()[0]
+            strictly_valid(final)
+            assert segments(final, "MSH")[0][10] == "T"
+            assert segments(final, "MSH")[0][9] != msh[9]  # its own control id (MSH-10)
+            assert segments(final, "PID")[0][3] == pid[3]  # still the order's patient
+            orc, obr = segments(final, "ORC")[0], segments(final, "OBR")[0]
+            assert orc[2] == "PL-77^HOSP" and orc[5] == "CM"
+            assert obr[25] == "F" and obr[32] == "anonymous"  # OBR-32: the verifier
+            assert all(f[11] == "F" and f[16] == "anonymous" for f in segments(final, "OBX"))
+            report = DiagnosticReport.model_validate(api.get("/specimens/ACC-77/fhir").json())
+            assert report.status == "final" and report.basedOn[0].identifier.value == "PL-77"
+            assert report.resultsInterpreter[0].reference == "#verifier"
     finally:
         daemon.stop()
         lis.close()

@@ -95,10 +95,11 @@ def test_lis_polls_completed_specimens_once_across_restarts_and_gets_mllp_push(
         code, spec = get_json(f"{api}/specimens/SPEC-A")
         assert spec["status"] == "complete" and spec["completed_by"] == "marker"
         assert spec["frames_done"] == 4 and spec["cells_classified"] == 8
-        assert spec["late_frames"] == 0 and spec["result_status"] == "final"
+        # preliminary until a reviewer verifies it (issue 13)
+        assert spec["late_frames"] == 0 and spec["result_status"] == "preliminary"
         code, text = call(f"{api}/specimens/SPEC-A/fhir")
         report = DiagnosticReport.model_validate_json(text)
-        assert report.status == "final"
+        assert report.status == "preliminary"
         code, text = call(f"{api}/specimens/SPEC-A/hl7")
         assert code == 200 and parse(text).validate()
         wait_for(lambda: listener.received, 30, "the MLLP push of SPEC-A")

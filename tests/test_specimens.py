@@ -89,7 +89,8 @@ def test_completion_once_and_late_frames_flagged_not_folded(redis_client: redis.
     assert specimens.complete("nope", "api") == "missing"
     assert store.store(result("late1", cells=[cell("pro_b", 0.9)]))  # the result is kept
     spec = specimens.get("S1")
-    assert spec.status == "complete" and spec.result_status == "final"
+    # final only once a reviewer verifies it (issue 13)
+    assert spec.status == "complete" and spec.result_status == "preliminary"
     assert spec.completed_by == "api" and spec.control_id.startswith("LKS")
     assert spec.cells_classified == 1 and spec.late_frames == 1
     assert spec.late_frame_ids == ["late1"]
@@ -155,6 +156,8 @@ def test_specimen_api_polls_completed_once_and_reports_validate(
     spec = api.get("/specimens/B").json()
     assert spec["status"] == "complete" and spec["blast_share_percent"] == 50.0
 
+    assert api.post("/specimens/B/verify").json()["outcome"] == "verified"  # issue 13
+    spec = api.get("/specimens/B").json()  # the final report has its own control id
     # FHIR R4 DiagnosticReport, validated with fhir.resources' R4B models.
     response = api.get("/specimens/B/fhir")
     assert response.headers["content-type"].startswith("application/fhir+json")

@@ -168,6 +168,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     from daemon.api.routes.orders import router as orders_router
 
     app.include_router(orders_router)  # orders from the LIS (FHIR ServiceRequest)
+    from daemon.api.ui import mount as mount_review_station
+
+    mount_review_station(app)  # /ui/ and the API under it (issue 13)
     return app
 
 

@@ -2,8 +2,11 @@
 
 Keys are configured as SHA-256 hex digests (``auth.keys``), never in clear; a client sends
 ``Authorization: Bearer <key>``. Roles: ``ingest`` (POST /frames, complete a specimen),
-``read`` (results, specimens, reports, status), ``admin`` (everything, /audit). A missing or
-unknown key is 401, a key whose role does not allow the route 403.
+``read`` (results, specimens, reports, status), ``reviewer`` (read, plus reclassify cells and
+sign specimens: the review station), ``admin`` (everything, /audit). A missing or unknown key
+is 401, a key whose role does not allow the route 403. A browser signed in at /ui/ sends a
+session cookie instead (``daemon.api.session``); with it, a state-changing request without
+the right CSRF token is 403.
 
 With no key configured the API is open, and ``run_api`` binds it to loopback only.
 
@@ -25,6 +28,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from daemon.api import session
 from daemon.settings import Settings
 from daemon.store import audit, counters
 
@@ -33,7 +37,8 @@ log = logging.getLogger(__name__)
 ALLOWED: dict[str, frozenset[str]] = {
     "ingest": frozenset({"ingest"}),
     "read": frozenset({"read"}),
-    "admin": frozenset({"ingest", "read", "admin"}),
+    "reviewer": frozenset({"read", "review"}),
+    "admin": frozenset({"ingest", "read", "review", "admin"}),
 }
 KEY_PREFIX = "lks_"
 ANONYMOUS = "anonymous"  # the caller when no keys are configured (loopback-only API)
@@ -44,7 +49,7 @@ bearer = HTTPBearer(
     auto_error=False,
     scheme_name="apiKey",
     description="An API key from `leukoscope keygen NAME ROLE`, sent as "
-    "`Authorization: Bearer <key>`. Roles: ingest, read, admin. Not needed while no key is "
+    "`Authorization: Bearer <key>`. Roles: ingest, read, reviewer, admin. Not needed while no key is "
     "configured (the API then serves loopback only).",
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -80,8 +85,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _refuse(request: Request, reason: str, detail: str) -> HTTPException:
-    """A 401, logged, counted (leukoscope_auth_failures_total) and audited (auth.failed)."""
+def note_failure(request: Request, reason: str, action: str = "auth.failed") -> None:
+    """Log, count (leukoscope_auth_failures_total) and audit (``action``) a refused caller."""
     address = client_address(request)
     log.warning(
         "authentication failed",
@@ -92,10 +97,15 @@ def _refuse(request: Request, reason: str, detail: str) -> HTTPException:
     try:
         counters.record(client, counters.counter("leukoscope_auth_failures_total",
                                                  {"reason": reason}))
-        audit.record(client, "-", "-", "auth.failed", detail=f"{reason} {request.method} "
+        audit.record(client, "-", "-", action, detail=f"{reason} {request.method} "
                      f"{request.url.path}"[:200], address=address)
     except Exception:  # a refusal must not become a 500 because Redis is away
         log.warning("could not record an authentication failure")
+
+
+def _refuse(request: Request, reason: str, detail: str) -> HTTPException:
+    """A 401, logged, counted and audited (``note_failure``)."""
+    note_failure(request, reason)
     return HTTPException(status_code=401, detail=detail, headers={"WWW-Authenticate": "Bearer"})
 
 
@@ -105,6 +115,8 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     if not keys:
         return Caller(ANONYMOUS, "admin")
     if not request.headers.get("authorization", ""):
+        if request.cookies.get(session.COOKIE):
+            return _from_session(request, keys)
         raise _refuse(request, "missing", "missing API key: send 'Authorization: Bearer <key>'")
     token = credentials.credentials if credentials is not None else ""
     if not token.strip():
@@ -115,6 +127,25 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
         if hmac.compare_digest(digest, key.sha256):
             return Caller(key.name, key.role)
     raise _refuse(request, "unknown_key", "unknown API key")
+
+
+def key_for_session(keys: list, found: session.Session):
+    """The configured key a session was issued for, or None (removed or replaced)."""
+    for key in keys:
+        if key.name == found.name and key.role == found.role and key.sha256.startswith(
+            found.key_prefix
+        ):
+            return key
+    return None
+
+
+def _from_session(request: Request, keys: list) -> Caller:
+    found = session.read(request)
+    if found is None or key_for_session(keys, found) is None:
+        raise _refuse(request, "session", "session expired or invalid: sign in again")
+    if request.method not in session.SAFE_METHODS and not session.csrf_ok(request, found):
+        raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
+    return Caller(found.name, found.role)
 
 
 def check_role(caller: Caller, role: str) -> None:

@@ -131,6 +131,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_labels(args: argparse.Namespace) -> int:
+    from daemon.cli.export_labels import export_labels
+    from daemon.store.connection import connect
+
+    settings = _settings(args, "export-labels")
+    written = export_labels(settings, connect(settings), Path(args.out), args.specimen or None)
+    print(f"{written} verified cell crops written under {args.out} (labels.csv lists them)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukoscope",
@@ -166,10 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
-    keygen.add_argument("role", choices=["ingest", "read", "admin"])
+    keygen.add_argument("role", choices=["ingest", "read", "reviewer", "admin"])
     qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as capture would")
     qc.add_argument("paths", nargs="+", help="image files or folders")
     qc.add_argument("--summary", action="store_true", help="percentiles instead of one line a file")
+    export = command("export-labels", cmd_export_labels,
+                     "write verified cells' crops and reviewed labels for leukoscope train")
+    export.add_argument("--out", required=True, help="folder (train --data layout)")
+    export.add_argument("--specimen", action="append", help="only these specimens (repeatable)")
     status = command("status", cmd_status, "print the daemon's /status as a table")
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
     status.add_argument("--key", default=None,

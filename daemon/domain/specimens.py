@@ -18,14 +18,32 @@ class SpecimenModel(ModelRef):
     kind: str
 
 
+class Signature(BaseModel):
+    """One sign-off of a specimen's review (the review station, issue 13)."""
+
+    by: str = Field(description="name of the API key that signed")
+    role: str
+    at: float = Field(description="Unix time (s) of the signature")
+
+
 class Specimen(BaseModel):
     specimen_id: str
     status: Literal["open", "complete"]
     result_status: Literal["preliminary", "final"] = Field(
-        description="preliminary while open, and while any cell or frame needs review (no "
-                    "result is final before a person has verified it); final once complete "
-                    "with nothing to review"
+        description="preliminary until a reviewer has verified the complete specimen "
+                    "(POST /specimens/{id}/verify); final only after verification"
     )
+    review_status: Literal["unverified", "signed", "verified"] = Field(
+        default="unverified",
+        description="signed: some but not all of the required signatures (review.signatures)")
+    verified_by: str | None = Field(default=None, description="the key that verified it")
+    verified_at: float | None = None
+    signatures: list[Signature] = []
+    reclassified_cells: int = Field(
+        default=0, description="cells whose class a reviewer changed (counted at verification)")
+    model_cells: dict[str, int] | None = Field(
+        default=None, description="once verified: the models' counts per class before review "
+                                  "(cells and percent then hold the verified counts)")
     needs_review: bool = Field(
         default=False, description="some cell or frame of the specimen needs a person's review")
     frames_needing_review: int = 0

@@ -12,8 +12,10 @@ it), one Device per model (name, version, SHA-256) and the Observations, coded f
 ``daemon.domain.codes`` (the same codes as the HL7 OBX-3). ``basedOn`` is the order's
 ServiceRequest (by reference when it came as FHIR, by placer identifier otherwise). An
 unordered specimen has no ``subject`` and no ``basedOn``: never a made-up patient. Status is
-``preliminary`` while the specimen is open or needs review, ``final`` afterwards. The
-research-use statement is the report's conclusion and a note on every Observation.
+``preliminary`` until a reviewer has verified the complete specimen at the review station
+(issue 13), ``final`` afterwards, with the verifier as ``resultsInterpreter`` (a contained
+Practitioner identified by the API key's name) and the verified counts. The research-use
+statement is the report's conclusion and a note on every Observation.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ SPECIMEN_SYSTEM = "urn:leukoscope:specimen"
 PLACER_SYSTEM = "urn:leukoscope:placer"  # placer order numbers without a namespace URI
 MODEL_SHA_SYSTEM = "urn:leukoscope:model-sha256"
 DEVICE_EXTENSION = "urn:leukoscope:fhir:extension:model-device"
+KEY_SYSTEM = "urn:leukoscope:api-key"  # the verifier: the name of the API key that signed
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 GENDER = {"F": "female", "M": "male", "O": "other", "U": "unknown", "A": "other", "N": "unknown"}
 GENDER_V2 = {"female": "F", "male": "M", "other": "O", "unknown": "U"}
@@ -139,7 +142,7 @@ def observation_values(specimen: Specimen) -> list[tuple[str, codes.Code, dict]]
 
 
 def diagnostic_report(specimen: Specimen, statement: str) -> dict:
-    status = specimen.result_status  # preliminary until complete and nothing to review
+    status = specimen.result_status  # preliminary until complete and verified by a reviewer
     order = specimen.order
     devices = []
     for model in specimen.models:
@@ -208,6 +211,7 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
             f" {specimen.late_frames} frame(s) arrived after the specimen was completed;"
             " they are not included in these results."
         )
+    conclusion += verification_note(specimen)
     if order is None:
         conclusion += " Unordered: no order from the LIS names this specimen; no patient is given."
     specimen_resource: dict = {
@@ -260,7 +264,26 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
         report["subject"] = subject
     if not devices:
         del report["extension"]
+    if specimen.verified_by:  # the review station's sign-off (issue 13)
+        report["contained"].append({
+            "resourceType": "Practitioner", "id": "verifier",
+            "identifier": [{"system": KEY_SYSTEM, "value": specimen.verified_by}],
+            "name": [{"text": specimen.verified_by}],
+        })
+        report["resultsInterpreter"] = [{"reference": "#verifier",
+                                         "display": specimen.verified_by}]
     return report
+
+
+def verification_note(specimen: Specimen) -> str:
+    """Who verified the results and when, or that nobody has yet (FHIR and HL7)."""
+    if specimen.verified_by and specimen.verified_at:
+        others = [s.by for s in specimen.signatures if s.by != specimen.verified_by]
+        also = f" (also signed by {', '.join(others)})" if others else ""
+        return (f" Verified by {specimen.verified_by}{also} at "
+                f"{instant(specimen.verified_at)}; {specimen.reclassified_cells} cell(s) "
+                "reclassified on review.")
+    return " Preliminary: not yet verified by a reviewer."
 
 
 # --- orders in: ServiceRequest -> Order --------------------------------------------------

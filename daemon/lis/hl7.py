@@ -7,12 +7,14 @@
          specimen: no patient is ever invented
     ORC  RE; ORC-2 placer order number, ORC-3 filler order number; ORC-5 IP or CM
     OBR  OBR-2/OBR-3 as ORC; OBR-4 the service as ordered (else the local panel code);
-         OBR-7/8 first/last frame; OBR-25 P or F
-    NTE  the research-use statement, review and late-frame notes
+         OBR-7/8 first/last frame; OBR-25 P, or F once a reviewer verified the
+         specimen (issue 13); OBR-32 the verifier (the signing API key's name)
+    NTE  the research-use statement, who verified (or "Preliminary: not yet verified"),
+         review and late-frame notes
     OBX  one per value, coded from ``daemon.domain.codes`` (the same codes as FHIR): the
          predominant class (CWE) and its share, the ALL-class share of identified lymphoid
          cells, identified/unidentified/needs-review counts, count and share per class;
-         OBX-11 P or F; OBX-18 the model versions (EI: name:version ^ kind ^ sha256 ^ L)
+         OBX-11 P or F; OBX-16 the verifier once verified; OBX-18 the model versions (EI: name:version ^ kind ^ sha256 ^ L)
     SPM  SPM-2 the specimen id (filler assigned, the accession), SPM-4 BLD, SPM-18 received
 
 Every value from outside (config, order, model names) is ER7-escaped component by component.
@@ -37,6 +39,7 @@ from daemon.domain import codes
 from daemon.domain.ids import NAME_RULE, valid_specimen_id
 from daemon.domain.orders import Order, Patient, PatientIdentifier
 from daemon.domain.specimens import Specimen
+from daemon.lis.fhir import verification_note
 from daemon.settings import LisSettings
 
 SPECIMEN_TYPE = "BLD^Whole blood^HL70487"
@@ -107,7 +110,7 @@ def observations(specimen: Specimen) -> list[tuple[codes.Code, str, str]]:
 
 
 def notes(specimen: Specimen, statement: str) -> list[str]:
-    out = [statement]
+    out = [statement, verification_note(specimen).strip()]
     if specimen.needs_review:
         out.append(
             f"Not verified: {specimen.cells_needing_review} cell(s) and "
@@ -178,6 +181,8 @@ def oru_r01(
     obr.obr_8 = ts(specimen.last_frame_at)
     obr.obr_22 = ts(created)
     obr.obr_25 = flag
+    if specimen.verified_by:  # OBR-32 principal result interpreter: the verifier (issue 13)
+        obr.obr_32 = escape(specimen.verified_by)
     for i, text in enumerate(notes(specimen, lis.statement), start=1):
         nte = group.add_segment("NTE")
         nte.nte_1 = str(i)
@@ -196,6 +201,8 @@ def oru_r01(
             obx.obx_6 = UNITS[code.unit]
         obx.obx_11 = flag
         obx.obx_14 = ts(specimen.last_frame_at)
+        if specimen.verified_by:  # OBX-16 responsible observer
+            obx.obx_16 = escape(specimen.verified_by)
         for instance in equipment:  # OBX-18 repeats: one per model
             obx.add_field("OBX_18").value = instance
     spm = group.add_group("ORU_R01_SPECIMEN").spm

@@ -222,7 +222,8 @@ CATALOGUE: dict[str, MetricDef] = {
             "leukoscope_auth_failures_total",
             "counter",
             "API requests refused for authentication (401), by reason (missing, malformed, "
-            "unknown_key).",
+            "unknown_key, session: an expired or invalid review-station cookie, ui_login: an "
+            "unknown key at POST /ui/login).",
             ("reason",),
         ),
         MetricDef(

@@ -29,6 +29,11 @@ REQUESTED_SET = "lks:specimens:requested"  # zset: completion requested -> reque
 CONTROL_COUNTER = "lks:lis:control"  # integer: HL7 message control ids (LKS<n>)
 OUTBOX_KEY = "lks:outbox"  # zset: specimen -> next MLLP delivery attempt time
 
+# --- review and sign-off (store/review.py, issue 13) -----------------------------------
+SPECIMEN_FRAMES_KEY = "lks:specimen:{}:frames"  # zset: frame folded into the specimen -> time
+CELL_REVIEW_KEY = "lks:specimen:{}:cells"  # hash: "<frame_id>:<index>" -> reviewed class JSON
+UI_SECRET_KEY = "lks:ui:secret"  # string: session-signing secret shared by API replicas
+
 # --- metrics, heartbeats, audit, housekeeping --------------------------------------------
 METRICS_KEY = "lks:metrics"  # hash: counter and histogram fields (store/counters.py)
 RIGS_KEY = "lks:metrics:rigs"  # set: rig ids admitted as metric label values (capped)

@@ -20,3 +20,5 @@ STORE_RESULT = _read("store_result").replace("-- SPECIMEN UPDATE --\n", FOLD_SPE
 COMPLETE_SPECIMEN = _read("complete_specimen")
 ADMIT_RIGS = _read("admit_rigs")
 FOLD_FIELDS = _read("fold_fields")
+REVIEW_CELL = _read("review_cell")
+VERIFY_SPECIMEN = _read("verify_specimen")

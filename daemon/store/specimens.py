@@ -38,6 +38,7 @@ from daemon.store.keys import (
     OPENED_LOG,
     OUTBOX_KEY,
     REQUESTED_SET,
+    SPECIMEN_FRAMES_KEY,
     SPECIMEN_KEY,
 )
 from daemon.store.orders import OrderStore
@@ -85,8 +86,9 @@ def store_payload(result: FrameResult, low_confidence: float) -> str:
 
 
 def store_keys(specimen_id: str) -> list[str]:
-    """KEYS[5..8] of ``scripts/store_result.lua``: what folding a result into a specimen touches."""
-    return [SPECIMEN_KEY.format(specimen_id), OPENED_LOG, OPEN_SET, LATE_KEY.format(specimen_id)]
+    """KEYS[5..9] of ``scripts/store_result.lua``: what folding a result into a specimen touches."""
+    return [SPECIMEN_KEY.format(specimen_id), OPENED_LOG, OPEN_SET, LATE_KEY.format(specimen_id),
+            SPECIMEN_FRAMES_KEY.format(specimen_id)]
 
 
 # --- the report: the specimen hash read back ------------------------------------------
@@ -102,10 +104,19 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
         if field.startswith("cells:") and field[6:] not in cells and field[6:] != UNIDENTIFIED:
             cells[field[6:]] = int(float(value))
     frames_review, cells_review = int(_f(raw, "frames_review")), int(_f(raw, "cells_review"))
+    unidentified = int(_f(raw, f"cells:{UNIDENTIFIED}"))
+    verified = bool(raw.get("verified_at"))
+    model_cells = None
+    if verified:  # a reviewer's counts replace the models' (store/review.py)
+        model_cells = cells
+        cells = {c: int(_f(raw, f"reviewed:cells:{c}")) for c in CLASS_CODES}
+        total = int(_f(raw, "reviewed:cells_total"))
+        unidentified = int(_f(raw, f"reviewed:cells:{UNIDENTIFIED}"))
+        frames_review = cells_review = 0
+    signatures = json.loads(raw.get("signatures") or "[]")
     needs_review = bool(frames_review or cells_review)
     percent = {c: round(100.0 * n / total, 2) for c, n in cells.items()} if total else {}
     blasts = sum(cells.get(c, 0) for c in BLAST_CLASSES)
-    unidentified = int(_f(raw, f"cells:{UNIDENTIFIED}"))
     top = sorted(cells.items(), key=lambda kv: -kv[1])
     predominant = top[0][0] if total and (len(top) == 1 or top[0][1] > top[1][1]) else None
     delivery = None
@@ -120,8 +131,13 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
     return Specimen(
         specimen_id=raw["specimen_id"],
         status=raw["status"],
-        result_status="final" if raw["status"] == "complete" and not needs_review
-        else "preliminary",
+        result_status="final" if raw["status"] == "complete" and verified else "preliminary",
+        review_status="verified" if verified else "signed" if signatures else "unverified",
+        verified_by=raw.get("verified_by"),
+        verified_at=_f(raw, "verified_at") or None,
+        signatures=signatures,
+        reclassified_cells=int(_f(raw, "reclassified")),
+        model_cells=model_cells,
         needs_review=needs_review,
         frames_needing_review=frames_review,
         cells_needing_review=cells_review,
@@ -148,7 +164,10 @@ def build(raw: dict[str, str], late: list[str], statement: str) -> Specimen:
         if predominant else None,
         identified_share_percent=round(100.0 * total / (total + unidentified), 2)
         if total + unidentified else None,
-        mean_confidence=round(_f(raw, "confidence_sum") / total, 4) if total else None,
+        # over the cells the models classified (confidence is the models'; a reviewer's
+        # counts replace cells/total once verified, not the confidence sum)
+        mean_confidence=(round(_f(raw, "confidence_sum") / _f(raw, "cells_total"), 4)
+                         if _f(raw, "cells_total") else None),
         low_confidence_cells=int(_f(raw, "low_confidence")),
         low_confidence_threshold=_f(raw, "low_confidence_threshold") or None,
         rejections={

@@ -1,6 +1,7 @@
 -- Spliced into store_result.lua: runs only for a newly stored result, so a frame
 -- re-processed after a worker crash is never counted twice.
--- KEYS[5] specimen hash, KEYS[6] opened log, KEYS[7] open zset, KEYS[8] late set
+-- KEYS[5] specimen hash, KEYS[6] opened log, KEYS[7] open zset, KEYS[8] late set,
+-- KEYS[9] the specimen's frames (zset: the review station's gallery)
 -- ARGV[7] JSON: {id, at, now, threshold, frame_id, incr: {field: n}, set: {field: value}}
 local spec = cjson.decode(ARGV[7])
 local skey = KEYS[5]
@@ -23,6 +24,7 @@ if sstatus == 'open' then
   end
   redis.call('HSET', skey, 'last_activity_at', spec.now)
   redis.call('ZADD', KEYS[7], spec.now, spec.id)
+  redis.call('ZADD', KEYS[9], spec.at, spec.frame_id)
 else
   redis.call('HINCRBY', skey, 'late_frames', 1)
   redis.call('SADD', KEYS[8], spec.frame_id)

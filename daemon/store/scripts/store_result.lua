@@ -1,7 +1,7 @@
 -- Store a frame's result once, count it, fold it into its specimen and ack the queue entry
 -- (store/results.py ResultStore.store).
 -- KEYS: result key, log stream, metrics hash, frames stream, then
---       daemon.store.specimens.store_keys (KEYS[5..8])
+--       daemon.store.specimens.store_keys (KEYS[5..9])
 -- ARGV: result json, frame_id, status, rig, group, entry id ('' = nothing to ack),
 --       specimen update JSON ('' = none, see fold_specimen.lua), metric field/amount pairs...
 -- Returns 1 when the result is new, 0 when one was stored before.
