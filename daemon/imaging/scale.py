@@ -12,10 +12,10 @@ Where a frame's scale comes from, in order (``ScaleInfo.source`` in its result):
     objective change moves it within ``history / 2`` frames. A frame whose own estimate
     differs from the rig's median by more than ``jump`` is marked ``reliable: false`` (it
     goes to review: either the frame or the rig's optics changed). A frame with too few red
-    cells uses the rig's median, or (a rig's first frames) its own weak estimate, marked
-    ``reliable: false``.
+    cells uses the rig's median when the rig has one.
 ``assumed``
-    Nothing known: the frame is analysed as it is and goes to review (``scale_unknown``).
+    Nothing known (no scale given, too few red cells, no rig estimate yet): the frame is
+    analysed as it is and goes to review (``scale_unknown``).
 
 The models' scale is the segmenter manifest's ``scale`` (red-cell diameter measured on the
 training fields). Factors within 2 % of 1 are not applied (resampling would only blur);
@@ -76,9 +76,10 @@ class Rescaler:
             return self._estimated(median, ruler.diameter_px, agrees)
         if diameters:
             return self._estimated(float(np.median(diameters)), ruler.diameter_px, True)
-        if ruler.diameter_px is not None:
-            return self._estimated(ruler.diameter_px, ruler.diameter_px, False)
-        return ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0, reliable=False)
+        # Too few red cells and no rig estimate: a weak guess could enlarge a frame 5x; analyse
+        # it as captured and say so (the frame goes to review as scale_unknown).
+        return ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0,
+                         rbc_diameter_px=ruler.diameter_px, reliable=False)
 
     def _estimated(self, diameter: float, measured: float | None, reliable: bool) -> ScaleInfo:
         assert self.model_scale is not None
