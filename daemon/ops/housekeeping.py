@@ -7,25 +7,90 @@ specimen), so a lease lost mid-step costs at most a repeated check.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
 import threading
 import time
+from pathlib import Path
 
 import redis
 from redis.exceptions import LockError
 
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
+from daemon.store import audit
 from daemon.store.connection import Outage
 from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY
+from daemon.store.queue import FrameQueue
+from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 10.0
 RETENTION_EVERY_SECONDS = 600.0
+JANITOR_EVERY_SECONDS = 60.0
+#: an in-flight record whose result is this old is an orphan: the capture or API process
+#: that made it would have archived the original and forgotten it within seconds
+INFLIGHT_GRACE_SECONDS = 600.0
+AUDIT_BATCH = 1000
+
+
+def archive_audit(entries: list[audit.AuditEntry], folder: Path) -> list[Path]:
+    """Append ``entries`` to ``folder/audit-<UTC day>.jsonl`` (one file per day of the
+    entries: rotated by date), fsynced before returning. At least once: a crash between this
+    and the removal from Redis writes an entry twice (same ``cursor``), never loses it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    by_day: dict[str, list[str]] = {}
+    for entry in entries:
+        day = datetime.datetime.fromtimestamp(entry.time, datetime.UTC).strftime("%Y-%m-%d")
+        by_day.setdefault(day, []).append(entry.model_dump_json(exclude_none=True))
+    written = []
+    for day, lines in sorted(by_day.items()):
+        path = folder / f"audit-{day}.jsonl"
+        with open(path, "a", encoding="utf-8") as out:
+            out.write("".join(line + "\n" for line in lines))
+            out.flush()
+            os.fsync(out.fileno())
+        written.append(path)
+    return written
+
+
+def trim_audit(client: redis.Redis, folder: Path | None, retention_days: float | None,
+               max_entries: int | None, now: float | None = None) -> int:
+    """Bound the audit stream by age and length; each entry goes to ``folder`` (when given)
+    before it is removed from Redis. Returns how many left Redis."""
+    now = time.time() if now is None else now
+    removed = 0
+    while True:
+        batch: list[audit.AuditEntry] = []
+        if retention_days is not None:
+            batch = audit.oldest(client, AUDIT_BATCH, before=now - retention_days * 86400)
+        if not batch and max_entries is not None:
+            excess = audit.length(client) - max_entries
+            if excess > 0:
+                batch = audit.oldest(client, min(excess, AUDIT_BATCH))
+        if not batch:
+            return removed
+        if folder is not None:
+            archive_audit(batch, folder)
+        removed += audit.remove(client, [e.cursor for e in batch])
+
+
+def sweep_inflight(client: redis.Redis, older_than: float) -> int:
+    """Forget in-flight records of frames whose result was stored before ``older_than``,
+    whoever made them (a pushed frame whose API died, a rig whose capture is gone). Safe:
+    a file still in an inbox is offered again and the queue answers 'stored'."""
+    queue, results = FrameQueue(client), ResultStore(client)
+    forgotten = 0
+    for record in queue.inflight():
+        result = results.get(record.frame_id)
+        if result is not None and result.completed_at < older_than:
+            queue.forget(record.frame_id)
+            forgotten += 1
+    return forgotten
 
 
 def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
@@ -62,6 +127,7 @@ class Housekeeper:
         self.outbox = Outbox(client, settings)
         self.stopping = threading.Event()
         self._next_retention = 0.0
+        self._next_janitor = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -95,6 +161,17 @@ class Housekeeper:
             removed = trim_results(self.client, time.time() - days * 86400)
             if removed:
                 log.info("results past retention trimmed", extra={"removed": removed})
+        if time.monotonic() >= self._next_janitor:
+            self._next_janitor = time.monotonic() + JANITOR_EVERY_SECONDS
+            trail = self.settings.audit
+            moved = trim_audit(self.client, self.settings.audit_dir if trail.archive else None,
+                               trail.retention_days, trail.max_entries)
+            if moved:
+                log.info("audit entries moved out of redis", extra={
+                    "removed": moved, "archive": str(self.settings.audit_dir)})
+            forgotten = sweep_inflight(self.client, time.time() - INFLIGHT_GRACE_SECONDS)
+            if forgotten:
+                log.warning("orphaned in-flight records forgotten", extra={"count": forgotten})
 
     def run(self) -> None:
         outage = Outage("housekeeping")

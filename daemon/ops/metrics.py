@@ -29,7 +29,7 @@ KNOWN_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "leukoscope_frames_review_total": {},
     "leukoscope_frame_review_reasons_total": {"reason": FRAME_REVIEW_REASONS},
     "leukoscope_frames_scale_source_total": {"source": SCALE_SOURCES},
-    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api")},
+    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api", "redis")},
     "leukoscope_lis_messages_total": {"outcome": ("delivered", "rejected", "timeout", "error")},
 }
 
