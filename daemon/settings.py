@@ -285,10 +285,11 @@ class WorkerSettings(_Section):
     batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch")
     max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call")
     max_batch_pixels: int = Field(
-        default=8_388_608,
-        gt=0,
-        description="pixels analysed together (a batch is split so its frames' pixels stay "
-        "below this; a larger frame is analysed alone)",
+        default=4_194_304,
+        ge=65_536,
+        description="pixels segmented in one model call: a batch is split so its frames' "
+        "pixels stay below this, and a larger frame is segmented alone in overlapping tiles "
+        "of this size (a worker's memory grows with this, not with batch_frames)",
     )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
     heartbeat_seconds: float = Field(default=2.0, gt=0)

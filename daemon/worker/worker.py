@@ -7,6 +7,8 @@ new ones; every ``claim_idle_seconds`` it also takes over entries of silent cons
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -29,6 +31,17 @@ from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
+
+#: after a chunk of at least this many pixels, freed memory is given back to the OS
+#: (glibc keeps it otherwise: a worker stayed at 962 MB after one 2000x2000 frame)
+TRIM_AFTER_PIXELS = 1_000_000
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 def default_worker_id(index: int = 0) -> str:
     return f"{heartbeats.host_name()}-w{index}"
@@ -241,6 +254,8 @@ class Worker:
                                               list(scales), list(acquisitions), started))
             for held in (images, ready, decode_ms, scales, acquisitions):
                 held.clear()
+            if pixels >= TRIM_AFTER_PIXELS:
+                _malloc_trim()
             pixels = 0
 
         for d in group:
