@@ -148,3 +148,15 @@ def test_push_refuses_bombs_and_unphysical_scales(api, redis_client):
                       jpeg(good_rgb(2)))
     assert code == 202, body
     assert len(entries(redis_client)) == 1
+
+
+def test_a_refused_body_is_quarantined_once(api, redis_client):
+    """Repeats of a refused upload (same specimen, name and bytes) were each written to
+    quarantine again (481 MB in 2.5 s from 8 concurrent 60 MB uploads)."""
+    base, settings = api
+    body = b"%PDF-1.4 this is not an image" * 100
+    for _ in range(5):
+        code, answer = post(f"{base}/frames?specimen_id=Q-1&name=doc.jpg", body)
+        assert code == 415 and answer["reason"] == "not_an_image"
+    kept = sorted(p.name for p in (settings.quarantine_dir / "Q-1").iterdir())
+    assert kept == ["doc.jpg", "doc.jpg.reason.txt"]

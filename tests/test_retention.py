@@ -76,3 +76,25 @@ def test_status_and_metrics_show_redis_memory_and_data_dir_bytes(
              StatusReader(redis_client, settings, time.time()).live_gauges()}
     assert {"leukoscope_redis_memory_used_bytes", "leukoscope_data_dir_bytes",
             "leukoscope_audit_entries"} <= names
+
+
+def test_the_lease_outlives_one_mllp_delivery_and_parts_fail_alone(
+        make_settings, redis_client: redis.Redis) -> None:
+    from daemon.ops.housekeeping import Housekeeper
+
+    settings = make_settings(lis={"mllp": {"host": "127.0.0.1", "port": 9,
+                                           "connect_timeout_seconds": 5,
+                                           "ack_timeout_seconds": 15}},
+                             audit={"max_entries": 2})
+    keeper = Housekeeper(settings, redis_client)
+    assert keeper.leader()
+    assert redis_client.pttl("lks:housekeeper") > 3 * 20 * 1000 - 5000  # 3 deliveries' time
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("one bad specimen")
+
+    keeper.specimens.tick = broken  # the lifecycle part fails on every step ...
+    for i in range(5):
+        audit.record(redis_client, "lis", "read", "results.read", frame_id=f"f{i}")
+    keeper.step()  # ... and the audit retention after it still runs
+    assert audit.length(redis_client) == 2

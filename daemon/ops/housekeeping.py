@@ -1,8 +1,11 @@
 """Background upkeep run by the API process: specimen lifecycle, MLLP outbox, retention.
 
 Several API processes may run; a Redis lease (``lks:housekeeper``, a redis-py ``Lock``) lets
-one do the work at a time. Every step is idempotent (completion and delivery are keyed by
-specimen), so a lease lost mid-step costs at most a repeated check.
+one do the work at a time. The lease outlives one MLLP delivery (connect + ACK timeouts) and
+a thread renews it every third of its time while its holder lives, so a slow LIS never hands
+the outbox to a second API replica mid-delivery. Every step is idempotent (completion and
+delivery are keyed by specimen), so a lease lost mid-step costs at most a repeated check, and
+each part of a step runs on its own: one that fails (logged) never stops the others.
 """
 
 from __future__ import annotations
@@ -120,8 +123,11 @@ class Housekeeper:
         self.interval = interval
         self.token = f"{socket.gethostname()}:{os.getpid()}:{id(self)}"
         # The lease: redis-py's Lock (SET NX PX to take it, a token-checked script to renew).
+        mllp = settings.lis.mllp
+        delivery = 0.0 if mllp is None else mllp.connect_timeout_seconds + mllp.ack_timeout_seconds
+        self.lease_seconds = max(LEASE_SECONDS, 3 * delivery)
         self.lease = client.lock(
-            HOUSEKEEPER_LEASE_KEY, timeout=LEASE_SECONDS, blocking=False, thread_local=False
+            HOUSEKEEPER_LEASE_KEY, timeout=self.lease_seconds, blocking=False, thread_local=False
         )
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
@@ -133,6 +139,19 @@ class Housekeeper:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="housekeeping", daemon=True)
         self._thread.start()
+        threading.Thread(target=self.renew, name="housekeeping-lease", daemon=True).start()
+
+    def renew(self) -> None:
+        """Keep the lease while this process holds it, also during a long step."""
+        while not self.stopping.wait(self.lease_seconds / 3):
+            if self.lease.local.token is None:
+                continue
+            try:
+                self.lease.reacquire()
+            except LockError:
+                self.lease.local.token = None
+            except redis.RedisError:
+                pass  # the step's own Outage handling logs it
 
     def stop(self) -> None:
         self.stopping.set()
@@ -153,8 +172,20 @@ class Housekeeper:
         if not self.leader():
             return
         spec = self.settings.specimens
-        self.specimens.tick(spec.idle_complete_seconds, spec.complete_grace_seconds)
-        self.outbox.deliver_due()
+        self._part("specimen lifecycle", lambda: self.specimens.tick(
+            spec.idle_complete_seconds, spec.complete_grace_seconds))
+        self._part("LIS outbox", self.outbox.deliver_due)
+        self._part("retention", self._retention)
+
+    def _part(self, what: str, work) -> None:
+        try:
+            work()
+        except redis.RedisError:
+            raise
+        except Exception:  # one part's failure must not stop the others
+            log.exception("housekeeping part failed", extra={"part": what})
+
+    def _retention(self) -> None:
         days = self.settings.results.retention_days
         if days is not None and time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_EVERY_SECONDS

@@ -160,9 +160,10 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     try:
         frames = expand(data, settings)
     except FrameRejected as exc:
-        intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
-                              metadata=metadata)
-        _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
+        first = intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
+                                      metadata=metadata)
+        if first:  # the same refused body again (same id) is not stored twice on disk
+            _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
         code = 415 if exc.reason in ("not_an_image", "empty_file") else 422
         raise Refused(code, exc.message, frame_id=file_id, status="rejected",
                       reason=exc.reason) from exc
