@@ -41,6 +41,7 @@ import yaml
 from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
 from daemon.settings import Settings
 from daemon.store.connection import SOCKET_NAME, embedded_pid
+from daemon.store.keys import AUDIT_KEY
 
 ROLES = ("run", "capture", "worker", "api")
 
@@ -335,7 +336,7 @@ def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
         start_ms = int((now - polls) * 1000)
         pipe = client.pipeline(transaction=False)
         for i in range(polls):
-            pipe.xadd("lks:audit", {"time": repr(now - polls + i), "key": "lis", "role": "read",
+            pipe.xadd(AUDIT_KEY, {"time": repr(now - polls + i), "key": "lis", "role": "read",
                                     "action": "results.read", "detail": "after=1795000000000-0",
                                     "client": "10.0.0.5"}, id=f"{start_ms + i * 1000}-0")
             if i % 10_000 == 9_999:

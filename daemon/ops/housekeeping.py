@@ -3,7 +3,7 @@
 Several API processes may run; a Redis lease (``lks:housekeeper``, a redis-py ``Lock``) lets
 one do the work at a time. The lease outlives one MLLP delivery (connect + ACK timeouts) and
 a thread renews it every third of its time while its holder lives, so a slow LIS never hands
-the outbox to a second API replica mid-delivery. Every step is idempotent (completion and
+the outbox to a second API replica mid-delivery; a stopping process releases it. Every step is idempotent (completion and
 delivery are keyed by specimen), so a lease lost mid-step costs at most a repeated check, and
 each part of a step runs on its own: one that fails (logged) never stops the others.
 """
@@ -125,7 +125,8 @@ class Housekeeper:
         # The lease: redis-py's Lock (SET NX PX to take it, a token-checked script to renew).
         mllp = settings.lis.mllp
         delivery = 0.0 if mllp is None else mllp.connect_timeout_seconds + mllp.ack_timeout_seconds
-        self.lease_seconds = max(LEASE_SECONDS, 3 * delivery)
+        # renewed every third of its time by renew(), so one slow delivery never outlasts it
+        self.lease_seconds = max(LEASE_SECONDS, delivery + 5.0)
         self.lease = client.lock(
             HOUSEKEEPER_LEASE_KEY, timeout=self.lease_seconds, blocking=False, thread_local=False
         )
@@ -157,6 +158,11 @@ class Housekeeper:
         self.stopping.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.lease.local.token is not None:  # hand the upkeep over at once
+            try:
+                self.lease.release()
+            except (LockError, redis.RedisError):
+                pass
 
     def leader(self) -> bool:
         """Renew our lease, or take it if free; False while another process holds it."""
