@@ -84,3 +84,53 @@ def test_sigterm_with_frames_in_flight_exits_0(tmp_path: Path,
     wait_for(lambda: daemon.results(), 60, "the first result")  # the rest are in flight
     assert daemon.stop() == 0  # computed from the children's exits (was a constant)
     assert "child did not stop cleanly" not in daemon.log.read_text()
+
+
+def test_sigkill_of_a_worker_holding_pending_frames_loses_nothing(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """The worker is killed while it holds delivered, unacknowledged frames (asserted from
+    Redis right after the kill); every frame still ends done, stored once."""
+    import redis
+
+    from daemon.store import keys
+    from daemon.store.connection import SOCKET_NAME
+    from tests.conftest import synthetic_jpeg, write_frame
+
+    daemon = start_daemon(tmp_path / "d", tiny_models, workers={"batch_frames": 4})
+    client = redis.Redis(unix_socket_path=str(daemon.data_dir / "redis" / SOCKET_NAME))
+    try:
+        total = 120
+        for i in range(total):
+            write_frame(daemon.inbox / "S-KILL", f"f{i:03d}.jpg", synthetic_jpeg(500 + i))
+
+        def worker_pid() -> int | None:
+            for pid in children_of(daemon.process.pid):
+                if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+                    return pid
+            return None
+
+        def held() -> int:
+            return sum(int(c["pending"]) for c in
+                       client.xinfo_consumers(keys.STREAM_KEY, keys.GROUP))
+
+        pid = wait_for(worker_pid, 10, "the worker process")
+        killed_holding = 0
+        for _ in range(50):  # bounded: freeze the worker until it is caught holding frames
+            wait_for(lambda: held() > 0 or len(daemon.results()) == total, 60,
+                     "the worker to hold frames")
+            os.kill(pid, signal.SIGSTOP)
+            if held() > 0:  # frozen while holding them: now it dies with them
+                os.kill(pid, signal.SIGKILL)
+                killed_holding = held()
+                break
+            os.kill(pid, signal.SIGCONT)
+        assert killed_holding > 0, "never killed the worker while it held frames"
+        items = wait_for(lambda: (r := daemon.results()) and len(r) >= total and r, 120,
+                         "every frame stored")
+        names = [Path(r["source"]).name for r in items if "/S-KILL/" in r["source"]]
+        assert len(names) == total == len(set(names))
+        assert all(r["status"] == "done" for r in items)
+        assert "child exited" in daemon.log.read_text()  # the supervisor restarted it
+    finally:
+        client.close()
+        assert daemon.stop() == 0
