@@ -166,13 +166,21 @@ def iter_tiff(data: bytes, bit_depth: int | None = None, pages: int | None = Non
         raise ValueError("TIFF has no image pages")
 
 
+#: TIFF compressions the workers' OpenCV (libtiff as built into opencv-python) decodes:
+#: none, CCITT RLE/G3/G4, LZW, old and new JPEG, Adobe and zlib deflate, PackBits
+OPENCV_TIFF_COMPRESSIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946})
+
+
 def plain_tiff(data: bytes) -> bool:
-    """A single-page 8-bit TIFF (it travels as its own bytes), from the header only."""
+    """A single-page 8-bit TIFF that the workers' decoder reads (it travels as its own
+    bytes), from the header only. Any other TIFF (LZMA, Zstandard, WebP... which tifffile
+    reads here but OpenCV does not) travels as PNG, like the pages of a container."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         main = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
-        return len(main) == 1 and np.dtype(main[0].dtype) == np.uint8
+        return (len(main) == 1 and np.dtype(main[0].dtype) == np.uint8
+                and int(main[0].compression) in OPENCV_TIFF_COMPRESSIONS)
 
 
 def read_tiff(data: bytes, bit_depth: int | None = None) -> tuple[list[Page], bool]:

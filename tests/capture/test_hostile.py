@@ -84,3 +84,21 @@ def test_a_name_that_is_not_utf8_never_stops_capture(client, inbox, make_setting
                                         + b"/NAMES-1/field\xff.jpg"), what="quarantined")
         wait_for(lambda: not os.path.exists(bad_folder + b"/f.jpg"), what="bad folder handled")
     assert entries(client)[0]["source"].endswith("after.jpg")
+
+
+def test_a_tiff_the_workers_cannot_decode_travels_as_png(client, inbox, make_settings,
+                                                         running):
+    """An LZMA TIFF was read by capture (tifffile) and then 'undecodable' in the worker
+    (OpenCV's libtiff has no LZMA): now its frame is queued as PNG."""
+    from daemon.imaging.frames import decode_rgb, sniff_format
+
+    settings = make_settings()
+    folder = inbox / "LZMA-1"
+    folder.mkdir()
+    rgb = np.full((64, 64, 3), 200, np.uint8)
+    rgb[16:48, 16:48] = (120, 60, 160)
+    tifffile.imwrite(folder / "field.tif", rgb, photometric="rgb", compression="lzma")
+    with running(settings):
+        (entry,) = wait_for(lambda: entries(client), what="the frame queued")
+    assert sniff_format(entry["data"]) == "png"
+    assert (decode_rgb(entry["data"]) == rgb).all()
