@@ -8,6 +8,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: install install-test system-deps run test lint bench clean
 
+# Another process holding the apt/dpkg lock (unattended upgrades): wait for it, 5 minutes at most.
+APT_WAIT = -o DPkg::Lock::Timeout=300
+
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -28,18 +31,18 @@ system-deps:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package (promtool) for the rule tests"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  $$SUDO apt-get $(APT_WAIT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get $(APT_WAIT) install -y -qq --no-install-recommends prometheus >/dev/null; }
 	@command -v redis-server >/dev/null 2>&1 || { \
 	  echo "installing Debian's redis-server package (built with TLS) for the rediss:// test"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
+	  $$SUDO apt-get $(APT_WAIT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get $(APT_WAIT) install -y -qq --no-install-recommends redis-server >/dev/null; }
 	@test -x /usr/bin/chromium || { \
 	  echo "installing Debian's chromium for the review-station browser test (Playwright drives it)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	  $$SUDO apt-get $(APT_WAIT) update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get $(APT_WAIT) install -y -qq --no-install-recommends chromium >/dev/null; }
 
 run: install
 	$(BIN)/leukoscope run --config config.yaml

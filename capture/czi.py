@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from capture.quality import focus_score, grey
 from capture.tiff import Page, to_rgb, to_uint8
+from daemon.imaging.frames import FrameRejected, check_pixels
 
 
 def _scale_um(metadata: dict) -> float | None:
@@ -79,11 +81,15 @@ def _tiles(doc, rect, plane: dict) -> list[tuple[int, int, int, int]]:
     return sorted(found, key=lambda b: (b[1], b[0]))
 
 
-def read_czi_path(path: Path, tile_frames: bool = True, bit_depth: int | None = None
-                  ) -> list[Page]:
+def read_czi_path(path: Path, tile_frames: bool = True, bit_depth: int | None = None,
+                  max_pixels: int | None = None, max_frames: int | None = None
+                  ) -> Iterator[Page]:
+    """Frames of a CZI file, read one at a time; each region's size (from the subblock
+    directory) is checked against ``max_pixels`` and the number of frames against
+    ``max_frames`` before any pixel is read (FrameRejected 'too_large')."""
     from pylibCZIrw import czi as pyczi
 
-    pages: list[Page] = []
+    count = 0
     with pyczi.open_czi(str(path)) as doc:
         um = _scale_um(doc.metadata)
         if bit_depth is None:
@@ -99,6 +105,11 @@ def read_czi_path(path: Path, tile_frames: bool = True, bit_depth: int | None = 
             tiles = _tiles(doc, rect, base) if tile_frames else []
             rois = tiles if len(tiles) > 1 else [(rect.x, rect.y, rect.w, rect.h)]
             for k, roi in enumerate(rois):
+                check_pixels(roi[2], roi[3], max_pixels, f"CZI scene {scene} region")
+                count += 1
+                if max_frames is not None and count > max_frames:
+                    raise FrameRejected("too_large", f"CZI has more than {max_frames} frames "
+                                        "(capture.max_file_pages)")
                 best: tuple[float, int, np.ndarray] | None = None
                 for z in range(z_lo, z_hi):
                     raw = doc.read(roi=roi, plane={"C": c0, "Z": z, "T": t0})
@@ -117,18 +128,20 @@ def read_czi_path(path: Path, tile_frames: bool = True, bit_depth: int | None = 
                     meta["tile"] = str(k)
                 if raw.dtype != np.uint8:
                     meta["scaling"] = rule
-                pages.append(Page(label, best[2], um, meta))
-    if not pages:
+                yield Page(label, best[2], um, meta)
+                del best
+    if not count:
         raise ValueError("CZI has no image data")
-    return pages
 
 
-def read_czi(data: bytes, tile_frames: bool = True, bit_depth: int | None = None) -> list[Page]:
-    """CZI bytes -> frames (libCZI reads files, so the bytes go through a temporary file)."""
+def read_czi(data: bytes, tile_frames: bool = True, bit_depth: int | None = None,
+             max_pixels: int | None = None, max_frames: int | None = None) -> Iterator[Page]:
+    """CZI bytes -> frames, one at a time (libCZI reads files, so the bytes go through a
+    temporary file, removed once the frames are read or the reader is closed)."""
     handle, name = tempfile.mkstemp(suffix=".czi")
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
-        return read_czi_path(Path(name), tile_frames, bit_depth)
+        yield from read_czi_path(Path(name), tile_frames, bit_depth, max_pixels, max_frames)
     finally:
         os.unlink(name)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cv2
@@ -19,10 +20,16 @@ import numpy as np
 import redis
 
 from capture.quality import Quality, assess
-from capture.tiff import read_tiff
+from capture.tiff import Page, iter_tiff, plain_tiff
 from daemon.domain.manifest import ManifestError, load_manifest
 from daemon.domain.results import FrameResult
-from daemon.imaging.frames import FrameRejected, check_encoded, decode_rgb, frame_id_for
+from daemon.imaging.frames import (
+    FrameRejected,
+    check_encoded,
+    check_geometry,
+    decode_rgb,
+    frame_id_for,
+)
 from daemon.imaging.scale import Rescaler
 from daemon.settings import Settings
 from daemon.store import counters
@@ -52,34 +59,65 @@ def encode_png(rgb: np.ndarray) -> bytes:
     return buffer.tobytes()
 
 
-def expand(data: bytes, settings: Settings) -> list[SourceFrame]:
-    """Frames of one file's bytes; raises FrameRejected (not_an_image, truncated, ...)."""
+class Frames:
+    """The frames of one file, produced one at a time as they are iterated.
+
+    ``container`` is known before any pixel is decoded (a CZI, a multi-page or >8-bit
+    TIFF); the pages of a container are decoded, converted and handed out one by one, so a
+    file of many pages never sits in memory whole. Iterating raises FrameRejected for a page
+    that cannot be read (the pages before it have been handed out).
+    """
+
+    def __init__(self, container: bool, produce: Iterator[SourceFrame]) -> None:
+        self.container = container
+        self._produce = produce
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        return self._produce
+
+
+def _pages(pages: Iterator[Page], what: str) -> Iterator[SourceFrame]:
+    try:
+        for page in pages:
+            if page.rgb.shape[0] < 8 or page.rgb.shape[1] < 8:
+                raise FrameRejected("undecodable", f"{page.label} is only {page.rgb.shape[1]}x"
+                                    f"{page.rgb.shape[0]} px")
+            yield SourceFrame(page.rgb, encode_png(page.rgb), page.label, page.um_per_pixel,
+                              page.metadata)
+    except FrameRejected:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile and libCZI raise many kinds
+        raise FrameRejected("undecodable", f"cannot read {what}: {exc}") from exc
+
+
+def expand(data: bytes, settings: Settings) -> Frames:
+    """Frames of one file's bytes; raises FrameRejected (not_an_image, truncated, too_large...).
+
+    Sizes and page counts are read from the header and checked against
+    ``capture.max_frame_pixels`` and ``capture.max_file_pages`` before anything is decoded.
+    """
     capture = settings.capture
     kind = check_encoded(data, capture.max_frame_bytes)
+    found = check_geometry(data, kind, capture.max_frame_pixels, capture.max_file_pages)
     if kind == "czi":
         from capture.czi import read_czi
 
+        return Frames(True, _pages(read_czi(
+            data, capture.czi_tile_frames, capture.tiff_bit_depth, capture.max_frame_pixels,
+            capture.max_file_pages), "CZI"))
+    if kind == "tiff":
+        assert found is not None
         try:
-            pages = read_czi(data, capture.czi_tile_frames, capture.tiff_bit_depth)
-        except Exception as exc:  # noqa: BLE001 - libCZI raises plain RuntimeErrors
-            raise FrameRejected("undecodable", f"cannot read CZI: {exc}") from exc
-    elif kind == "tiff":
-        try:
-            pages, plain = read_tiff(data, capture.tiff_bit_depth)
+            plain = plain_tiff(data)
+            if plain:
+                (page,) = iter_tiff(data, capture.tiff_bit_depth, 1)
+                return Frames(False, iter([SourceFrame(page.rgb, data)]))
         except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
             raise FrameRejected("undecodable", f"cannot read TIFF: {exc}") from exc
-        if plain:
-            return [SourceFrame(pages[0].rgb, data)]
-    else:
-        return [SourceFrame(decode_rgb(data), data)]  # the worker's own decoder
-    out = []
-    for page in pages:
-        if page.rgb.shape[0] < 8 or page.rgb.shape[1] < 8:
-            raise FrameRejected("undecodable", f"{page.label} is only {page.rgb.shape[1]}x"
-                                f"{page.rgb.shape[0]} px")
-        out.append(SourceFrame(page.rgb, encode_png(page.rgb), page.label, page.um_per_pixel,
-                               page.metadata))
-    return out
+        return Frames(True, _pages(iter_tiff(data, capture.tiff_bit_depth, found.pages), "TIFF"))
+    # the worker's own decoder
+    return Frames(False, iter([SourceFrame(decode_rgb(data, max_pixels=capture.max_frame_pixels),
+                                           data)]))
 
 
 @dataclass

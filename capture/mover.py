@@ -8,6 +8,8 @@ import shutil
 import time
 from pathlib import Path
 
+from daemon.imaging.frames import printable_name
+
 
 def free_name(directory: Path, name: str, companion: str = "") -> Path:
     """``directory/name``, or ``stem-1.ext``, ``stem-2.ext``... when taken.
@@ -59,6 +61,7 @@ def move_file(
 
 def write_reason(target: Path, reason: str, message: str, source: str, frame_id: str) -> Path:
     """Write ``<target>.reason.txt`` saying why ``target`` was quarantined."""
+    source, message = printable_name(source), printable_name(message)
     note = target.with_name(target.name + ".reason.txt")
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     partial = note.with_name(f".{note.name}.part")

@@ -19,14 +19,20 @@ from pathlib import Path
 import redis
 
 from capture.archiver import Archiver
-from capture.intake import Intake, SourceFrame, derived_frame_id, expand
+from capture.intake import Frames, Intake, derived_frame_id, expand
 from capture.layout import BAD_LOCATION, is_image_name
 from capture.markers import MarkerScanner
 from capture.mover import move_file
 from capture.watcher import InboxWatcher, Ready
 from daemon.domain.ids import UNASSIGNED
 from daemon.domain.results import FrameResult
-from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, check_encoded, frame_id_for
+from daemon.imaging.frames import (
+    IMAGE_SUFFIXES,
+    FrameRejected,
+    check_encoded,
+    frame_id_for,
+    printable_name,
+)
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
@@ -79,6 +85,8 @@ class CaptureService:
         self.frames_rejected = 0
         self.started_at = time.time()
         self._archiver_thread: threading.Thread | None = None
+        self._run_id: str | None = None
+        self._next_run_id_check = 0.0
         self.heart = heartbeats.Heartbeat(
             self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
         )
@@ -113,6 +121,7 @@ class CaptureService:
             while not self.stopping.is_set():
                 try:
                     self.heartbeat()
+                    self.check_redis_restart()
                     self.markers.maybe_scan()  # .complete files complete their specimen
                     if time.monotonic() >= next_reconcile:
                         self.archiver.reconcile()
@@ -152,9 +161,29 @@ class CaptureService:
             if backlog >= bound:
                 self._set_state("paused_backpressure", backlog)
                 return False
-            if self.take(ready) == "new":
+            if self.take_safely(ready) == "new":
                 backlog += 1
         return True
+
+    def take_safely(self, ready: Ready) -> str | None:
+        """``take``, where anything but a Redis outage rejects this one file, never the loop:
+        one file (a decoder bug, an odd name) must not stop every folder behind it."""
+        try:
+            return self.take(ready)
+        except redis.RedisError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - isolation is the point
+            log.exception("could not take a file; rejecting it", extra={
+                "source": printable_name(str(ready.placement.path))})
+            try:
+                return self.reject(ready, b"", "unreadable",
+                                   f"capture failed on this file: {type(exc).__name__}: {exc}")
+            except redis.RedisError:
+                raise
+            except Exception:  # noqa: BLE001
+                log.exception("could not reject a file either; it is skipped until it changes")
+                self.watcher.taken(ready, "skipped")
+                return None
 
     def _set_state(self, state: str, backlog: int) -> None:
         if state != self.state:
@@ -185,6 +214,9 @@ class CaptureService:
             return None
         if placement.problem is not None:
             return self.reject(ready, data, BAD_LOCATION, placement.problem)
+        if printable_name(str(path)) != str(path):
+            return self.reject(ready, data, "bad_name", "the file name is not valid UTF-8 "
+                               f"({printable_name(placement.name)}); rename it and drop it again")
         if st.st_size > limit:
             return self.reject(
                 ready, data, "too_large", f"{st.st_size} bytes exceeds the limit of {limit}")
@@ -195,11 +227,12 @@ class CaptureService:
         try:
             check_encoded(data, limit)
             frames = expand(data, self.settings)
+            if frames.container:
+                return self.take_container(ready, data, frames)
+            (frame,) = frames
         except FrameRejected as exc:
             return self.reject(ready, data, exc.reason, exc.message)
-        if len(frames) > 1 or frames[0].label is not None:
-            return self.take_container(ready, data, frames)
-        quality = self.intake.check(frames[0])
+        quality = self.intake.check(frame)
         if not quality.ok:
             assert quality.reason is not None and quality.message is not None
             return self.reject(ready, data, quality.reason, quality.message, quality.values)
@@ -208,7 +241,7 @@ class CaptureService:
         extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
         outcome = self.queue.enqueue(
             frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time(),
-            um_per_pixel=self.intake.scale_of(frames[0]))
+            um_per_pixel=self.intake.scale_of(frame))
         if outcome == "stored":
             log.info("frame already has a result; archiving", extra=extra)
             record = Inflight(frame_id, str(path), self.rig_id, placement.specimen_id)
@@ -223,18 +256,38 @@ class CaptureService:
             log.info("frame already queued", extra=extra)
         return outcome
 
-    def take_container(self, ready: Ready, data: bytes, frames: list[SourceFrame]) -> str:
+    def take_container(self, ready: Ready, data: bytes, frames: Frames) -> str:
         """A CZI or multi-page/>8-bit TIFF: offer each frame, then archive the file at once.
 
         Its frames travel as PNG bytes, so the file is not needed once they are all queued
         (or rejected: QC rejections of single frames are results only, the file is archived).
         A crash before the move re-reads the file; the queue answers 'queued' or 'stored'.
+        Frames are decoded one at a time. A page that cannot be read after others were
+        queued gets its own 'rejected' result and the file is archived with the rest.
         """
         placement = ready.placement
         path = placement.path
         outcomes: dict[str, int] = {}
         now = time.time()
-        for frame in frames:
+        first_label: str | None = None
+        count = 0
+        produce = iter(frames)
+        while True:
+            try:
+                frame = next(produce)
+            except StopIteration:
+                break
+            except FrameRejected as exc:
+                if not count:
+                    raise  # nothing of the file was taken: the whole file is rejected
+                label = f"p{count}"
+                frame_id = derived_frame_id(placement.specimen_id, placement.name, label, data)
+                self.intake.store_rejected(frame_id, placement.specimen_id,
+                                           f"{path}#{label}", exc.reason, exc.message)
+                outcomes["rejected"] = outcomes.get("rejected", 0) + 1
+                break
+            count += 1
+            first_label = first_label or frame.label
             frame_id = derived_frame_id(placement.specimen_id, placement.name, frame.label, data)
             offer = self.intake.offer(frame, frame_id, placement.specimen_id,
                                       f"{path}#{frame.label}", now)
@@ -250,12 +303,12 @@ class CaptureService:
             log.error("could not archive a multi-frame file; leaving it in the inbox", extra={
                 "source": str(path), "error": str(exc)})
             self.watcher.taken(ready, derived_frame_id(
-                placement.specimen_id, placement.name, frames[0].label, data))
+                placement.specimen_id, placement.name, first_label, data))
             return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
         self.watcher.release(path)
         log.info("multi-frame file queued and archived", extra={
             "specimen_id": placement.specimen_id, "source": str(path), "target": str(target),
-            "frames": len(frames), **outcomes})
+            "frames": count, **outcomes})
         return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
 
     def reject(self, ready: Ready, data: bytes, reason: str, message: str,
@@ -269,9 +322,9 @@ class CaptureService:
         frame_id = frame_id_for(specimen, name, data)
         now = time.time()
         result = FrameResult(
-            frame_id=frame_id, specimen_id=specimen, source=str(path), rig_id=self.rig_id,
-            status="rejected", error=message, reason=reason, captured_at=now, completed_at=now,
-            models={}, quality=quality,
+            frame_id=frame_id, specimen_id=specimen, source=printable_name(str(path)),
+            rig_id=self.rig_id, status="rejected", error=printable_name(message), reason=reason,
+            captured_at=now, completed_at=now, models={}, quality=quality,
         )
         captured = counters.counter("leukoscope_frames_captured_total", {"rig": self.rig_id})
         if self.results.store(result, extra=captured):
@@ -283,6 +336,21 @@ class CaptureService:
                 "frame_id": frame_id, "specimen_id": specimen, "error": str(exc)})
             self.watcher.taken(ready, frame_id)  # not offered again until it changes
         return "rejected"
+
+    def check_redis_restart(self) -> None:
+        """After Redis restarted (its run id changed), offer every taken file again: the
+        last second of writes before a crash may be lost from the AOF, and a file whose
+        queue entry was lost would otherwise wait in the inbox until capture restarts."""
+        now = time.monotonic()
+        if now < self._next_run_id_check:
+            return
+        self._next_run_id_check = now + HEARTBEAT_SECONDS
+        run_id = self.client.info("server").get("run_id")
+        if self._run_id is not None and run_id != self._run_id:
+            count = self.watcher.reoffer_all()
+            log.warning("redis restarted; offering taken files again", extra={"files": count})
+            self.archiver.reconcile()
+        self._run_id = run_id
 
     # --- heartbeat ----------------------------------------------------------------------
     def heartbeat(self, force: bool = False) -> None:

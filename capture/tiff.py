@@ -25,6 +25,7 @@ interleaved. TIFF stores RGB in RGB order (no BGR swap).
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import cv2
@@ -88,46 +89,66 @@ def to_rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
-def _raw_pages(data: bytes) -> list[np.ndarray]:
-    """Full-resolution pages in RGB order, by tifffile; by OpenCV's libtiff for compressions
-    tifffile needs the optional ``imagecodecs`` package for (LZW, JPEG, ...)."""
+def _raw_pages(data: bytes) -> Iterator[np.ndarray]:
+    """Full-resolution pages in RGB order, decoded one at a time (only one page is in memory
+    at once), by tifffile; by OpenCV's libtiff for compressions tifffile needs the optional
+    ``imagecodecs`` package for (LZW, JPEG, ...), again one page at a time."""
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         main = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
         try:
-            return [page.asarray() for page in main]
+            first = main[0].asarray() if main else None
         except ValueError as exc:
             if "imagecodecs" not in str(exc):
                 raise
-    ok, images = cv2.imdecodemulti(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if not ok or not images:
-        raise ValueError("TIFF pages cannot be decoded")
-    out = []
-    for image in images:
+        else:
+            if first is not None:
+                yield first
+                del first
+            for page in main[1:]:
+                yield page.asarray()
+            return
+        count = len(main)
+    buffer = np.frombuffer(data, np.uint8)
+    for index in range(count):
+        ok, images = cv2.imdecodemulti(buffer, cv2.IMREAD_UNCHANGED, range=(index, index + 1))
+        if not ok or not images:
+            raise ValueError(f"TIFF page {index} cannot be decoded")
+        image = images[0]
         if image.ndim == 3 and image.shape[2] == 3:
             image = image[..., ::-1]  # OpenCV gives BGR
         elif image.ndim == 3 and image.shape[2] == 4:
             image = image[..., [2, 1, 0, 3]]
-        out.append(image)
-    return out
+        yield image
 
 
-def read_tiff(data: bytes, bit_depth: int | None = None) -> tuple[list[Page], bool]:
-    """All full-resolution pages as 8-bit RGB; also whether the file is a plain 8-bit image.
+def _file_depth(data: bytes, bit_depth: int | None) -> int | None:
+    """The automatic depth for the whole file (from its brightest page), or None."""
+    if bit_depth is not None:
+        return None
+    top = None
+    for raw in _raw_pages(data):  # one page at a time
+        if not (np.issubdtype(raw.dtype, np.unsignedinteger) and raw.dtype.itemsize > 1):
+            return None
+        if raw.size:
+            top = max(top or 0, int(raw.max()))
+    if top is None:
+        return None
+    return next((b for b in AUTO_DEPTHS if top <= 2**b - 1), None)
 
-    Raises ValueError (or a tifffile error) for files that cannot be read.
+
+def iter_tiff(data: bytes, bit_depth: int | None = None, pages: int | None = None
+              ) -> Iterator[Page]:
+    """Full-resolution pages as 8-bit RGB, decoded and converted one at a time.
+
+    ``pages`` (the count from the header) goes into each page's metadata. A >8-bit file
+    without a configured depth is read twice (first pass: its brightest value), so that
+    pages stay comparable without holding them all in memory.
     """
-    raws = _raw_pages(data)
-    file_depth = None
-    if bit_depth is None and raws and all(
-        np.issubdtype(r.dtype, np.unsignedinteger) and r.dtype.itemsize > 1 for r in raws
-    ):
-        # One depth for the whole file, so a dark page stays dark beside bright ones.
-        top = max(int(r.max()) for r in raws if r.size)
-        file_depth = next((b for b in AUTO_DEPTHS if top <= 2**b - 1), None)
-    pages: list[Page] = []
-    for index, raw in enumerate(raws):
+    file_depth = _file_depth(data, bit_depth)
+    count = 0
+    for index, raw in enumerate(_raw_pages(data)):
         if raw.ndim > 3:
             raise ValueError(f"page {index} has {raw.ndim} dimensions {raw.shape}")
         if file_depth is not None:
@@ -135,10 +156,41 @@ def read_tiff(data: bytes, bit_depth: int | None = None) -> tuple[list[Page], bo
             rule = f"{file_depth}-bit (auto, whole file)"
         else:
             scaled, rule = to_uint8(raw, bit_depth)
-        meta = {"page": str(index), "pages": str(len(raws)), "dtype": str(raw.dtype)}
+        meta = {"page": str(index), "pages": str(pages if pages is not None else "?"),
+                "dtype": str(raw.dtype)}
         if raw.dtype != np.uint8:
             meta["scaling"] = rule
-        pages.append(Page(f"p{index}", to_rgb(scaled), None, meta))
-    if not pages:
+        count += 1
+        yield Page(f"p{index}", to_rgb(scaled), None, meta)
+    if not count:
         raise ValueError("TIFF has no image pages")
-    return pages, len(raws) == 1 and raws[0].dtype == np.uint8
+
+
+#: TIFF compressions the workers' OpenCV (libtiff as built into opencv-python) decodes:
+#: none, CCITT RLE/G3/G4, LZW, old and new JPEG, Adobe and zlib deflate, PackBits
+OPENCV_TIFF_COMPRESSIONS = frozenset({1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946})
+
+
+def plain_tiff(data: bytes) -> bool:
+    """A single-page 8-bit TIFF that the workers' decoder reads (it travels as its own
+    bytes), from the header only. Any other TIFF (LZMA, Zstandard, WebP... which tifffile
+    reads here but OpenCV does not) travels as PNG, like the pages of a container."""
+    import tifffile
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        main = [p for p in tif.pages if not getattr(p, "is_reduced", False)]
+        return (len(main) == 1 and np.dtype(main[0].dtype) == np.uint8
+                and int(main[0].compression) in OPENCV_TIFF_COMPRESSIONS)
+
+
+def read_tiff(data: bytes, bit_depth: int | None = None) -> tuple[list[Page], bool]:
+    """All full-resolution pages as 8-bit RGB; also whether the file is a plain 8-bit image.
+
+    Raises ValueError (or a tifffile error) for files that cannot be read. Holds every page:
+    capture uses :func:`iter_tiff`, which holds one.
+    """
+    plain = plain_tiff(data)
+    pages = list(iter_tiff(data, bit_depth))
+    for page in pages:
+        page.metadata["pages"] = str(len(pages))
+    return pages, plain

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from capture.layout import Placement, is_ignored_name, place
+from daemon.imaging.frames import printable_name
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class InboxWatcher:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._files: dict[Path, _Track] = {}
+        self._skipped_paths: set[Path] = set()
         self._hinted: set[Path] = set()
         self._renamed: set[Path] = set()
         self._rescan_now = True
@@ -152,6 +154,25 @@ class InboxWatcher:
         with self._lock:
             self._files.pop(path, None)
 
+    def reoffer_all(self) -> int:
+        """Offer every taken file again (Redis restarted and may have lost its last second
+        of writes: the queue answers 'queued' or 'stored' for what it still has)."""
+        with self._lock:
+            count = 0
+            for track in self._files.values():
+                if track.frame_id is not None:
+                    track.frame_id = None
+                    count += 1
+            self._rescan_now = True
+        return count
+
+    def _skipped(self, path: Path, why: str) -> None:
+        """Log once per path an inbox entry that is not a regular file or folder."""
+        if path not in self._skipped_paths:
+            self._skipped_paths.add(path)
+            log.warning("inbox entry skipped", extra={
+                "source": printable_name(str(path)), "why": why})
+
     def unsettle(self, path: Path) -> None:
         """The file changed while being read: start its settle time again."""
         with self._lock:
@@ -178,7 +199,13 @@ class InboxWatcher:
                             stack.append(path)
                     elif entry.is_file():
                         found.add(path)
-                except OSError:
+                    elif entry.is_symlink():
+                        self._skipped(path, "a symbolic link to a folder or to nothing "
+                                      "(dangling); frames must be files or links to files")
+                    else:
+                        self._skipped(path, "not a regular file (a FIFO, socket or device)")
+                except OSError as exc:
+                    self._skipped(path, f"cannot be examined: {exc.strerror}")
                     continue
         return found
 

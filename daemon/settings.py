@@ -17,12 +17,14 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from daemon.domain.ids import KEY_NAME_PATTERN, RIG_ID_PATTERN, SPECIMEN_ID_PATTERN, UNASSIGNED
+from daemon.domain.limits import HL7_MAX_LENGTH, HL7_RESERVED, PHYSICAL_UM_PER_PIXEL
 
 SHIPPED_MODELS = Path(__file__).resolve().parent.parent / "models"
 
@@ -35,6 +37,12 @@ class RedisSettings(_Section):
     url: str | None = Field(
         default=None,
         description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under data_dir",
+    )
+    memory_budget_bytes: int = Field(
+        default=2 * 1024**3,
+        gt=0,
+        description="Redis memory this installation is sized for: shown in /status and "
+        "/metrics (leukoscope_redis_memory_budget_bytes); the alert fires above 80 %",
     )
 
 
@@ -93,7 +101,11 @@ class GatingSettings(_Section):
 class CaptureSettings(_Section):
     source: Literal["directory", "opencv"] = "directory"
     um_per_pixel: float | None = Field(
-        default=None, gt=0, description="pixel size of this rig's frames (µm); CZI metadata wins"
+        default=None,
+        ge=PHYSICAL_UM_PER_PIXEL[0],
+        le=PHYSICAL_UM_PER_PIXEL[1],
+        allow_inf_nan=False,
+        description="pixel size of this rig's frames (µm, 0.01-100); CZI metadata wins",
     )
     tiff_bit_depth: int | None = Field(
         default=None,
@@ -117,6 +129,17 @@ class CaptureSettings(_Section):
     poll_seconds: float = Field(default=1.0, gt=0, description="rescan interval (network shares)")
     native_events: bool = Field(default=True, description="use inotify & co. where the OS has them")
     max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
+    max_frame_pixels: int = Field(
+        default=16_777_216,
+        gt=0,
+        le=1 << 28,
+        description="width x height of one frame (page, scene, tile), read from the header "
+        "before decoding; larger: rejected 'too_large' (capture, HTTP push and workers)",
+    )
+    max_file_pages: int = Field(
+        default=64, gt=0, description="frames (TIFF pages, CZI scenes/tiles) of one file; "
+        "more: the file is rejected 'too_large'"
+    )
 
 
 class QueueSettings(_Section):
@@ -202,10 +225,14 @@ class LisSettings(_Section):
         min_length=1,
         description="carried by every specimen report (FHIR and HL7)",
     )
-    sending_application: str = "LEUKOSCOPE"
-    sending_facility: str = "LAB"
-    receiving_application: str = "LIS"
-    receiving_facility: str = "LAB"
+    sending_application: str = Field(default="LEUKOSCOPE", min_length=1,
+                                     max_length=HL7_MAX_LENGTH["sending_application"])
+    sending_facility: str = Field(default="LAB", min_length=1,
+                                  max_length=HL7_MAX_LENGTH["sending_facility"])
+    receiving_application: str = Field(default="LIS", min_length=1,
+                                       max_length=HL7_MAX_LENGTH["receiving_application"])
+    receiving_facility: str = Field(default="LAB", min_length=1,
+                                    max_length=HL7_MAX_LENGTH["receiving_facility"])
     mllp: MllpSettings | None = Field(
         default=None, description="push completed specimens' ORU^R01 over MLLP"
     )
@@ -220,6 +247,19 @@ class LisSettings(_Section):
     hold_unordered: bool = Field(
         default=True, description="do not push a specimen over MLLP until an order names it "
         "(its reports would carry no patient)")
+
+    @field_validator("sending_application", "sending_facility", "receiving_application",
+                     "receiving_facility", "statement")
+    @classmethod
+    def _hl7_safe(cls, value: str, info: ValidationInfo) -> str:
+        # MSH fields go into the message as they are; the statement (NTE) is escaped by the
+        # report writer, but a line end would still split its segment.
+        reserved = "\r\n" if info.field_name == "statement" else HL7_RESERVED
+        bad = sorted({c for c in value if c in reserved or ord(c) < 32})
+        if bad:
+            raise ValueError(f"must not contain HL7 delimiters or control characters "
+                             f"({', '.join(repr(c) for c in bad)})")
+        return value
 
 
 class SpecimenSettings(_Section):
@@ -257,7 +297,24 @@ class ReviewSettings(_Section):
 
 class ResultsSettings(_Section):
     retention_days: float | None = Field(
-        default=None, gt=0, description="frames' results older than this are trimmed; null: keep"
+        default=30.0, gt=0, description="frames' results older than this are trimmed (about "
+        "2.3 KB of Redis each); null: keep for ever (Redis then grows with every frame)"
+    )
+
+
+class AuditSettings(_Section):
+    """The audit trail in Redis is bounded; what is trimmed goes to files first."""
+
+    retention_days: float | None = Field(
+        default=90.0, gt=0, description="entries older than this leave Redis; null: no limit"
+    )
+    max_entries: int | None = Field(
+        default=1_000_000, gt=0, description="at most this many entries in Redis (about 100 "
+        "bytes each); the oldest leave first; null: no limit"
+    )
+    archive: bool = Field(
+        default=True, description="append trimmed entries to <data_dir>/audit/audit-<UTC "
+        "day>.jsonl (one JSON object per line, fsynced) before they leave Redis"
     )
 
 
@@ -266,6 +323,13 @@ class WorkerSettings(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch")
     max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call")
+    max_batch_pixels: int = Field(
+        default=4_194_304,
+        ge=65_536,
+        description="pixels segmented in one model call: a batch is split so its frames' "
+        "pixels stay below this, and a larger frame is segmented alone in overlapping tiles "
+        "of this size (a worker's memory grows with this, not with batch_frames)",
+    )
     threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = auto")
     heartbeat_seconds: float = Field(default=2.0, gt=0)
     stale_after_seconds: float = Field(default=15.0, gt=0)
@@ -302,6 +366,7 @@ class Settings(BaseSettings):
     lis: LisSettings = LisSettings()
     specimens: SpecimenSettings = SpecimenSettings()
     results: ResultsSettings = ResultsSettings()
+    audit: AuditSettings = AuditSettings()
     review: ReviewSettings = ReviewSettings()
 
     @field_validator("data_dir")
@@ -335,6 +400,10 @@ class Settings(BaseSettings):
     @property
     def redis_dir(self) -> Path:
         return self.data_dir / "redis"
+
+    @property
+    def audit_dir(self) -> Path:
+        return self.data_dir / "audit"
 
 
 class ConfigError(Exception):

@@ -36,6 +36,15 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
         ("workers: {device: tpu}\n", "workers.device"),
         ("capture: {directroy: x}\n", "capture.directroy"),
         ("queue: {max_backlog: 0}\n", "queue.max_backlog"),
+        # HL7 MSH fields: at most 20 characters, no delimiters (else every report is a 500)
+        ("lis: {sending_application: ABCDEFGHIJKLMNOPQRSTU}\n", "lis.sending_application"),
+        ("lis: {sending_facility: 'LAB|2'}\n", "lis.sending_facility"),
+        ("lis: {receiving_facility: 'A^B'}\n", "lis.receiving_facility"),
+        ("lis: {statement: \"two\\nlines\"}\n", "lis.statement"),
+        # a pixel size must be finite and physical
+        ("capture: {um_per_pixel: .inf}\n", "capture.um_per_pixel"),
+        ("capture: {um_per_pixel: 0.0001}\n", "capture.um_per_pixel"),
+        ("capture: {max_frame_pixels: 0}\n", "capture.max_frame_pixels"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from daemon.store.connection import start_embedded, stop_embedded
+from daemon.store.connection import embedded_pid
 from tests.conftest import (
     Daemon,
     free_port,
@@ -46,7 +48,10 @@ def _parts_alive_since(daemon: Daemon, since: float) -> bool:
     return bool(workers) and bool(captures)
 
 
-def test_embedded_redis_restarted_mid_run(tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+def test_embedded_redis_killed_mid_run_is_restarted_by_the_supervisor(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """SIGKILL of the embedded Redis with frames in flight: the supervisor starts it again
+    from its AOF, the daemon is ready again within 30 s by itself, nothing is lost."""
     daemon = start_daemon(tmp_path / "d", tiny_models)
     try:
         before = [f"before-{i}.jpg" for i in range(4)]
@@ -56,25 +61,29 @@ def test_embedded_redis_restarted_mid_run(tmp_path: Path, tiny_models: tuple[Pat
         code, specimen_before = http_json(f"{daemon.api_url}/specimens/S-RESTART")
         assert code == 200 and specimen_before["frames_done"] == len(before)
 
+        time.sleep(1.5)  # appendfsync everysec: the results above are on disk
         redis_dir = daemon.data_dir / "redis"
-        stop_embedded(redis_dir)
-        assert not (redis_dir / "redis.sock").exists(), "embedded redis did not stop"
-        time.sleep(1.0)
-        _, started_here = start_embedded(redis_dir)
-        assert started_here
+        pid = embedded_pid(redis_dir)
+        assert pid is not None
+        # Frames in flight: written, being queued and analysed, when Redis dies.
+        after = [f"after-{i}.jpg" for i in range(4)]
+        for i, name in enumerate(after):
+            write_frame(daemon.inbox / "S-RESTART", name, synthetic_jpeg(50 + i, 1 + i % 2))
+        os.kill(pid, signal.SIGKILL)
+        killed_at = time.time()
+        wait_for(lambda: embedded_pid(redis_dir) not in (None, pid), 30,
+                 "the supervisor to start redis again")
+        wait_for(lambda: http_json(f"{daemon.api_url}/readyz", timeout=2)[0] == 200, 30,
+                 "the daemon ready again, by itself")
+        assert time.time() - killed_at < 30
         restarted_at = time.time()
 
         # Earlier results and the specimen aggregate came back from the AOF.
         wait_for(lambda: _parts_alive_since(daemon, restarted_at), 60, "worker and capture back")
-        assert sorted(_by_source(daemon)) == sorted(before)
+        assert set(before) <= set(_by_source(daemon))
         code, specimen_after = http_json(f"{daemon.api_url}/specimens/S-RESTART")
         assert code == 200
-        assert specimen_after["frames_done"] == len(before)
-        assert specimen_after["cells"] == specimen_before["cells"]
-
-        after = [f"after-{i}.jpg" for i in range(4)]
-        for i, name in enumerate(after):
-            write_frame(daemon.inbox / "S-RESTART", name, synthetic_jpeg(50 + i, 1 + i % 2))
+        assert specimen_after["frames_done"] >= len(before)
         total = len(before) + len(after)
         wait_for(lambda: len(daemon.results()) >= total, 60, "results after the restart")
         time.sleep(1.0)  # a duplicate would show up now
@@ -86,6 +95,7 @@ def test_embedded_redis_restarted_mid_run(tmp_path: Path, tiny_models: tuple[Pat
         code, specimen = http_json(f"{daemon.api_url}/specimens/S-RESTART")
         assert code == 200 and specimen["frames_done"] == total
         assert _parts_alive_since(daemon, restarted_at)
+        assert "embedded redis restarted" in daemon.log.read_text()
         # The parts rode the outage out (they retry) instead of crashing into restarts.
         assert "child exited" not in daemon.log.read_text()
     finally:

@@ -54,7 +54,12 @@ def test_first_page_without_cursor_starts_at_oldest(redis_client: redis.Redis) -
     assert [i.frame_id for i in items] == ["x"]
 
 
-@pytest.mark.parametrize("cursor", ["abc", "1-", "-1", "1-2-3", "1700000000000-0; DROP"])
+@pytest.mark.parametrize("cursor", [
+    "abc", "1-", "-1", "1-2-3", "1700000000000-0; DROP",
+    "1-0\n",  # re's '$' would admit a trailing line feed
+    "99999999999999999999-0",  # beyond a stream id's 64 bits: Redis would error (was a 503)
+    "18446744073709551615-18446744073709551615",  # nothing can come after it
+])
 def test_malformed_cursor(redis_client: redis.Redis, cursor: str) -> None:
     with pytest.raises(BadCursor):
         ResultStore(redis_client).page(cursor, 10)

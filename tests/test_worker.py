@@ -2,8 +2,10 @@
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 
+from daemon.imaging.synthetic import encode
 from daemon.settings import Settings
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
@@ -83,15 +85,126 @@ def test_restarted_worker_first_finishes_what_it_held(settings: Settings) -> Non
     assert [store.get(i).status for i in ids] == ["done"] * 3
 
 
-def test_poison_frame_becomes_failed_after_max_deliveries(settings: Settings) -> None:
-    settings.queue.max_deliveries = 1
-    settings.queue.claim_idle_seconds = 0.1
-    worker = Worker(settings, "t-a")
-    (frame_id,) = enqueue(worker.queue, 1)
-    worker.queue.read("t-crashed", count=1, block_ms=100)
-    import time
+class Crash(BaseException):
+    """Stands for the death of a worker process mid-batch: nothing is stored or acknowledged
+    and the exception is not caught by the worker's own handlers."""
 
-    time.sleep(0.2)
-    worker.step(block_ms=50)
-    r = ResultStore(worker.client).get(frame_id)
-    assert r.status == "failed" and "crashed" in r.error
+
+def poison_jpeg() -> bytes:
+    """A frame the crashing analyzer below recognises by its size (96 px high)."""
+    image = np.full((96, 128, 3), 200, np.uint8)
+    return encode(image)
+
+
+def crash_on_poison(worker: Worker) -> None:
+    analyze = worker.analyzer.analyze
+
+    def analyze_or_crash(images):
+        if any(image.shape[0] == 96 for image in images):
+            raise Crash()
+        return analyze(images)
+
+    worker.analyzer.analyze = analyze_or_crash
+
+
+def test_a_frame_that_crashes_workers_fails_alone_and_its_batch_is_done(
+        settings: Settings) -> None:
+    settings.queue.max_deliveries = 2
+    first = Worker(settings, "t-poison")
+    good = enqueue(first.queue, 7)
+    assert first.queue.enqueue("poison", "S1", "/in/S1/p.jpg", "rig-1", poison_jpeg()) == "new"
+    crashes = 0
+    batch = first.queue.read("t-poison", 8, 100)
+    assert len(batch) == 8
+    worker = first
+    for _ in range(10):  # each round: the worker restarts and re-reads what it held
+        crash_on_poison(worker)
+        try:
+            if batch:
+                worker.process(batch)
+                worker.flush()
+            worker.drain_own()
+            break
+        except Crash:
+            crashes += 1
+            worker = Worker(settings, "t-poison")  # the restarted process
+            batch = []
+    store = ResultStore(worker.client)
+    assert [store.get(i).status for i in good] == ["done"] * 7
+    poison = store.get("poison")
+    assert poison.status == "failed" and "alone" in poison.error
+    # the first crash in the batch, then max_deliveries crashes alone
+    assert crashes == 1 + settings.queue.max_deliveries
+    assert worker.queue.backlog() == 0 and worker.queue.pending() == 0
+    assert worker.client.hlen("lks:solo") == 0  # attempts are forgotten once stored
+
+
+def test_one_frame_failing_analysis_does_not_fail_its_batch(settings: Settings) -> None:
+    worker = Worker(settings, "t-iso")
+    good = enqueue(worker.queue, 5)
+    assert worker.queue.enqueue("bad", "S1", "/in/S1/b.jpg", "rig-1", poison_jpeg()) == "new"
+    analyze = worker.analyzer.analyze
+
+    def analyze_or_fail(images):
+        if any(image.shape[0] == 96 for image in images):
+            raise RuntimeError("model exploded on this frame")
+        return analyze(images)
+
+    worker.analyzer.analyze = analyze_or_fail
+    while worker.step(block_ms=100):
+        pass
+    worker.flush()
+    store = ResultStore(worker.client)
+    assert [store.get(i).status for i in good] == ["done"] * 5
+    bad = store.get("bad")
+    assert bad.status == "failed" and "model exploded" in bad.error
+
+
+def test_infinite_or_absurd_scale_is_that_frames_rejection(settings: Settings) -> None:
+    worker = Worker(settings, "t-scale")
+    good = enqueue(worker.queue, 2)
+    for frame_id, scale in (("inf", float("inf")), ("nan", float("nan")), ("tiny", 1e-9)):
+        worker.queue.enqueue(frame_id, "S1", f"/in/S1/{frame_id}.jpg", "rig-1",
+                             synthetic_jpeg(9), um_per_pixel=scale)
+    while worker.step(block_ms=100):
+        pass
+    worker.flush()
+    store = ResultStore(worker.client)
+    assert [store.get(i).status for i in good] == ["done"] * 2
+    for frame_id in ("inf", "nan", "tiny"):
+        r = store.get(frame_id)
+        assert (r.status, r.reason) == ("rejected", "bad_scale"), frame_id
+
+
+def test_batches_are_bounded_in_pixels(settings: Settings) -> None:
+    settings.workers.max_batch_pixels = 2 * 224 * 224  # two synthetic fields at most
+    worker = Worker(settings, "t-px")
+    ids = enqueue(worker.queue, 5)
+    analyze = worker.analyzer.analyze
+    seen: list[int] = []
+
+    def counting(images):
+        seen.append(sum(i.shape[0] * i.shape[1] for i in images))
+        return analyze(images)
+
+    worker.analyzer.analyze = counting
+    worker.process(worker.queue.read("t-px", 8, 100))
+    worker.flush()
+    assert ResultStore(worker.client).count() == 5 and len(ids) == 5
+    assert max(seen) <= settings.workers.max_batch_pixels and len(seen) == 3
+
+
+def test_a_decompression_bomb_is_rejected_from_its_header(settings: Settings) -> None:
+    from daemon.imaging.synthetic import jpeg_bomb
+
+    worker = Worker(settings, "t-bomb")
+    good = enqueue(worker.queue, 2)
+    worker.queue.enqueue("bomb", "S1", "/in/S1/bomb.jpg", "rig-1", jpeg_bomb(20000, 20000))
+    while worker.step(block_ms=100):
+        pass
+    worker.flush()
+    store = ResultStore(worker.client)
+    assert [store.get(i).status for i in good] == ["done"] * 2
+    bomb = store.get("bomb")
+    assert (bomb.status, bomb.reason) == ("rejected", "too_large")
+    assert "20000x20000" in bomb.error

@@ -76,6 +76,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_reliability(args: argparse.Namespace) -> int:
+    from daemon.cli.reliability import run_reliability
+
+    return run_reliability(_settings(args, "reliability"), args.scenarios, args.flood, args.json)
+
+
 def cmd_qc(args: argparse.Namespace) -> int:
     import json
 
@@ -174,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--images", default=None, help="folder of images to use (default: synthetic)"
     )
+    reliability = command("reliability", cmd_reliability,
+                          "hostile input, Redis killed, a flood: outcomes, memory, bounds")
+    reliability.add_argument(
+        "--scenarios", nargs="+", default=["hostile", "redis-kill", "flood", "audit-week"],
+        choices=["hostile", "redis-kill", "flood", "audit-week"])
+    reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
+    reliability.add_argument("--json", action="store_true", help="print one JSON object")
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
     keygen.add_argument("role", choices=["ingest", "read", "reviewer", "admin"])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
+
 import cv2
 import numpy as np
 
@@ -83,3 +86,31 @@ def red_cell_field(rng: np.random.Generator, diameter: float = 16.0, count: int 
                        cv2.LINE_AA, shift)
     cv2.circle(image, (width // 2, height // 2), int(diameter * 0.7), WHITE_CELL_RGB, -1)
     return image
+
+
+# --- hostile input for tests and `leukoscope reliability` (issue 16) ---------------------
+
+def jpeg_bomb(width: int, height: int) -> bytes:
+    """A few hundred bytes whose header says ``width`` x ``height``: a decoder would allocate
+    the whole frame (20000x20000 RGB: 1.2 GB) and fill it from almost no data."""
+    data = bytearray(encode(np.full((16, 16, 3), 128, np.uint8)))
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC1, 0xC2):
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    data[i + 5 : i + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A genuine PNG (valid CRCs, valid zlib) of 1-bit black pixels: tiny on disk, ``width``
+    x ``height`` x 3 bytes once decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+
+    row = b"\x00" + bytes((width + 7) // 8)
+    packer = zlib.compressobj(9)
+    raw = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0,
+                                                              0, 0, 0))
+            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))

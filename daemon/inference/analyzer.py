@@ -72,7 +72,8 @@ class Analyzer:
     def from_settings(cls, settings: Settings) -> Analyzer:
         w = settings.workers
         return cls(
-            Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16),
+            Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
+                      max_pixels=w.max_batch_pixels),
             Classifier(settings.models.classifier, w.device, w.threads, w.fp16),
             w.max_batch_cells,
         )

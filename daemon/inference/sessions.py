@@ -90,18 +90,63 @@ class OnnxModel:
         return {self.input_name: tensor}
 
 
+def tile_spans(length: int, tile: int, margin: int) -> list[tuple[int, int]]:
+    """[start, end) spans of ``tile`` covering ``length`` with 2 x ``margin`` overlap."""
+    if length <= tile:
+        return [(0, length)]
+    stride = tile - 2 * margin
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return [(start, start + tile) for start in starts]
+
+
 class Segmenter(OnnxModel):
-    """RGB frames -> white-cell foreground probability per pixel."""
+    """RGB frames -> white-cell foreground probability per pixel.
+
+    The U-Net's memory grows with the pixels of one call (about 400 bytes per pixel on the
+    CPU): a frame above ``max_pixels`` is segmented in overlapping tiles of at most that
+    size, each tile's border (``TILE_MARGIN``) discarded, so a 4K field costs what a
+    2048x2048 one does.
+    """
+
+    TILE_MARGIN = 64
+
+    def __init__(self, *args: object, max_pixels: int | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.max_pixels = max_pixels
+
+    def _tiled(self, image: np.ndarray) -> np.ndarray:
+        spec = self.manifest.input
+        multiple = max(1, spec.size_multiple)
+        assert self.max_pixels is not None
+        side = max(multiple * 4, int(self.max_pixels**0.5) // multiple * multiple)
+        margin = min(self.TILE_MARGIN, side // 4)
+        height, width = image.shape[:2]
+        out = np.empty((height, width), np.float32)
+        for y0, y1 in tile_spans(height, side, margin):
+            for x0, x1 in tile_spans(width, side, margin):
+                tile = pad_to_multiple(image[y0:y1, x0:x1], multiple)
+                (mask,) = self.session.run(["mask"], self._feed(to_tensor(tile, spec)))
+                top = y0 + (margin if y0 > 0 else 0)
+                left = x0 + (margin if x0 > 0 else 0)
+                bottom = y1 - (margin if y1 < height else 0)
+                right = x1 - (margin if x1 < width else 0)
+                out[top:bottom, left:right] = mask[0, 0, top - y0 : bottom - y0,
+                                                   left - x0 : right - x0]
+        return out
 
     def compute(self, images: list[np.ndarray]) -> list[np.ndarray]:
         """images: list of (H, W, 3) uint8 RGB -> list of (H, W) float32 in [0, 1].
 
         Frames of equal size run as one batch; each is padded to the model's size multiple.
+        A frame above ``max_pixels`` runs alone, in tiles.
         """
         spec = self.manifest.input
         out: list[np.ndarray | None] = [None] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
+            if self.max_pixels is not None and image.shape[0] * image.shape[1] > self.max_pixels:
+                out[index] = self._tiled(image)
+                continue
             by_shape.setdefault(image.shape, []).append(index)
         for shape, indices in by_shape.items():
             height, width = shape[:2]

@@ -29,7 +29,7 @@ KNOWN_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "leukoscope_frames_review_total": {},
     "leukoscope_frame_review_reasons_total": {"reason": FRAME_REVIEW_REASONS},
     "leukoscope_frames_scale_source_total": {"source": SCALE_SOURCES},
-    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api", "lis")},
+    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api", "lis", "redis")},
     "leukoscope_auth_failures_total": {"reason": ("missing", "malformed", "unknown_key",
                                                            "session", "ui_login")},
     "leukoscope_orders_received_total": {"source": ("hl7-oml", "hl7-orm", "fhir"),

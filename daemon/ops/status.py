@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
+from pathlib import Path
 
 import redis
 from pydantic import BaseModel
@@ -12,7 +16,7 @@ from daemon.domain.results import ModelRef
 from daemon.lis.mllp import outbox_status
 from daemon.ops.metrics import gauge
 from daemon.settings import Settings
-from daemon.store import heartbeats, keys
+from daemon.store import audit, heartbeats, keys
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 
@@ -48,6 +52,59 @@ class Backlog(BaseModel):
     max_backlog: int
 
 
+DATA_DIR_PARTS = ("archive", "quarantine", "redis", "audit")
+DISK_SCAN_SECONDS = 60.0  # the data dir is walked at most this often (an archive is large)
+
+
+class Storage(BaseModel):
+    """What the installation holds, to size and alert on (issue 16)."""
+
+    redis_used_memory_bytes: int
+    redis_memory_budget_bytes: int
+    audit_entries: int
+    data_dir: str
+    data_dir_bytes: dict[str, int]  # archive, quarantine, redis, audit, other
+    data_dir_scanned_at: float
+    filesystem_free_bytes: int
+    filesystem_total_bytes: int
+
+
+def _tree_bytes(folder: Path) -> int:
+    total = 0
+    stack = [folder]
+    while stack:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+class DiskUsage:
+    """Bytes under data_dir by part, walked at most every DISK_SCAN_SECONDS (cached)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self._lock = threading.Lock()
+        self._cached: tuple[float, dict[str, int]] | None = None
+
+    def parts(self) -> tuple[float, dict[str, int]]:
+        with self._lock:
+            if self._cached is None or time.time() - self._cached[0] > DISK_SCAN_SECONDS:
+                parts = {part: _tree_bytes(self.data_dir / part) for part in DATA_DIR_PARTS}
+                parts["other"] = max(0, _tree_bytes(self.data_dir) - sum(parts.values()))
+                self._cached = (time.time(), parts)
+            return self._cached
+
+
 class StatusReport(BaseModel):
     version: str
     uptime_seconds: float
@@ -58,6 +115,7 @@ class StatusReport(BaseModel):
     workers: list[WorkerStatus]
     models: list[ModelRef]
     lis: dict | None = None  # MLLP push: target and outbox (daemon.lis.mllp.outbox_status)
+    storage: Storage | None = None
 
 
 class Readiness(BaseModel):
@@ -72,6 +130,26 @@ class StatusReader:
         self.started_at = started_at
         self.queue = FrameQueue(client)
         self.results = ResultStore(client)
+        self.disk = DiskUsage(settings.data_dir)
+
+    def storage(self) -> Storage:
+        memory = self.client.info("memory")
+        scanned_at, parts = self.disk.parts()
+        try:
+            usage = shutil.disk_usage(self.settings.data_dir)
+            free, total = usage.free, usage.total
+        except OSError:
+            free = total = 0
+        return Storage(
+            redis_used_memory_bytes=int(memory.get("used_memory", 0)),
+            redis_memory_budget_bytes=self.settings.redis.memory_budget_bytes,
+            audit_entries=audit.length(self.client),
+            data_dir=str(self.settings.data_dir),
+            data_dir_bytes=parts,
+            data_dir_scanned_at=scanned_at,
+            filesystem_free_bytes=free,
+            filesystem_total_bytes=total,
+        )
 
     def report(self) -> StatusReport:
         stale = self.settings.workers.stale_after_seconds
@@ -106,6 +184,7 @@ class StatusReader:
             workers=workers,
             models=list(models.values()),
             lis=outbox_status(self.client, self.settings),
+            storage=self.storage(),
         )
 
     def readiness(self) -> Readiness:
@@ -200,6 +279,25 @@ class StatusReader:
                 ["worker", "gpu"],
                 [([wid, str(g["index"])], g["memory_used_bytes"]) for wid, g in gpus],
             )
+        if report.storage is not None:
+            store = report.storage
+            yield gauge("leukoscope_redis_memory_used_bytes",
+                        "Memory Redis uses (INFO memory used_memory).",
+                        samples=[([], store.redis_used_memory_bytes)])
+            yield gauge("leukoscope_redis_memory_budget_bytes",
+                        "Redis memory the installation is sized for (redis.memory_budget_bytes).",
+                        samples=[([], store.redis_memory_budget_bytes)])
+            yield gauge("leukoscope_audit_entries", "Audit entries held in Redis.",
+                        samples=[([], store.audit_entries)])
+            yield gauge("leukoscope_data_dir_bytes",
+                        "Disk bytes under data_dir, by part (walked at most once a minute).",
+                        ["part"], [([part], n) for part, n in sorted(store.data_dir_bytes.items())])
+            yield gauge("leukoscope_data_dir_filesystem_free_bytes",
+                        "Free bytes on data_dir's filesystem.",
+                        samples=[([], store.filesystem_free_bytes)])
+            yield gauge("leukoscope_data_dir_filesystem_size_bytes",
+                        "Size of data_dir's filesystem.",
+                        samples=[([], store.filesystem_total_bytes)])
         yield gauge(
             "leukoscope_build_info", "leukoscope version.", ["version"], [([__version__], 1.0)]
         )

@@ -1,7 +1,9 @@
 """The audit trail: one append-only Redis stream of who read or ingested what, and when.
 
-Entries are never trimmed (not by results retention either); they survive Redis restarts
-with the rest of the data (AOF). ``GET /audit`` (admin) pages them with a cursor.
+Entries survive Redis restarts with the rest of the data (AOF). ``GET /audit`` (admin)
+pages them with a cursor. The stream is bounded by time and length (``audit.*``): the
+housekeeping process takes the oldest entries with :func:`oldest`, appends them to files
+(daemon/ops/housekeeping.py) and only then removes them with :func:`remove`.
 """
 
 from __future__ import annotations
@@ -63,3 +65,22 @@ def page(client: redis.Redis, after: str | None, limit: int) -> tuple[list[Audit
         data = {k.decode(): v.decode() for k, v in fields.items()}
         items.append(AuditEntry(cursor=entry_id.decode(), **data))
     return items, paging.next_cursor(entries, after)
+
+
+def length(client: redis.Redis) -> int:
+    return int(client.xlen(AUDIT_KEY))
+
+
+def oldest(client: redis.Redis, count: int, before: float | None = None) -> list[AuditEntry]:
+    """Up to ``count`` of the oldest entries (only those before Unix time ``before``)."""
+    top = "+" if before is None else f"({int(before * 1000)}-0"
+    entries = client.xrange(AUDIT_KEY, min="-", max=top, count=count)
+    out = []
+    for entry_id, fields in entries:
+        data = {k.decode(): v.decode() for k, v in fields.items()}
+        out.append(AuditEntry(cursor=entry_id.decode(), **data))
+    return out
+
+
+def remove(client: redis.Redis, cursors: list[str]) -> int:
+    return int(client.xdel(AUDIT_KEY, *cursors)) if cursors else 0

@@ -89,6 +89,26 @@ def start_embedded(directory: Path, timeout: float = 15.0) -> tuple[Path, bool]:
     raise RuntimeError(f"embedded redis did not start; see {directory / 'redis.log'}")
 
 
+def embedded_pid(directory: Path) -> int | None:
+    """The pid of the embedded server of ``directory`` while that process lives (a zombie
+    counts as dead); None when there is none."""
+    try:
+        pid = int((directory / "redis.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return pid  # no /proc: the signal test above is all there is
+    return None if state in ("Z", "X") else pid
+
+
+def embedded_running(directory: Path) -> bool:
+    """Is the embedded server of ``directory`` alive (answering, or loading its AOF)?"""
+    return embedded_pid(directory) is not None or _ping(directory / SOCKET_NAME)
+
+
 def stop_embedded(directory: Path) -> None:
     """Shut the embedded server down cleanly: SIGTERM makes Redis fsync its AOF and exit."""
     socket = directory / SOCKET_NAME

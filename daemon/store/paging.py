@@ -7,11 +7,10 @@ oldest first, and its ``next`` is the id of its last entry, so a client that kee
 
 from __future__ import annotations
 
-import re
-
 import redis
 
-CURSOR = re.compile(r"^\d{1,20}-\d{1,20}$")
+from daemon.domain.ids import valid_cursor
+
 START = "0-0"  # the cursor before the first entry
 
 Entry = tuple[bytes, dict[bytes, bytes]]
@@ -23,7 +22,7 @@ class BadCursor(ValueError):
 
 def entries_after(client: redis.Redis, stream: str, after: str | None, limit: int) -> list[Entry]:
     """Up to ``limit`` entries strictly after cursor ``after`` (None: from the oldest)."""
-    if after is not None and not CURSOR.match(after):
+    if after is not None and not valid_cursor(after):
         raise BadCursor(f"malformed cursor {after!r}: expected the 'next' value of a page")
     start = "-" if after is None else f"({after}"
     return client.xrange(stream, min=start, max="+", count=limit)

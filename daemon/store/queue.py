@@ -16,7 +16,14 @@ from dataclasses import dataclass
 import redis
 
 from daemon.store import counters, scripts
-from daemon.store.keys import GROUP, INFLIGHT_KEY, METRICS_KEY, RESULT_KEY, STREAM_KEY
+from daemon.store.keys import (
+    GROUP,
+    INFLIGHT_KEY,
+    METRICS_KEY,
+    RESULT_KEY,
+    SOLO_KEY,
+    STREAM_KEY,
+)
 
 
 @dataclass
@@ -171,6 +178,18 @@ class FrameQueue:
             )
             if info:
                 delivery.deliveries = int(info[0]["times_delivered"])
+
+    # --- poison isolation -------------------------------------------------------------
+    def solo_attempt(self, frame_id: str) -> int:
+        """Count one more attempt to analyse ``frame_id`` alone; returns the count so far.
+
+        Kept in Redis because the worker that makes the attempt may be the one it kills.
+        """
+        return int(self.client.hincrby(SOLO_KEY, frame_id, 1))
+
+    def clear_solo(self, frame_ids: list[str]) -> None:
+        if frame_ids:
+            self.client.hdel(SOLO_KEY, *frame_ids)
 
     def consumers(self) -> list[dict]:
         try:

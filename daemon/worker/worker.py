@@ -7,6 +7,8 @@ new ones; every ``claim_idle_seconds`` it also takes over entries of silent cons
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -16,6 +18,7 @@ import numpy as np
 import redis
 
 from daemon import __version__
+from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.imaging.frames import FrameRejected, decode_rgb
 from daemon.inference.analyzer import Analyzer
@@ -28,6 +31,17 @@ from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
+
+#: after a chunk of at least this many pixels, freed memory is given back to the OS
+#: (glibc keeps it otherwise: a worker stayed at 962 MB after one 2000x2000 frame)
+TRIM_AFTER_PIXELS = 1_000_000
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 def default_worker_id(index: int = 0) -> str:
     return f"{heartbeats.host_name()}-w{index}"
@@ -159,49 +173,111 @@ class Worker:
     def process(self, batch: list[Delivery]) -> None:
         """Analyse a batch and store one result per frame (duplicates are acked only).
 
-        All of a batch's results are stored in one Redis round trip.
+        Poison isolation: a frame delivered before (its worker crashed or stalled holding
+        it) is analysed alone, after its batch's other frames are stored, and each such
+        attempt is counted in Redis; once it has been attempted alone more than
+        ``queue.max_deliveries`` times it is stored as ``failed``. Its neighbours in the
+        batch that crashed are retried alone too and end normally. Frames are analysed in
+        groups of at most ``workers.max_batch_pixels`` pixels.
         """
         started = time.time()
         done_already = self.store.existing([d.frame_id for d in batch])
-        images: list[np.ndarray] = []
-        ready: list[Delivery] = []
-        decode_ms: list[float] = []
-        scales: list[ScaleInfo] = []  # how each frame was brought to the models' scale
-        acquisitions: list[AcquisitionInfo | None] = []
-        outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
+        fresh: list[Delivery] = []
+        suspects: list[Delivery] = []
         for d in batch:
             if d.frame_id in done_already:
                 # Stored by a worker that died before acknowledging: just ack.
                 self.store.ack(d.entry_id)
                 log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
                 continue
-            if d.deliveries > self.settings.queue.max_deliveries:
-                error = f"frame crashed or stalled {d.deliveries - 1} workers"
-                outcomes.append((d, self._result(d, "failed", error=error), []))
+            (suspects if d.deliveries > 1 else fresh).append(d)
+        if fresh:
+            self._process_group(fresh, started)
+        limit = self.settings.queue.max_deliveries
+        hard_cap = limit * (self.settings.workers.batch_frames + 1)
+        for d in suspects:
+            self.flush()  # the neighbours are stored before a suspect runs alone
+            attempts = self.queue.solo_attempt(d.frame_id)
+            if attempts > limit or d.deliveries > hard_cap:
+                error = (f"frame crashed or stalled a worker {attempts - 1} times when "
+                         f"analysed alone ({d.deliveries - 1} deliveries in all)")
+                log.error("poison frame failed", extra={"frame_id": d.frame_id,
+                                                        "specimen_id": d.specimen_id})
+                self._submit([(d, self._result(d, "failed", error=error), [])])
                 continue
+            log.warning("frame delivered before; analysing it alone", extra={
+                "frame_id": d.frame_id, "deliveries": d.deliveries, "attempt": attempts})
+            self._process_group([d], started)
+
+    def _submit(self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
+                ) -> None:
+        self.flush()  # one batch in flight at most: results are stored in order
+        if self._storer is None:
+            self._store_all(outcomes)
+        else:
+            self._storing = self._storer.submit(self._store_all, outcomes)
+
+    def _prepare(self, d: Delivery) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None]:
+        """Decode (pixel budget first) and bring to the models' scale; FrameRejected for a
+        frame that cannot be, whatever the cause."""
+        if d.um_per_pixel is not None and not valid_um_per_pixel(d.um_per_pixel):
+            low, high = PHYSICAL_UM_PER_PIXEL
+            raise FrameRejected("bad_scale", f"um_per_pixel {d.um_per_pixel!r} is not a finite "
+                                f"number from {low} to {high}")
+        image = decode_rgb(d.data, self.settings.capture.max_frame_bytes,
+                           self.settings.capture.max_frame_pixels)
+        try:
+            source = (d.metadata or {}).get("um_per_pixel_source", "configured")
+            scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
+            prepared, acquisition = self.analyzer.prepare(image, scale)
+        except Exception as exc:  # noqa: BLE001 - one frame's problem is its own result
+            log.exception("frame could not be prepared", extra={"frame_id": d.frame_id})
+            raise FrameRejected("undecodable", f"the frame could not be brought to the "
+                                f"models' scale: {type(exc).__name__}: {exc}") from exc
+        return prepared, scale, acquisition
+
+    def _process_group(self, group: list[Delivery], started: float) -> None:
+        """Decode, analyse (in chunks bounded in pixels) and store ``group``."""
+        budget = self.settings.workers.max_batch_pixels
+        outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
+        images: list[np.ndarray] = []
+        ready: list[Delivery] = []
+        decode_ms: list[float] = []
+        scales: list[ScaleInfo] = []  # how each frame was brought to the models' scale
+        acquisitions: list[AcquisitionInfo | None] = []
+        pixels = 0
+
+        def analyse_chunk() -> None:
+            nonlocal pixels
+            if ready:
+                outcomes.extend(self._analyse(list(ready), list(images), list(decode_ms),
+                                              list(scales), list(acquisitions), started))
+            for held in (images, ready, decode_ms, scales, acquisitions):
+                held.clear()
+            if pixels >= TRIM_AFTER_PIXELS:
+                _malloc_trim()
+            pixels = 0
+
+        for d in group:
             decode_start = time.perf_counter()
             try:
-                image = decode_rgb(d.data, self.settings.capture.max_frame_bytes)
-                source = (d.metadata or {}).get("um_per_pixel_source", "configured")
-                scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
-                prepared, acquisition = self.analyzer.prepare(image, scale)
-                images.append(prepared)
+                prepared, scale, acquisition = self._prepare(d)
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
                 outcomes.append((d, result, []))
                 continue
+            size = prepared.shape[0] * prepared.shape[1]
+            if ready and pixels + size > budget:
+                analyse_chunk()
+            images.append(prepared)
             decode_ms.append((time.perf_counter() - decode_start) * 1000)
             scales.append(scale)
             acquisitions.append(acquisition)
             ready.append(d)
-        if ready:
-            outcomes += self._analyse(ready, images, decode_ms, scales, acquisitions, started)
+            pixels += size
+        analyse_chunk()
         if outcomes:
-            self.flush()  # one batch in flight at most: results are stored in order
-            if self._storer is None:
-                self._store_all(outcomes)
-            else:
-                self._storing = self._storer.submit(self._store_all, outcomes)
+            self._submit(outcomes)
 
     def flush(self) -> None:
         """Wait until the previous batch's results are stored (errors surface here)."""
@@ -221,8 +297,18 @@ class Worker:
         try:
             analyses = self.analyzer.analyze(images)
         except Exception as exc:  # a model failure must not lose the frames
-            log.exception("analysis failed", extra={"worker": self.id})
-            error = f"analysis failed: {exc}"
+            if len(ready) > 1:
+                # One frame's failure must not fail its neighbours: each again, alone.
+                log.warning("analysis of a batch failed; analysing its frames one by one",
+                            extra={"worker": self.id, "error": str(exc)})
+                out = []
+                for i, d in enumerate(ready):
+                    out += self._analyse([d], images[i : i + 1], decode_ms[i : i + 1],
+                                         scales[i : i + 1], acquisitions[i : i + 1], started)
+                return out
+            log.exception("analysis failed", extra={"worker": self.id,
+                                                    "frame_id": ready[0].frame_id})
+            error = f"analysis failed: {type(exc).__name__}: {exc}"
             return [(d, self._result(d, "failed", error=error), []) for d in ready]
         cells = sum(len(a.cells) for a in analyses)
         batch_metrics = counters.histogram("leukoscope_batch_frames", len(ready))
@@ -264,6 +350,7 @@ class Worker:
             self.client,
             counters.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
         )
+        self.queue.clear_solo([d.frame_id for d, _, _ in outcomes if d.deliveries > 1])
         for (d, result, _), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)
             log.info(

@@ -47,3 +47,12 @@ def test_move_keeps_both_on_name_clash(tmp_path: Path) -> None:
     assert free_name(target_dir, "b.jpg", ".reason.txt").name == "b-1.jpg"
     note = write_reason(moved, "truncated", "why", str(source), "abc")
     assert note.name == "a-1.jpg.reason.txt" and "reason: truncated" in note.read_text()
+
+
+def test_ids_with_a_trailing_line_feed_are_refused():
+    """Python's '$' matches before a final '\\n': a line feed would reach HL7 PID-3/OBR-3
+    (a LIS splitting on line feeds sees bogus segments) and archive folder names."""
+    from daemon.domain.ids import valid_frame_id, valid_name, valid_upload_name
+
+    for check in (valid_specimen_id, valid_name, valid_frame_id, valid_upload_name):
+        assert check("S1") and not check("S1\n") and not check("S1\r\n"), check

@@ -24,6 +24,10 @@ GAUGES = {
     "leukoscope_capture_up", "leukoscope_model_info", "leukoscope_build_info",
     "leukoscope_lis_outbox_messages", "leukoscope_gpu_utilization_ratio",
     "leukoscope_gpu_memory_used_bytes",
+    # storage (issue 16)
+    "leukoscope_redis_memory_used_bytes", "leukoscope_redis_memory_budget_bytes",
+    "leukoscope_audit_entries", "leukoscope_data_dir_bytes",
+    "leukoscope_data_dir_filesystem_free_bytes", "leukoscope_data_dir_filesystem_size_bytes",
 }
 KNOWN = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

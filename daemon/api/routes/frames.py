@@ -35,6 +35,7 @@ from capture.intake import Intake, derived_frame_id, expand
 from capture.mover import free_name, write_reason
 from daemon.api.auth import require
 from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
+from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
 from daemon.settings import Settings
 from daemon.store import counters
@@ -142,8 +143,9 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
             scale = float(fields["um_per_pixel"] or "")
         except ValueError as exc:
             raise Refused(400, "um_per_pixel must be a number") from exc
-        if not scale > 0:
-            raise Refused(400, "um_per_pixel must be positive")
+        if not valid_um_per_pixel(scale):
+            low, high = PHYSICAL_UM_PER_PIXEL
+            raise Refused(400, f"um_per_pixel must be a finite number from {low} to {high}")
     metadata = _metadata(fields.get("metadata"))
     kind = sniff_format(data)
     name = fields.get("name") or f"upload.{EXTENSIONS.get(kind or '', 'bin')}"
@@ -158,9 +160,10 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     try:
         frames = expand(data, settings)
     except FrameRejected as exc:
-        intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
-                              metadata=metadata)
-        _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
+        first = intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
+                                      metadata=metadata)
+        if first:  # the same refused body again (same id) is not stored twice on disk
+            _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
         code = 415 if exc.reason in ("not_an_image", "empty_file") else 422
         raise Refused(code, exc.message, frame_id=file_id, status="rejected",
                       reason=exc.reason) from exc

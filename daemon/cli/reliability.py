@@ -1,0 +1,393 @@
+"""``leukoscope reliability``: the issue-16 runs that are too heavy for the test suite.
+
+Starts ``leukoscope run`` (embedded Redis, the configured models) in a temporary folder,
+samples the resident memory (VmRSS) of every process of the tree and of Redis five times a
+second, and runs:
+
+* ``hostile``: beside ordinary fields, in one specimen folder, a 21-byte-header JPEG bomb
+  (20000x20000), a PNG bomb (20000x20000, valid zlib), a sharp 8064x8064 JPEG, a TIFF of
+  40 pages of 10000x10000, a JPEG with 2 KB of random bytes inside, a file name that is not
+  UTF-8, and four 3840x2160 fields; every file must end with a result (good ones ``done``)
+  and no process may be restarted.
+* ``redis-kill``: SIGKILL of the embedded Redis with frames in flight; seconds until
+  ``/readyz`` answers 200 again (the supervisor restarts Redis), and every frame stored once.
+* ``flood``: N synthetic fields at once; Redis memory and data_dir bytes before and after.
+* ``audit-week``: a week of one ``/results`` poll a second (604,800 audit entries, written
+  straight to Redis), then the housekeeping trim with the configured ``audit.*``: Redis
+  bytes per entry and the bound.
+
+Prints one JSON object (``--json``) or a table. Numbers in README's "Reliability" section
+come from this command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+import redis
+import yaml
+
+from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
+from daemon.settings import Settings
+from daemon.store.connection import SOCKET_NAME, embedded_pid
+from daemon.store.keys import AUDIT_KEY
+
+ROLES = ("run", "capture", "worker", "api")
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except OSError:
+        return 0, {}
+
+
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _role(pid: int) -> str | None:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    words = [a.decode(errors="replace") for a in args]
+    for role in ROLES:
+        if role in words:
+            return "supervisor" if role == "run" else role
+    return None
+
+
+class Sampler(threading.Thread):
+    """Peak VmRSS per role (supervisor, capture, worker, api, redis), 5 times a second."""
+
+    def __init__(self, supervisor: int, redis_dir: Path) -> None:
+        super().__init__(daemon=True)
+        self.supervisor = supervisor
+        self.redis_dir = redis_dir
+        self.peak: dict[str, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            pids = {self.supervisor: "supervisor"}
+            for child in _children(self.supervisor):
+                role = _role(child)
+                if role:
+                    pids[child] = role
+            redis_pid = embedded_pid(self.redis_dir)
+            if redis_pid:
+                pids[redis_pid] = "redis"
+            for pid, role in pids.items():
+                self.peak[role] = max(self.peak.get(role, 0), _rss(pid))
+            self.stopping.wait(0.2)
+
+    def mib(self) -> dict[str, float]:
+        return {role: round(value / 2**20, 1) for role, value in sorted(self.peak.items())}
+
+    def take(self) -> dict[str, float]:
+        """The peaks since the last take (one scenario's), then start afresh."""
+        peaks = self.mib()
+        self.peak = {}
+        return peaks
+
+
+class Daemon:
+    def __init__(self, settings: Settings, root: Path) -> None:
+        self.root = root
+        with __import__("socket").socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        config = settings.model_dump(mode="json")
+        config.update(data_dir=str(root / "var"))
+        config["redis"]["url"] = None
+        config["capture"]["directory"] = str(root / "inbox")
+        config["api"].update(host="127.0.0.1", port=port)
+        config["logging"]["level"] = "INFO"
+        self.config = root / "config.yaml"
+        self.config.write_text(yaml.safe_dump(config))
+        self.base = f"http://127.0.0.1:{port}"
+        self.log = root / "daemon.log"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "daemon", "run", "--config", str(self.config)], env=env,
+            stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.redis_dir = root / "var" / "redis"
+        self.sampler = Sampler(self.process.pid, self.redis_dir)
+        self.sampler.start()
+        self.wait_ready(180)
+
+    def wait_ready(self, timeout: float) -> float:
+        started = time.monotonic()
+        while _get(f"{self.base}/readyz", 2)[0] != 200:
+            if time.monotonic() - started > timeout or self.process.poll() is not None:
+                raise RuntimeError(f"the daemon did not become ready; see {self.log}")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.redis_dir / SOCKET_NAME))
+
+    def results(self) -> list[dict]:
+        items: list[dict] = []
+        cursor = None
+        while True:
+            query = "?limit=1000" + (f"&after={cursor}" if cursor else "")
+            code, page = _get(f"{self.base}/results{query}", 30)
+            if code != 200:
+                time.sleep(0.5)
+                continue
+            items += page["items"]
+            if not page["items"]:
+                return items
+            cursor = page["next"]
+
+    def wait_results(self, count: int, timeout: float) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            items = self.results()
+            if len(items) >= count:
+                return items
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(items)} of {count} results in {timeout:.0f} s")
+            time.sleep(1.0)
+
+    def restarts(self) -> int:
+        return self.log.read_text(errors="replace").count("child exited")
+
+    def stop(self) -> int:
+        self.sampler.stopping.set()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return -9
+        finally:
+            from daemon.store.connection import stop_embedded
+
+            stop_embedded(self.redis_dir)
+
+
+def _deliver(folder: Path, name: str | bytes, data: bytes) -> None:
+    """Write-then-rename, with bytes names allowed (a name that is not UTF-8)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = name if isinstance(name, bytes) else name.encode()
+    target = os.fsencode(folder) + b"/" + raw
+    with open(target + b".part", "wb") as out:
+        out.write(data)
+    os.rename(target + b".part", target)
+
+
+def _field(seed: int, size: int = 224) -> bytes:
+    image, _ = smear_field(np.random.default_rng(seed), white_cells=2)
+    if size != image.shape[0]:
+        image = cv2.resize(image, (size, size))
+    return encode(image)
+
+
+def _big_field(seed: int, width: int, height: int) -> bytes:
+    """A sharp, ordinary-looking field at camera size (tiled synthetic smear + noise)."""
+    tile, _ = smear_field(np.random.default_rng(seed), white_cells=3)
+    reps = (height // tile.shape[0] + 1, width // tile.shape[1] + 1, 1)
+    image = np.tile(tile, reps)[:height, :width]
+    noise = np.random.default_rng(seed).integers(-6, 7, image.shape, dtype=np.int16)
+    return encode(np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8))
+
+
+def _tiff_pages(pages: int, side: int) -> bytes:
+    """A deflate TIFF of ``pages`` black pages of side x side: about 0.1 % of its decoded
+    size (40 pages of 10000x10000: 3.9 MB on disk, 4 GB decoded)."""
+    import io
+
+    import tifffile
+
+    black = np.zeros((side, side), np.uint8)
+    out = io.BytesIO()
+    with tifffile.TiffWriter(out) as tif:
+        for _ in range(pages):
+            tif.write(black, compression="zlib", rowsperstrip=side)
+    return out.getvalue()
+
+
+def hostile(daemon: Daemon) -> dict:
+    folder = daemon.root / "inbox" / "HOSTILE"
+    rng = np.random.default_rng(16)
+    good = {f"good-{i:02d}.jpg": _field(1000 + i) for i in range(10)}
+    corrupt = bytearray(_field(2000))
+    corrupt[len(corrupt) // 3 : len(corrupt) // 3 + 2048] = rng.integers(
+        0, 256, 2048, dtype=np.uint8).tobytes()
+    bad: dict[str | bytes, bytes] = {
+        "bomb-20000.jpg": jpeg_bomb(20000, 20000),
+        "bomb-20000.png": png_bomb(20000, 20000),
+        "sharp-8064.jpg": _big_field(3000, 8064, 8064),
+        "pages-40x10000.tif": _tiff_pages(40, 10000),
+        "corrupt.jpg": bytes(corrupt),
+    }
+    fourk = {f"uhd-{i}.jpg": _big_field(4000 + i, 3840, 2160) for i in range(4)}
+    odd_name = b"field-\xff\xfe.jpg"
+    started = time.monotonic()
+    for name, data in {**good, **bad, **fourk}.items():
+        _deliver(folder, name, data)
+    _deliver(folder, odd_name, _field(5000))
+    expected = len(good) + len(bad) + len(fourk) + 1
+    items = daemon.wait_results(expected, 600)
+    elapsed = time.monotonic() - started
+    outcome = {}
+    for item in items:
+        name = item["source"].rsplit("/", 1)[-1]
+        outcome[name] = item["status"] + (f" ({item['reason']})" if item.get("reason") else "")
+    return {"files": expected, "seconds_to_all_outcomes": round(elapsed, 1),
+            "outcomes": dict(sorted(outcome.items())),
+            "good_done": sum(outcome.get(n) == "done" for n in (*good, *fourk)),
+            "good_files": len(good) + len(fourk),
+            "restarts": daemon.restarts()}
+
+
+def redis_kill(daemon: Daemon) -> dict:
+    folder = daemon.root / "inbox" / "REDIS-KILL"
+    before = len(daemon.results())
+    for i in range(20):
+        _deliver(folder, f"f-{i:02d}.jpg", _field(6000 + i))
+    time.sleep(1.0)  # some queued, some analysed, some stored: frames in flight
+    pid = embedded_pid(daemon.redis_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while embedded_pid(daemon.redis_dir) in (None, pid):
+        time.sleep(0.05)
+    daemon.wait_ready(120)
+    ready = time.monotonic() - killed
+    items = daemon.wait_results(before + 20, 300)
+    mine = [i for i in items if "/REDIS-KILL/" in i["source"]]
+    names = [i["source"].rsplit("/", 1)[-1] for i in mine]
+    return {"seconds_to_ready": round(ready, 1), "frames": 20, "stored": len(set(names)),
+            "duplicates": len(names) - len(set(names)),
+            "done": sum(i["status"] == "done" for i in mine), "restarts": daemon.restarts()}
+
+
+def flood(daemon: Daemon, count: int) -> dict:
+    client = daemon.redis()
+    folder = daemon.root / "inbox" / "FLOOD"
+    before_results = len(daemon.results())
+    memory_before = int(client.info("memory")["used_memory"])
+    started = time.monotonic()
+    for i in range(count):
+        _deliver(folder, f"f-{i:05d}.jpg", _field(10_000 + i))
+    daemon.wait_results(before_results + count, 3600)
+    elapsed = time.monotonic() - started
+    memory_after = int(client.info("memory")["used_memory"])
+    _, status = _get(f"{daemon.base}/status", 30)
+    storage = status.get("storage") or {}
+    return {"frames": count, "seconds": round(elapsed, 1),
+            "frames_per_second": round(count / elapsed, 1),
+            "redis_used_memory_mib_before": round(memory_before / 2**20, 1),
+            "redis_used_memory_mib_after": round(memory_after / 2**20, 1),
+            "redis_bytes_per_result": round((memory_after - memory_before) / count),
+            "data_dir_mib": {k: round(v / 2**20, 1)
+                             for k, v in (storage.get("data_dir_bytes") or {}).items()},
+            "restarts": daemon.restarts()}
+
+
+def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
+    """A week of polls in a Redis of its own (the daemon's stream already holds entries newer
+    than a week ago, and stream ids only grow), trimmed with the configured ``audit.*``."""
+    from daemon.ops.housekeeping import trim_audit
+    from daemon.store.connection import start_embedded, stop_embedded
+
+    directory = root / "audit-redis"
+    sock, _ = start_embedded(directory)
+    client = redis.Redis(unix_socket_path=str(sock))
+    try:
+        memory_before = int(client.info("memory")["used_memory"])
+        now = time.time()
+        start_ms = int((now - polls) * 1000)
+        pipe = client.pipeline(transaction=False)
+        for i in range(polls):
+            pipe.xadd(AUDIT_KEY, {"time": repr(now - polls + i), "key": "lis", "role": "read",
+                                    "action": "results.read", "detail": "after=1795000000000-0",
+                                    "client": "10.0.0.5"}, id=f"{start_ms + i * 1000}-0")
+            if i % 10_000 == 9_999:
+                pipe.execute()
+        pipe.execute()
+        memory_week = int(client.info("memory")["used_memory"])
+        per_entry = (memory_week - memory_before) / polls
+        trail = settings.audit
+        folder = root / "audit-files"
+        moved = trim_audit(client, folder if trail.archive else None, trail.retention_days,
+                           trail.max_entries, now=now)
+        # the bound by length, as a busier site would reach it
+        bounded = trim_audit(client, folder if trail.archive else None, None, 100_000, now=now)
+        memory_bounded = int(client.info("memory")["used_memory"])
+        disk = sum(p.stat().st_size for p in folder.glob("*.jsonl")) if folder.exists() else 0
+    finally:
+        client.close()
+        stop_embedded(directory)
+    return {"polls": polls, "redis_bytes_per_entry": round(per_entry),
+            "redis_mib_for_the_week": round((memory_week - memory_before) / 2**20, 1),
+            "moved_by_configured_limits": moved,
+            "moved_to_reach_100000_entries": bounded,
+            "redis_mib_at_100000_entries": round((memory_bounded - memory_before) / 2**20, 1),
+            "file_bytes_per_entry": round(disk / max(1, moved + bounded)),
+            "configured": trail.model_dump()}
+
+
+def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
+                    as_json: bool) -> int:
+    report: dict = {"machine": f"{os.cpu_count()} cpus", "scenarios": scenarios}
+    with tempfile.TemporaryDirectory(prefix="leukoscope-reliability-") as tmp:
+        runs = {"hostile": hostile, "redis-kill": redis_kill,
+                "flood": lambda d: flood(d, flood_frames)}
+        daemon = Daemon(settings, Path(tmp))
+        try:
+            daemon.sampler.take()
+            for name, scenario in runs.items():
+                if name not in scenarios:
+                    continue
+                try:
+                    report[name] = scenario(daemon)
+                except Exception as exc:  # noqa: BLE001 - report it, run the rest
+                    report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+                report[name]["peak_rss_mib"] = daemon.sampler.take()
+        finally:
+            report["exit_code"] = daemon.stop()
+            report["processes_restarted"] = daemon.restarts()
+        if "audit-week" in scenarios:
+            report["audit-week"] = audit_week(settings, Path(tmp))
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
