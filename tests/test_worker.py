@@ -45,7 +45,7 @@ def test_worker_stores_one_result_per_frame_and_drains_the_stream(settings: Sett
         r = store.get(frame_id)
         assert r.status == "done" and r.frame_class and len(r.cells) == 2
         assert r.models["classifier"].name == "tiny-classifier"
-        assert set(r.timings_ms) >= {"queue_wait", "decode", "segment", "classify"}
+        assert set(r.timings_ms) >= {"queue_wait", "decode", "rescale", "segment", "classify"}
     bad = store.get("bad")
     assert bad.status == "rejected" and bad.reason == "truncated"
     assert worker.queue.backlog() == 0 and worker.queue.pending() == 0

@@ -170,7 +170,7 @@ CATALOGUE: dict[str, MetricDef] = {
         MetricDef(
             "leukoscope_stage_seconds",
             "histogram",
-            "Time per frame in each worker stage (queue_wait, decode, segment, crop, "
+            "Time per frame in each worker stage (queue_wait, decode, rescale, segment, crop, "
             "classify, store).",
             ("stage",),
             STAGE_BUCKETS,

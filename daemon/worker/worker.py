@@ -217,15 +217,19 @@ class Worker:
         else:
             self._storing = self._storer.submit(self._store_all, outcomes)
 
-    def _prepare(self, d: Delivery) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None]:
-        """Decode (pixel budget first) and bring to the models' scale; FrameRejected for a
-        frame that cannot be, whatever the cause."""
+    def _prepare(self, d: Delivery
+                 ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
+        """Decode (pixel budget first) and bring to the models' scale and background;
+        FrameRejected for a frame that cannot be, whatever the cause. Also returns the time
+        (ms) each step took: ``decode`` and ``rescale`` (red-cell ruler, resize, gain)."""
+        started = time.perf_counter()
         if d.um_per_pixel is not None and not valid_um_per_pixel(d.um_per_pixel):
             low, high = PHYSICAL_UM_PER_PIXEL
             raise FrameRejected("bad_scale", f"um_per_pixel {d.um_per_pixel!r} is not a finite "
                                 f"number from {low} to {high}")
         image = decode_rgb(d.data, self.settings.capture.max_frame_bytes,
                            self.settings.capture.max_frame_pixels)
+        decoded = time.perf_counter()
         try:
             source = (d.metadata or {}).get("um_per_pixel_source", "configured")
             scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
@@ -234,7 +238,9 @@ class Worker:
             log.exception("frame could not be prepared", extra={"frame_id": d.frame_id})
             raise FrameRejected("undecodable", f"the frame could not be brought to the "
                                 f"models' scale: {type(exc).__name__}: {exc}") from exc
-        return prepared, scale, acquisition
+        timings = {"decode": (decoded - started) * 1000,
+                   "rescale": (time.perf_counter() - decoded) * 1000}
+        return prepared, scale, acquisition, timings
 
     def _process_group(self, group: list[Delivery], started: float) -> None:
         """Decode, analyse (in chunks bounded in pixels) and store ``group``."""
@@ -242,7 +248,7 @@ class Worker:
         outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
-        decode_ms: list[float] = []
+        prep_ms: list[dict[str, float]] = []  # per frame: decode, rescale
         scales: list[ScaleInfo] = []  # how each frame was brought to the models' scale
         acquisitions: list[AcquisitionInfo | None] = []
         pixels = 0
@@ -250,18 +256,17 @@ class Worker:
         def analyse_chunk() -> None:
             nonlocal pixels
             if ready:
-                outcomes.extend(self._analyse(list(ready), list(images), list(decode_ms),
+                outcomes.extend(self._analyse(list(ready), list(images), list(prep_ms),
                                               list(scales), list(acquisitions), started))
-            for held in (images, ready, decode_ms, scales, acquisitions):
+            for held in (images, ready, prep_ms, scales, acquisitions):
                 held.clear()
             if pixels >= TRIM_AFTER_PIXELS:
                 _malloc_trim()
             pixels = 0
 
         for d in group:
-            decode_start = time.perf_counter()
             try:
-                prepared, scale, acquisition = self._prepare(d)
+                prepared, scale, acquisition, timings = self._prepare(d)
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
                 outcomes.append((d, result, []))
@@ -270,7 +275,7 @@ class Worker:
             if ready and pixels + size > budget:
                 analyse_chunk()
             images.append(prepared)
-            decode_ms.append((time.perf_counter() - decode_start) * 1000)
+            prep_ms.append(timings)
             scales.append(scale)
             acquisitions.append(acquisition)
             ready.append(d)
@@ -289,7 +294,7 @@ class Worker:
         self,
         ready: list[Delivery],
         images: list[np.ndarray],
-        decode_ms: list[float],
+        prep_ms: list[dict[str, float]],
         scales: list[ScaleInfo],
         acquisitions: list[AcquisitionInfo | None],
         started: float,
@@ -303,7 +308,7 @@ class Worker:
                             extra={"worker": self.id, "error": str(exc)})
                 out = []
                 for i, d in enumerate(ready):
-                    out += self._analyse([d], images[i : i + 1], decode_ms[i : i + 1],
+                    out += self._analyse([d], images[i : i + 1], prep_ms[i : i + 1],
                                          scales[i : i + 1], acquisitions[i : i + 1], started)
                 return out
             log.exception("analysis failed", extra={"worker": self.id,
@@ -319,7 +324,7 @@ class Worker:
         for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
             timings = {
                 "queue_wait": max(0.0, (started - d.captured_at) * 1000),
-                "decode": decode_ms[i],
+                **prep_ms[i],
                 **analysis.timings_ms,
             }
             described = self.analyzer.describe(analysis, scales[i], acquisitions[i])
