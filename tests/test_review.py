@@ -120,7 +120,8 @@ def test_flags_reach_the_specimen_fhir_and_hl7(redis_client: redis.Redis, make_s
     assert spec.needs_review and spec.result_status == "preliminary"  # never final unverified
 
     report = diagnostic_report(spec, "research use only")
-    assert report["status"] == "preliminary" and "Not verified" in report["conclusion"]
+    assert report["status"] == "preliminary"
+    assert "2 cell(s) and 1 frame(s) are flagged for review" in report["conclusion"]
     values = {o["id"]: o.get("valueInteger") for o in report["contained"]
               if o["resourceType"] == "Observation"}
     assert values["cells-unidentified"] == 1

@@ -200,12 +200,6 @@ def diagnostic_report(specimen: Specimen, statement: str) -> dict:
 
     observations = [observation(i, c, v) for i, c, v in observation_values(specimen)]
     conclusion = statement
-    if specimen.needs_review:
-        conclusion += (
-            f" Not verified: {specimen.cells_needing_review} cell(s) and "
-            f"{specimen.frames_needing_review} frame(s) need review by a person; these results"
-            " stay preliminary until verified."
-        )
     if specimen.late_frames:
         conclusion += (
             f" {specimen.late_frames} frame(s) arrived after the specimen was completed;"
@@ -283,7 +277,10 @@ def verification_note(specimen: Specimen) -> str:
         return (f" Verified by {specimen.verified_by}{also} at "
                 f"{instant(specimen.verified_at)}; {specimen.reclassified_cells} cell(s) "
                 "reclassified on review.")
-    return " Preliminary: not yet verified by a reviewer."
+    flagged = (f"; {specimen.cells_needing_review} cell(s) and "
+               f"{specimen.frames_needing_review} frame(s) are flagged for review"
+               if specimen.needs_review else "")
+    return f" Preliminary: not yet verified by a reviewer{flagged}."
 
 
 # --- orders in: ServiceRequest -> Order --------------------------------------------------

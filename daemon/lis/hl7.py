@@ -111,11 +111,6 @@ def observations(specimen: Specimen) -> list[tuple[codes.Code, str, str]]:
 
 def notes(specimen: Specimen, statement: str) -> list[str]:
     out = [statement, verification_note(specimen).strip()]
-    if specimen.needs_review:
-        out.append(
-            f"Not verified: {specimen.cells_needing_review} cell(s) and "
-            f"{specimen.frames_needing_review} frame(s) need review; preliminary until verified."
-        )
     if specimen.late_frames:
         out.append(f"{specimen.late_frames} frame(s) arrived after completion and are not "
                    "included.")
