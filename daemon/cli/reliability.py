@@ -36,8 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import redis
-import yaml
 
+from daemon.cli.sandbox import clean_env, write_config
 from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
 from daemon.settings import Settings
 from daemon.store import audit
@@ -127,20 +127,10 @@ class Sampler(threading.Thread):
 class Daemon:
     def __init__(self, settings: Settings, root: Path) -> None:
         self.root = root
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        config = settings.model_dump(mode="json")
-        config.update(data_dir=str(root / "var"))
-        config["redis"]["url"] = None
-        config["capture"]["directory"] = str(root / "inbox")
-        config["api"].update(host="127.0.0.1", port=port)
-        config["logging"]["level"] = "INFO"
-        self.config = root / "config.yaml"
-        self.config.write_text(yaml.safe_dump(config))
+        self.config, port = write_config(settings, root, "INFO")
         self.base = f"http://127.0.0.1:{port}"
         self.log = root / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
+        env = clean_env()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", "--config", str(self.config)], env=env,
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
