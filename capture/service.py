@@ -36,7 +36,7 @@ from daemon.imaging.frames import (
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
-from daemon.store.connection import Outage, connect
+from daemon.store.connection import Outage, connect, server_run_id
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
@@ -345,7 +345,7 @@ class CaptureService:
         if now < self._next_run_id_check:
             return
         self._next_run_id_check = now + HEARTBEAT_SECONDS
-        run_id = self.client.info("server").get("run_id")
+        run_id = server_run_id(self.client)
         if self._run_id is not None and run_id != self._run_id:
             count = self.watcher.reoffer_all()
             log.warning("redis restarted; offering taken files again", extra={"files": count})

@@ -265,3 +265,107 @@ def test_every_redis_key_is_named_in_store_keys() -> None:
             ):
                 stray.append(f"{module} line {node.lineno}: {node.value!r}")
     assert not stray, f"Redis key names outside daemon/store/keys.py:{_listing(stray)}"
+
+
+# Redis commands that redis-py's client and pipeline offer under these names. Names that
+# ordinary Python objects also have (get, set, delete, keys, info, append, copy, unlink, scan,
+# lock, ...) are left out here; a call of any method on a ``client`` catches those (below).
+REDIS_COMMANDS = frozenset("""
+    bitcount blpop brpop bzpopmin dbsize decrby evalsha expire expireat flushall flushdb getdel
+    getex getset hdel hexists hget hgetall hincrby hincrbyfloat hkeys hlen hmget hmset hscan
+    hscan_iter hset hsetnx hstrlen hvals incr incrby incrbyfloat lindex linsert llen lmove lpop
+    lpush lrange lrem lset ltrim memory_usage mget mset msetnx persist pexpire pexpireat pfadd
+    pfcount ping pipeline psetex pttl publish register_script renamenx rpop rpush sadd scan_iter
+    scard sdiff sinter sismember smembers smove spop srandmember srem sscan sunion setex setnx
+    setrange strlen ttl xack xadd xautoclaim xclaim xdel xgroup_create xgroup_createconsumer
+    xgroup_delconsumer xgroup_destroy xgroup_setid xinfo_consumers xinfo_groups xinfo_stream
+    xlen xpending xpending_range xrange xread xreadgroup xrevrange xtrim zadd zcard zcount
+    zincrby zpopmax zpopmin zrange zrangebyscore zrank zrem zremrangebyrank zremrangebyscore
+    zrevrange zrevrangebyscore zrevrank zscan zscore
+""".split())
+CLIENT_NAMES = frozenset({"client", "redis_client", "pipe", "pipeline"})
+CLIENT_METHODS_ALLOWED = frozenset({"close"})  # ending a connection is not a command
+
+
+def _receiver_name(node: ast.expr) -> str | None:
+    """``client`` for ``client.x``, ``self.client.x`` and ``request.app.state.client.x``."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return None
+
+
+def _root_name(node: ast.expr) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def redis_calls(module: str, source: str) -> list[str]:
+    """Direct uses of Redis in one module's source: what only daemon/store/ may do."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "redis":
+            for alias in node.names:
+                if node.module != "redis.exceptions" and not alias.name.endswith("Error"):
+                    found.append(f"{module} line {node.lineno}: from {node.module} import "
+                                 f"{alias.name}")
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        method, receiver = node.func.attr, node.func.value
+        if _root_name(node.func) == "redis":
+            found.append(f"{module} line {node.lineno}: redis.…{method}(…)")
+        elif method in REDIS_COMMANDS:
+            found.append(f"{module} line {node.lineno}: .{method}(…)")
+        elif _receiver_name(receiver) in CLIENT_NAMES and method not in CLIENT_METHODS_ALLOWED:
+            found.append(f"{module} line {node.lineno}: {_receiver_name(receiver)}.{method}(…)")
+    return found
+
+
+def test_redis_is_used_only_in_store() -> None:
+    """Redis only in daemon/store/ (issue 12): every command goes through a store function.
+
+    Outside daemon/store/, in daemon/ and capture/, a module may hold a client (``redis.Redis``
+    as a type hint, passed from ``daemon.store.connection.connect``) and hand it to store
+    functions, and may catch redis-py's exception classes, but it may not:
+
+    * call a method named after a Redis command (``REDIS_COMMANDS``: ``.hget(``, ``.xadd(``,
+      ``.zadd(``, ``.pipeline(``, ``.ping(`` ...) on anything;
+    * call any other method (``get``, ``set``, ``info``, ``lock`` ...) on an object named
+      ``client``, ``redis_client``, ``pipe`` or ``pipeline`` (``client.close()`` is allowed);
+    * call anything reached through the ``redis`` module (``redis.Redis(...)``,
+      ``redis.Redis.from_url(...)``): clients are made in daemon/store/connection.py;
+    * ``from redis... import`` anything but exception classes (``*Error``, redis.exceptions).
+
+    Tests may use Redis directly to arrange and inspect data.
+    """
+    store = ROOT / "daemon" / "store"
+    found = [
+        hit
+        for module, path in module_names().items()
+        if store not in path.parents
+        for hit in redis_calls(module, path.read_text(encoding="utf-8"))
+    ]
+    assert not found, (
+        "Redis used outside daemon/store/ (add a function to a store module and call that):"
+        + _listing(found)
+    )
+
+
+def test_the_redis_check_catches_what_it_should() -> None:
+    source = (
+        "import redis\nfrom redis.lock import Lock\nfrom redis.exceptions import LockError\n"
+        "def f(client, self, log, d):\n"
+        "    client.hget('k', 'f')\n    self.client.get('k')\n    client.close()\n"
+        "    redis.Redis(unix_socket_path='s')\n    log.info('x')\n    d.get('k')\n"
+        "    self.queue.xadd('s', {})\n"
+        "    try:\n        pass\n    except redis.RedisError:\n        pass\n"
+    )
+    assert redis_calls("m", source) == [
+        "m line 2: from redis.lock import Lock",
+        "m line 5: .hget(…)",
+        "m line 6: client.get(…)",
+        "m line 8: redis.…Redis(…)",
+        "m line 11: .xadd(…)",
+    ]

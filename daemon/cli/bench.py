@@ -10,9 +10,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,8 +19,8 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from daemon.cli.sandbox import clean_env, write_config
 from daemon.imaging.frames import IMAGE_SUFFIXES, decode_rgb
 from daemon.imaging.synthetic import encode, smear_field
 from daemon.inference.analyzer import Analyzer
@@ -50,12 +48,6 @@ def bench_bare(settings: Settings, frames: list[bytes]) -> float:
     return len(images) / (time.perf_counter() - started)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
@@ -72,16 +64,8 @@ def bench_daemon(
     """Returns (frames/s, capture-to-result latencies in seconds)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
-        port = _free_port()
-        config = settings.model_dump(mode="json")
-        config.update(data_dir=str(root / "var"))
-        config["redis"]["url"] = None
-        config["capture"]["directory"] = str(root / "inbox")
-        config["api"].update(host="127.0.0.1", port=port)
-        config["logging"]["level"] = "WARNING"
-        config_file = root / "config.yaml"
-        config_file.write_text(yaml.safe_dump(config))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
+        config_file, port = write_config(settings, root, "WARNING")
+        env = clean_env()
         daemon = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", "--config", str(config_file)], env=env
         )

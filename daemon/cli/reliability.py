@@ -36,12 +36,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import redis
-import yaml
 
+from daemon.cli.sandbox import clean_env, write_config
 from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
 from daemon.settings import Settings
-from daemon.store.connection import SOCKET_NAME, embedded_pid
-from daemon.store.keys import AUDIT_KEY
+from daemon.store import audit
+from daemon.store.connection import SOCKET_NAME, embedded_pid, socket_client, used_memory_bytes
 
 ROLES = ("run", "capture", "worker", "api")
 
@@ -127,20 +127,10 @@ class Sampler(threading.Thread):
 class Daemon:
     def __init__(self, settings: Settings, root: Path) -> None:
         self.root = root
-        with __import__("socket").socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        config = settings.model_dump(mode="json")
-        config.update(data_dir=str(root / "var"))
-        config["redis"]["url"] = None
-        config["capture"]["directory"] = str(root / "inbox")
-        config["api"].update(host="127.0.0.1", port=port)
-        config["logging"]["level"] = "INFO"
-        self.config = root / "config.yaml"
-        self.config.write_text(yaml.safe_dump(config))
+        self.config, port = write_config(settings, root, "INFO")
         self.base = f"http://127.0.0.1:{port}"
         self.log = root / "daemon.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
+        env = clean_env()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daemon", "run", "--config", str(self.config)], env=env,
             stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
@@ -158,7 +148,7 @@ class Daemon:
         return time.monotonic() - started
 
     def redis(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=str(self.redis_dir / SOCKET_NAME))
+        return socket_client(self.redis_dir / SOCKET_NAME)
 
     def results(self) -> list[dict]:
         items: list[dict] = []
@@ -302,13 +292,13 @@ def flood(daemon: Daemon, count: int) -> dict:
     client = daemon.redis()
     folder = daemon.root / "inbox" / "FLOOD"
     before_results = len(daemon.results())
-    memory_before = int(client.info("memory")["used_memory"])
+    memory_before = used_memory_bytes(client)
     started = time.monotonic()
     for i in range(count):
         _deliver(folder, f"f-{i:05d}.jpg", _field(10_000 + i))
     daemon.wait_results(before_results + count, 3600)
     elapsed = time.monotonic() - started
-    memory_after = int(client.info("memory")["used_memory"])
+    memory_after = used_memory_bytes(client)
     _, status = _get(f"{daemon.base}/status", 30)
     storage = status.get("storage") or {}
     return {"frames": count, "seconds": round(elapsed, 1),
@@ -329,20 +319,17 @@ def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
 
     directory = root / "audit-redis"
     sock, _ = start_embedded(directory)
-    client = redis.Redis(unix_socket_path=str(sock))
+    client = socket_client(sock)
     try:
-        memory_before = int(client.info("memory")["used_memory"])
+        memory_before = used_memory_bytes(client)
         now = time.time()
         start_ms = int((now - polls) * 1000)
-        pipe = client.pipeline(transaction=False)
-        for i in range(polls):
-            pipe.xadd(AUDIT_KEY, {"time": repr(now - polls + i), "key": "lis", "role": "read",
-                                    "action": "results.read", "detail": "after=1795000000000-0",
-                                    "client": "10.0.0.5"}, id=f"{start_ms + i * 1000}-0")
-            if i % 10_000 == 9_999:
-                pipe.execute()
-        pipe.execute()
-        memory_week = int(client.info("memory")["used_memory"])
+        audit.append_past(client, (
+            (f"{start_ms + i * 1000}-0",
+             {"time": repr(now - polls + i), "key": "lis", "role": "read",
+              "action": "results.read", "detail": "after=1795000000000-0", "client": "10.0.0.5"})
+            for i in range(polls)))
+        memory_week = used_memory_bytes(client)
         per_entry = (memory_week - memory_before) / polls
         trail = settings.audit
         folder = root / "audit-files"
@@ -350,7 +337,7 @@ def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
                            trail.max_entries, now=now)
         # the bound by length, as a busier site would reach it
         bounded = trim_audit(client, folder if trail.archive else None, None, 100_000, now=now)
-        memory_bounded = int(client.info("memory")["used_memory"])
+        memory_bounded = used_memory_bytes(client)
         disk = sum(p.stat().st_size for p in folder.glob("*.jsonl")) if folder.exists() else 0
     finally:
         client.close()

@@ -22,8 +22,7 @@ import redis
 
 from daemon.lis.hl7 import oru_r01, read_ack, to_er7
 from daemon.settings import Settings
-from daemon.store import counters
-from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
+from daemon.store import counters, outbox
 from daemon.store.orders import hold_unordered
 from daemon.store.specimens import SpecimenStore
 
@@ -92,23 +91,22 @@ class Outbox:
         self.specimens = SpecimenStore(client, settings.lis.statement, mllp_enabled=True)
 
     def pending(self) -> int:
-        return int(self.client.zcard(OUTBOX_KEY))
+        return outbox.pending(self.client)
 
     def deliver_due(self, now: float | None = None, limit: int = 20) -> list[Attempt]:
         mllp = self.settings.lis.mllp
         if mllp is None:
             return []
         now = time.time() if now is None else now
-        due = self.client.zrangebyscore(OUTBOX_KEY, "-inf", now, 0, limit)
-        return [self.attempt(member.decode()) for member in due]
+        return [self.attempt(specimen_id)
+                for specimen_id in outbox.due(self.client, now, limit)]
 
     def attempt(self, specimen_id: str) -> Attempt:
         mllp = self.settings.lis.mllp
         assert mllp is not None
-        key = SPECIMEN_KEY.format(specimen_id)
         specimen = self.specimens.get(specimen_id)
         if specimen is None or specimen.control_id is None:
-            self.client.zrem(OUTBOX_KEY, specimen_id)
+            outbox.drop(self.client, specimen_id)
             return Attempt(specimen_id, "error", "specimen gone")
         control_id = specimen.control_id
         if not specimen.ordered and self.settings.lis.hold_unordered:
@@ -130,20 +128,10 @@ class Outbox:
             if code not in ("AA", "CA"):
                 raise MllpError("rejected", f"{code}: {text}".rstrip(": "))
         except MllpError as exc:
-            attempts = int(self.client.hincrby(key, "outbox_attempts", 1))
+            attempts = outbox.count_attempt(self.client, specimen_id)
             delay = min(mllp.retry_max_seconds, mllp.retry_initial_seconds * 2 ** (attempts - 1))
-            next_at = time.time() + delay
-            pipe = self.client.pipeline()
-            pipe.hset(
-                key,
-                mapping={
-                    "outbox_state": "retrying",
-                    "outbox_last_error": f"{exc.outcome}: {exc}"[:500],
-                    "outbox_next_at": repr(next_at),
-                },
-            )
-            pipe.zadd(OUTBOX_KEY, {specimen_id: next_at}, xx=True)
-            pipe.execute()
+            outbox.schedule_retry(self.client, specimen_id, f"{exc.outcome}: {exc}",
+                                  time.time() + delay)
             self._count(exc.outcome)
             log.warning(
                 "LIS delivery failed; will retry",
@@ -157,15 +145,7 @@ class Outbox:
                 },
             )
             return Attempt(specimen_id, exc.outcome, str(exc))
-        pipe = self.client.pipeline()
-        pipe.zrem(OUTBOX_KEY, specimen_id)
-        pipe.hincrby(key, "outbox_attempts", 1)
-        pipe.hset(
-            key,
-            mapping={"outbox_state": "delivered", "delivered_at": repr(time.time())},
-        )
-        pipe.hdel(key, "outbox_next_at")
-        pipe.execute()
+        outbox.mark_delivered(self.client, specimen_id, time.time())
         self._count("delivered")
         log.info(
             "specimen delivered to the LIS",
@@ -187,15 +167,9 @@ def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
     mllp = settings.lis.mllp
     if mllp is None:
         return None
-    members = client.zrange(OUTBOX_KEY, 0, -1, withscores=True)
-    retrying = []
-    held = [m.decode() for m, score in members if score == float("inf")]
-    for member, _score in members:
-        raw = client.hmget(
-            SPECIMEN_KEY.format(member.decode()), "outbox_attempts", "outbox_last_error"
-        )
-        if raw[0] and int(float(raw[0])) > 0:
-            retrying.append((member.decode(), raw[1].decode() if raw[1] else None))
+    members = outbox.entries(client)
+    held = [e.specimen_id for e in members if e.next_at == float("inf")]
+    retrying = [(e.specimen_id, e.last_error) for e in members if e.attempts > 0]
     return {
         "target": f"{mllp.host}:{mllp.port}",
         "outbox_pending": len(members),

@@ -24,10 +24,9 @@ from redis.exceptions import LockError
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
 from daemon.store import audit
-from daemon.store.connection import Outage
-from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY, STORED_AT_KEY
+from daemon.store.connection import Outage, housekeeper_lease
 from daemon.store.queue import FrameQueue
-from daemon.store.results import ResultStore
+from daemon.store.results import ResultStore, trim_results
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
@@ -96,27 +95,6 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
     return forgotten
 
 
-def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
-    """Delete frames' results (keys and log entries) stored before ``older_than`` (Unix s).
-
-    Specimens, reports and the audit trail are separate keys and stay.
-    """
-    cutoff_ms = int(older_than * 1000)
-    removed = 0
-    while True:
-        entries = client.xrange(LOG_KEY, min="-", max=f"{cutoff_ms}-0", count=batch)
-        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
-        if not entries:
-            return removed
-        pipe = client.pipeline(transaction=False)
-        for entry_id, fields in entries:
-            pipe.delete(RESULT_KEY.format(fields[b"frame_id"].decode()))
-            pipe.hdel(STORED_AT_KEY, fields[b"frame_id"].decode())
-            pipe.xdel(LOG_KEY, entry_id)
-        pipe.execute()
-        removed += len(entries)
-
-
 class Housekeeper:
     def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5) -> None:
         self.settings = settings
@@ -128,9 +106,7 @@ class Housekeeper:
         delivery = 0.0 if mllp is None else mllp.connect_timeout_seconds + mllp.ack_timeout_seconds
         # renewed every third of its time by renew(), so one slow delivery never outlasts it
         self.lease_seconds = max(LEASE_SECONDS, delivery + 5.0)
-        self.lease = client.lock(
-            HOUSEKEEPER_LEASE_KEY, timeout=self.lease_seconds, blocking=False, thread_local=False
-        )
+        self.lease = housekeeper_lease(client, self.lease_seconds)
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
         self.stopping = threading.Event()

@@ -17,6 +17,7 @@ from daemon.lis.mllp import outbox_status
 from daemon.ops.metrics import gauge
 from daemon.settings import Settings
 from daemon.store import audit, heartbeats, keys
+from daemon.store.connection import ping, used_memory_bytes
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 
@@ -133,7 +134,6 @@ class StatusReader:
         self.disk = DiskUsage(settings.data_dir)
 
     def storage(self) -> Storage:
-        memory = self.client.info("memory")
         scanned_at, parts = self.disk.parts()
         try:
             usage = shutil.disk_usage(self.settings.data_dir)
@@ -141,7 +141,7 @@ class StatusReader:
         except OSError:
             free = total = 0
         return Storage(
-            redis_used_memory_bytes=int(memory.get("used_memory", 0)),
+            redis_used_memory_bytes=used_memory_bytes(self.client),
             redis_memory_budget_bytes=self.settings.redis.memory_budget_bytes,
             audit_entries=audit.length(self.client),
             data_dir=str(self.settings.data_dir),
@@ -189,7 +189,7 @@ class StatusReader:
 
     def readiness(self) -> Readiness:
         try:
-            self.client.ping()
+            ping(self.client)
         except redis.RedisError as exc:
             return Readiness(ready=False, reasons=[f"redis unreachable: {exc}"])
         report = self.report()

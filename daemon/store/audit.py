@@ -9,6 +9,7 @@ housekeeping process takes the oldest entries with :func:`oldest`, appends them 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 import redis
 from pydantic import BaseModel
@@ -55,6 +56,18 @@ def record(
         if value is not None:
             fields[name] = value[:200]
     return client.xadd(AUDIT_KEY, fields).decode()
+
+
+def append_past(client: redis.Redis, entries: Iterable[tuple[str, dict[str, str]]],
+                chunk: int = 10_000) -> None:
+    """Append ``(stream id, fields)`` entries with the ids given, pipelined ``chunk`` at a
+    time: for tools that build a trail of the past (``leukoscope reliability``)."""
+    pipe = client.pipeline(transaction=False)
+    for i, (entry_id, fields) in enumerate(entries):
+        pipe.xadd(AUDIT_KEY, fields, id=entry_id)
+        if i % chunk == chunk - 1:
+            pipe.execute()
+    pipe.execute()
 
 
 def page(client: redis.Redis, after: str | None, limit: int) -> tuple[list[AuditEntry], str]:

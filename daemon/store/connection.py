@@ -18,9 +18,11 @@ from pathlib import Path
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.lock import Lock
 from redis.retry import Retry
 
 from daemon.settings import Settings
+from daemon.store.keys import HOUSEKEEPER_LEASE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,33 @@ def connect(settings: Settings) -> redis.Redis:
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), COMMAND_RETRIES),
     )
+
+
+def socket_client(socket: Path) -> redis.Redis:
+    """A plain client for a Redis on a unix socket (tools that start a server of their own)."""
+    return redis.Redis(unix_socket_path=str(socket))
+
+
+def ping(client: redis.Redis) -> None:
+    """Raises ``redis.RedisError`` when the server cannot be reached."""
+    client.ping()
+
+
+def used_memory_bytes(client: redis.Redis) -> int:
+    """The server's ``used_memory`` (INFO memory)."""
+    return int(client.info("memory").get("used_memory", 0))
+
+
+def server_run_id(client: redis.Redis) -> str | None:
+    """The server's ``run_id`` (INFO server): it changes when Redis restarts."""
+    return client.info("server").get("run_id")
+
+
+def housekeeper_lease(client: redis.Redis, seconds: float) -> Lock:
+    """The housekeeping lease: redis-py's Lock (SET NX PX to take it, a token-checked script
+    to renew), taken without blocking and usable from any thread of its process."""
+    return client.lock(HOUSEKEEPER_LEASE_KEY, timeout=seconds, blocking=False,
+                       thread_local=False)
 
 
 class Outage:

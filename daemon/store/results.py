@@ -218,3 +218,24 @@ class ResultStore:
             )
             for entry_id, fields in reply[0][1]
         ]
+
+
+def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
+    """Delete frames' results (keys and log entries) stored before ``older_than`` (Unix s).
+
+    Specimens, reports and the audit trail are separate keys and stay.
+    """
+    cutoff_ms = int(older_than * 1000)
+    removed = 0
+    while True:
+        entries = client.xrange(LOG_KEY, min="-", max=f"{cutoff_ms}-0", count=batch)
+        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
+        if not entries:
+            return removed
+        pipe = client.pipeline(transaction=False)
+        for entry_id, fields in entries:
+            pipe.delete(RESULT_KEY.format(fields[b"frame_id"].decode()))
+            pipe.hdel(STORED_AT_KEY, fields[b"frame_id"].decode())
+            pipe.xdel(LOG_KEY, entry_id)
+        pipe.execute()
+        removed += len(entries)

@@ -187,8 +187,10 @@ def predict_masks(
     return np.concatenate(out) if out else np.empty((0,) + images.shape[1:3], np.float32)
 
 
-def train_segmenter(cfg: SegmenterConfig) -> Path:
-    """Train the U-Net on cleaned masks; returns the run directory (``best.pt`` inside)."""
+def _start_run(cfg: SegmenterConfig | ClassifierConfig) -> tuple[torch.device, Path, dict, dict]:
+    """What both trainings do first: threads, device, run directory, seed, the data splits.
+
+    Returns (device, run directory, train split, validation split)."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg.device)
@@ -198,7 +200,23 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
     splits = load_splits(
         cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
     )
-    train, val = splits["train"], splits["val"]
+    return device, run_dir, splits["train"], splits["val"]
+
+
+def _optimiser(cfg: SegmenterConfig | ClassifierConfig, model: torch.nn.Module, run_dir: Path,
+               samples: int) -> tuple:
+    """AdamW with the run's schedule over all epochs, resumed from ``run_dir`` if it holds a
+    checkpoint: (optimizer, scheduler, steps per epoch, first epoch, progress so far)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(samples / cfg.batch)
+    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
+    start, progress = _resume(run_dir, model, optimizer, scheduler)
+    return optimizer, scheduler, steps_per_epoch, start, progress
+
+
+def train_segmenter(cfg: SegmenterConfig) -> Path:
+    """Train the U-Net on cleaned masks; returns the run directory (``best.pt`` inside)."""
+    device, run_dir, train, val = _start_run(cfg)
     scale = D.red_cell_scale(train["images"])
     if cfg.negatives:
         pbc = D.pbc_split(Path(cfg.negatives), cfg.seed)
@@ -209,10 +227,8 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
                  "masks": np.concatenate([train["masks"], mosaic_masks])}
     mean, std = _channel_stats(train["images"])
     model = UNet(cfg.base, cfg.levels).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train["images"]) / cfg.batch)
-    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
-    start, progress = _resume(run_dir, model, optimizer, scheduler)
+    optimizer, scheduler, steps_per_epoch, start, progress = _optimiser(
+        cfg, model, run_dir, len(train["images"]))
     meta = {
         "kind": "segmenter",
         "config": asdict(cfg),
@@ -301,16 +317,7 @@ def field_predictions(probs: np.ndarray, owners: np.ndarray, n_fields: int, meth
 
 def train_classifier(cfg: ClassifierConfig) -> Path:
     """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = _device(cfg.device)
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    splits = load_splits(
-        cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
-    )
-    train, val = splits["train"], splits["val"]
+    device, run_dir, train, val = _start_run(cfg)
     lab = None
     if cfg.colour_norm == "reinhard":
         lab = D.lab_stats(train["images"])
@@ -351,10 +358,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     model = MobileNetV2(num_classes=n_out, width=cfg.width).to(device)
     if cfg.init:
         model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=False)["model"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(tr_crops) / cfg.batch)
-    scheduler = _schedule(optimizer, steps_per_epoch * cfg.epochs)
-    start, progress = _resume(run_dir, model, optimizer, scheduler)
+    optimizer, scheduler, steps_per_epoch, start, progress = _optimiser(
+        cfg, model, run_dir, len(tr_crops))
     meta = {
         "kind": "classifier",
         "config": asdict(cfg),
