@@ -25,7 +25,13 @@ from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
 from daemon.store import audit
 from daemon.store.connection import Outage
-from daemon.store.keys import HOUSEKEEPER_LEASE_KEY, LOG_KEY, RESULT_KEY, STORED_AT_KEY
+from daemon.store.keys import (
+    HOUSEKEEPER_LEASE_KEY,
+    LOG_KEY,
+    RESULT_KEY,
+    STORED_AT_KEY,
+    UNASSIGNED_LOG,
+)
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
@@ -99,7 +105,8 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
 def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
     """Delete frames' results (keys and log entries) stored before ``older_than`` (Unix s).
 
-    Specimens, reports and the audit trail are separate keys and stay.
+    The unassigned log (frames with no specimen) is trimmed to the same time. Specimens,
+    reports and the audit trail are separate keys and stay.
     """
     cutoff_ms = int(older_than * 1000)
     removed = 0
@@ -107,6 +114,7 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
         entries = client.xrange(LOG_KEY, min="-", max=f"{cutoff_ms}-0", count=batch)
         entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
         if not entries:
+            client.xtrim(UNASSIGNED_LOG, minid=f"{cutoff_ms}-0", approximate=False)
             return removed
         pipe = client.pipeline(transaction=False)
         for entry_id, fields in entries:
