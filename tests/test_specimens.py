@@ -221,3 +221,38 @@ def test_specimen_api_input_errors(api: httpx.Client) -> None:
     assert api.get("/specimens?limit=100000").status_code == 422
     assert api.get("/specimens?status=weird").status_code == 422
     assert api.post("/specimens/nope/complete").status_code == 404
+
+
+def test_unassigned_frames_are_listed_counted_and_never_reported(
+    api: httpx.Client, redis_client: redis.Redis
+) -> None:
+    """Issue 14: a frame with no specimen (straight in the inbox, misplaced) is analysed and
+    held where people see it (GET /specimens/unassigned, /status), never sent to the LIS."""
+    store = ResultStore(redis_client)
+    store.store(result("loose", specimen="unassigned", cells=[cell("pre_b", 0.9)]))
+    store.store(result("S1-f1", cells=[cell("benign", 0.9)]))
+    store.store(result("nested", specimen="unassigned", status="rejected",
+                       reason="bad_location", error="file is nested too deep (a/b/)"))
+    store.store(result("loose", specimen="unassigned", cells=[cell("pre_b", 0.9)]))  # again
+
+    first = api.get("/specimens/unassigned?limit=1").json()
+    assert [i["frame_id"] for i in first["items"]] == ["loose"] and first["total"] == 2
+    assert first["items"][0]["cells"][0]["class"] == "pre_b"  # the API's field names
+    rest = api.get(f"/specimens/unassigned?after={first['next']}").json()
+    assert [(i["frame_id"], i["reason"]) for i in rest["items"]] == [("nested", "bad_location")]
+    assert api.get(f"/specimens/unassigned?after={rest['next']}").json()["items"] == []
+    assert api.get("/specimens/unassigned?after=garbage").status_code == 400
+    assert api.get("/status").json()["unassigned_frames"] == 2
+
+    # Not a specimen: no listing entry, no report, no completion; the answer says why.
+    assert [s["specimen_id"] for s in api.get("/specimens").json()["items"]] == ["S1"]
+    for answer in (api.get("/specimens/unassigned/fhir"), api.get("/specimens/unassigned/hl7"),
+                   api.post("/specimens/unassigned/complete")):
+        assert answer.status_code == 404
+        assert "GET /specimens/unassigned" in answer.json()["detail"]
+
+    # Trimmed with the results (results.retention_days).
+    from daemon.ops.housekeeping import trim_results
+
+    assert trim_results(redis_client, time.time() + 1) == 3
+    assert api.get("/specimens/unassigned").json() == {"items": [], "next": "0-0", "total": 0}

@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from daemon import __version__
+from daemon.api import examples as ex
 from daemon.api.auth import require, require_if
 from daemon.domain.ids import valid_frame_id
 from daemon.domain.results import FrameResult, ResultPage
@@ -99,7 +100,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     async def redis_down(_request: Request, exc: redis.RedisError) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": f"redis unavailable: {exc}"})
 
-    @app.get("/healthz", tags=["ops"], dependencies=[Depends(require_if("protect_health"))])
+    @app.get("/healthz", tags=["ops"], responses={200: ex.ok({"status": "ok"})},
+             dependencies=[Depends(require_if("protect_health"))])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
@@ -107,7 +109,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         "/readyz",
         tags=["ops"],
         response_model=Readiness,
-        responses={503: {"model": Readiness}},
+        responses={200: ex.ok(ex.READY, "ready"),
+                   503: {"model": Readiness, **ex.ok(ex.NOT_READY, "not ready, and why")}},
         dependencies=[Depends(require_if("protect_ready"))],
     )
     def readyz(reader: Reader) -> JSONResponse:
@@ -116,7 +119,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
             status_code=200 if readiness.ready else 503, content=readiness.model_dump()
         )
 
-    @app.get("/status", tags=["ops"], dependencies=[Depends(require("read"))])
+    @app.get("/status", tags=["ops"], responses={200: ex.ok(ex.STATUS)},
+             dependencies=[Depends(require("read"))])
     def status(reader: Reader) -> StatusReport:
         return reader.report()
 
@@ -124,6 +128,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         "/metrics",
         tags=["ops"],
         response_class=Response,
+        responses={200: ex.ok(ex.METRICS, "Prometheus text format", CONTENT_TYPE_LATEST)},
         dependencies=[Depends(require_if("protect_metrics"))],
     )
     def metrics_endpoint() -> Response:
@@ -134,6 +139,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         tags=["results"],
         response_model=ResultPage,
         response_model_by_alias=True,
+        responses={200: ex.ok(ex.RESULT_PAGE), 400: ex.BAD_CURSOR},
         dependencies=[Depends(require("read", "results.page"))],
     )
     def results(
@@ -151,7 +157,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         tags=["results"],
         response_model=FrameResult,
         response_model_by_alias=True,
-        responses={404: {"description": "no such frame"}},
+        responses={200: ex.ok(ex.FRAME), 400: ex.BAD_FRAME_ID, 404: ex.NO_FRAME},
         dependencies=[Depends(require("read", "frame.read"))],
     )
     def frame(store: Store, frame_id: str) -> FrameResult:

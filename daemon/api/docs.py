@@ -2,7 +2,8 @@
 
 ``/docs``: Swagger UI from the ``swagger-ui-bundle`` package's files, at ``/docs/assets``;
 ``/redoc``: ReDoc from ``daemon/api/static/redoc/`` (vendored ``redoc.standalone.js`` 2.5.4,
-MIT), without Google Fonts. ``/openapi.json`` is FastAPI's, with the bearer scheme. No page
+MIT), without Google Fonts. ``/openapi.json`` is FastAPI's, with the bearer scheme, the
+routes' examples (``daemon.api.examples``) and one for FastAPI's own validation error. No page
 loads anything from another host.
 """
 
@@ -20,6 +21,21 @@ REDOC_DIR = Path(__file__).parent / "static" / "redoc"
 
 def add_docs(app: FastAPI) -> None:
     import swagger_ui_bundle
+
+    from daemon.api.examples import VALIDATION_ERROR
+
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = generate()
+            # FastAPI's 422 (a parameter or body that fails validation) on every such route.
+            found = schema.get("components", {}).get("schemas", {}).get("HTTPValidationError")
+            if found is not None:
+                found["examples"] = [VALIDATION_ERROR]
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     app.mount("/docs/assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
               name="swagger-ui")

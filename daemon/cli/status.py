@@ -28,6 +28,8 @@ def format_status(status: dict) -> str:
         f"redis {status['redis']}  results stored {status['results_stored']}",
         f"backlog {backlog['length']} frames ({backlog['pending']} in progress, "
         f"bound {backlog['max_backlog']})",
+        *([f"{status['unassigned_frames']} frame(s) without a specimen, never reported: "
+           "GET /specimens/unassigned"] if status.get("unassigned_frames") else []),
         "",
         _table(
             ["capture", "host", "state", "queued", "rejected", "beat age", "directory"],

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import redis
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from daemon import __version__
 from daemon.domain.results import ModelRef
@@ -111,6 +111,9 @@ class StatusReport(BaseModel):
     uptime_seconds: float
     redis: str
     results_stored: int
+    unassigned_frames: int = Field(
+        default=0, description="stored results of frames with no specimen (straight in the "
+        "inbox, misplaced): never reported; listed at GET /specimens/unassigned")
     backlog: Backlog
     captures: list[CaptureStatus]
     workers: list[WorkerStatus]
@@ -175,6 +178,7 @@ class StatusReader:
             uptime_seconds=round(time.time() - self.started_at, 3),
             redis="up",
             results_stored=self.results.count(),
+            unassigned_frames=self.results.unassigned_count(),
             backlog=Backlog(
                 length=self.queue.backlog(),
                 pending=self.queue.pending(),

@@ -18,6 +18,9 @@ RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, written once
 STORED_AT_KEY = "lks:results:location"  # hash: frame_id -> path of the original after capture
 #   moved it (archive/ or quarantine/); trimmed with the result
 LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, archiver)
+UNASSIGNED_LOG = "lks:results:unassigned"  # stream: one entry per stored result of a frame with
+#   no specimen (straight in the inbox, misplaced): listed, counted, never reported; trimmed
+#   with the results
 NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry when a store acknowledges nothing
 
 # --- specimens (store/specimens.py) ------------------------------------------------------

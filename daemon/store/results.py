@@ -14,7 +14,14 @@ import redis
 
 from daemon.domain.results import FRAME_REVIEW_REASONS, FrameResult
 from daemon.store import counters, paging, scripts, specimens
-from daemon.store.keys import LOG_KEY, METRICS_KEY, NO_STREAM_KEY, RESULT_KEY, STORED_AT_KEY
+from daemon.store.keys import (
+    LOG_KEY,
+    METRICS_KEY,
+    NO_STREAM_KEY,
+    RESULT_KEY,
+    STORED_AT_KEY,
+    UNASSIGNED_LOG,
+)
 
 
 @dataclass(frozen=True)
@@ -149,6 +156,7 @@ class ResultStore:
             METRICS_KEY,
             self.frames_stream or NO_STREAM_KEY,
             *specimens.store_keys(result.specimen_id),
+            UNASSIGNED_LOG,
         ]
         return keys, args
 
@@ -188,7 +196,19 @@ class ResultStore:
 
     def page(self, after: str | None, limit: int) -> tuple[list[FrameResult], str]:
         """Results after ``after`` in storage order and the cursor to continue from."""
-        entries = self.log_after(after, limit)
+        return self._results(self.log_after(after, limit), after)
+
+    def unassigned_page(self, after: str | None, limit: int) -> tuple[list[FrameResult], str]:
+        """``page`` for the results of frames with no specimen (``UNASSIGNED_LOG``)."""
+        entries = paging.entries_after(self.client, UNASSIGNED_LOG, after, limit)
+        return self._results([LogEntry(i.decode(), f[b"frame_id"].decode(), "", "")
+                              for i, f in entries], after)
+
+    def unassigned_count(self) -> int:
+        return int(self.client.xlen(UNASSIGNED_LOG))
+
+    def _results(self, entries: list[LogEntry], after: str | None
+                 ) -> tuple[list[FrameResult], str]:
         if not entries:
             return [], paging.next_cursor([], after)
         raws = self.client.mget([RESULT_KEY.format(e.frame_id) for e in entries])
@@ -223,7 +243,8 @@ class ResultStore:
 def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
     """Delete frames' results (keys and log entries) stored before ``older_than`` (Unix s).
 
-    Specimens, reports and the audit trail are separate keys and stay.
+    The unassigned log (frames with no specimen) is trimmed to the same time. Specimens,
+    reports and the audit trail are separate keys and stay.
     """
     cutoff_ms = int(older_than * 1000)
     removed = 0
@@ -231,6 +252,7 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
         entries = client.xrange(LOG_KEY, min="-", max=f"{cutoff_ms}-0", count=batch)
         entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
         if not entries:
+            client.xtrim(UNASSIGNED_LOG, minid=f"{cutoff_ms}-0", approximate=False)
             return removed
         pipe = client.pipeline(transaction=False)
         for entry_id, fields in entries:

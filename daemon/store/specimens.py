@@ -13,7 +13,9 @@ when a specimen opens, ``lks:specimens:completed`` one entry when it completes (
 script that completes it), so a LIS paging ``status=complete`` with the ``next`` cursor sees
 every completed specimen once, across restarts of the daemon and of Redis (AOF).
 
-``unassigned`` (frames straight in the inbox or misplaced) is not a specimen.
+``unassigned`` (frames straight in the inbox or misplaced) is not a specimen: such results are
+logged apart (``UNASSIGNED_LOG``, ``ResultStore.unassigned_page``), listed at
+``GET /specimens/unassigned`` and never reported.
 """
 
 from __future__ import annotations
@@ -48,8 +50,11 @@ log = logging.getLogger(__name__)
 SCAN_BOUND = 5000  # log entries one filtered page reads at most
 
 def store_payload(result: FrameResult, low_confidence: float) -> str:
-    """The ARGV JSON of ``scripts/fold_specimen.lua`` for ``result`` ('' when it has none)."""
-    if result.specimen_id == UNASSIGNED or not valid_specimen_id(result.specimen_id):
+    """The ARGV JSON of ``scripts/fold_specimen.lua`` for ``result`` ('' when it has none;
+    'unassigned' for a frame with no specimen: store_result.lua logs it apart)."""
+    if result.specimen_id == UNASSIGNED:
+        return UNASSIGNED
+    if not valid_specimen_id(result.specimen_id):
         return ""
     incr: dict[str, float] = {f"frames_{result.status}": 1}
     if result.status == "rejected":

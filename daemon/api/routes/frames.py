@@ -251,13 +251,16 @@ def _err(description: str, detail: str) -> dict:
     responses={
         202: {"description": "queued; the frame ids to poll with GET /frames/{frame_id}",
               "content": {"application/json": {"example": {
-                  "frame_id": "9f2c0b1d", "specimen_id": "ACC-1001", "status": "queued"}}}},
+                  "frame_id": "9f2c0b1d", "status": "new",
+                  "frames": [{"frame_id": "9f2c0b1d", "status": "new"}]}}}},
         400: _err("bad parameters", "specimen_id must be 1-64 of [A-Za-z0-9._-]"),
         413: _err("body above api.max_upload_bytes", "image exceeds api.max_upload_bytes"),
         415: _err("not an image", "not an image"),
         422: _err("truncated/undecodable image, or failed quality control", "out_of_focus"),
         503: {"description": "queue full (backpressure); retry after Retry-After seconds",
-              "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+              "content": {"application/json": {"example": {
+                  "detail": "the frame queue is full; retry later", "retry_after": 1}}}},
     },
     dependencies=[Depends(require("ingest", "frame.ingest"))],  # issue 5: keys and audit
 )

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from daemon.api import examples as ex
 from daemon.api.auth import Caller, require
 from daemon.domain.orders import Order, OrderEvent
 from daemon.lis.fhir import ServiceRequestError, read_service_request
@@ -75,8 +76,9 @@ def _count(request: Request, source: str, outcome: str) -> None:
     "specimen then carry them (HL7 PID/ORC/OBR, FHIR subject/basedOn). Posting the same "
     "placer order number again replaces the order.",
     responses={
-        201: {"description": "order stored", "headers": {"Location": {
-            "description": "/orders/{placer order number}", "schema": {"type": "string"}}}},
+        201: {"headers": {"Location": {
+            "description": "/orders/{placer order number}", "schema": {"type": "string"}}},
+              **ex.ok({"order": ex.ORDER, "specimen_has_results": False}, "order stored")},
         409: {"description": "the specimen is already linked to another order",
               "content": {"application/json": {"example": {"detail": "specimen ACC-1001 is "
                                                            "already ordered by 'PL-9'"}}}},
@@ -111,6 +113,7 @@ def post_service_request(
 
 
 @router.get("/orders", tags=["orders"], response_model=OrderPage,
+            responses={200: ex.ok(ex.ORDER_PAGE), 400: ex.BAD_CURSOR},
             summary="Orders received (HL7 and FHIR), oldest first, cursor paged")
 def list_orders(
     request: Request,
@@ -124,7 +127,7 @@ def list_orders(
 
 
 @router.get("/orders/{placer_order_number}", tags=["orders"], response_model=Order,
-            responses={404: {"description": "no such order",
+            responses={200: ex.ok(ex.ORDER), 404: {"description": "no such order",
                              "content": {"application/json": {"example": {
                                  "detail": "no order PL-1"}}}}})
 def get_order(

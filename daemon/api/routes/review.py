@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from daemon.api import examples as ex
 from daemon.api.auth import Caller, client_address, require
 from daemon.api.images import FrameImages, NoImage, bounded, jpeg, png
 from daemon.domain.classes import CELL_OUTCOMES
@@ -35,14 +36,16 @@ router = APIRouter()
 
 FrameId = Annotated[str, Path(description="a frame id (1-64 of [A-Za-z0-9_-])")]
 CellIndex = Annotated[int, Path(ge=0, le=100_000, description="the cell's index in the result")]
-PNG = {200: {"content": {"image/png": {}}, "description": "PNG"},
-       404: {"description": "no such frame or cell, or its original is not available"}}
+NOT_FOUND = ex.error("no such frame or cell, or its original is not available",
+                     "frame 3f9a1c2b7d4e5f60 has 1 cell(s)")
+PNG = {200: ex.image("image/png", "PNG"), 400: ex.BAD_FRAME_ID, 404: NOT_FOUND}
 
 
 class Reclassify(BaseModel):
     class_: str = Field(alias="class", description=f"one of {', '.join(CELL_OUTCOMES)}")
 
-    model_config = {"populate_by_name": True}
+    model_config = {"populate_by_name": True,
+                    "json_schema_extra": {"examples": [{"class": "benign"}]}}
 
 
 class Reclassified(BaseModel):
@@ -100,8 +103,12 @@ def _image(call) -> bytes:
 
 
 @router.get("/frames/{frame_id}/image", tags=["review"], response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}, "description": "JPEG"},
-                       404: PNG[404]},
+            responses={200: {**ex.image("image/jpeg", "JPEG"), "headers": {
+                "X-Image-Width": {"description": "width as captured (cell boxes are in these "
+                                  "pixels)", "schema": {"type": "integer"}},
+                "X-Image-Height": {"description": "height as captured",
+                                   "schema": {"type": "integer"}}}},
+                       400: ex.BAD_FRAME_ID, 404: NOT_FOUND},
             dependencies=[Depends(require("read", "frame.image"))])
 def frame_image(request: Request, images: Images, frame_id: FrameId) -> Response:
     result = get_result(request, frame_id)
@@ -140,8 +147,14 @@ def cell_cam(
 
 @router.put("/specimens/{specimen_id}/cells/{frame_id}/{index}", tags=["review"],
             response_model=Reclassified,
-            responses={404: {"description": "no such specimen, frame or cell"},
-                       409: {"description": "the specimen is verified: no more changes"}})
+            responses={200: ex.ok({"specimen_id": "ACC-1001", "frame_id": "3f9a1c2b7d4e5f60",
+                                   "index": 0, "before": "pre_b", "after": "benign",
+                                   "model": "pre_b"}),
+                       400: ex.BAD_SPECIMEN_ID,
+                       404: ex.error("no such specimen, frame or cell",
+                                     "frame 3f9a1c2b7d4e5f60 is not in specimen ACC-1002"),
+                       409: ex.error("the specimen is verified: no more changes",
+                                     "the specimen is verified")})
 def reclassify(
     request: Request, reviews: Reviews, specimen_id: str, frame_id: FrameId, index: CellIndex,
     body: Reclassify, caller: Annotated[Caller, Depends(require("review"))],
@@ -179,9 +192,15 @@ def _counts(specimen: Specimen) -> str:
 
 
 @router.post("/specimens/{specimen_id}/verify", tags=["review"], response_model=Verification,
-             responses={404: {"description": "no such specimen"},
-                        409: {"description": "not complete yet, already verified, or this "
-                                             "key signed already"}})
+             responses={200: ex.ok({"outcome": "verified", "specimen": {
+                 **ex.SPECIMEN, "result_status": "final", "review_status": "verified",
+                 "verified_by": "dr-lee", "verified_at": ex.AT + 900,
+                 "signatures": [{"by": "dr-lee", "role": "reviewer", "at": ex.AT + 900}]}}),
+                        400: ex.BAD_SPECIMEN_ID,
+                        404: ex.error("no such specimen", "no specimen ACC-1001"),
+                        409: ex.error("not complete yet, already verified, or this key signed "
+                                      "already", "the specimen is not complete yet: complete "
+                                      "it first")})
 def verify(
     request: Request, reviews: Reviews, specimen_id: str,
     caller: Annotated[Caller, Depends(require("review"))],

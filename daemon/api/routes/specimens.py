@@ -8,9 +8,12 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 
+from daemon.api import examples as ex
 from daemon.api.auth import Caller, client_address, require
-from daemon.domain.ids import NAME_RULE, valid_specimen_id
+from daemon.domain.ids import NAME_RULE, UNASSIGNED, valid_specimen_id
+from daemon.domain.results import FrameResult
 from daemon.domain.specimens import Specimen, SpecimenPage
 from daemon.settings import LisSettings, Settings
 from daemon.store import audit
@@ -36,9 +39,23 @@ def get_specimens(request: Request) -> SpecimenStore:
 Specimens = Annotated[SpecimenStore, Depends(get_specimens)]
 
 
+UNREPORTED = (f"{UNASSIGNED!r} is not a specimen: frames without one are analysed and "
+              "listed at GET /specimens/unassigned, never reported or completed; move the "
+              "original into <inbox>/<specimen_id>/ to report it")
+
+
+class UnassignedPage(BaseModel):
+    items: list[FrameResult]
+    next: str = Field(description="cursor for the next call's `after`")
+    total: int = Field(description="results of frames without a specimen held now (the same "
+                       "as /status unassigned_frames)")
+
+
 def _check_id(specimen_id: str) -> None:
     if not valid_specimen_id(specimen_id):
         raise HTTPException(status_code=400, detail=f"specimen_id must be {NAME_RULE}")
+    if specimen_id == UNASSIGNED:
+        raise HTTPException(status_code=404, detail=UNREPORTED)
 
 
 def _specimen(store: SpecimenStore, specimen_id: str) -> Specimen:
@@ -51,7 +68,8 @@ def _specimen(store: SpecimenStore, specimen_id: str) -> Specimen:
     return specimen
 
 
-@router.get("/specimens", tags=["specimens"], response_model=SpecimenPage)
+@router.get("/specimens", tags=["specimens"], response_model=SpecimenPage,
+            responses={200: ex.ok(ex.SPECIMEN_PAGE), 400: ex.BAD_CURSOR})
 def list_specimens(
     store: Specimens,
     _caller: Annotated[Caller, Depends(require("read", "specimens.list"))],
@@ -75,10 +93,38 @@ def list_specimens(
 
 
 @router.get(
+    "/specimens/unassigned",
+    tags=["specimens"],
+    response_model=UnassignedPage,
+    response_model_by_alias=True,
+    summary="Frames without a specimen (held: analysed, never reported)",
+    description="Results of frames that came with no specimen: dropped straight into the "
+    "inbox, or misplaced (a folder name that is not a specimen id, a file nested too deep; "
+    "those are `rejected` with reason `bad_location`). No report or order can name them, so "
+    "they are never sent to the LIS; this list (and /status `unassigned_frames`) is where "
+    "they show. To report one, move its original (`archived_path`) into "
+    "`<inbox>/<specimen_id>/`: it is analysed again as a frame of that specimen. Oldest "
+    "first, cursor paged like /results; trimmed with the results (results.retention_days).",
+    responses={200: ex.ok(ex.UNASSIGNED_PAGE), 400: ex.BAD_CURSOR},
+)
+def list_unassigned(
+    request: Request,
+    _caller: Annotated[Caller, Depends(require("read", "specimens.unassigned"))],
+    after: Annotated[
+        str | None, Query(max_length=48, description="the `next` cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> UnassignedPage:
+    store = request.app.state.store
+    items, cursor = store.unassigned_page(after, limit)  # BadCursor: 400
+    return UnassignedPage(items=items, next=cursor, total=store.unassigned_count())
+
+
+@router.get(
     "/specimens/{specimen_id}",
     tags=["specimens"],
     response_model=Specimen,
-    responses={404: {"description": "no such specimen"}},
+    responses={200: ex.ok(ex.SPECIMEN), 400: ex.BAD_SPECIMEN_ID, 404: ex.NO_SPECIMEN},
 )
 def get_specimen(
     store: Specimens,
@@ -100,8 +146,8 @@ def _hl7(specimen: Specimen, lis: LisSettings) -> str:
     return to_er7(oru_r01(specimen, lis))
 
 
-def _report_route(name: str, media_type: str, render: Callable[[Specimen, LisSettings], str]
-                  ) -> None:
+def _report_route(name: str, media_type: str, render: Callable[[Specimen, LisSettings], str],
+                  example: object) -> None:
     """``GET /specimens/{id}/<name>``: the specimen's report rendered for the LIS."""
 
     def report(request: Request, store: Specimens, specimen_id: str) -> Response:
@@ -115,21 +161,27 @@ def _report_route(name: str, media_type: str, render: Callable[[Specimen, LisSet
         dependencies=[Depends(require("read", f"specimen.{name}"))],
         name=f"specimen_{name}",  # keeps the OpenAPI operationId of the former functions
         tags=["specimens"],
-        responses={200: {"content": {media_type.split(";")[0]: {}}}},
+        response_class=Response,
+        responses={200: ex.ok(example, "the report", media_type.split(";")[0]),
+                   400: ex.BAD_SPECIMEN_ID, 404: ex.NO_SPECIMEN},
     )
 
 
-_report_route("fhir", "application/fhir+json", _fhir)
-_report_route("hl7", "application/hl7-v2; charset=utf-8", _hl7)
+_report_route("fhir", "application/fhir+json", _fhir, ex.fhir_report())
+_report_route("hl7", "application/hl7-v2; charset=utf-8", _hl7, ex.hl7_report())
 
 
 @router.post(
     "/specimens/{specimen_id}/complete",
     tags=["specimens"],
     responses={
-        200: {"description": "complete (or already was)"},
-        202: {"description": "frames still in flight: completes once they are stored"},
-        404: {"description": "no frames recorded for the specimen"},
+        200: ex.ok({"outcome": "completed", "frames_in_flight": 0, "specimen": ex.SPECIMEN},
+                   "complete (outcome `completed`, or `already` if it was)"),
+        202: ex.ok({"outcome": "deferred", "frames_in_flight": 2,
+                    "specimen": {**ex.SPECIMEN, "status": "open", "completed_at": None}},
+                   "frames still in flight: completes once they are stored"),
+        400: ex.BAD_SPECIMEN_ID,
+        404: ex.NO_SPECIMEN,
     },
 )
 def complete_specimen(
@@ -148,7 +200,8 @@ def complete_specimen(
     return JSONResponse(status_code=202 if outcome == "deferred" else 200, content=body)
 
 
-@router.get("/audit", tags=["ops"], response_model=audit.AuditPage)
+@router.get("/audit", tags=["ops"], response_model=audit.AuditPage,
+            responses={200: ex.ok(ex.AUDIT_PAGE), 400: ex.BAD_CURSOR})
 def audit_log(
     request: Request,
     caller: Annotated[Caller, Depends(require("admin"))],
