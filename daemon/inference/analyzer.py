@@ -118,36 +118,44 @@ class Analyzer:
 
     def analyze(self, images: list[np.ndarray]) -> list[FrameAnalysis]:
         """images: (H, W, 3) uint8 RGB frames at the models' scale (``prepare``). Crops of all
-        frames share batches."""
+        frames share batches.
+
+        Each analysis's ``timings_ms``: ``crop`` (finding and cropping its cells) is the
+        frame's own; ``segment`` is its own when it ran alone (tiled), else its equal share of
+        the batch of same-sized frames it ran in; ``classify`` is its share of the batch's
+        classifier time by its number of cells (cells of all frames are classified together).
+        """
         started = time.perf_counter()
         masks = self.segmenter.compute(images)
-        segmented = time.perf_counter()
-        boxes = [find_cells(mask, self.cell_filter) for mask in masks]
-        crops = [
-            crop_cells(image, frame_boxes, self.crop_spec, self.classifier.crop_size)
-            for image, frame_boxes in zip(images, boxes, strict=True)
-        ]
-        cropped = time.perf_counter()
+        segment_ms = list(getattr(self.segmenter, "last_ms", []))
+        if len(segment_ms) != len(images):  # a segmenter that does not say: equal shares
+            segment_ms = [(time.perf_counter() - started) * 1000 / len(images)] * len(images)
+        boxes, crops, crop_ms = [], [], []
+        for image, mask in zip(images, masks, strict=True):
+            started = time.perf_counter()
+            frame_boxes = find_cells(mask, self.cell_filter)
+            crops.append(crop_cells(image, frame_boxes, self.crop_spec,
+                                    self.classifier.crop_size))
+            boxes.append(frame_boxes)
+            crop_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
         all_probs = calibrate(
             self.classifier.compute(np.concatenate(crops), self.max_batch_cells),
             self.temperature)
-        classified = time.perf_counter()
-        per_frame_ms = {
-            "segment": (segmented - started) * 1000 / len(images),
-            "crop": (cropped - segmented) * 1000 / len(images),
-            "classify": (classified - cropped) * 1000 / len(images),
-        }
+        classify_ms = (time.perf_counter() - started) * 1000
+        total_cells = max(1, len(all_probs))
         analyses = []
         offset = 0
-        for image, frame_boxes in zip(images, boxes, strict=True):
+        for i, (image, frame_boxes) in enumerate(zip(images, boxes, strict=True)):
             probs = all_probs[offset : offset + len(frame_boxes)]
             offset += len(frame_boxes)
             size = image.shape[:2]
             counted = self._counted(frame_boxes, probs, size)
             frame_probs = (aggregate(probs[counted][:, self.known], self.aggregation)
                            if counted.any() else None)
-            analyses.append(FrameAnalysis(frame_boxes, probs, frame_probs, size,
-                                          dict(per_frame_ms)))
+            timings = {"segment": segment_ms[i], "crop": crop_ms[i],
+                       "classify": classify_ms * len(frame_boxes) / total_cells}
+            analyses.append(FrameAnalysis(frame_boxes, probs, frame_probs, size, timings))
         return analyses
 
     def _counted(self, boxes: list[CellBox], probs: np.ndarray, size: tuple[int, int]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -113,6 +114,7 @@ class Segmenter(OnnxModel):
     def __init__(self, *args: object, max_pixels: int | None = None, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.max_pixels = max_pixels
+        self.last_ms: list[float] = []  # per frame of the last ``compute`` (see there)
 
     def _tiled(self, image: np.ndarray) -> np.ndarray:
         spec = self.manifest.input
@@ -139,21 +141,31 @@ class Segmenter(OnnxModel):
 
         Frames of equal size run as one batch; each is padded to the model's size multiple.
         A frame above ``max_pixels`` runs alone, in tiles.
+
+        Afterwards ``last_ms[i]`` is frame i's share of the time (ms): a frame run alone (tiled)
+        has its own time; frames run as one batch share that batch's time equally.
         """
         spec = self.manifest.input
         out: list[np.ndarray | None] = [None] * len(images)
+        self.last_ms = [0.0] * len(images)
         by_shape: dict[tuple[int, ...], list[int]] = {}
         for index, image in enumerate(images):
             if self.max_pixels is not None and image.shape[0] * image.shape[1] > self.max_pixels:
+                started = time.perf_counter()
                 out[index] = self._tiled(image)
+                self.last_ms[index] = (time.perf_counter() - started) * 1000
                 continue
             by_shape.setdefault(image.shape, []).append(index)
         for shape, indices in by_shape.items():
             height, width = shape[:2]
+            started = time.perf_counter()
             batch = np.stack([pad_to_multiple(images[i], spec.size_multiple) for i in indices])
             (mask,) = self.session.run(["mask"], self._feed(to_tensor(batch, spec)))
             for position, index in enumerate(indices):
                 out[index] = mask[position, 0, :height, :width].astype(np.float32)
+            share = (time.perf_counter() - started) * 1000 / len(indices)
+            for index in indices:
+                self.last_ms[index] = share
         return out  # type: ignore[return-value]
 
 
