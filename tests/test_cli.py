@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from daemon.imaging.synthetic import encode, smear_field
-from tests.conftest import REPO, Daemon
+from tests.conftest import REPO, Daemon, synthetic_jpeg
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -119,3 +119,33 @@ def test_bench_reports_both_paths(tmp_path: Path, tiny_models: tuple[Path, Path]
     assert report["frames"] == 12 and report["rounds"] == 1 and len(report["ratios"]) == 1
     assert report["bare_fps"] > 0 and report["daemon_fps"] > 0
     assert report["p99_ms"] >= report["p50_ms"] > 0
+    # every frame offered is accounted for, and all were analysed
+    assert report["offered"] == report["done"] == 12
+    assert report["rejected"] == report["failed"] == report["missing"] == 0
+    assert report["refused"] is None and report["ratio"] > 0 and report["machine"]
+
+
+def test_bench_refuses_a_ratio_when_a_frame_is_not_analysed(
+    tmp_path: Path, tiny_models: tuple[Path, Path]
+) -> None:
+    # One good frame and one that cannot be decoded (capture quarantines it): the frame is
+    # counted as rejected and no daemon/bare ratio is printed; the exit status says so.
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a-good.jpg").write_bytes(synthetic_jpeg(1))
+    (images / "b-broken.jpg").write_bytes(b"not an image at all")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"segmenter": str(tiny_models[0]), "classifier": str(tiny_models[1])},
+        "workers": {"device": "cpu"}, "logging": {"level": "WARNING"},
+    }))
+    args = ("bench", "--config", str(config), "--images", str(images), "--frames", "2",
+            "--rounds", "1", "--timeout", "60")
+    out = run_cli(*args, "--json")
+    assert out.returncode == 3, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["offered"] == 2 and report["done"] == 1 and report["rejected"] == 1
+    assert report["failed"] == report["missing"] == 0
+    assert report["ratio"] is None and report["ratios"] == []
+    assert "refusing to report a daemon/bare ratio: 1 of 2 frames" in out.stderr
+    assert "refusing" in report["refused"]

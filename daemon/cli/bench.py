@@ -1,51 +1,125 @@
 """``leukoscope bench``: bare models in a loop versus the whole daemon, on one machine.
 
 (a) bare: the same ONNX models, provider and thread settings, in a tight loop in one process
-    over pre-decoded frames (decoding excluded: the pure model ceiling).
+    over pre-decoded frames: each frame is brought to the models' scale (red-cell ruler,
+    resize, gain) and analysed, as a worker does; decoding is excluded.
 (b) daemon: ``leukoscope run`` on a temporary data dir with embedded Redis; the frames are
-    delivered into its watched folder by write-then-rename, and results are polled over HTTP.
+    delivered into its watched folder by write-then-rename (all at once, or at ``--rate``
+    frames/s: open loop), and results are polled over HTTP.
     daemon frames/s = frames / (last result stored - first file delivered).
+
+Every frame offered is counted as done, rejected (quarantined by capture or refused by a
+worker), failed or missing (no result in time). A ratio is only meaningful when the daemon
+analysed every frame the bare loop did: otherwise none is reported and the exit status is 3.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from daemon.cli.sandbox import clean_env, write_config
-from daemon.imaging.frames import IMAGE_SUFFIXES, decode_rgb
+from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, decode_rgb
 from daemon.imaging.synthetic import encode, smear_field
 from daemon.inference.analyzer import Analyzer
 from daemon.settings import Settings
 
+#: exit status when a frame offered was not analysed (no ratio is reported)
+NOT_ALL_ANALYSED = 3
+#: a 224x224 field at the models' scale holds about this many red cells (``smear_field``)
+RED_CELLS_PER_FIELD = 25
+STATUSES = ("done", "rejected", "failed", "missing")
 
-def bench_frames(count: int, images: str | None) -> list[bytes]:
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"1920x1280"`` -> (height, width)."""
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"--size {text!r}: expected WIDTHxHEIGHT, e.g. 1920x1280") from None
+    if not (32 <= width <= 20000 and 32 <= height <= 20000):
+        raise SystemExit(f"--size {text!r}: each side from 32 to 20000 pixels")
+    return height, width
+
+
+def bench_frames(count: int, images: str | None, size: tuple[int, int] | None = None,
+                 enlargement: float = 1.0) -> list[bytes]:
+    """``count`` encoded frames: from ``images`` (cycled), else synthetic smear fields of
+    ``size`` (H, W; default 224x224) whose cells are ``enlargement`` times the models' scale,
+    with as many cells per area at the models' scale as a 224x224 field has."""
     if images:
         files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise SystemExit(f"no images under {images}")
         return [files[i % len(files)].read_bytes() for i in range(count)]
+    height, width = size or (224, 224)
+    fields = height * width / (224 * 224 * enlargement**2)  # 224x224 fields at models' scale
     rng = np.random.default_rng(0)
-    return [encode(smear_field(rng, white_cells=int(rng.integers(1, 4)))[0]) for _ in range(count)]
+    frames = []
+    for _ in range(count):
+        white = max(1, round(int(rng.integers(1, 4)) * fields))
+        red = max(1, round(RED_CELLS_PER_FIELD * fields))
+        frames.append(encode(smear_field(rng, (height, width), white_cells=white,
+                                         red_cells=red, enlargement=enlargement)[0]))
+    return frames
 
 
 def bench_bare(settings: Settings, frames: list[bytes]) -> float:
     analyzer = Analyzer.from_settings(settings)
     analyzer.warm_up()
-    images = [decode_rgb(data) for data in frames]
+    images = []
+    for data in frames:  # a frame that cannot be decoded is not analysed here either
+        try:
+            images.append(decode_rgb(data, settings.capture.max_frame_bytes,
+                                     settings.capture.max_frame_pixels))
+        except FrameRejected:
+            continue
     batch = settings.workers.batch_frames
     started = time.perf_counter()
     for start in range(0, len(images), batch):
-        analyzer.analyze(images[start : start + batch])
+        prepared = [analyzer.prepare(image, analyzer.rescaler.resolve(image, None, "bench"))[0]
+                    for image in images[start : start + batch]]
+        analyzer.analyze(prepared)
     return len(images) / (time.perf_counter() - started)
+
+
+def _shape(data: bytes) -> tuple[int, int]:
+    try:
+        return decode_rgb(data).shape[:2]
+    except FrameRejected:
+        return (0, 0)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(settings: Settings) -> str:
+    """The CPU (and cores this process may use) and, for cuda, the card(s)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    text = f"{cpu_name()}, {cores} core(s)"
+    if settings.workers.device != "cpu":
+        from daemon.inference.gpu import gpu_names
+
+        text += "; GPU: " + (", ".join(gpu_names()) or "none found")
+    return text
 
 
 def _get(url: str) -> tuple[int, dict]:
@@ -59,9 +133,10 @@ def _get(url: str) -> tuple[int, dict]:
 
 
 def bench_daemon(
-    settings: Settings, frames: list[bytes], timeout: float = 600
-) -> tuple[float, list[float]]:
-    """Returns (frames/s, capture-to-result latencies in seconds)."""
+    settings: Settings, frames: list[bytes], timeout: float = 600, rate: float | None = None
+) -> tuple[float, list[float], Counter]:
+    """Returns (frames/s, capture-to-result latencies in seconds of the analysed frames,
+    frames per outcome: done / rejected / failed / missing)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
         config_file, port = write_config(settings, root, "WARNING")
@@ -80,15 +155,15 @@ def bench_daemon(
             inbox.mkdir(parents=True)
             first = time.time()
             for i, data in enumerate(frames):
+                if rate:  # open loop: frame i is offered at first + i / rate, come what may
+                    time.sleep(max(0.0, first + i / rate - time.time()))
                 part = inbox / f"frame-{i:05d}.jpg.part"
                 part.write_bytes(data)
                 part.rename(inbox / f"frame-{i:05d}.jpg")
             results: list[dict] = []
             cursor = None
             deadline = time.time() + timeout
-            while len(results) < len(frames):
-                if time.time() > deadline:
-                    raise RuntimeError(f"only {len(results)} of {len(frames)} results in time")
+            while len(results) < len(frames) and time.time() < deadline:
                 query = "?limit=1000" + (f"&after={cursor}" if cursor else "")
                 code, page = _get(f"{base}/results{query}")
                 if code == 200:
@@ -96,9 +171,12 @@ def bench_daemon(
                     cursor = page["next"]
                 if len(results) < len(frames):
                     time.sleep(0.2)
-            last = max(r["completed_at"] for r in results)
-            latencies = [r["completed_at"] - r["captured_at"] for r in results]
-            return len(frames) / (last - first), latencies
+            outcomes = Counter(r["status"] for r in results)
+            outcomes["missing"] = max(0, len(frames) - len(results))
+            done = [r for r in results if r["status"] == "done"]
+            last = max((r["completed_at"] for r in results), default=time.time())
+            latencies = [r["completed_at"] - r["captured_at"] for r in done]
+            return len(frames) / max(last - first, 1e-9), latencies, outcomes
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -114,51 +192,93 @@ def run_bench(
     as_json: bool,
     images: str | None,
     rounds: int = 3,
+    size: str | None = None,
+    enlargement: float = 1.0,
+    device: str | None = None,
+    rate: float | None = None,
+    timeout: float = 600,
 ) -> int:
     """Alternate bare and daemon runs: bare, daemon, bare, daemon, ..., bare.
 
     This machine's speed drifts between runs (shared hardware), so each daemon run is
     compared with the mean of the bare runs just before and after it, and the medians over
-    the rounds are reported.
+    the rounds are reported. With ``rate`` the daemon runs are open loop: the frames are
+    offered at that rate, so its frames/s is the offered rate's and no ratio is given.
     """
-    frames = bench_frames(count, images)
+    if device:
+        settings.workers.device = device  # type: ignore[assignment]
+    shape = parse_size(size) if size else None
+    frames = bench_frames(count, images, shape, enlargement)
+    height, width = shape or (224, 224)
+    pixels = [(height, width)] * count
+    if images:
+        pixels = [_shape(f) for f in frames]
+    megapixels = sum(h * w for h, w in pixels) / 1e6
     bares = [bench_bare(settings, frames)]
     daemons: list[float] = []
     latencies: list[float] = []
+    outcomes: Counter = Counter()
     for _ in range(rounds):
-        fps, round_latencies = bench_daemon(settings, frames)
+        fps, round_latencies, round_outcomes = bench_daemon(settings, frames, timeout, rate)
         daemons.append(fps)
         latencies += round_latencies
+        outcomes += round_outcomes
         bares.append(bench_bare(settings, frames))
+    offered = count * rounds
+    counts = {status: outcomes.get(status, 0) for status in STATUSES}
+    refused = None
+    if counts["done"] != offered:
+        refused = (f"refusing to report a daemon/bare ratio: {offered - counts['done']} of "
+                   f"{offered} frames offered were not analysed ("
+                   + ", ".join(f"{counts[s]} {s}" for s in STATUSES[1:]) + ")")
     ratios = [d / ((bares[i] + bares[i + 1]) / 2) for i, d in enumerate(daemons)]
-    report = {
+    mp_per_frame = megapixels / count
+    source = images or f"synthetic {width}x{height}, cells x{enlargement:g}"
+    report: dict = {
         "frames": count,
+        "source": source,
         "rounds": rounds,
         "workers": settings.workers.count,
+        "device": settings.workers.device,
+        "machine": machine(settings),
+        "offered": offered,
+        **counts,
+        "rate": rate,
         "bare_fps": round(float(np.median(bares)), 2),
+        "bare_mpx_s": round(float(np.median(bares)) * mp_per_frame, 2),
         "daemon_fps": round(float(np.median(daemons)), 2),
-        "ratio": round(float(np.median(ratios)), 3),
-        "ratios": [round(r, 3) for r in ratios],
-        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
-        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+        "daemon_mpx_s": round(float(np.median(daemons)) * mp_per_frame, 2),
+        "ratio": None if refused or rate else round(float(np.median(ratios)), 3),
+        "ratios": [] if refused or rate else [round(r, 3) for r in ratios],
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None,
+        "refused": refused,
     }
     if as_json:
         print(json.dumps(report))
     else:
-        print(
-            f"frames            {count} ({'synthetic' if not images else images}), {rounds} rounds"
-        )
-        print(f"bare models       {report['bare_fps']:.1f} frames/s (median)")
-        print(
-            f"through daemon    {report['daemon_fps']:.1f} frames/s (median, "
-            f"{settings.workers.count} worker(s))"
-        )
-        print(
-            f"ratio daemon/bare {report['ratio']:.3f} (median of "
-            f"{', '.join(f'{r:.3f}' for r in report['ratios'])})"
-        )
-        print(
-            f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
-            "(capture to stored result; all frames delivered at once)"
-        )
+        print(f"frames            {count} ({source}), {rounds} rounds")
+        print(f"machine           {report['machine']} (device {report['device']})")
+        print(f"outcomes          {offered} offered: "
+              + ", ".join(f"{counts[s]} {s}" for s in STATUSES))
+        print(f"bare models       {report['bare_fps']:.2f} fields/s, "
+              f"{report['bare_mpx_s']:.2f} Mpx/s (median; rescale + models, decode excluded)")
+        print(f"through daemon    {report['daemon_fps']:.2f} fields/s, "
+              f"{report['daemon_mpx_s']:.2f} Mpx/s (median, "
+              f"{settings.workers.count} worker(s)"
+              + (f", offered at {rate:g} frames/s)" if rate else ")"))
+        if refused:
+            pass
+        elif rate:
+            print("ratio daemon/bare none: open loop (throughput is the offered rate's)")
+        else:
+            print(f"ratio daemon/bare {report['ratio']:.3f} (median of "
+                  f"{', '.join(f'{r:.3f}' for r in report['ratios'])})")
+        if latencies:
+            print(f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
+                  "(capture to stored result, analysed frames; "
+                  + (f"offered at {rate:g} frames/s)" if rate else "all delivered at once)"))
+    if refused:
+        print(refused, file=sys.stderr)
+        return NOT_ALL_ANALYSED
     return 0

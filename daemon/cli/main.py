@@ -72,7 +72,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from daemon.cli.bench import run_bench
 
     return run_bench(
-        _settings(args, "bench"), args.config, args.frames, args.json, args.images, args.rounds
+        _settings(args, "bench"), args.config, args.frames, args.json, args.images, args.rounds,
+        args.size, args.enlargement, args.device, args.rate, args.timeout,
     )
 
 
@@ -180,6 +181,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--images", default=None, help="folder of images to use (default: synthetic)"
     )
+    bench.add_argument("--size", default=None,
+                       help="synthetic fields of WIDTHxHEIGHT pixels (default 224x224)")
+    bench.add_argument("--enlargement", type=float, default=1.0,
+                       help="synthetic cells this many times the models' scale (no um/px given)")
+    bench.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                       help="workers' device (default: from config)")
+    bench.add_argument("--rate", type=float, default=None,
+                       help="open loop: offer frames at this many per second")
+    bench.add_argument("--timeout", type=float, default=600,
+                       help="seconds to wait for a round's results before counting the rest missing")
     reliability = command("reliability", cmd_reliability,
                           "hostile input, Redis killed, a flood: outcomes, memory, bounds")
     reliability.add_argument(

@@ -19,18 +19,22 @@ def smear_field(
     white_cells: int = 2,
     red_cells: int = 25,
     cell_radius: tuple[int, int] = (11, 15),
+    enlargement: float = 1.0,
 ) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
     """An RGB (H, W, 3) uint8 field and the (x, y, r) of its white cells.
 
     Pale background, pink red cells with central pallor, purple round white cells placed
     without overlapping each other, plus mild noise and blur like a camera frame.
+    ``enlargement``: every cell's radius times this (a camera whose pixels are that much
+    smaller than the models'); 1 draws exactly what it always did.
     """
+    k = enlargement
     height, width = size
     image = np.empty((height, width, 3), dtype=np.uint8)
     image[:] = BACKGROUND_RGB
     for _ in range(red_cells):
         x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
-        r = int(rng.integers(7, 10))
+        r = round(int(rng.integers(7, 10)) * k)
         cv2.circle(image, (x, y), r, RED_CELL_RGB, -1, lineType=cv2.LINE_AA)
         cv2.circle(image, (x, y), r // 2, (224, 200, 210), -1, lineType=cv2.LINE_AA)
     placed: list[tuple[int, int, int]] = []
@@ -38,10 +42,11 @@ def smear_field(
     attempts = 0
     while len(placed) < white_cells and attempts < 500:
         attempts += 1
-        r = int(rng.integers(low, high + 1))
+        r = round(int(rng.integers(low, high + 1)) * k)
         x = int(rng.integers(r + 2, width - r - 2))
         y = int(rng.integers(r + 2, height - r - 2))
-        if all((x - px) ** 2 + (y - py) ** 2 > (r + pr + 6) ** 2 for px, py, pr in placed):
+        gap = round(6 * k)
+        if all((x - px) ** 2 + (y - py) ** 2 > (r + pr + gap) ** 2 for px, py, pr in placed):
             placed.append((x, y, r))
     for x, y, r in placed:
         cv2.circle(image, (x, y), r, WHITE_CELL_RGB, -1, lineType=cv2.LINE_AA)

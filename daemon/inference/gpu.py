@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 from functools import lru_cache
 
 log = logging.getLogger(__name__)
@@ -60,3 +61,23 @@ def gpu_stats() -> list[dict]:
         log.warning("could not read GPU statistics", exc_info=True)
         return []
     return stats
+
+
+def gpu_names() -> list[str]:
+    """The visible NVIDIA cards' names (NVML, else ``nvidia-smi``); [] when none is found."""
+    nvml = _nvml()
+    if nvml is not None:
+        try:
+            names = []
+            for index in visible_indices(nvml.nvmlDeviceGetCount()):
+                name = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(index))
+                names.append(name.decode() if isinstance(name, bytes) else str(name))
+            return names
+        except Exception:  # noqa: BLE001 - fall back to nvidia-smi
+            pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()]
