@@ -9,20 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from daemon.cli.reliability import child_pids as children_of
 from daemon.store.connection import stop_embedded
 from tests.conftest import REPO, http_json, start_daemon, wait_for
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -66,7 +66,7 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -103,7 +103,7 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.stopping.is_set():
             pids = {self.supervisor: "supervisor"}
-            for child in _children(self.supervisor):
+            for child in child_pids(self.supervisor):
                 role = _role(child)
                 if role:
                     pids[child] = role

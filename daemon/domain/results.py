@@ -40,7 +40,8 @@ class ScaleInfo(BaseModel):
                     "known: analysed at the models' scale and sent to review)")
     factor: float = Field(description="enlargement applied before the models (1: as captured)")
     rbc_diameter_px: float | None = Field(
-        default=None, description="typical red-cell diameter measured in the frame (pixels)")
+        default=None, description="typical red-cell diameter measured in the frame (pixels); "
+                                     "null when the scale was given (no ruler run)")
     reliable: bool = Field(
         default=True, description="false when the estimate rests on too few red cells")
 

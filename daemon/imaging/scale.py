@@ -32,7 +32,7 @@ import numpy as np
 
 from daemon.domain.manifest import RedCellScale
 from daemon.domain.results import CellResult, ScaleInfo
-from daemon.imaging.ruler import RBC_DIAMETER_UM, measure_red_cells
+from daemon.imaging.ruler import measure_red_cells
 
 TOLERANCE = 0.02
 MIN_FACTOR, MAX_FACTOR = 1 / 16, 4.0
@@ -62,11 +62,11 @@ class Rescaler:
         if self.model_scale is None:
             return ScaleInfo(um_per_pixel=um_per_pixel, source="assumed", factor=1.0,
                              reliable=False)
-        ruler = measure_red_cells(image)
         if um_per_pixel is not None and math.isfinite(um_per_pixel) and um_per_pixel > 0:
+            # A given scale wins: no ruler on this frame (it runs on every frame otherwise).
             assert self.model_um is not None
-            return self._info(um_per_pixel, source, um_per_pixel / self.model_um,
-                              ruler.diameter_px, True)
+            return self._info(um_per_pixel, source, um_per_pixel / self.model_um, None, True)
+        ruler = measure_red_cells(image)
         diameters = self._rig(rig or "")
         if ruler.reliable:
             assert ruler.diameter_px is not None
@@ -119,5 +119,3 @@ class Rescaler:
                 "bbox": box, "area_px": max(1, round(cell.area_px / factor**2))}))
         return out
 
-
-__all__ = ["RBC_DIAMETER_UM", "Rescaler"]

@@ -407,24 +407,27 @@ def pbc_split(pbc_dir: Path, seed: int = 0) -> dict[str, list[tuple[Path, str]]]
     return out
 
 
-def to_model_scale(
-    image_rgb: np.ndarray, model_rbc_px: float, fallback_rbc_px: float | None,
-    reference_rgb: tuple[float, float, float],
-) -> tuple[np.ndarray, float]:
-    """A foreign image brought to the models' scale and background, as the daemon does.
-
-    The image's own red-cell estimate is used when reliable, else ``fallback_rbc_px`` (the
-    rig's running estimate). Returns the image and the enlargement applied.
-    """
-    ruler = measure_red_cells(image_rgb)
-    diameter = ruler.diameter_px if ruler.reliable else fallback_rbc_px
-    factor = 1.0 if not diameter else model_rbc_px / diameter
-    if abs(factor - 1.0) > 0.02:
-        h, w = image_rgb.shape[:2]
-        image_rgb = cv2.resize(
-            image_rgb, (max(8, round(w * factor)), max(8, round(h * factor))),
-            interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
-    return normalise_background(image_rgb, reference_rgb), factor
+def foreign_at_model_scale(
+    paths: list[Path], model_rbc_px: float, reference_rgb: tuple[float, float, float],
+) -> list[np.ndarray]:
+    """Foreign images brought to the models' scale and background, as the daemon does for one
+    rig: each image's own red-cell estimate when reliable, else the set's median (the rig's
+    running estimate). Returns (H, W, 3) uint8 RGB images."""
+    images = [read_rgb(p) for p in paths]
+    rulers = [measure_red_cells(im) for im in images]
+    reliable = [r.diameter_px for r in rulers if r.reliable]
+    fallback = float(np.median(reliable)) if reliable else None
+    out = []
+    for image, ruler in zip(images, rulers, strict=True):
+        diameter = ruler.diameter_px if ruler.reliable else fallback
+        factor = 1.0 if not diameter else model_rbc_px / diameter
+        if abs(factor - 1.0) > 0.02:
+            h, w = image.shape[:2]
+            image = cv2.resize(
+                image, (max(8, round(w * factor)), max(8, round(h * factor))),
+                interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR)
+        out.append(normalise_background(image, reference_rgb))
+    return out
 
 
 def stained_boxes(image_rgb: np.ndarray, min_area_px: int = 60) -> list[CellBox]:
@@ -448,13 +451,8 @@ def foreign_cell_crops(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crops of the cells in foreign single-cell images (e.g. the normal-cell sample), cut at
     the models' scale. Returns crops (M, size, size, 3) uint8 and the image index of each."""
-    images = [read_rgb(p) for p in paths]
-    rulers = [measure_red_cells(im) for im in images]
-    reliable = [r.diameter_px for r in rulers if r.reliable]
-    fallback = float(np.median(reliable)) if reliable else None
     crops, owners = [], []
-    for index, image in enumerate(images):
-        scaled, _ = to_model_scale(image, model_rbc_px, fallback, reference_rgb)
+    for index, scaled in enumerate(foreign_at_model_scale(paths, model_rbc_px, reference_rgb)):
         boxes = stained_boxes(scaled)
         crops.append(crop_cells(scaled, boxes, crop_spec, size))
         owners.extend([index] * len(boxes))
@@ -493,14 +491,9 @@ def foreign_mosaics(
 
     Returns images (M, side, side, 3) uint8 RGB and masks (M, side, side) uint8 {0, 1}.
     """
-    images = [read_rgb(p) for p in paths]
-    rulers = [measure_red_cells(im) for im in images]
-    reliable = [r.diameter_px for r in rulers if r.reliable]
-    fallback = float(np.median(reliable)) if reliable else None
     half = side // 2
     tiles, masks = [], []
-    for image in images:
-        scaled, _ = to_model_scale(image, model_rbc_px, fallback, reference_rgb)
+    for scaled in foreign_at_model_scale(paths, model_rbc_px, reference_rgb):
         tile = cv2.copyMakeBorder(scaled, half, half, half, half, cv2.BORDER_REFLECT_101)
         h, w = tile.shape[:2]
         tile = tile[(h - half) // 2 : (h - half) // 2 + half, (w - half) // 2 : (w - half) // 2
