@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import redis
 
-from capture.quality import Quality, assess
+from capture.quality import Quality, Thresholds, assess
 from capture.tiff import Page, iter_tiff, plain_tiff
 from daemon.domain.manifest import ManifestError, load_manifest
 from daemon.domain.results import FrameResult
@@ -129,6 +129,23 @@ class Offer:
     quality: Quality
 
 
+def qc_rescaler(settings: Settings) -> Rescaler:
+    """The models' scale for quality control (from the segmenter manifest; without one, QC
+    runs on frames as captured)."""
+    try:
+        return Rescaler(load_manifest(settings.models.segmenter, verify=False).scale)
+    except ManifestError as exc:
+        log.warning("no model scale for QC: %s", exc)
+        return Rescaler(None)
+
+
+def assess_at_model_scale(rgb: np.ndarray, um_per_pixel: float | None, rescaler: Rescaler,
+                          qc: Thresholds, rig: str | None = None) -> Quality:
+    """``assess`` on the frame brought to the models' scale (its own scale, else red cells)."""
+    scale = rescaler.resolve(rgb, um_per_pixel, rig=rig)
+    return assess(Rescaler.apply(rgb, scale.factor), qc)
+
+
 class Intake:
     """Quality control, then queue or store a rejection (used by every source)."""
 
@@ -146,18 +163,10 @@ class Intake:
 
     def check(self, frame: SourceFrame) -> Quality:
         """QC at the models' scale (focus and stain thresholds hold for any camera)."""
-        scale = self._rescaler().resolve(frame.rgb, self.scale_of(frame), rig=self.rig_id)
-        return assess(Rescaler.apply(frame.rgb, scale.factor), self.settings.capture.qc)
-
-    def _rescaler(self) -> Rescaler:
         if self._scale is None:
-            try:
-                manifest = load_manifest(self.settings.models.segmenter, verify=False)
-                self._scale = Rescaler(manifest.scale)
-            except ManifestError as exc:  # QC then runs on frames as captured
-                log.warning("no model scale for QC: %s", exc)
-                self._scale = Rescaler(None)
-        return self._scale
+            self._scale = qc_rescaler(self.settings)
+        return assess_at_model_scale(frame.rgb, self.scale_of(frame), self._scale,
+                                     self.settings.capture.qc, self.rig_id)
 
     def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,
               captured_at: float | None = None, metadata: dict[str, str] | None = None,

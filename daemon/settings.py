@@ -51,7 +51,7 @@ class QcSettings(_Section):
 
     enabled: bool = True
     min_focus: float = Field(
-        default=40.0, ge=0, description="variance of the Laplacian; calibrate per rig and objective"
+        default=25.0, ge=0, description="variance of the Laplacian; calibrate per rig and objective"
     )
     saturated_level: int = Field(default=254, ge=1, le=255)
     max_saturated_fraction: float = Field(default=0.90, ge=0, le=1)

@@ -88,16 +88,19 @@ def cmd_qc(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from capture.quality import assess
+    from capture.intake import assess_at_model_scale, qc_rescaler
     from daemon.cli.classify import image_files
     from daemon.imaging.frames import FrameRejected, decode_rgb
 
     settings = _settings(args, "qc")
+    rescaler = qc_rescaler(settings)  # as capture measures: at the models' scale
     measured: dict[str, list[float]] = {}
     failed = 0
     for path in image_files([Path(p) for p in args.paths]):
         try:
-            quality = assess(decode_rgb(path.read_bytes()), settings.capture.qc)
+            quality = assess_at_model_scale(decode_rgb(path.read_bytes()),
+                                            settings.capture.um_per_pixel, rescaler,
+                                            settings.capture.qc, "qc")
         except (OSError, FrameRejected) as exc:
             print(json.dumps({"source": str(path), "ok": False, "error": str(exc)}))
             failed += 1
