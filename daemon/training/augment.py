@@ -142,6 +142,6 @@ def random_degrade(
 
 def normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
     """(N,3,H,W) [0,1] -> ((x - mean) / std), matching ``daemon.pipeline.to_tensor``."""
-    m = torch.tensor(mean, dtype=images.dtype)[None, :, None, None]
-    s = torch.tensor(std, dtype=images.dtype)[None, :, None, None]
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device)[None, :, None, None]
+    s = torch.tensor(std, dtype=images.dtype, device=images.device)[None, :, None, None]
     return (images - m) / s
