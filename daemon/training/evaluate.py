@@ -11,7 +11,8 @@ validation part of the foreign normal cells as ``unidentified``) and the frame r
 threshold; it writes them into the manifests. It then reports on the test blocks: unshifted
 and under every shift of ``daemon.training.shifts.SUITE`` with no µm/px given, and on the
 held-out part of the foreign normal cells (per class: how many are called leukemic, with and
-without a review flag).
+without a review flag), and beside them a colour-only baseline (``daemon.training.confound``)
+that says how much of the class the fields' colour gives away in this data.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from daemon.imaging.scale import Rescaler
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training import metrics as M
+from daemon.training.confound import colour_baseline
 from daemon.training.data import (
     foreign_cell_crops,
     load_splits,
@@ -53,7 +55,7 @@ from daemon.training.data import (
     red_cell_scale,
     reinhard_normalize,
 )
-from daemon.training.shifts import SUITE
+from daemon.training.shifts import MAGNIFICATION, SUITE
 
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (40, 60, 80, 100, 120, 150)
@@ -251,6 +253,26 @@ def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None
     return out
 
 
+def ruler_agreement(results: list[dict], reference: list[dict], magnification: float,
+                    within: float = 0.10) -> dict:
+    """Per field, the red-cell diameter measured under a shift over the same field's diameter
+    unshifted times ``magnification`` (1.0: the ruler read the shift right): share within
+    ``within`` of 1, and the 10th/50th/90th percentiles. Fields without a reading in either
+    are counted in ``n_missing``. Each field is compared with itself because red cells differ
+    between fields and patients (the spread across fields is not the ruler's error)."""
+    ratios = [r["scale"].rbc_diameter_px / (u["scale"].rbc_diameter_px * magnification)
+              for r, u in zip(results, reference, strict=True)
+              if r["scale"] is not None and u["scale"] is not None
+              and r["scale"].rbc_diameter_px and u["scale"].rbc_diameter_px]
+    if not ratios:
+        return {"n": 0, "n_missing": len(results)}
+    values = np.asarray(ratios)
+    p10, p50, p90 = np.percentile(values, [10, 50, 90])
+    return {"n": len(values), "n_missing": len(results) - len(values),
+            f"share_within_{round(within * 100)}pct": float((np.abs(values - 1) <= within).mean()),
+            "p10": float(p10), "median": float(p50), "p90": float(p90)}
+
+
 def suite_row(results: list[dict], labels: np.ndarray) -> dict:
     """Field accuracy (no call and unidentified count as wrong), review share, accuracy of the
     fields not flagged, and the estimated enlargement applied (median)."""
@@ -403,6 +425,11 @@ def evaluate(
         "reference": "cleaned curators' masks (see models/README.md)",
     }
 
+    # --- the data set's colour confound: a cell-blind baseline on the same blocks
+    report["colour_confound"] = colour_baseline(
+        splits["train"]["images"], splits["train"]["labels"], test["images"], test["labels"],
+        list(CLASS_CODES))
+
     # --- test: cells, and calibration (ECE) on the test cells
     t0 = time.perf_counter()
     crops, owners = pipeline_cells(test["images"], test_probs, cell_filter, crop, size, lab_target)
@@ -465,11 +492,14 @@ def evaluate(
             reasons[reason] = reasons.get(reason, 0) + 1
     report["classifier_test_field"]["review_reasons"] = reasons
     if shifts:
-        report["shift_suite"] = {
-            name: suite_row(unshifted if name == "none" else
-                            daemon_results(analyzer, raw_fields, shift=shift), labels)
-            for name, shift in SUITE.items()
-        }
+        report["shift_suite"] = {}
+        for name, shift in SUITE.items():
+            shifted = unshifted if name == "none" else daemon_results(analyzer, raw_fields,
+                                                                      shift=shift)
+            report["shift_suite"][name] = {
+                **suite_row(shifted, labels),
+                "ruler_vs_unshifted": ruler_agreement(shifted, unshifted,
+                                                      MAGNIFICATION.get(name, 1.0))}
 
     # --- the held-out normal cells of another lab, at their own pixels, no µm/px
     if foreign is not None:

@@ -92,3 +92,10 @@ SUITE: dict[str, Shift] = {
     "mix_small_dim": chain(magnify(0.5), exposure(0.8), chroma(hue_deg=-6, saturation=1.25),
                            jpeg(50)),
 }
+
+#: How much each shift of ``SUITE`` enlarges a field: the red cells of a shifted field should
+#: measure this many times their size in the same field unshifted.
+MAGNIFICATION: dict[str, float] = {
+    "magnify_x0.5": 0.5, "magnify_x2": 2.0, "magnify_x4": 4.0, "magnify_x8": 8.0,
+    "mix_rig": 2.5, "mix_worst": 4.0, "mix_small_dim": 0.5,
+}
