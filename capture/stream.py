@@ -22,6 +22,7 @@ from capture.camera import Camera
 from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
 from capture.quality import focus_score, grey
+from daemon import telemetry
 from daemon.imaging.frames import frame_id_for
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
@@ -57,6 +58,7 @@ class StreamCapture:
             self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
         )
         self._last_flush = 0.0
+        self._rig_label: str | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -131,26 +133,26 @@ class StreamCapture:
         return offer.outcome
 
     def flush(self, force: bool = False) -> None:
-        """Add the counters' growth since the last flush to the Redis metrics."""
+        """Add the counters' growth since the last flush to this process's metrics
+        (``daemon.telemetry``), under the rig's capped label (``counters.RigLabels``)."""
         now = time.monotonic()
         if not force and now - self._last_flush < FLUSH_SECONDS:
             return
         self._last_flush = now
-        rig = {"rig": self.rig_id}
-        increments: list[counters.Increment] = []
+        if self._rig_label is None:  # Redis admits the rig once; it may be away at start
+            self._rig_label = counters.RigLabels(self.client).label(self.rig_id)
+        rig = {"rig": self._rig_label}
         for key in ("seen", "gated", "captured"):
             delta = self.counts[key] - self._flushed[key]
             if delta:
-                increments += counters.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
+                telemetry.count(f"leukoscope_stream_frames_{key}_total", rig, delta)
                 self._flushed[key] = self.counts[key]
         for reason, count in list(self.camera.reconnects.items()):
             delta = count - self._reconnects_flushed.get(reason, 0)
             if delta:
-                increments += counters.counter("leukoscope_camera_reconnects_total",
-                                              {**rig, "reason": reason}, delta)
+                telemetry.count("leukoscope_camera_reconnects_total", {**rig, "reason": reason},
+                                delta)
                 self._reconnects_flushed[reason] = count
-        if increments:
-            counters.record(self.client, increments)
 
     def heartbeat(self, force: bool = False) -> None:
         self.heart.beat(lambda: {

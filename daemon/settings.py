@@ -349,6 +349,16 @@ class LoggingSettings(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class MetricsSettings(_Section):
+    port: int = Field(
+        default=0, ge=0, le=65535,
+        description="serve this process's own metrics on host:port/metrics: a worker, capture "
+        "or lis process started alone (another host); 0: off. The API always serves "
+        "/metrics, and `leukoscope run` turns this off for its children, whose metrics the "
+        "API renders")
+    host: str = Field(default="127.0.0.1", description="address of metrics.port")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid"
@@ -368,6 +378,7 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     audit: AuditSettings = AuditSettings()
     review: ReviewSettings = ReviewSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("data_dir")
     @classmethod
@@ -404,6 +415,11 @@ class Settings(BaseSettings):
     @property
     def audit_dir(self) -> Path:
         return self.data_dir / "audit"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """``leukoscope run``'s multiprocess metrics folder (``daemon.telemetry``)."""
+        return self.data_dir / "metrics"
 
 
 class ConfigError(Exception):

@@ -134,6 +134,11 @@ def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
     assert all(r["status"] == "done" for r in results)
     text = metrics_text(daemon)
     assert metric_value(text, 'leukoscope_worker_restarts_total{role="worker"}') >= 1
+    # Process-local metrics of every child, through the supervisor's multiprocess folder:
+    # the killed worker's observations stay, its live gauge left with it (two workers alive, as configured).
+    assert metric_value(text, 'leukoscope_stage_seconds_count{stage="segment"}') >= n
+    wait_for(lambda: metric_value(metrics_text(daemon), 'leukoscope_processes{role="worker"}')
+             == 2, 30, "the dead worker's gauge to go and its successor's to come")
 
 
 def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(

@@ -12,11 +12,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from daemon import telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, require
 from daemon.domain.orders import Order, OrderEvent
 from daemon.lis.fhir import ServiceRequestError, read_service_request
-from daemon.store import counters
 from daemon.store.orders import OrderConflict, OrderStore
 
 router = APIRouter()
@@ -59,9 +59,8 @@ def _orders(request: Request) -> OrderStore:
     return OrderStore(request.app.state.client)
 
 
-def _count(request: Request, source: str, outcome: str) -> None:
-    counters.record(request.app.state.client, counters.counter(
-        "leukoscope_orders_received_total", {"source": source, "outcome": outcome}))
+def _count(outcome: str) -> None:
+    telemetry.count("leukoscope_orders_received_total", {"source": "fhir", "outcome": outcome})
 
 
 @router.post(
@@ -99,14 +98,14 @@ def post_service_request(
     try:
         order = read_service_request(resource, settings.lis.filler_authority)
     except ServiceRequestError as exc:
-        _count(request, "fhir", "refused")
+        _count("refused")
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     try:
         has_results = _orders(request).save(order)
     except OrderConflict as exc:
-        _count(request, "fhir", "refused")
+        _count("refused")
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    _count(request, "fhir", "accepted")
+    _count("accepted")
     body = OrderAccepted(order=order, specimen_has_results=has_results)
     return JSONResponse(status_code=201, content=body.model_dump(mode="json"),
                         headers={"Location": f"/orders/{order.placer_order_number}"})
