@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import yaml
 from pydantic import (
@@ -359,9 +359,27 @@ class MetricsSettings(_Section):
     host: str = Field(default="127.0.0.1", description="address of metrics.port")
 
 
+class DataFolder:
+    """A read-only ``Settings`` attribute ``<name>_dir``: the folder ``<name>`` under
+    ``data_dir``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.folder = name.removesuffix("_dir")
+
+    @overload
+    def __get__(self, settings: None, owner: type | None = None) -> DataFolder: ...
+    @overload
+    def __get__(self, settings: Settings, owner: type | None = None) -> Path: ...
+    def __get__(self, settings: Settings | None, owner: type | None = None) -> Path | DataFolder:
+        if settings is None:  # on the class: the descriptor itself
+            return self
+        return settings.data_dir / self.folder
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid",
+        ignored_types=(DataFolder,),
     )
 
     data_dir: Path = Path("var")
@@ -400,26 +418,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     # Paths derived from data_dir, one place so every process agrees.
-    @property
-    def archive_dir(self) -> Path:
-        return self.data_dir / "archive"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.data_dir / "quarantine"
-
-    @property
-    def redis_dir(self) -> Path:
-        return self.data_dir / "redis"
-
-    @property
-    def audit_dir(self) -> Path:
-        return self.data_dir / "audit"
-
-    @property
-    def metrics_dir(self) -> Path:
-        """``leukoscope run``'s multiprocess metrics folder (``daemon.telemetry``)."""
-        return self.data_dir / "metrics"
+    archive_dir = DataFolder()
+    quarantine_dir = DataFolder()
+    redis_dir = DataFolder()
+    audit_dir = DataFolder()
+    metrics_dir = DataFolder()  # `leukoscope run`'s multiprocess metrics (daemon.telemetry)
 
 
 class ConfigError(Exception):
