@@ -15,6 +15,7 @@ from prometheus_client.registry import CollectorRegistry
 from daemon import __version__, telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import require, require_if
+from daemon.api.paging import After
 from daemon.domain.ids import valid_frame_id
 from daemon.domain.results import FrameResult, ResultPage
 from daemon.ops.metrics import RedisCollector
@@ -161,10 +162,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     )
     def results(
         store: Store,
-        after: Annotated[
-            str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
+        after: After = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api.max_page,
+                                    description="items per page at most")] = 100,
     ) -> ResultPage:
         items, cursor = store.page(after, limit)
         return ResultPage(items=items, next=cursor)

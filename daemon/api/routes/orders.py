@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from daemon import telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, require
+from daemon.api.paging import After, Limit
 from daemon.domain.orders import Order, OrderEvent
 from daemon.lis.fhir import ServiceRequestError, read_service_request
 from daemon.store.orders import OrderConflict, OrderStore
@@ -117,9 +118,8 @@ def post_service_request(
 def list_orders(
     request: Request,
     _caller: Annotated[Caller, Depends(require("read", "orders.list"))],
-    after: Annotated[str | None, Query(max_length=48, description="the `next` cursor of "
-                                       "the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    after: After = None,
+    limit: Limit = 100,
 ) -> OrderPage:
     items, cursor = _orders(request).page(after, limit)  # BadCursor: 400
     return OrderPage(items=items, next=cursor)

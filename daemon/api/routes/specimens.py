@@ -12,14 +12,13 @@ from pydantic import BaseModel, Field
 
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, client_address, require
+from daemon.api.paging import After, Limit
 from daemon.domain.ids import NAME_RULE, UNASSIGNED, valid_specimen_id
 from daemon.domain.results import FrameResult
 from daemon.domain.specimens import Specimen, SpecimenPage
 from daemon.settings import LisSettings, Settings
 from daemon.store import audit
 from daemon.store.specimens import SpecimenStore
-
-MAX_PAGE = 1000
 
 router = APIRouter()
 
@@ -77,10 +76,8 @@ def list_specimens(
         Literal["open", "complete"] | None,
         Query(description="complete: each completed specimen once, in completion order"),
     ] = None,
-    after: Annotated[
-        str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    after: After = None,
+    limit: Limit = 100,
     ordered: Annotated[
         bool | None,
         Query(description="false: only unordered specimens (no LIS order names them); true: "
@@ -110,10 +107,8 @@ def list_specimens(
 def list_unassigned(
     request: Request,
     _caller: Annotated[Caller, Depends(require("read", "specimens.unassigned"))],
-    after: Annotated[
-        str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    after: After = None,
+    limit: Limit = 100,
 ) -> UnassignedPage:
     store = request.app.state.store
     items, cursor = store.unassigned_page(after, limit)  # BadCursor: 400
@@ -205,8 +200,8 @@ def complete_specimen(
 def audit_log(
     request: Request,
     caller: Annotated[Caller, Depends(require("admin"))],
-    after: Annotated[str | None, Query(max_length=48)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    after: After = None,
+    limit: Limit = 100,
 ) -> audit.AuditPage:
     client = request.app.state.client
     items, cursor = audit.page(client, after, limit)  # BadCursor: 400 (daemon.api.app)
