@@ -166,8 +166,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         limit: Annotated[int, Query(ge=1, le=settings.api.max_page,
                                     description="items per page at most")] = 100,
     ) -> ResultPage:
-        items, cursor = store.page(after, limit)
-        return ResultPage(items=items, next=cursor)
+        return ResultPage.of(store.page(after, limit))
 
     @app.get(
         "/frames/{frame_id}",

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import redis
 from pydantic import BaseModel
 
+from daemon.domain.pages import Paged
 from daemon.store import paging
 from daemon.store.keys import AUDIT_KEY
 
@@ -30,7 +31,7 @@ class AuditEntry(BaseModel):
     client: str | None = None
 
 
-class AuditPage(BaseModel):
+class AuditPage(Paged, BaseModel):
     items: list[AuditEntry]
     next: str
 

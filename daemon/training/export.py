@@ -29,7 +29,7 @@ from daemon.domain.manifest import (
     RedCellScale,
     ReviewSpec,
     file_sha256,
-    write_manifest,
+    write_manifest_for,
 )
 from daemon.training.data import CLASS_DISPLAY, CLASS_FOLDERS, UNIDENTIFIED_DISPLAY
 from daemon.training.nets import ClassifierExport, MobileNetV2, SegmenterExport, UNet
@@ -170,12 +170,11 @@ def write_model_manifest(
         }
         if meta.get("lab_target"):
             extra["lab_target"] = meta["lab_target"]  # Reinhard target LAB mean, std
-    manifest = ModelManifest(
+    return write_manifest_for(
+        onnx_path,
         name=f"leukoscope-{kind}",
         kind=kind,
         version=VERSION,
-        file=onnx_path.name,
-        sha256=file_sha256(onnx_path),
         fp16_file=fp16_path.name if fp16_path else None,
         fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
         input=InputSpec(
@@ -216,8 +215,6 @@ def write_model_manifest(
             "while rescaling between frames and models uses the measured diameters only"),
         **extra,
     )
-    write_manifest(manifest, onnx_path.with_suffix(".json"))
-    return manifest
 
 
 def export_checkpoint(

@@ -15,8 +15,9 @@ from pydantic import BaseModel, Field
 from daemon import telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, require
-from daemon.api.paging import After, Limit
+from daemon.api.paging import Page
 from daemon.domain.orders import Order, OrderEvent
+from daemon.domain.pages import Paged
 from daemon.lis.fhir import ServiceRequestError, read_service_request
 from daemon.store.orders import OrderConflict, OrderStore
 
@@ -46,7 +47,7 @@ SERVICE_REQUEST_EXAMPLE = {
 }
 
 
-class OrderPage(BaseModel):
+class OrderPage(Paged, BaseModel):
     items: list[OrderEvent]
     next: str = Field(description="cursor for the next call's `after`")
 
@@ -118,11 +119,9 @@ def post_service_request(
 def list_orders(
     request: Request,
     _caller: Annotated[Caller, Depends(require("read", "orders.list"))],
-    after: After = None,
-    limit: Limit = 100,
+    page: Page,
 ) -> OrderPage:
-    items, cursor = _orders(request).page(after, limit)  # BadCursor: 400
-    return OrderPage(items=items, next=cursor)
+    return OrderPage.of(_orders(request).page(page.after, page.limit))  # BadCursor: 400
 
 
 @router.get("/orders/{placer_order_number}", tags=["orders"], response_model=Order,
