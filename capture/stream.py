@@ -71,24 +71,8 @@ class StreamCapture:
             "rig": self.rig_id, "uri": self.config.uri, "gating": self.settings.capture.gating.mode,
             "file": self.camera.file_mode, "latest_only": self.camera.latest_only})
         self.camera.start()
-        outage = Outage("stream capture", rig=self.rig_id)
         try:
-            while not self.stopping.is_set():
-                try:
-                    self.heartbeat()
-                    self.flush()
-                    outage.ok()
-                    if self.queue.backlog() >= self.settings.queue.max_backlog:
-                        self._set_state("paused_backpressure")
-                        self.stopping.wait(0.25)
-                        continue
-                    grab = self.camera.get(0.25)
-                    self._set_state("watching" if self.camera.state == "connected"
-                                    else self.camera.state)
-                    if grab is not None:
-                        self.handle(grab.seq, grab.t, grab.rgb)
-                except redis.RedisError as exc:
-                    self.stopping.wait(outage.failed(exc))
+            Outage("stream capture", rig=self.rig_id).run(self.stopping, self.tick)
         finally:
             self.camera.stop()
             self.state = "stopped"
@@ -98,6 +82,19 @@ class StreamCapture:
             except redis.RedisError:
                 pass
             log.info("stream capture stopped", extra={"rig": self.rig_id, **self.counts})
+
+    def tick(self) -> float:
+        """One turn of the loop: heartbeat, metrics, then one frame (or a pause)."""
+        self.heartbeat()
+        self.flush()
+        if self.queue.backlog() >= self.settings.queue.max_backlog:
+            self._set_state("paused_backpressure")
+            return 0.25
+        grab = self.camera.get(0.25)  # waits for the next frame, 0.25 s at most
+        self._set_state("watching" if self.camera.state == "connected" else self.camera.state)
+        if grab is not None:
+            self.handle(grab.seq, grab.t, grab.rgb)
+        return 0.0
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
