@@ -111,6 +111,7 @@ def use_multiprocess_dir(path: Path) -> None:
     its children, which inherit the environment and so the mode)."""
     if _created:
         raise RuntimeError("multiprocess mode must start before the first metric is used")
+    path = path.resolve()  # the children may resolve a relative one elsewhere
     shutil.rmtree(path, ignore_errors=True)  # values of a previous run are not this run's
     path.mkdir(parents=True, exist_ok=True)
     os.environ[ENV] = str(path)

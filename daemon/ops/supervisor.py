@@ -165,7 +165,7 @@ class Supervisor:
         # inherit it through the environment; the API renders it. The children serve no
         # metrics port of their own.
         telemetry.use_multiprocess_dir(self.settings.metrics_dir)
-        self.env[telemetry.ENV] = str(self.settings.metrics_dir)
+        self.env[telemetry.ENV] = os.environ[telemetry.ENV]
         self.env["LEUKOSCOPE_METRICS__PORT"] = "0"
         telemetry.announce("supervisor")
         self.settings_embedded = not self.settings.redis.url
