@@ -148,6 +148,9 @@ def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
     for i in range(5):
         write_frame(first.inbox / "S4", f"f{i}.jpg", synthetic_jpeg(2000 + i))
     wait_for(lambda: len(first.results()) == 5, 60, "results")
+    segment = 'leukoscope_stage_seconds_count{stage="segment"}'
+    done = 'leukoscope_frames_processed_total{outcome="done",rig="rig-1"}'
+    wait_for(lambda: metric_value(metrics_text(first), segment) == 5, 10, "5 segmented")
     started = time.monotonic()
     assert first.stop() == 0
     assert time.monotonic() - started < 10
@@ -159,6 +162,11 @@ def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
         time.sleep(1.5)
         results = second.results()
         assert len(results) == 6 and len({r["frame_id"] for r in results}) == 6
+        # Exactly-once counts live in Redis and survive the restart; the process-local ones
+        # start again from this run's folder (emptied at start): only the late frame.
+        text = metrics_text(second)
+        assert metric_value(text, done) == 6
+        assert metric_value(text, segment) == 1
     finally:
         second.stop()
 
