@@ -4,6 +4,7 @@ scopes, and metrics.port for a process alone on its host. Real processes, real H
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import urllib.request
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon import telemetry
 from daemon.api.app import create_app
 from daemon.store.results import ResultStore
-from tests.conftest import REPO, free_port, serve_http
+from tests.conftest import REPO, free_port, serve_http, settings_dict, wait_for
 from tests.test_drift_metrics import drifting_frame
 
 # One "worker": multiprocess mode from its environment, as `leukoscope run` starts it.
@@ -98,3 +100,37 @@ def test_metrics_port_serves_a_lone_process(tmp_path: Path) -> None:
         seen = samples(response.read().decode())
     assert seen[("leukoscope_batch_cells_sum", ())] == 12
     assert not any(name.startswith("leukoscope_frames_processed") for name, _ in seen)
+
+
+def test_a_lone_process_serves_its_metrics_on_metrics_port(
+    tmp_path: Path, tiny_models: tuple[Path, Path], redis_url: str
+) -> None:
+    """`leukoscope lis` started alone (another host): its own /metrics on metrics.port."""
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings_dict(
+        tmp_path, tiny_models, redis={"url": redis_url},
+        lis={"listen": {"host": "127.0.0.1", "port": 0}}, metrics={"port": port})))
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LEUKOSCOPE_") and k != telemetry.ENV}
+    process = subprocess.Popen([sys.executable, "-m", "daemon", "lis", "--config", str(config)],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        def scrape() -> str | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return r.read().decode()
+            except OSError:
+                assert process.poll() is None, "leukoscope lis exited"
+                return None
+
+        seen = samples(str(wait_for(scrape, 30, "the lis process's metrics port")))
+        assert seen[("leukoscope_processes", (("role", "lis"),))] == 1
+        accepted = (("outcome", "accepted"), ("source", "hl7-oml"))
+        assert seen[("leukoscope_orders_received_total", accepted)] == 0
+        # Process-local only: the Redis-kept counts are the API's.
+        assert not any(name.startswith("leukoscope_frames_") for name, _ in seen)
+    finally:
+        process.terminate()
+        assert process.wait(timeout=15) == 0

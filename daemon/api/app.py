@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MetricsScope = Literal["all", "shared", "process"]
 
+
 def get_store(request: Request) -> ResultStore:
     return request.app.state.store
 
@@ -47,7 +48,8 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     reader = StatusReader(client, settings, started_at)
     store = ResultStore(client)
     # /metrics in three scopes: "shared" (the Redis-kept counts and live gauges: the same in
-    # every API replica), "process" (the process-local metrics of this host's processes) and
+    # every API replica), "process" (the process-local metrics: this process's, or its
+    # `leukoscope run` tree's through the multiprocess folder) and
     # "all" (both, the default: one replica, or `leukoscope run`).
     shared = RedisCollector(client, reader.live_gauges)
     local = telemetry.collector()
@@ -147,8 +149,9 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     def metrics_endpoint(
         scope: Annotated[MetricsScope, Query(
             description="all; shared: the Redis-kept counts and live gauges (the same in every "
-            "replica: scrape one); process: this host's process-local metrics (scrape every "
-            "replica)")] = "all",
+            "replica: scrape one); process: the process-local metrics of this API process, "
+            "and under `leukoscope run` of its whole process tree (scrape every replica)")
+        ] = "all",
     ) -> Response:
         return Response(generate_latest(registries[scope]), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from daemon import __version__, telemetry
 from daemon.domain.ids import valid_name
 from daemon.ops.logs import setup_logging
 from daemon.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace, role: str) -> Settings:
@@ -23,7 +26,13 @@ def _process(settings: Settings, role: str) -> Settings:
     own metrics (the API renders them on /metrics itself)."""
     telemetry.announce(role)
     if settings.metrics.port and role != "api":
-        telemetry.serve(settings.metrics.port, settings.metrics.host)
+        try:
+            telemetry.serve(settings.metrics.port, settings.metrics.host)
+        except OSError as exc:  # metrics must never stop the work itself
+            log.error(
+                "cannot serve metrics; running without", extra={
+                    "host": settings.metrics.host, "port": settings.metrics.port,
+                    "error": str(exc)})
     return settings
 
 
