@@ -116,24 +116,22 @@ class CaptureService:
         self._archiver_thread.start()
         self.state = "watching"
         next_reconcile = time.monotonic() + RECONCILE_SECONDS
-        outage = Outage("capture", rig=self.rig_id)
+
+        def tick() -> float:
+            nonlocal next_reconcile
+            self.heartbeat()
+            self.check_redis_restart()
+            self.markers.maybe_scan()  # .complete files complete their specimen
+            if time.monotonic() >= next_reconcile:
+                self.archiver.reconcile()
+                next_reconcile = time.monotonic() + RECONCILE_SECONDS
+            if not self.step():  # paused: the backlog is full
+                return BACKPRESSURE_POLL_SECONDS
+            self.watcher.wait(self.watcher.tick_seconds())  # until files change, or a tick
+            return 0.0
+
         try:
-            while not self.stopping.is_set():
-                try:
-                    self.heartbeat()
-                    self.check_redis_restart()
-                    self.markers.maybe_scan()  # .complete files complete their specimen
-                    if time.monotonic() >= next_reconcile:
-                        self.archiver.reconcile()
-                        next_reconcile = time.monotonic() + RECONCILE_SECONDS
-                    paused = not self.step()
-                    outage.ok()
-                    if paused:
-                        self.stopping.wait(BACKPRESSURE_POLL_SECONDS)
-                    else:
-                        self.watcher.wait(self.watcher.tick_seconds())
-                except redis.RedisError as exc:
-                    self.stopping.wait(outage.failed(exc))
+            Outage("capture", rig=self.rig_id).run(self.stopping, tick)
         finally:
             self.watcher.stop()
             self._archiver_thread.join(timeout=5)

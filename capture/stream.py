@@ -22,6 +22,7 @@ from capture.camera import Camera
 from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
 from capture.quality import focus_score, grey
+from daemon import telemetry
 from daemon.imaging.frames import frame_id_for
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
@@ -57,6 +58,7 @@ class StreamCapture:
             self.client, keys.CAPTURES_KEY, self.rig_id, HEARTBEAT_SECONDS
         )
         self._last_flush = 0.0
+        self._rig_label: str | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -69,24 +71,8 @@ class StreamCapture:
             "rig": self.rig_id, "uri": self.config.uri, "gating": self.settings.capture.gating.mode,
             "file": self.camera.file_mode, "latest_only": self.camera.latest_only})
         self.camera.start()
-        outage = Outage("stream capture", rig=self.rig_id)
         try:
-            while not self.stopping.is_set():
-                try:
-                    self.heartbeat()
-                    self.flush()
-                    outage.ok()
-                    if self.queue.backlog() >= self.settings.queue.max_backlog:
-                        self._set_state("paused_backpressure")
-                        self.stopping.wait(0.25)
-                        continue
-                    grab = self.camera.get(0.25)
-                    self._set_state("watching" if self.camera.state == "connected"
-                                    else self.camera.state)
-                    if grab is not None:
-                        self.handle(grab.seq, grab.t, grab.rgb)
-                except redis.RedisError as exc:
-                    self.stopping.wait(outage.failed(exc))
+            Outage("stream capture", rig=self.rig_id).run(self.stopping, self.tick)
         finally:
             self.camera.stop()
             self.state = "stopped"
@@ -96,6 +82,19 @@ class StreamCapture:
             except redis.RedisError:
                 pass
             log.info("stream capture stopped", extra={"rig": self.rig_id, **self.counts})
+
+    def tick(self) -> float:
+        """One turn of the loop: heartbeat, metrics, then one frame (or a pause)."""
+        self.heartbeat()
+        self.flush()
+        if self.queue.backlog() >= self.settings.queue.max_backlog:
+            self._set_state("paused_backpressure")
+            return 0.25
+        grab = self.camera.get(0.25)  # waits for the next frame, 0.25 s at most
+        self._set_state("watching" if self.camera.state == "connected" else self.camera.state)
+        if grab is not None:
+            self.handle(grab.seq, grab.t, grab.rgb)
+        return 0.0
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -131,26 +130,26 @@ class StreamCapture:
         return offer.outcome
 
     def flush(self, force: bool = False) -> None:
-        """Add the counters' growth since the last flush to the Redis metrics."""
+        """Add the counters' growth since the last flush to this process's metrics
+        (``daemon.telemetry``), under the rig's capped label (``counters.RigLabels``)."""
         now = time.monotonic()
         if not force and now - self._last_flush < FLUSH_SECONDS:
             return
         self._last_flush = now
-        rig = {"rig": self.rig_id}
-        increments: list[counters.Increment] = []
+        if self._rig_label is None:  # Redis admits the rig once; it may be away at start
+            self._rig_label = counters.RigLabels(self.client).label(self.rig_id)
+        rig = {"rig": self._rig_label}
         for key in ("seen", "gated", "captured"):
             delta = self.counts[key] - self._flushed[key]
             if delta:
-                increments += counters.counter(f"leukoscope_stream_frames_{key}_total", rig, delta)
+                telemetry.count(f"leukoscope_stream_frames_{key}_total", rig, delta)
                 self._flushed[key] = self.counts[key]
         for reason, count in list(self.camera.reconnects.items()):
             delta = count - self._reconnects_flushed.get(reason, 0)
             if delta:
-                increments += counters.counter("leukoscope_camera_reconnects_total",
-                                              {**rig, "reason": reason}, delta)
+                telemetry.count("leukoscope_camera_reconnects_total", {**rig, "reason": reason},
+                                delta)
                 self._reconnects_flushed[reason] = count
-        if increments:
-            counters.record(self.client, increments)
 
     def heartbeat(self, force: bool = False) -> None:
         self.heart.beat(lambda: {

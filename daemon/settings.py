@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import yaml
 from pydantic import (
@@ -349,9 +349,37 @@ class LoggingSettings(_Section):
     format: Literal["json", "text"] = "json"
 
 
+class MetricsSettings(_Section):
+    port: int = Field(
+        default=0, ge=0, le=65535,
+        description="serve this process's own metrics on host:port/metrics: a worker, capture "
+        "or lis process started alone (another host); 0: off. The API always serves "
+        "/metrics, and `leukoscope run` turns this off for its children, whose metrics the "
+        "API renders")
+    host: str = Field(default="127.0.0.1", description="address of metrics.port")
+
+
+class DataFolder:
+    """A read-only ``Settings`` attribute ``<name>_dir``: the folder ``<name>`` under
+    ``data_dir``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.folder = name.removesuffix("_dir")
+
+    @overload
+    def __get__(self, settings: None, owner: type | None = None) -> DataFolder: ...
+    @overload
+    def __get__(self, settings: Settings, owner: type | None = None) -> Path: ...
+    def __get__(self, settings: Settings | None, owner: type | None = None) -> Path | DataFolder:
+        if settings is None:  # on the class: the descriptor itself
+            return self
+        return settings.data_dir / self.folder
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid"
+        env_prefix="LEUKOSCOPE_", env_nested_delimiter="__", extra="forbid",
+        ignored_types=(DataFolder,),
     )
 
     data_dir: Path = Path("var")
@@ -368,6 +396,7 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     audit: AuditSettings = AuditSettings()
     review: ReviewSettings = ReviewSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("data_dir")
     @classmethod
@@ -389,21 +418,11 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
     # Paths derived from data_dir, one place so every process agrees.
-    @property
-    def archive_dir(self) -> Path:
-        return self.data_dir / "archive"
-
-    @property
-    def quarantine_dir(self) -> Path:
-        return self.data_dir / "quarantine"
-
-    @property
-    def redis_dir(self) -> Path:
-        return self.data_dir / "redis"
-
-    @property
-    def audit_dir(self) -> Path:
-        return self.data_dir / "audit"
+    archive_dir = DataFolder()
+    quarantine_dir = DataFolder()
+    redis_dir = DataFolder()
+    audit_dir = DataFolder()
+    metrics_dir = DataFolder()  # `leukoscope run`'s multiprocess metrics (daemon.telemetry)
 
 
 class ConfigError(Exception):

@@ -24,12 +24,20 @@ import redis
 import uvicorn
 import yaml
 
+from daemon import telemetry
 from daemon.imaging.synthetic import encode, smear_field
 from daemon.settings import Settings, load_settings
 from daemon.store.connection import start_embedded, stop_embedded
 from tests.tiny_models import build_classifier, build_segmenter
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_metrics() -> Iterator[None]:
+    """Every test starts with this process's own metrics (daemon.telemetry) at zero."""
+    telemetry.reset()
+    yield
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ rooms on the same layer are independent of each other.
     4  capture, worker, lis
     3  inference
     2  imaging, store
-    1  settings, shutdown
+    1  settings, shutdown, telemetry (process-local metrics)
     0  domain (and the ``daemon`` package itself: ``__version__``)
 
 capture/ is a top-level package but a room like the others: it may use daemon's settings,
@@ -35,6 +35,7 @@ LAYERS: dict[str, int] = {
     "daemon.domain": 0,
     "daemon.settings": 1,
     "daemon.shutdown": 1,
+    "daemon.telemetry": 1,
     "daemon.imaging": 2,
     "daemon.store": 2,
     "daemon.inference": 3,
@@ -48,8 +49,8 @@ LAYERS: dict[str, int] = {
     "daemon.__main__": 8,  # python -m daemon: runs the CLI
 }
 # What capture may use of daemon (issue 12): never the API, workers, LIS, ops or the CLI.
-CAPTURE_MAY_USE = {"daemon", "daemon.settings", "daemon.shutdown", "daemon.domain",
-                   "daemon.imaging", "daemon.store"}
+CAPTURE_MAY_USE = {"daemon", "daemon.settings", "daemon.shutdown", "daemon.telemetry",
+                   "daemon.domain", "daemon.imaging", "daemon.store"}
 
 
 @dataclass(frozen=True)

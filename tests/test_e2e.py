@@ -134,6 +134,11 @@ def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
     assert all(r["status"] == "done" for r in results)
     text = metrics_text(daemon)
     assert metric_value(text, 'leukoscope_worker_restarts_total{role="worker"}') >= 1
+    # Process-local metrics of every child, through the supervisor's multiprocess folder:
+    # the killed worker's observations stay, its live gauge left with it (two workers alive, as configured).
+    assert metric_value(text, 'leukoscope_stage_seconds_count{stage="segment"}') >= n
+    wait_for(lambda: metric_value(metrics_text(daemon), 'leukoscope_processes{role="worker"}')
+             == 2, 30, "the dead worker's gauge to go and its successor's to come")
 
 
 def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
@@ -143,6 +148,9 @@ def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
     for i in range(5):
         write_frame(first.inbox / "S4", f"f{i}.jpg", synthetic_jpeg(2000 + i))
     wait_for(lambda: len(first.results()) == 5, 60, "results")
+    segment = 'leukoscope_stage_seconds_count{stage="segment"}'
+    done = 'leukoscope_frames_processed_total{outcome="done",rig="rig-1"}'
+    wait_for(lambda: metric_value(metrics_text(first), segment) == 5, 10, "5 segmented")
     started = time.monotonic()
     assert first.stop() == 0
     assert time.monotonic() - started < 10
@@ -154,6 +162,11 @@ def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
         time.sleep(1.5)
         results = second.results()
         assert len(results) == 6 and len({r["frame_id"] for r in results}) == 6
+        # Exactly-once counts live in Redis and survive the restart; the process-local ones
+        # start again from this run's folder (emptied at start): only the late frame.
+        text = metrics_text(second)
+        assert metric_value(text, done) == 6
+        assert metric_value(text, segment) == 1
     finally:
         second.stop()
 

@@ -16,6 +16,7 @@ from fhir.resources.R4B.diagnosticreport import DiagnosticReport
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_segment
 
+from daemon import telemetry
 from daemon.api.app import create_app
 from daemon.api.routes.orders import SERVICE_REQUEST_EXAMPLE
 from daemon.lis.hl7 import parse, read_ack
@@ -127,6 +128,15 @@ def test_orders_over_mllp_are_acknowledged_and_linked(order_listener, redis_clie
     assert read_ack(reply)[0] == "AR" and segments(reply, "ERR")[0][3].startswith("200^")
     bad_id = oml_o33("C6", "PL-6", "bad..id")
     assert read_ack(send(order_listener.port, bad_id))[0] == "AE"
+
+    # Counted by source and outcome (leukoscope_orders_received_total); the ORU^R01 is no order.
+    def received(source: str, outcome: str) -> float | None:
+        return telemetry.LOCAL.get_sample_value(
+            "leukoscope_orders_received_total", {"source": source, "outcome": outcome})
+
+    assert received("hl7-oml", "accepted") == 1 and received("hl7-orm", "accepted") == 1
+    assert received("hl7-oml", "refused") == 3  # no placer, conflict, bad specimen id
+    assert received("hl7-orm", "refused") == 0 and received("fhir", "accepted") == 0
 
 
 def test_unordered_specimens_are_held_visible_and_released_by_their_order(

@@ -15,18 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from daemon.domain.classes import CLASS_CODES
-from daemon.domain.manifest import (
-    AcquisitionSpec,
-    CellFilter,
-    ClassSpec,
-    CropSpec,
-    InputSpec,
-    ModelManifest,
-    RedCellScale,
-    ReviewSpec,
-    file_sha256,
-    write_manifest,
-)
+from daemon.domain.manifest import write_manifest_for
 from daemon.imaging.synthetic import BACKGROUND_RGB
 
 CROP = 32
@@ -62,21 +51,17 @@ def build_segmenter(folder: Path) -> Path:
         inits,
     )
     _save(graph, path)
-    write_manifest(
-        ModelManifest(
-            name="tiny-segmenter",
-            kind="segmenter",
-            version="0.0.1-test",
-            file=path.name,
-            sha256=file_sha256(path),
-            input=InputSpec(name="image", size=(224, 224)),
-            outputs=["mask"],
-            cells=CellFilter(threshold=0.5, min_area_px=60, max_area_px=20000),
-            # as the red-cell ruler measures daemon.synthetic's fields, and their background
-            scale=RedCellScale(rbc_diameter_px=21.0),
-            acquisition=AcquisitionSpec(background_rgb=BACKGROUND_RGB),
-        ),
-        path.with_suffix(".json"),
+    write_manifest_for(  # nested specs as plain data, validated by the manifest model
+        path,
+        name="tiny-segmenter",
+        kind="segmenter",
+        version="0.0.1-test",
+        input={"name": "image", "size": (224, 224)},
+        outputs=["mask"],
+        cells={"threshold": 0.5, "min_area_px": 60, "max_area_px": 20000},
+        # as the red-cell ruler measures daemon.synthetic's fields, and their background
+        scale={"rbc_diameter_px": 21.0},
+        acquisition={"background_rgb": BACKGROUND_RGB},
     )
     return path
 
@@ -106,21 +91,17 @@ def build_classifier(folder: Path) -> Path:
         inits,
     )
     _save(graph, path)
-    write_manifest(
-        ModelManifest(
-            name="tiny-classifier",
-            kind="classifier",
-            version="0.0.1-test",
-            file=path.name,
-            sha256=file_sha256(path),
-            input=InputSpec(name="crop", size=(CROP, CROP)),
-            outputs=["probabilities", "cam"],
-            classes=[ClassSpec(code=c, display=c) for c in CLASS_CODES],
-            crop=CropSpec(margin=0.25, min_side_px=32),
-            aggregation="mean",
-            # The tiny classifier is never sure of anything: no confidence-based review.
-            review=ReviewSpec(cell_confidence=0.0, frame_confidence=0.0),
-        ),
-        path.with_suffix(".json"),
+    write_manifest_for(
+        path,
+        name="tiny-classifier",
+        kind="classifier",
+        version="0.0.1-test",
+        input={"name": "crop", "size": (CROP, CROP)},
+        outputs=["probabilities", "cam"],
+        classes=[{"code": c, "display": c} for c in CLASS_CODES],
+        crop={"margin": 0.25, "min_side_px": 32},
+        aggregation="mean",
+        # The tiny classifier is never sure of anything: no confidence-based review.
+        review={"cell_confidence": 0.0, "frame_confidence": 0.0},
     )
     return path

@@ -4,7 +4,7 @@ the OpenAPI schema is generated from the same pydantic models the workers store.
 import logging
 import signal
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -12,9 +12,10 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
 
-from daemon import __version__
+from daemon import __version__, telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import require, require_if
+from daemon.api.paging import After
 from daemon.domain.ids import valid_frame_id
 from daemon.domain.results import FrameResult, ResultPage
 from daemon.ops.metrics import RedisCollector
@@ -25,6 +26,9 @@ from daemon.store.paging import BadCursor
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
+
+MetricsScope = Literal["all", "shared", "process"]
+
 
 def get_store(request: Request) -> ResultStore:
     return request.app.state.store
@@ -43,8 +47,19 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     started_at = time.time()
     reader = StatusReader(client, settings, started_at)
     store = ResultStore(client)
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(RedisCollector(client, reader.live_gauges))
+    # /metrics in three scopes: "shared" (the Redis-kept counts and live gauges: the same in
+    # every API replica), "process" (the process-local metrics: this process's, or its
+    # `leukoscope run` tree's through the multiprocess folder) and
+    # "all" (both, the default: one replica, or `leukoscope run`).
+    shared = RedisCollector(client, reader.live_gauges)
+    local = telemetry.collector()
+    registries = {"all": CollectorRegistry(auto_describe=False),
+                  "shared": CollectorRegistry(auto_describe=False),
+                  "process": CollectorRegistry(auto_describe=False)}
+    for scope, parts in (("all", (shared, local)), ("shared", (shared,)),
+                         ("process", (local,))):
+        for part in parts:
+            registries[scope].register(part)
 
     app = FastAPI(
         title="leukoscope",
@@ -131,8 +146,14 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         responses={200: ex.ok(ex.METRICS, "Prometheus text format", CONTENT_TYPE_LATEST)},
         dependencies=[Depends(require_if("protect_metrics"))],
     )
-    def metrics_endpoint() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    def metrics_endpoint(
+        scope: Annotated[MetricsScope, Query(
+            description="all; shared: the Redis-kept counts and live gauges (the same in every "
+            "replica: scrape one); process: the process-local metrics of this API process, "
+            "and under `leukoscope run` of its whole process tree (scrape every replica)")
+        ] = "all",
+    ) -> Response:
+        return Response(generate_latest(registries[scope]), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(
         "/results",
@@ -144,13 +165,11 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     )
     def results(
         store: Store,
-        after: Annotated[
-            str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-        ] = None,
-        limit: Annotated[int, Query(ge=1, le=settings.api.max_page)] = 100,
+        after: After = None,
+        limit: Annotated[int, Query(ge=1, le=settings.api.max_page,
+                                    description="items per page at most")] = 100,
     ) -> ResultPage:
-        items, cursor = store.page(after, limit)
-        return ResultPage(items=items, next=cursor)
+        return ResultPage.of(store.page(after, limit))
 
     @app.get(
         "/frames/{frame_id}",

@@ -28,9 +28,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from daemon import telemetry
 from daemon.api import session
 from daemon.settings import Settings
-from daemon.store import audit, counters
+from daemon.store import audit
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,9 @@ def note_failure(request: Request, reason: str, action: str = "auth.failed") -> 
         extra={"reason": reason, "client": address, "method": request.method,
                "path": request.url.path},
     )
+    telemetry.count("leukoscope_auth_failures_total", {"reason": reason})
     client = request.app.state.client
     try:
-        counters.record(client, counters.counter("leukoscope_auth_failures_total",
-                                                 {"reason": reason}))
         audit.record(client, "-", "-", action, detail=f"{reason} {request.method} "
                      f"{request.url.path}"[:200], address=address)
     except Exception:  # a refusal must not become a 500 because Redis is away

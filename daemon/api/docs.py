@@ -41,22 +41,17 @@ def add_docs(app: FastAPI) -> None:
               name="swagger-ui")
     app.mount("/redoc/assets", StaticFiles(directory=REDOC_DIR), name="redoc")
 
+    # What both pages share: the schema, the title, the icon (all served from here).
+    common = {"openapi_url": app.openapi_url or "/openapi.json", "title": f"{app.title} API"}
+    favicon = "/docs/assets/favicon-32x32.png"
+
     @app.get("/docs", include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
-            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs/assets/swagger-ui.css",
-            swagger_favicon_url="/docs/assets/favicon-32x32.png",
-        )
+        return get_swagger_ui_html(**common, swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/assets/swagger-ui.css",
+                                   swagger_favicon_url=favicon)
 
     @app.get("/redoc", include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title=f"{app.title} API",
-            redoc_js_url="/redoc/assets/redoc.standalone.js",
-            redoc_favicon_url="/docs/assets/favicon-32x32.png",
-            with_google_fonts=False,
-        )
+        return get_redoc_html(**common, redoc_js_url="/redoc/assets/redoc.standalone.js",
+                              redoc_favicon_url=favicon, with_google_fonts=False)

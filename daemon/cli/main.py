@@ -3,18 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
-from daemon import __version__
+from daemon import __version__, telemetry
 from daemon.domain.ids import valid_name
 from daemon.ops.logs import setup_logging
 from daemon.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger(__name__)
 
 
 def _settings(args: argparse.Namespace, role: str) -> Settings:
     settings = load_settings(args.config)
     setup_logging(settings.logging.level, settings.logging.format, role)
+    return settings
+
+
+def _process(settings: Settings, role: str) -> Settings:
+    """A long-running part starts: it counts itself alive and, alone on its host, serves its
+    own metrics (the API renders them on /metrics itself)."""
+    telemetry.announce(role)
+    if settings.metrics.port and role != "api":
+        try:
+            telemetry.serve(settings.metrics.port, settings.metrics.host)
+        except OSError as exc:  # metrics must never stop the work itself
+            log.error(
+                "cannot serve metrics; running without", extra={
+                    "host": settings.metrics.host, "port": settings.metrics.port,
+                    "error": str(exc)})
     return settings
 
 
@@ -27,26 +45,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_capture(args: argparse.Namespace) -> int:
     from capture.service import run_capture
 
-    return run_capture(_settings(args, "capture"))
+    return run_capture(_process(_settings(args, "capture"), "capture"))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from daemon.worker.worker import default_worker_id, run_worker
 
-    settings = _settings(args, f"worker-{args.index}")
+    settings = _process(_settings(args, f"worker-{args.index}"), "worker")
     return run_worker(settings, args.id or default_worker_id(args.index))
 
 
 def cmd_api(args: argparse.Namespace) -> int:
     from daemon.api.app import run_api
 
-    return run_api(_settings(args, "api"))
+    return run_api(_process(_settings(args, "api"), "api"))
 
 
 def cmd_lis(args: argparse.Namespace) -> int:
     from daemon.lis.listener import run_listener
 
-    return run_listener(_settings(args, "lis"))
+    return run_listener(_process(_settings(args, "lis"), "lis"))
 
 
 def cmd_classify(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -165,3 +165,11 @@ def load_manifest(path: Path, verify: bool = True) -> ModelManifest:
 
 def write_manifest(manifest: ModelManifest, path: Path) -> None:
     path.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+
+
+def write_manifest_for(model_path: Path, **fields: Any) -> ModelManifest:
+    """The manifest of the model file ``model_path`` (its ``file`` and ``sha256`` filled in
+    from the file), validated and written beside it (``manifest_path_for``)."""
+    manifest = ModelManifest(file=model_path.name, sha256=file_sha256(model_path), **fields)
+    write_manifest(manifest, manifest_path_for(model_path))
+    return manifest

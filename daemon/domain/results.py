@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from daemon.domain.pages import Paged
+
 FrameStatus = Literal["done", "rejected", "failed"]
 ScaleSource = Literal["configured", "file", "estimated", "assumed"]
 
@@ -114,6 +116,6 @@ class FrameResult(BaseModel):
         return self.model_dump_json(by_alias=True)
 
 
-class ResultPage(BaseModel):
+class ResultPage(Paged, BaseModel):
     items: list[FrameResult]
     next: str | None = Field(description="cursor for the next call's `after`; null if none yet")

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from daemon.domain.orders import Order
+from daemon.domain.pages import Paged
 from daemon.domain.results import ModelRef
 
 
@@ -99,6 +100,6 @@ class SpecimenEvent(BaseModel):
     specimen: Specimen
 
 
-class SpecimenPage(BaseModel):
+class SpecimenPage(Paged, BaseModel):
     items: list[Specimen]
     next: str = Field(description="cursor for the next call's `after`")

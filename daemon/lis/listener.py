@@ -19,12 +19,25 @@ import threading
 
 import redis
 
-from daemon.lis.hl7 import AckError, OrderError, ack, read_order
+from daemon import telemetry
+from daemon.lis.hl7 import ORDER_TYPES, AckError, OrderError, ack, message_type, read_order
 from daemon.lis.mllp import END_BLOCK, START_BLOCK, frame
 from daemon.settings import Settings
 from daemon.store.orders import OrderConflict, OrderStore
 
 log = logging.getLogger(__name__)
+
+
+def _count(message: str, outcome: str) -> None:
+    """leukoscope_orders_received_total for an order message (OML^O33, ORM^O01); another
+    message type or unreadable bytes are no order and are not counted."""
+    try:
+        source = ORDER_TYPES.get(message_type(message))
+    except ValueError:
+        return
+    if source is not None:
+        telemetry.count("leukoscope_orders_received_total", {"source": source,
+                                                               "outcome": outcome})
 
 
 def handle_message(message: str, settings: Settings, orders: OrderStore) -> str:
@@ -34,18 +47,21 @@ def handle_message(message: str, settings: Settings, orders: OrderStore) -> str:
         has_frames = orders.save(order)
     except OrderError as exc:
         log.warning("order refused", extra={"ack": exc.code, "error": str(exc)})
+        _count(message, "refused")
         try:
             return ack(message, exc.code, str(exc), AckError(exc.hl7_error, str(exc)))
         except ValueError:  # not even an MSH to answer to
             raise
     except OrderConflict as exc:
         log.warning("order refused", extra={"ack": "AE", "error": str(exc)})
+        _count(message, "refused")
         return ack(message, "AE", str(exc),
                    AckError("207^Application internal error^HL70357", str(exc)))
     except redis.RedisError as exc:
         log.error("order not stored: redis unavailable", extra={"error": str(exc)})
         return ack(message, "AR", "temporarily unavailable; resend",
                    AckError("207^Application internal error^HL70357", "redis unavailable"))
+    _count(message, "accepted")
     text = "order accepted" + ("; specimen already has results" if has_frames else "")
     return ack(message, "AA", text)
 

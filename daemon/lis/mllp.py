@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import redis
 
+from daemon import telemetry
 from daemon.lis.hl7 import oru_r01, read_ack, to_er7
 from daemon.settings import Settings
-from daemon.store import counters, outbox
+from daemon.store import outbox
 from daemon.store.orders import hold_unordered
 from daemon.store.specimens import SpecimenStore
 
@@ -154,12 +155,7 @@ class Outbox:
         return Attempt(specimen_id, "delivered")
 
     def _count(self, outcome: str) -> None:
-        try:
-            counters.record(
-                self.client, counters.counter("leukoscope_lis_messages_total", {"outcome": outcome})
-            )
-        except (redis.RedisError, KeyError, AssertionError):
-            log.warning("could not count an LIS delivery outcome")
+        telemetry.count("leukoscope_lis_messages_total", {"outcome": outcome})
 
 
 def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:

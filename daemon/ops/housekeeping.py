@@ -188,14 +188,13 @@ class Housekeeper:
                 log.warning("orphaned in-flight records forgotten", extra={"count": forgotten})
 
     def run(self) -> None:
-        outage = Outage("housekeeping")
-        while not self.stopping.is_set():
-            wait = self.interval
-            try:
-                self.step()
-                outage.ok()
-            except redis.RedisError as exc:
-                wait = max(wait, outage.failed(exc))
-            except Exception:  # never let upkeep die silently
-                log.exception("housekeeping step failed")
-            self.stopping.wait(wait)
+        Outage("housekeeping").run(self.stopping, self._tick)
+
+    def _tick(self) -> float:
+        try:
+            self.step()
+        except redis.RedisError:
+            raise  # an outage: Outage.run waits it out
+        except Exception:  # never let upkeep die silently
+            log.exception("housekeeping step failed")
+        return self.interval

@@ -1,7 +1,9 @@
-"""Prometheus exposition: the Redis-kept counters (``daemon.store.counters``) plus live gauges.
+"""Prometheus exposition: the Redis-kept counts (``daemon.store.counters``) plus live gauges.
 
 The API registers one :class:`RedisCollector`; at each scrape it reads the metrics hash and
-yields every catalogued family, then the gauges ``live`` computes from /status.
+yields every catalogued family, then the gauges ``live`` computes from /status. These are the
+shared part of /metrics: every API replica renders the same values. The process-local
+metrics (``daemon.telemetry``) are added beside them by the API (``exposition``).
 """
 
 from __future__ import annotations
@@ -29,12 +31,6 @@ KNOWN_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
     "leukoscope_frames_review_total": {},
     "leukoscope_frame_review_reasons_total": {"reason": FRAME_REVIEW_REASONS},
     "leukoscope_frames_scale_source_total": {"source": SCALE_SOURCES},
-    "leukoscope_worker_restarts_total": {"role": ("capture", "worker", "api", "lis", "redis")},
-    "leukoscope_auth_failures_total": {"reason": ("missing", "malformed", "unknown_key",
-                                                           "session", "ui_login")},
-    "leukoscope_orders_received_total": {"source": ("hl7-oml", "hl7-orm", "fhir"),
-                                         "outcome": ("accepted", "refused")},
-    "leukoscope_lis_messages_total": {"outcome": ("delivered", "rejected", "timeout", "error")},
 }
 
 

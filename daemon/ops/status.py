@@ -285,23 +285,22 @@ class StatusReader:
             )
         if report.storage is not None:
             store = report.storage
-            yield gauge("leukoscope_redis_memory_used_bytes",
-                        "Memory Redis uses (INFO memory used_memory).",
-                        samples=[([], store.redis_used_memory_bytes)])
-            yield gauge("leukoscope_redis_memory_budget_bytes",
-                        "Redis memory the installation is sized for (redis.memory_budget_bytes).",
-                        samples=[([], store.redis_memory_budget_bytes)])
-            yield gauge("leukoscope_audit_entries", "Audit entries held in Redis.",
-                        samples=[([], store.audit_entries)])
+            for name, help_text, value in (
+                ("leukoscope_redis_memory_used_bytes",
+                 "Memory Redis uses (INFO memory used_memory).", store.redis_used_memory_bytes),
+                ("leukoscope_redis_memory_budget_bytes",
+                 "Redis memory the installation is sized for (redis.memory_budget_bytes).",
+                 store.redis_memory_budget_bytes),
+                ("leukoscope_audit_entries", "Audit entries held in Redis.", store.audit_entries),
+                ("leukoscope_data_dir_filesystem_free_bytes",
+                 "Free bytes on data_dir's filesystem.", store.filesystem_free_bytes),
+                ("leukoscope_data_dir_filesystem_size_bytes", "Size of data_dir's filesystem.",
+                 store.filesystem_total_bytes),
+            ):
+                yield gauge(name, help_text, samples=[([], value)])
             yield gauge("leukoscope_data_dir_bytes",
                         "Disk bytes under data_dir, by part (walked at most once a minute).",
                         ["part"], [([part], n) for part, n in sorted(store.data_dir_bytes.items())])
-            yield gauge("leukoscope_data_dir_filesystem_free_bytes",
-                        "Free bytes on data_dir's filesystem.",
-                        samples=[([], store.filesystem_free_bytes)])
-            yield gauge("leukoscope_data_dir_filesystem_size_bytes",
-                        "Size of data_dir's filesystem.",
-                        samples=[([], store.filesystem_total_bytes)])
         yield gauge(
             "leukoscope_build_info", "leukoscope version.", ["version"], [([__version__], 1.0)]
         )

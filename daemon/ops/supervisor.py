@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from daemon import telemetry
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import counters
-from daemon.store.connection import connect, embedded_running, start_embedded, stop_embedded
+from daemon.store.connection import embedded_running, start_embedded, stop_embedded
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +107,14 @@ class Supervisor:
         delay = min(MAX_BACKOFF_SECONDS, 0.5 * 2**child.restarts)
         child.restarts += 1
         child.next_start = time.monotonic() + delay
+        assert child.process is not None
+        telemetry.process_exited(child.process.pid)
         child.process = None
         log.error(
             "child exited; restarting",
             extra={"child": child.name, "exit_code": code, "restart_in_seconds": delay},
         )
-        try:
-            counters.record(
-                self.client,
-                counters.counter("leukoscope_worker_restarts_total", {"role": child.role}),
-            )
-        except Exception:  # metrics must never stop a restart
-            log.warning("could not record restart metric")
+        telemetry.count("leukoscope_worker_restarts_total", {"role": child.role})
 
     def port_in_use(self, wait: float = 0.0) -> str | None:
         """Why the API could not listen, checked before anything starts (None: it can).
@@ -156,13 +152,7 @@ class Supervisor:
             self.started_redis = self.started_redis or started
             self.redis_restarts += 1
             log.warning("embedded redis restarted", extra={"restarts": self.redis_restarts})
-            try:
-                counters.record(
-                    self.client,
-                    counters.counter("leukoscope_worker_restarts_total", {"role": "redis"}),
-                )
-            except Exception:  # metrics must never stop a restart
-                log.warning("could not record restart metric")
+            telemetry.count("leukoscope_worker_restarts_total", {"role": "redis"})
 
     def run(self) -> int:
         # A second daemon on the same port would crash-loop its API child forever: refuse.
@@ -171,12 +161,18 @@ class Supervisor:
             log.error(problem)
             print(f"leukoscope run: {problem}", file=sys.stderr)
             return 2
+        # One multiprocess metrics folder for this tree (daemon.telemetry): the children
+        # inherit it through the environment; the API renders it. The children serve no
+        # metrics port of their own.
+        telemetry.use_multiprocess_dir(self.settings.metrics_dir)
+        self.env[telemetry.ENV] = os.environ[telemetry.ENV]
+        self.env["LEUKOSCOPE_METRICS__PORT"] = "0"
+        telemetry.announce("supervisor")
         self.settings_embedded = not self.settings.redis.url
         if self.settings_embedded:
             redis_socket, self.started_redis = start_embedded(self.settings.redis_dir)
             self.env["LEUKOSCOPE_REDIS__URL"] = f"unix://{redis_socket}"
             self.settings.redis.url = self.env["LEUKOSCOPE_REDIS__URL"]
-        self.client = connect(self.settings)
 
         on_stop_signals(lambda: setattr(self, "stopping", True), "supervisor")
         for child in self.children:
@@ -212,6 +208,7 @@ class Supervisor:
                 process.kill()
                 process.wait()
                 exit_code = -signal.SIGKILL
+            telemetry.process_exited(process.pid)
             if exit_code not in (0, -signal.SIGTERM):  # SIGTERM before its handler: asked to
                 log.error("child did not stop cleanly", extra={"child": child.name,
                                                                 "exit_code": exit_code})

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 import redis
 from pydantic import BaseModel
 
+from daemon.domain.pages import Paged
 from daemon.store import paging
 from daemon.store.keys import AUDIT_KEY
 
@@ -30,7 +31,7 @@ class AuditEntry(BaseModel):
     client: str | None = None
 
 
-class AuditPage(BaseModel):
+class AuditPage(Paged, BaseModel):
     items: list[AuditEntry]
     next: str
 
@@ -73,11 +74,7 @@ def append_past(client: redis.Redis, entries: Iterable[tuple[str, dict[str, str]
 def page(client: redis.Redis, after: str | None, limit: int) -> tuple[list[AuditEntry], str]:
     """Audit entries after cursor ``after``; raises ``paging.BadCursor`` for a bad cursor."""
     entries = paging.entries_after(client, AUDIT_KEY, after, limit)
-    items = []
-    for entry_id, fields in entries:
-        data = {k.decode(): v.decode() for k, v in fields.items()}
-        items.append(AuditEntry(cursor=entry_id.decode(), **data))
-    return items, paging.next_cursor(entries, after)
+    return [_entry(e) for e in entries], paging.next_cursor(entries, after)
 
 
 def length(client: redis.Redis) -> int:
@@ -87,12 +84,12 @@ def length(client: redis.Redis) -> int:
 def oldest(client: redis.Redis, count: int, before: float | None = None) -> list[AuditEntry]:
     """Up to ``count`` of the oldest entries (only those before Unix time ``before``)."""
     top = "+" if before is None else f"({int(before * 1000)}-0"
-    entries = client.xrange(AUDIT_KEY, min="-", max=top, count=count)
-    out = []
-    for entry_id, fields in entries:
-        data = {k.decode(): v.decode() for k, v in fields.items()}
-        out.append(AuditEntry(cursor=entry_id.decode(), **data))
-    return out
+    return [_entry(e) for e in client.xrange(AUDIT_KEY, min="-", max=top, count=count)]
+
+
+def _entry(entry: paging.Entry) -> AuditEntry:
+    entry_id, fields = entry
+    return AuditEntry(cursor=entry_id.decode(), **{k.decode(): v.decode() for k, v in fields.items()})
 
 
 def remove(client: redis.Redis, cursors: list[str]) -> int:

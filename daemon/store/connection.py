@@ -13,7 +13,9 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -198,6 +200,19 @@ class Outage:
         if self.failures == 1:
             log.error(f"{self.what} lost redis; retrying", extra={**self.context, "error": str(exc)})
         return max(OUTAGE_BACKOFF[0], self._backoff.compute(self.failures))
+
+    def run(self, stopping: threading.Event, step: Callable[[], float]) -> None:
+        """The loop itself: ``step()`` until ``stopping`` is set, then wait the seconds it
+        returns (0: it waited itself); a Redis error starts or continues this outage, which
+        is waited out with backoff before the next step."""
+        while not stopping.is_set():
+            try:
+                wait = step()
+                self.ok()
+            except redis.RedisError as exc:
+                wait = self.failed(exc)
+            if wait > 0:
+                stopping.wait(wait)
 
     def ok(self) -> bool:
         if not self.failures:

@@ -1,11 +1,16 @@
-"""Counters and histograms kept in Redis, so they are right across processes, hosts and restarts.
+"""The counts that must be exactly once across hosts and restarts, kept in Redis.
 
-Counters and histograms are fields of one Redis hash (``keys.METRICS_KEY``), incremented by
-whichever process observes the event (histograms are stored per bucket interval, made
-cumulative at scrape time). This module is the catalogue and the field encoding; the API's
-collector (``daemon.ops.metrics``) turns the hash into Prometheus families. The result
-counters are incremented in the same Redis script that stores the result
-(``scripts/store_result.lua``), so a reprocessed frame is never counted twice.
+A frame can be processed twice (a worker dies between storing and acknowledging; another
+worker, maybe on another host, claims it). Only a count made in the same Redis script as the
+write it counts is then right, so these are fields of one Redis hash (``keys.METRICS_KEY``):
+the per-frame and per-cell counters and histograms incremented by the store script
+(``scripts/store_result.lua``, only when the result is new) and ``frames_captured`` by the
+enqueue script (only for a frame never queued or stored before). They are also what the
+specimen totals and the LIS reports must agree with. Histograms are stored per bucket
+interval, made cumulative at scrape time. This module is the catalogue and the field
+encoding; the API's collector (``daemon.ops.metrics``) turns the hash into Prometheus
+families. Everything else (stage timings, batch sizes, live-source, LIS, auth and restart
+counters) is process-local, in ``daemon.telemetry``.
 
 Rig label values are capped (``RigLabels``): the first ``MAX_RIGS`` rigs seen are admitted to
 a Redis set shared by every process (``keys.RIGS_KEY``); the samples of any later rig (a
@@ -33,8 +38,6 @@ MAX_RIGS = 32
 OTHER = "other"  # label value of any rig beyond the cap, and of an unknown reason code
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # Drift measures. Means come from rate(_sum)/rate(_count) and are exact; buckets are for
 # quantiles and heatmaps, so they are dense where rigs work.
 # µm per pixel: 0.025 (100x oil, small camera pixels) to 3.2 (low power) in steps of 2^(1/3).
@@ -166,74 +169,7 @@ CATALOGUE: dict[str, MetricDef] = {
             "Time from capture to stored result, by rig.",
             ("rig",),
             LATENCY_BUCKETS,
-        ),
-        MetricDef(
-            "leukoscope_stage_seconds",
-            "histogram",
-            "Time per frame in each worker stage (queue_wait, decode, rescale, segment, crop, "
-            "classify, store).",
-            ("stage",),
-            STAGE_BUCKETS,
-        ),
-        MetricDef(
-            "leukoscope_batch_frames", "histogram", "Frames per worker batch.", (), BATCH_BUCKETS
-        ),
-        MetricDef(
-            "leukoscope_batch_cells", "histogram", "Cell crops per worker batch.", (), BATCH_BUCKETS
-        ),
-        MetricDef(
-            "leukoscope_stream_frames_seen_total",
-            "counter",
-            "Frames read from a live source (capture.source: opencv).",
-            ("rig",),
-        ),
-        MetricDef(
-            "leukoscope_stream_frames_gated_total",
-            "counter",
-            "Live frames dropped by field gating (moving, settling, already captured).",
-            ("rig",),
-        ),
-        MetricDef(
-            "leukoscope_stream_frames_captured_total",
-            "counter",
-            "Live frames let through by field gating (then quality-checked and queued).",
-            ("rig",),
-        ),
-        MetricDef(
-            "leukoscope_camera_reconnects_total",
-            "counter",
-            "Live source reconnects, by reason (open_failed, read_failures, stalled, ended).",
-            ("rig", "reason"),
-        ),
-        MetricDef(
-            "leukoscope_worker_restarts_total",
-            "counter",
-            "Child processes restarted by the supervisor.",
-            ("role",),
-        ),
-        MetricDef(
-            "leukoscope_lis_messages_total",
-            "counter",
-            "ORU^R01 messages pushed to the LIS over MLLP, by outcome (delivered, rejected, "
-            "timeout, error).",
-            ("outcome",),
-        ),
-        MetricDef(
-            "leukoscope_auth_failures_total",
-            "counter",
-            "API requests refused for authentication (401), by reason (missing, malformed, "
-            "unknown_key, session: an expired or invalid review-station cookie, ui_login: an "
-            "unknown key at POST /ui/login).",
-            ("reason",),
-        ),
-        MetricDef(
-            "leukoscope_orders_received_total",
-            "counter",
-            "Orders from the LIS, by source (hl7-oml, hl7-orm, fhir) and outcome (accepted, "
-            "refused).",
-            ("source", "outcome"),
-        ),
-    )
+        ),    )
 }
 
 Increment = tuple[str, float]

@@ -112,13 +112,11 @@ class ResultStore:
         keys, args = self._script_call(result, ack_entry, extra)
         return bool(self._store(keys=keys, args=args))
 
-    def store_many(
-        self, items: list[tuple[FrameResult, str | None, list[counters.Increment]]]
-    ) -> list[bool]:
-        """``store`` for a worker's batch in one round trip: [(result, ack_entry, extra)]."""
+    def store_many(self, items: list[tuple[FrameResult, str | None]]) -> list[bool]:
+        """``store`` for a worker's batch in one round trip: [(result, ack_entry)]."""
         pipe = self.client.pipeline(transaction=False)
-        for result, ack_entry, extra in items:
-            keys, args = self._script_call(result, ack_entry, extra)
+        for result, ack_entry in items:
+            keys, args = self._script_call(result, ack_entry, ())
             self._store(keys=keys, args=args, client=pipe)
         return [bool(stored) for stored in pipe.execute()]
 

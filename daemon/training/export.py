@@ -29,7 +29,7 @@ from daemon.domain.manifest import (
     RedCellScale,
     ReviewSpec,
     file_sha256,
-    write_manifest,
+    write_manifest_for,
 )
 from daemon.training.data import CLASS_DISPLAY, CLASS_FOLDERS, UNIDENTIFIED_DISPLAY
 from daemon.training.nets import ClassifierExport, MobileNetV2, SegmenterExport, UNet
@@ -143,39 +143,35 @@ def write_model_manifest(
     um_per_pixel = round(scale.rbc_um / scale.rbc_diameter_px, 4) if scale else None
     acquisition = (AcquisitionSpec(background_rgb=tuple(meta["reference_background"]))
                    if meta.get("reference_background") else None)
-    review = ReviewSpec() if kind == "classifier" else None
+    # What only one kind has: its outputs, cell filter or classes and crop, its description.
+    specific: dict = {}
     if kind == "segmenter":
         size = (224, 224)
         multiple = 2 ** meta["arch"]["levels"]
-        outputs = ["mask"]
-        classes: list[ClassSpec] = []
-        crop = None
-        extra = {
-            "architecture": f"U-Net, base {meta['arch']['base']} channels, "
-            f"{meta['arch']['levels']} poolings; sigmoid in graph"
-        }
+        specific.update(
+            outputs=["mask"], cells=cells,
+            architecture=f"U-Net, base {meta['arch']['base']} channels, "
+            f"{meta['arch']['levels']} poolings; sigmoid in graph")
     else:
         size = (meta["size"], meta["size"])
         multiple = 1
-        outputs = ["probabilities", "cam"]
         codes = tuple(meta.get("classes", CLASS_CODES))
         displays = (*CLASS_DISPLAY, UNIDENTIFIED_DISPLAY)[: len(codes)]
-        classes = [ClassSpec(code=c, display=d) for c, d in zip(codes, displays, strict=True)]
-        crop = CropSpec(**meta["crop"])
-        extra = {
-            "architecture": f"MobileNetV2 width {meta['arch']['width']}, output stride 16; "
+        specific.update(
+            outputs=["probabilities", "cam"], aggregation=aggregation, review=ReviewSpec(),
+            classes=[ClassSpec(code=c, display=d) for c, d in zip(codes, displays, strict=True)],
+            crop=CropSpec(**meta["crop"]),
+            architecture=f"MobileNetV2 width {meta['arch']['width']}, output stride 16; "
             "softmax in graph; cam = last conv features weighted by the linear head",
-            "class_folders": dict(zip(CLASS_CODES, CLASS_FOLDERS, strict=True)),
-            "colour_norm": meta["config"].get("colour_norm", "none"),
-        }
+            class_folders=dict(zip(CLASS_CODES, CLASS_FOLDERS, strict=True)),
+            colour_norm=meta["config"].get("colour_norm", "none"))
         if meta.get("lab_target"):
-            extra["lab_target"] = meta["lab_target"]  # Reinhard target LAB mean, std
-    manifest = ModelManifest(
+            specific["lab_target"] = meta["lab_target"]  # Reinhard target LAB mean, std
+    return write_manifest_for(
+        onnx_path,
         name=f"leukoscope-{kind}",
         kind=kind,
         version=VERSION,
-        file=onnx_path.name,
-        sha256=file_sha256(onnx_path),
         fp16_file=fp16_path.name if fp16_path else None,
         fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
         input=InputSpec(
@@ -186,15 +182,9 @@ def write_model_manifest(
             mean=tuple(meta["mean"]),
             std=tuple(meta["std"]),
         ),
-        outputs=outputs,
         um_per_pixel=um_per_pixel,
         scale=scale,
         acquisition=acquisition,
-        review=review,
-        classes=classes,
-        crop=crop,
-        cells=cells if kind == "segmenter" else None,
-        aggregation=aggregation if kind == "classifier" else None,
         training_data_sha256=meta["training_data_sha256"],
         metrics=metrics or {},
         created=dt.date.today().isoformat(),
@@ -214,10 +204,8 @@ def write_model_manifest(
             "median red-cell diameter measured on the training fields (scale.rbc_diameter_px); "
             "red cells are 6.5-8.5 um, so the absolute value is uncertain by about +-13 %, "
             "while rescaling between frames and models uses the measured diameters only"),
-        **extra,
+        **specific,
     )
-    write_manifest(manifest, onnx_path.with_suffix(".json"))
-    return manifest
 
 
 def export_checkpoint(

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import redis
 
-from daemon import __version__
+from daemon import __version__, telemetry
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.imaging.frames import FrameRejected, decode_rgb
@@ -25,12 +25,14 @@ from daemon.inference.analyzer import Analyzer
 from daemon.inference.gpu import gpu_stats
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store import counters, heartbeats, keys
+from daemon.store import heartbeats, keys
 from daemon.store.connection import Outage, connect
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
+
+Outcome = tuple[Delivery, FrameResult]  # a frame and the result to store for it
 
 #: after a chunk of at least this many pixels, freed memory is given back to the OS
 #: (glibc keeps it otherwise: a worker stayed at 962 MB after one 2000x2000 frame)
@@ -203,14 +205,13 @@ class Worker:
                          f"analysed alone ({d.deliveries - 1} deliveries in all)")
                 log.error("poison frame failed", extra={"frame_id": d.frame_id,
                                                         "specimen_id": d.specimen_id})
-                self._submit([(d, self._result(d, "failed", error=error), [])])
+                self._submit([(d, self._result(d, "failed", error=error))])
                 continue
             log.warning("frame delivered before; analysing it alone", extra={
                 "frame_id": d.frame_id, "deliveries": d.deliveries, "attempt": attempts})
             self._process_group([d], started)
 
-    def _submit(self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
-                ) -> None:
+    def _submit(self, outcomes: list[Outcome]) -> None:
         self.flush()  # one batch in flight at most: results are stored in order
         if self._storer is None:
             self._store_all(outcomes)
@@ -245,7 +246,7 @@ class Worker:
     def _process_group(self, group: list[Delivery], started: float) -> None:
         """Decode, analyse (in chunks bounded in pixels) and store ``group``."""
         budget = self.settings.workers.max_batch_pixels
-        outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]] = []
+        outcomes: list[Outcome] = []
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
         prep_ms: list[dict[str, float]] = []  # per frame: decode, rescale
@@ -269,7 +270,7 @@ class Worker:
                 prepared, scale, acquisition, timings = self._prepare(d)
             except FrameRejected as exc:
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
-                outcomes.append((d, result, []))
+                outcomes.append((d, result))
                 continue
             size = prepared.shape[0] * prepared.shape[1]
             if ready and pixels + size > budget:
@@ -298,7 +299,7 @@ class Worker:
         scales: list[ScaleInfo],
         acquisitions: list[AcquisitionInfo | None],
         started: float,
-    ) -> list[tuple[Delivery, FrameResult, list[counters.Increment]]]:
+    ) -> list[Outcome]:
         try:
             analyses = self.analyzer.analyze(images)
         except Exception as exc:  # a model failure must not lose the frames
@@ -314,13 +315,13 @@ class Worker:
             log.exception("analysis failed", extra={"worker": self.id,
                                                     "frame_id": ready[0].frame_id})
             error = f"analysis failed: {type(exc).__name__}: {exc}"
-            return [(d, self._result(d, "failed", error=error), []) for d in ready]
+            return [(d, self._result(d, "failed", error=error)) for d in ready]
         cells = sum(len(a.cells) for a in analyses)
-        batch_metrics = counters.histogram("leukoscope_batch_frames", len(ready))
-        batch_metrics += counters.histogram("leukoscope_batch_cells", cells)
-        outcomes = []
-        # Timings are summed over the batch and sent once with the first result (they need
-        # no exactly-once guarantee); outcome counters travel with each result's own store.
+        telemetry.observe("leukoscope_batch_frames", len(ready))
+        telemetry.observe("leukoscope_batch_cells", cells)
+        outcomes: list[Outcome] = []
+        # Timings and batch sizes are this process's observations (daemon.telemetry: no
+        # exactly-once needed); outcome counters travel with each result's own store.
         for i, (d, analysis) in enumerate(zip(ready, analyses, strict=True)):
             timings = {
                 "queue_wait": max(0.0, (started - d.captured_at) * 1000),
@@ -338,25 +339,19 @@ class Worker:
                 **described,
             )
             for name, ms in timings.items():
-                batch_metrics += counters.histogram(
-                    "leukoscope_stage_seconds", ms / 1000, {"stage": name}
-                )
-            outcomes.append((d, result, []))
-        outcomes[0] = (*outcomes[0][:2], counters.merge(batch_metrics))
+                telemetry.observe("leukoscope_stage_seconds", ms / 1000, {"stage": name})
+            outcomes.append((d, result))
         return outcomes
 
     def _store_all(
-        self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
+        self, outcomes: list[Outcome]
     ) -> None:
         store_start = time.perf_counter()
-        stored = self.store.store_many([(r, d.entry_id, extra) for d, r, extra in outcomes])
+        stored = self.store.store_many([(r, d.entry_id) for d, r in outcomes])
         per_frame = (time.perf_counter() - store_start) / len(outcomes)
-        counters.record(
-            self.client,
-            counters.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
-        )
-        self.queue.clear_solo([d.frame_id for d, _, _ in outcomes if d.deliveries > 1])
-        for (d, result, _), new in zip(outcomes, stored, strict=True):
+        telemetry.observe("leukoscope_stage_seconds", per_frame, {"stage": "store"})
+        self.queue.clear_solo([d.frame_id for d, _ in outcomes if d.deliveries > 1])
+        for (d, result), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)
             log.info(
                 "frame stored" if new else "duplicate frame acknowledged",

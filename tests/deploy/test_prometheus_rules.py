@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 import yaml
 
+from daemon import telemetry
 from daemon.store.counters import CATALOGUE
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
 RULE_FILES = [PROM / "rules" / "recording.yml", PROM / "rules" / "alerts.yml"]
 
-# The daemon's metric catalogue: daemon/store/counters.py plus the live gauges of daemon/ops/status.py.
-COUNTERS = {m.name for m in CATALOGUE.values() if m.kind == "counter"}
-HISTOGRAMS = {m.name for m in CATALOGUE.values() if m.kind == "histogram"}
-GAUGES = {
+# The daemon's metric catalogue: the Redis-kept counts (daemon/store/counters.py), the
+# process-local metrics (daemon/telemetry.py) and the live gauges of daemon/ops/status.py.
+EVERY = [*CATALOGUE.values(), *telemetry.CATALOGUE.values()]
+COUNTERS = {m.name for m in EVERY if m.kind == "counter"}
+HISTOGRAMS = {m.name for m in EVERY if m.kind == "histogram"}
+GAUGES = {m.name for m in EVERY if m.kind == "gauge"} | {
     "leukoscope_queue_backlog_frames", "leukoscope_queue_pending_frames",
     "leukoscope_workers_up", "leukoscope_worker_heartbeat_age_seconds",
     "leukoscope_capture_up", "leukoscope_model_info", "leukoscope_build_info",

@@ -26,7 +26,6 @@ import threading
 import time
 from pathlib import Path
 
-import redis
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -115,17 +114,17 @@ class UploadJanitor:
         self.thread.start()
 
     def run(self) -> None:
-        outage = Outage("upload janitor")
-        while True:
-            try:
-                for entry in self.results.wait_after(self.cursor, 1000):
-                    record = self.queue.inflight_of(entry.frame_id)
-                    if record is not None and record.path.startswith(UPLOAD_PREFIX):
-                        self.queue.forget(entry.frame_id)
-                    self.cursor = entry.cursor
-                outage.ok()
-            except redis.RedisError as exc:
-                time.sleep(outage.failed(exc))
+        # For the life of the API process (a daemon thread): nothing ever stops it.
+        Outage("upload janitor").run(threading.Event(), self.tick)
+
+    def tick(self) -> float:
+        """Forget the in-flight records of pushed frames stored since the cursor."""
+        for entry in self.results.wait_after(self.cursor, 1000):  # blocks up to 1 s
+            record = self.queue.inflight_of(entry.frame_id)
+            if record is not None and record.path.startswith(UPLOAD_PREFIX):
+                self.queue.forget(entry.frame_id)
+            self.cursor = entry.cursor
+        return 0.0
 
 
 def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str | None]

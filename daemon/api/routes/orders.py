@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from daemon import telemetry
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, require
+from daemon.api.paging import Page
 from daemon.domain.orders import Order, OrderEvent
+from daemon.domain.pages import Paged
 from daemon.lis.fhir import ServiceRequestError, read_service_request
-from daemon.store import counters
 from daemon.store.orders import OrderConflict, OrderStore
 
 router = APIRouter()
@@ -45,7 +47,7 @@ SERVICE_REQUEST_EXAMPLE = {
 }
 
 
-class OrderPage(BaseModel):
+class OrderPage(Paged, BaseModel):
     items: list[OrderEvent]
     next: str = Field(description="cursor for the next call's `after`")
 
@@ -59,9 +61,8 @@ def _orders(request: Request) -> OrderStore:
     return OrderStore(request.app.state.client)
 
 
-def _count(request: Request, source: str, outcome: str) -> None:
-    counters.record(request.app.state.client, counters.counter(
-        "leukoscope_orders_received_total", {"source": source, "outcome": outcome}))
+def _count(outcome: str) -> None:
+    telemetry.count("leukoscope_orders_received_total", {"source": "fhir", "outcome": outcome})
 
 
 @router.post(
@@ -99,14 +100,14 @@ def post_service_request(
     try:
         order = read_service_request(resource, settings.lis.filler_authority)
     except ServiceRequestError as exc:
-        _count(request, "fhir", "refused")
+        _count("refused")
         raise HTTPException(status_code=422, detail=str(exc)) from exc
     try:
         has_results = _orders(request).save(order)
     except OrderConflict as exc:
-        _count(request, "fhir", "refused")
+        _count("refused")
         raise HTTPException(status_code=409, detail=str(exc)) from exc
-    _count(request, "fhir", "accepted")
+    _count("accepted")
     body = OrderAccepted(order=order, specimen_has_results=has_results)
     return JSONResponse(status_code=201, content=body.model_dump(mode="json"),
                         headers={"Location": f"/orders/{order.placer_order_number}"})
@@ -118,12 +119,9 @@ def post_service_request(
 def list_orders(
     request: Request,
     _caller: Annotated[Caller, Depends(require("read", "orders.list"))],
-    after: Annotated[str | None, Query(max_length=48, description="the `next` cursor of "
-                                       "the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    page: Page,
 ) -> OrderPage:
-    items, cursor = _orders(request).page(after, limit)  # BadCursor: 400
-    return OrderPage(items=items, next=cursor)
+    return OrderPage.of(_orders(request).page(page.after, page.limit))  # BadCursor: 400
 
 
 @router.get("/orders/{placer_order_number}", tags=["orders"], response_model=Order,

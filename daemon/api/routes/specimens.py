@@ -12,14 +12,14 @@ from pydantic import BaseModel, Field
 
 from daemon.api import examples as ex
 from daemon.api.auth import Caller, client_address, require
+from daemon.api.paging import Page
 from daemon.domain.ids import NAME_RULE, UNASSIGNED, valid_specimen_id
+from daemon.domain.pages import Paged
 from daemon.domain.results import FrameResult
 from daemon.domain.specimens import Specimen, SpecimenPage
 from daemon.settings import LisSettings, Settings
 from daemon.store import audit
 from daemon.store.specimens import SpecimenStore
-
-MAX_PAGE = 1000
 
 router = APIRouter()
 
@@ -44,7 +44,7 @@ UNREPORTED = (f"{UNASSIGNED!r} is not a specimen: frames without one are analyse
               "original into <inbox>/<specimen_id>/ to report it")
 
 
-class UnassignedPage(BaseModel):
+class UnassignedPage(Paged, BaseModel):
     items: list[FrameResult]
     next: str = Field(description="cursor for the next call's `after`")
     total: int = Field(description="results of frames without a specimen held now (the same "
@@ -73,14 +73,11 @@ def _specimen(store: SpecimenStore, specimen_id: str) -> Specimen:
 def list_specimens(
     store: Specimens,
     _caller: Annotated[Caller, Depends(require("read", "specimens.list"))],
+    page: Page,
     status: Annotated[
         Literal["open", "complete"] | None,
         Query(description="complete: each completed specimen once, in completion order"),
     ] = None,
-    after: Annotated[
-        str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     ordered: Annotated[
         bool | None,
         Query(description="false: only unordered specimens (no LIS order names them); true: "
@@ -88,8 +85,7 @@ def list_specimens(
     ] = None,
 ) -> SpecimenPage:
     # Filters apply before the limit; a page may be short (see SpecimenStore.page).
-    items, cursor = store.page(status, after, limit, ordered)  # BadCursor: 400
-    return SpecimenPage(items=items, next=cursor)
+    return SpecimenPage.of(store.page(status, page.after, page.limit, ordered))  # BadCursor: 400
 
 
 @router.get(
@@ -110,14 +106,11 @@ def list_specimens(
 def list_unassigned(
     request: Request,
     _caller: Annotated[Caller, Depends(require("read", "specimens.unassigned"))],
-    after: Annotated[
-        str | None, Query(max_length=48, description="the `next` cursor of the previous page")
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    page: Page,
 ) -> UnassignedPage:
     store = request.app.state.store
-    items, cursor = store.unassigned_page(after, limit)  # BadCursor: 400
-    return UnassignedPage(items=items, next=cursor, total=store.unassigned_count())
+    return UnassignedPage.of(store.unassigned_page(page.after, page.limit),  # BadCursor: 400
+                             total=store.unassigned_count())
 
 
 @router.get(
@@ -205,17 +198,16 @@ def complete_specimen(
 def audit_log(
     request: Request,
     caller: Annotated[Caller, Depends(require("admin"))],
-    after: Annotated[str | None, Query(max_length=48)] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    page: Page,
 ) -> audit.AuditPage:
     client = request.app.state.client
-    items, cursor = audit.page(client, after, limit)  # BadCursor: 400 (daemon.api.app)
+    entries = audit.page(client, page.after, page.limit)  # BadCursor: 400 (daemon.api.app)
     audit.record(
         client,
         caller.name,
         caller.role,
         "audit.read",
-        detail=after,
+        detail=page.after,
         address=client_address(request),
     )
-    return audit.AuditPage(items=items, next=cursor)
+    return audit.AuditPage.of(entries)
