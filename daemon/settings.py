@@ -316,6 +316,15 @@ class AuditSettings(_Section):
         default=True, description="append trimmed entries to <data_dir>/audit/audit-<UTC "
         "day>.jsonl (one JSON object per line, fsynced) before they leave Redis"
     )
+    refused_per_client_per_minute: int = Field(
+        default=30, gt=0, description="refused requests (401/403) audited per client address "
+        "and reason per minute (a token bucket, bursts of this size); the rest are only counted "
+        "(leukoscope_audit_refusals_dropped_total), so a flood cannot grow the trail"
+    )
+    refused_per_minute: int = Field(
+        default=600, gt=0, description="refused requests audited per minute by one API process, "
+        "all clients together (a token bucket); the rest are only counted"
+    )
 
 
 class WorkerSettings(_Section):

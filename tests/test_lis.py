@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -303,8 +304,60 @@ def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: httpx.Client
     assert response.status_code == 202, response.text
     page = secured.get("/audit", headers=bearer("admin")).json()
     assert [(e["key"], e["action"]) for e in page["items"]] == [
-        ("-", "auth.failed"), ("ingest-client", "frame.ingest")]  # the 401 left a trace
+        ("-", "auth.failed"), ("read-client", "auth.forbidden"),
+        ("ingest-client", "frame.ingest")]  # the 401 and the 403 left a trace
     assert page["items"][0]["detail"] == "missing POST /frames" and page["items"][0]["client"]
+    assert page["items"][1]["detail"] == "role POST /frames"
+    assert page["items"][1]["role"] == "read"
+
+
+def test_a_flood_of_refused_requests_is_counted_not_written(
+    make_settings, redis_client: redis.Redis
+) -> None:
+    """401/403 are audited within a per-client token bucket; the excess is only counted, so
+    the audit stream stays bounded however many refusals arrive."""
+    settings = make_settings(auth=key_config(), audit={"refused_per_client_per_minute": 5,
+                                                       "refused_per_minute": 8})
+    with serve_http(create_app(settings, redis_client)) as api:
+        for _ in range(50):
+            assert api.get("/specimens").status_code == 401
+        for _ in range(50):
+            assert api.get("/audit", headers=bearer("read")).status_code == 403
+        trail = api.get("/audit?limit=1000", headers=bearer("admin")).json()["items"]
+        refused = [e for e in trail if e["action"].startswith("auth.")]
+        # one client: 5 of each reason at most (the bucket refills 5/min; the test takes
+        # well under a minute, so at most one more of each), 8 in all at most.
+        assert 5 <= len([e for e in refused if e["action"] == "auth.failed"]) <= 6
+        assert len(refused) <= 8 + 1
+        assert any(e["action"] == "auth.forbidden" and e["detail"] == "role GET /audit"
+                   for e in refused)
+        metrics = api.get("/metrics").text
+
+    def sample(name: str, reason: str) -> float:
+        found = re.search(rf'^{name}{{reason="{reason}"}} (\S+)$', metrics, re.M)
+        assert found, (name, reason)
+        return float(found.group(1))
+
+    assert sample("leukoscope_auth_failures_total", "missing") == 50
+    assert sample("leukoscope_auth_failures_total", "role") == 50
+    assert sample("leukoscope_audit_refusals_dropped_total", "missing") >= 44
+    assert (sample("leukoscope_audit_refusals_dropped_total", "missing")
+            + sample("leukoscope_audit_refusals_dropped_total", "role")) == 100 - len(refused)
+
+
+def test_refusal_limiter_token_buckets() -> None:
+    from daemon.api.auth import RefusalLimiter
+
+    now = [0.0]
+    limiter = RefusalLimiter(per_client=2, overall=3, clock=lambda: now[0])
+    assert [limiter.allow("a", "missing") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("a", "role") is True  # its own bucket per reason
+    assert limiter.allow("b", "missing") is False  # the process-wide bucket is empty
+    now[0] += 60.0  # a minute refills both
+    assert limiter.allow("b", "missing") is True
+    for i in range(RefusalLimiter.MAX_CLIENTS + 10):
+        limiter.allow(f"10.0.{i // 256}.{i % 256}", "missing")
+    assert len(limiter.clients) == RefusalLimiter.MAX_CLIENTS  # bounded memory
 
 
 def test_redis_password_in_the_url(

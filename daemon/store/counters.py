@@ -221,9 +221,17 @@ CATALOGUE: dict[str, MetricDef] = {
         MetricDef(
             "leukoscope_auth_failures_total",
             "counter",
-            "API requests refused for authentication (401), by reason (missing, malformed, "
+            "API requests refused (401, 403), by reason (missing, malformed, "
             "unknown_key, session: an expired or invalid review-station cookie, ui_login: an "
-            "unknown key at POST /ui/login).",
+            "unknown key at POST /ui/login; 403: role, a key whose role does not allow the "
+            "route, csrf: a missing or wrong CSRF token).",
+            ("reason",),
+        ),
+        MetricDef(
+            "leukoscope_audit_refusals_dropped_total",
+            "counter",
+            "Refused requests (401, 403) not written to the audit trail because their client "
+            "or the process was over its audit budget (audit.refused_*_per_minute), by reason.",
             ("reason",),
         ),
         MetricDef(
