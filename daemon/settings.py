@@ -208,6 +208,14 @@ class MllpSettings(_Section):
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     retry_initial_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int | None = Field(
+        default=100, gt=0, description="a message that failed this many times is parked (dead "
+        "letter, /status lis.parked) until an operator retries it; null: retry for ever"
+    )
+    park_on: list[Literal["AE", "AR"]] = Field(
+        default_factory=list, description="ACK codes that park a message at once (the LIS "
+        "will never take it as it is); empty: every rejection is retried"
+    )
 
 
 class MllpListenSettings(_Section):

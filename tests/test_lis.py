@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -11,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import yaml
 
 from daemon.api.app import create_app
 from daemon.api.auth import hash_key
@@ -126,6 +129,8 @@ class Listener:
 
     def __init__(self) -> None:
         self.mode = "AA"
+        self.reject_containing: str | None = None  # such a message gets AR whatever the mode
+        self.ack_delay = 0.0  # seconds before each ACK (a slow LIS)
         self.received: list[str] = []
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -153,7 +158,11 @@ class Listener:
                 return
             message = buffer[buffer.index(START_BLOCK) + 1 : buffer.index(END_BLOCK)].decode()
             self.received.append(message)
-            if self.mode == "silent":
+            if self.ack_delay:
+                time.sleep(self.ack_delay)
+            if self.reject_containing and self.reject_containing in message:
+                conn.sendall(frame(ack(message, "AR", "LIS will never take this")))
+            elif self.mode == "silent":
                 time.sleep(1.5)
             elif self.mode == "close_mid":
                 conn.sendall(frame(ack(message, "AA"))[:20])
@@ -252,6 +261,89 @@ def test_housekeeper_pushes_completed_specimens(make_settings, redis_client, lis
         assert SpecimenStore(redis_client).get("H1").delivery["state"] == "delivered"
     finally:
         keeper.stop()
+
+
+def test_a_poison_message_is_parked_visible_and_retried_by_an_operator(
+    make_settings, redis_client, listener
+) -> None:
+    """AR (with park_on) parks at once, a message failing max_attempts times is parked; the
+    others are delivered meanwhile; /status, /metrics, the CLI and the API show and retry."""
+    base = mllp_settings(make_settings, listener.port)
+    mllp = {**base.lis.mllp.model_dump(), "park_on": ["AR"], "max_attempts": 2}
+    settings = make_settings(lis={"hold_unordered": False, "mllp": mllp})
+    outbox = Outbox(redis_client, settings)
+    for specimen_id in ("BAD-1", "OK-1", "OK-2"):
+        complete(redis_client, specimen_id)
+    listener.reject_containing = "BAD-1"
+    outcomes = {a.specimen_id: a.outcome for a in outbox.deliver_due(now=time.time() + 60)}
+    assert outcomes == {"BAD-1": "parked", "OK-1": "delivered", "OK-2": "delivered"}
+    spec = SpecimenStore(redis_client).get("BAD-1")
+    assert spec.delivery["state"] == "parked" and "AR" in spec.delivery["last_error"]
+    assert redis_client.zrange(OUTBOX_KEY, 0, -1) == []  # out of the sender's way
+    assert outbox.deliver_due(now=time.time() + 3600) == []
+    # Timeouts (AE is not in park_on) are retried, then parked after max_attempts.
+    complete(redis_client, "SLOW-1")
+    listener.mode = "AE"
+    assert [a.outcome for a in outbox.deliver_due(now=time.time() + 60)] == ["rejected"]
+    assert [a.outcome for a in outbox.deliver_due(now=time.time() + 120)] == ["parked"]
+    assert "after 2 attempts" in SpecimenStore(redis_client).get("SLOW-1").delivery["last_error"]
+
+    keys = {"keys": [{"name": "ops", "role": "admin", "sha256": hash_key("k-ops")},
+                     {"name": "r", "role": "read", "sha256": hash_key("k-r")}]}
+    secured = make_settings(auth=keys, lis={"hold_unordered": False, "mllp": mllp})
+    with serve_http(create_app(secured, redis_client)) as api:
+        admin = {"Authorization": "Bearer k-ops"}
+        lis = api.get("/status", headers=admin).json()["lis"]
+        assert lis["outbox_parked"] == 2 and lis["outbox_pending"] == 0
+        assert {p["specimen_id"] for p in lis["parked"]} == {"BAD-1", "SLOW-1"}
+        assert all(p["reason"] and p["attempts"] >= 1 for p in lis["parked"])
+        metrics = api.get("/metrics").text
+        assert 'leukoscope_lis_outbox_messages{state="parked"} 2.0' in metrics
+        assert 'leukoscope_lis_messages_total{outcome="parked"} 2.0' in metrics
+        retry = "/lis/outbox/BAD-1/retry"
+        assert api.post(retry, headers={"Authorization": "Bearer k-r"}).status_code == 403
+        assert api.post("/lis/outbox/OK-1/retry", headers=admin).status_code == 404
+        assert api.post("/lis/outbox/bad%0A/retry", headers=admin).status_code == 400
+        listener.reject_containing = None
+        listener.mode = "AA"
+        answer = api.post(retry, headers=admin)
+        assert answer.status_code == 200 and answer.json()["outcome"] == "queued"
+        assert api.post(retry, headers=admin).status_code == 404  # not parked any more
+    assert [a.outcome for a in outbox.deliver_due()] == ["delivered"]
+    assert SpecimenStore(redis_client).get("BAD-1").delivery["state"] == "delivered"
+    # The CLI lists and retries too (this worktree's leukoscope, real Redis).
+    config = Path(settings.data_dir).parent / "outbox.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(settings.data_dir),
+                                      "redis": {"url": settings.redis.url}}))
+    exe = str(Path(sys.executable).parent / "leukoscope")
+    listed = subprocess.run([exe, "outbox", "list", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and listed.stdout.startswith("SLOW-1\t"), listed
+    retried = subprocess.run([exe, "outbox", "retry", "--all", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0 and "1 message(s)" in retried.stdout, retried
+    assert redis_client.zrange(OUTBOX_KEY, 0, -1) == [b"SLOW-1"]
+    again = subprocess.run([exe, "outbox", "retry", "SLOW-1", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no parked message" in again.stderr
+
+
+def test_a_message_that_cannot_be_built_is_parked_and_blocks_no_other(
+    make_settings, redis_client, listener
+) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    for specimen_id in ("GONE-1", "OK-3"):
+        complete(redis_client, specimen_id)
+    # A stored specimen that no report can be made of (a corrupt hash field): before, the
+    # exception left it due and first in line on every step, before every other specimen.
+    redis_client.hset("lks:specimen:GONE-1", "signatures", "not json")
+    outcomes = {a.specimen_id: a.outcome
+                for a in Outbox(redis_client, settings).deliver_due(now=time.time() + 60)}
+    assert outcomes["OK-3"] == "delivered"
+    assert outcomes["GONE-1"] == "parked", outcomes
+    assert redis_client.zrange("lks:outbox:parked", 0, -1) == [b"GONE-1"]
+    assert "JSONDecodeError" in redis_client.hget("lks:specimen:GONE-1",
+                                                  "outbox_last_error").decode()
 
 
 # --- durability and retention -------------------------------------------------------------

@@ -151,13 +151,21 @@ class Housekeeper:
                 self.lease.local.token = None  # expired and maybe taken: try afresh
         return self.lease.acquire(blocking=False, token=self.token)
 
+    def holds_lease(self) -> bool:
+        """Is the lease still ours (checked in Redis, token and all)? Asked before each MLLP
+        message: a holder whose lease expired (a stall longer than it) stops sending."""
+        try:
+            return self.lease.local.token is not None and self.lease.owned()
+        except redis.RedisError:
+            return False
+
     def step(self) -> None:
         if not self.leader():
             return
         spec = self.settings.specimens
         self._part("specimen lifecycle", lambda: self.specimens.tick(
             spec.idle_complete_seconds, spec.complete_grace_seconds))
-        self._part("LIS outbox", self.outbox.deliver_due)
+        self._part("LIS outbox", lambda: self.outbox.deliver_due(still_leader=self.holds_lease))
         self._part("retention", self._retention)
 
     def _part(self, what: str, work) -> None:

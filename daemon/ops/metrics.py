@@ -38,7 +38,8 @@ KNOWN_LABEL_VALUES: dict[str, dict[str, tuple[str, ...]]] = {
                                                            "csrf")},
     "leukoscope_orders_received_total": {"source": ("hl7-oml", "hl7-orm", "fhir"),
                                          "outcome": ("accepted", "refused")},
-    "leukoscope_lis_messages_total": {"outcome": ("delivered", "rejected", "timeout", "error")},
+    "leukoscope_lis_messages_total": {"outcome": ("delivered", "rejected", "timeout", "error",
+                                                 "parked")},
 }
 
 

@@ -224,6 +224,8 @@ class StatusReader:
                      - report.lis.get("outbox_unordered", 0)),
                     (["retrying"], report.lis["outbox_retrying"]),
                     (["unordered"], report.lis.get("outbox_unordered", 0)),
+                    # dead letters: not in the outbox any more, waiting for an operator
+                    (["parked"], report.lis.get("outbox_parked", 0)),
                 ],
             )
         yield gauge(

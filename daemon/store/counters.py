@@ -215,7 +215,7 @@ CATALOGUE: dict[str, MetricDef] = {
             "leukoscope_lis_messages_total",
             "counter",
             "ORU^R01 messages pushed to the LIS over MLLP, by outcome (delivered, rejected, "
-            "timeout, error).",
+            "timeout, error; parked: a message moved to the dead letters).",
             ("outcome",),
         ),
         MetricDef(

@@ -32,6 +32,8 @@ OPEN_SET = "lks:specimens:open"  # zset: open specimen -> last activity (idle co
 REQUESTED_SET = "lks:specimens:requested"  # zset: completion requested -> request time
 CONTROL_COUNTER = "lks:lis:control"  # integer: HL7 message control ids (LKS<n>)
 OUTBOX_KEY = "lks:outbox"  # zset: specimen -> next MLLP delivery attempt time
+PARKED_KEY = "lks:outbox:parked"  # zset: specimen -> time its message was parked (dead letter:
+#   failed for good or too often; out of lks:outbox until an operator retries it)
 
 # --- review and sign-off (store/review.py, issue 13) -----------------------------------
 SPECIMEN_FRAMES_KEY = "lks:specimen:{}:frames"  # zset: frame folded into the specimen -> time
