@@ -25,7 +25,7 @@ from daemon.store.connection import start_embedded, stop_embedded
 from daemon.store.keys import OUTBOX_KEY
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
-from tests.conftest import serve_http
+from tests.conftest import serve_http, wait_for
 from tests.test_specimens import cell, result
 
 KEYS = {"ingest": "k-ingest-secret", "read": "k-read-secret", "admin": "k-admin-secret"}
@@ -344,6 +344,55 @@ def test_a_message_that_cannot_be_built_is_parked_and_blocks_no_other(
     assert redis_client.zrange("lks:outbox:parked", 0, -1) == [b"GONE-1"]
     assert "JSONDecodeError" in redis_client.hget("lks:specimen:GONE-1",
                                                   "outbox_last_error").decode()
+
+
+def test_two_replicas_never_push_the_same_message_twice(
+    make_settings, redis_client, listener
+) -> None:
+    """Two housekeepers (two API replicas) contend for the lease while the LIS takes longer
+    to ACK than the lease lasts: the holder's lease is renewed during the delivery, so the
+    other never takes over mid-delivery and every message reaches the LIS exactly once."""
+    settings = mllp_settings(make_settings, listener.port)
+    mllp = {**settings.lis.mllp.model_dump(), "ack_timeout_seconds": 10.0}
+    settings = make_settings(lis={"hold_unordered": False, "mllp": mllp})
+    listener.ack_delay = 1.0  # each ACK takes over three lease lifetimes
+    keepers = [Housekeeper(settings, redis_client, interval=0.05, lease_seconds=0.3)
+               for _ in range(2)]
+    for keeper in keepers:
+        keeper.start()
+    try:
+        specimens = [f"DUP-{i}" for i in range(3)]
+        for specimen_id in specimens:
+            complete(redis_client, specimen_id)
+        store = SpecimenStore(redis_client)
+
+        def all_delivered() -> bool:
+            return all(store.get(s).delivery["state"] == "delivered" for s in specimens)
+
+        wait_for(all_delivered, 60, "three deliveries")
+    finally:
+        for keeper in keepers:
+            keeper.stop()
+    control_ids = [parse(m).msh.msh_10.value for m in listener.received]
+    assert sorted(control_ids) == sorted({store.get(s).control_id for s in specimens})
+    assert len(control_ids) == len(set(control_ids)) == 3  # none sent twice
+    assert all(store.get(s).delivery["attempts"] == 1 for s in specimens)
+
+
+def test_a_holder_that_lost_its_lease_stops_sending(make_settings, redis_client,
+                                                    listener) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    first, second = Housekeeper(settings, redis_client), Housekeeper(settings, redis_client)
+    assert first.leader() and first.holds_lease()
+    for specimen_id in ("L-1", "L-2"):
+        complete(redis_client, specimen_id)
+    redis_client.delete("lks:housekeeper")  # expired (a stall longer than the lease) ...
+    assert second.leader()  # ... and taken by the other replica
+    assert not first.holds_lease()
+    assert first.outbox.deliver_due(still_leader=first.holds_lease) == []
+    assert listener.received == []
+    assert len(second.outbox.deliver_due(still_leader=second.holds_lease)) == 2
+    assert len(listener.received) == 2
 
 
 # --- durability and retention -------------------------------------------------------------

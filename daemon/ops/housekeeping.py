@@ -96,7 +96,8 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
 
 
 class Housekeeper:
-    def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5,
+                 lease_seconds: float | None = None) -> None:
         self.settings = settings
         self.client = client
         self.interval = interval
@@ -105,7 +106,8 @@ class Housekeeper:
         mllp = settings.lis.mllp
         delivery = 0.0 if mllp is None else mllp.connect_timeout_seconds + mllp.ack_timeout_seconds
         # renewed every third of its time by renew(), so one slow delivery never outlasts it
-        self.lease_seconds = max(LEASE_SECONDS, delivery + 5.0)
+        # (``lease_seconds``: tests make it shorter than one delivery to prove the renewal)
+        self.lease_seconds = lease_seconds or max(LEASE_SECONDS, delivery + 5.0)
         self.lease = housekeeper_lease(client, self.lease_seconds)
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
