@@ -153,7 +153,8 @@ class QueueSettings(_Section):
         default=3, gt=0, description="a frame that crashed this many workers is stored as failed"
     )
     ready_max_backlog: int = Field(
-        default=1024, gt=0, description="/readyz fails while more frames than this wait"
+        default=1024, gt=0, description="/readyz?scope=installation fails while more frames "
+        "than this wait (plain /readyz is per API process since issue 16)"
     )
 
 

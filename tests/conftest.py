@@ -197,7 +197,8 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
         if process.poll() is not None:
             raise AssertionError(f"daemon exited:\n{log.read_text()[-4000:]}")
         try:
-            return http_json(f"{daemon.api_url}/readyz", timeout=2)[0] == 200
+            # the whole installation (a worker with its models), not only the API process
+            return http_json(f"{daemon.api_url}/readyz?scope=installation", timeout=2)[0] == 200
         except OSError:
             return False
 

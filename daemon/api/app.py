@@ -4,7 +4,7 @@ the OpenAPI schema is generated from the same pydantic models the workers store.
 import logging
 import signal
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -113,8 +113,14 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
                    503: {"model": Readiness, **ex.ok(ex.NOT_READY, "not ready, and why")}},
         dependencies=[Depends(require_if("protect_ready"))],
     )
-    def readyz(reader: Reader) -> JSONResponse:
-        readiness = reader.readiness()
+    def readyz(
+        reader: Reader,
+        scope: Annotated[Literal["process", "installation"], Query(
+            description="`process` (default): this API process can serve (Redis answers). "
+            "`installation`: also a live worker and the backlog within "
+            "`queue.ready_max_backlog`, which /readyz checked before issue 16")] = "process",
+    ) -> JSONResponse:
+        readiness = reader.readiness(scope)
         return JSONResponse(
             status_code=200 if readiness.ready else 503, content=readiness.model_dump()
         )
@@ -213,6 +219,12 @@ def run_api(settings: Settings) -> int:
                 "listens on loopback only",
                 extra={"host": host},
             )
+    if "ready_max_backlog" in settings.queue.model_fields_set:
+        log.warning(
+            "queue.ready_max_backlog is set, but /readyz now says whether this API process can "
+            "serve; the worker and backlog checks are at /readyz?scope=installation",
+            extra={"ready_max_backlog": settings.queue.ready_max_backlog},
+        )
     tls = settings.api.tls
     ssl = (
         {"ssl_certfile": str(tls.certfile), "ssl_keyfile": str(tls.keyfile)} if tls.certfile else {}

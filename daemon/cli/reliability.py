@@ -141,7 +141,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float) -> float:
         started = time.monotonic()
-        while _get(f"{self.base}/readyz", 2)[0] != 200:
+        while _get(f"{self.base}/readyz?scope=installation", 2)[0] != 200:
             if time.monotonic() - started > timeout or self.process.poll() is not None:
                 raise RuntimeError(f"the daemon did not become ready; see {self.log}")
             time.sleep(0.1)
