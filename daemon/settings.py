@@ -178,6 +178,27 @@ class ApiSettings(_Section):
     max_body_bytes: int = Field(
         default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"
     )
+    # Slow clients (issue 16): each connection must send its request head, then its body,
+    # within a deadline, so slow or stalled senders cannot hold the server.
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request line and headers not complete this long "
+        "after the connection (or the previous response): 408 and closed"
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="a request body not complete this long after its "
+        "headers: 408 and closed (64 MB at 5 MB/s takes 13 s)"
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=1000, gt=0, description="open connections above this get 503 for their "
+        "requests (uvicorn limit_concurrency)"
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="a request head larger than this is refused "
+        "(400, h11 max incomplete event size)"
+    )
 
 
 class ApiKey(_Section):

@@ -45,6 +45,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     store = ResultStore(client)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RedisCollector(client, reader.live_gauges))
+    from daemon.api.server import HttpStats
+
+    http_stats = HttpStats()  # the slow-client bounds of the server serving this app
+    registry.register(http_stats)
 
     app = FastAPI(
         title="leukoscope",
@@ -77,6 +81,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     app.state.client = client
     app.state.store = store
     app.state.reader = reader
+    app.state.http_stats = http_stats
     from daemon.api.routes.specimens import router as specimens_router
 
     app.include_router(specimens_router)
@@ -240,15 +245,11 @@ def run_api(settings: Settings) -> int:
             "api_keys": len(settings.auth.keys),
         },
     )
+    from daemon.api.server import server_config
+
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=settings.api.port,
-            log_config=None,
-            access_log=False,
-            **ssl,  # type: ignore[arg-type]
-        )
+        uvicorn.Server(server_config(app, settings, host, settings.api.port,
+                                     app.state.http_stats, **ssl)).run()
     finally:
         housekeeper.stop()
     return 0
