@@ -11,6 +11,8 @@ from __future__ import annotations
 STREAM_KEY = "lks:frames"  # stream: one entry per queued frame (encoded bytes + metadata)
 GROUP = "workers"  # the consumer group of STREAM_KEY shared by all workers
 INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until archived
+ADMISSION_KEY = "lks:admission"  # hash: token -> "<frames>:<expires at>": frames of a pushed file
+#   admitted against queue.max_backlog and being queued (scripts/admit.lua)
 SOLO_KEY = "lks:solo"  # hash: frame_id -> times analysed alone after a crash (poison isolation)
 
 # --- results (store/results.py) ----------------------------------------------------------
