@@ -33,10 +33,40 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SentinelSettings(_Section):
+    """Redis high availability: the master is found through Redis Sentinel (redis-py's
+    ``Sentinel``), and found again after a failover."""
+
+    master: str = Field(min_length=1, description="the name the sentinels monitor the master as")
+    nodes: list[str] = Field(min_length=1, description="sentinels, each 'host:port'")
+    password: str | None = Field(default=None, description="password of the Redis servers")
+    username: str | None = Field(default=None, description="ACL user of the Redis servers")
+    sentinel_password: str | None = Field(default=None, description="password of the sentinels")
+    db: int = Field(default=0, ge=0)
+    ssl: bool = Field(default=False, description="TLS to the Redis servers and the sentinels")
+    ssl_ca_certs: Path | None = Field(default=None, description="CA bundle (PEM) for TLS")
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_port(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{node!r} is not 'host:port'")
+        return nodes
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(n.rpartition(":")[0].strip("[]"), int(n.rpartition(":")[2])) for n in self.nodes]
+
+
 class RedisSettings(_Section):
     url: str | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under data_dir",
+        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under "
+        "data_dir (unless redis.sentinel is set)",
+    )
+    sentinel: SentinelSettings | None = Field(
+        default=None, description="find the master through Redis Sentinel (instead of url)"
     )
     memory_budget_bytes: int = Field(
         default=2 * 1024**3,
@@ -44,6 +74,12 @@ class RedisSettings(_Section):
         description="Redis memory this installation is sized for: shown in /status and "
         "/metrics (leukoscope_redis_memory_budget_bytes); the alert fires above 80 %",
     )
+
+    @model_validator(mode="after")
+    def _url_or_sentinel(self) -> RedisSettings:
+        if self.url and self.sentinel is not None:
+            raise ValueError("set redis.url or redis.sentinel, not both")
+        return self
 
 
 class QcSettings(_Section):

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters
-from daemon.store.connection import connect, embedded_running, start_embedded, stop_embedded
+from daemon.store.connection import (
+    connect,
+    embedded,
+    embedded_running,
+    start_embedded,
+    stop_embedded,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +177,7 @@ class Supervisor:
             log.error(problem)
             print(f"leukoscope run: {problem}", file=sys.stderr)
             return 2
-        self.settings_embedded = not self.settings.redis.url
+        self.settings_embedded = embedded(self.settings)  # not with redis.url or .sentinel
         if self.settings_embedded:
             redis_socket, self.started_redis = start_embedded(self.settings.redis_dir)
             self.env["LEUKOSCOPE_REDIS__URL"] = f"unix://{redis_socket}"
