@@ -82,6 +82,7 @@ class CaptureService:
         self.stopping = threading.Event()
         self.state = "starting"
         self.frames_queued = 0
+        self.passes = 0  # loop ticks done (paused or not): tests wait on it rather than sleep
         self.frames_rejected = 0
         self.started_at = time.time()
         self._archiver_thread: threading.Thread | None = None
@@ -127,6 +128,7 @@ class CaptureService:
                         self.archiver.reconcile()
                         next_reconcile = time.monotonic() + RECONCILE_SECONDS
                     paused = not self.step()
+                    self.passes += 1
                     outage.ok()
                     if paused:
                         self.stopping.wait(BACKPRESSURE_POLL_SECONDS)

@@ -125,6 +125,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> obje
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def queue_drained(api_url: str) -> bool:
+    """Nothing queued or being analysed (/status backlog): no further result can appear, so
+    a count taken now is final. Tests wait on this rather than sleep 'until a duplicate
+    would show up'."""
+    try:
+        code, status = http_json(f"{api_url}/status", timeout=5)
+    except OSError:
+        return False
+    return code == 200 and status["backlog"]["length"] == 0 and status["backlog"]["pending"] == 0
+
+
 def write_frame(folder: Path, name: str, data: bytes) -> Path:
     """Deliver a frame the safe way: write a .part file, then rename it into place."""
     folder.mkdir(parents=True, exist_ok=True)
