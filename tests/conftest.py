@@ -86,8 +86,15 @@ def serve_http(app: object) -> Iterator[httpx.Client]:
 
     Real sockets and real HTTP, like a LIS or a rig would use (not an in-process transport).
     """
+    from daemon.api.server import server_config
+
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    state = getattr(app, "state", None)
+    if state is not None and hasattr(state, "settings"):  # the API as `leukoscope api` serves it
+        config = server_config(app, state.settings, "127.0.0.1", port, state.http_stats)
+    else:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
