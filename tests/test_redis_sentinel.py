@@ -130,6 +130,11 @@ def test_the_daemon_keeps_storing_results_across_a_sentinel_failover(
             assert promoted.exists("lks:frames")  # the daemon's data lives there now
             code, spec = http_json(f"{daemon.api_url}/specimens/S-HA")
             assert code == 200 and spec["frames_done"] == len(before + during + after)
+            # Every original moves to the archive once its result is stored, failover or not.
+            archive = daemon.data_dir / "archive" / "S-HA"
+            wait_for(lambda: sorted(p.name for p in archive.glob("*.jpg")) == sorted(
+                before + during + after), 60, "every original archived")
+            assert not list((daemon.inbox / "S-HA").glob("*.jpg"))
             assert daemon.process.poll() is None  # nothing crashed on the way
         finally:
             assert daemon.stop() == 0
