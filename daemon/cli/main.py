@@ -226,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     reliability = command("reliability", cmd_reliability,
                           "hostile input, Redis killed, a flood: outcomes, memory, bounds")
     reliability.add_argument(
-        "--scenarios", nargs="+", default=["hostile", "redis-kill", "flood", "audit-week"],
-        choices=["hostile", "redis-kill", "flood", "audit-week"])
+        "--scenarios", nargs="+",
+        default=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"],
+        choices=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
     reliability.add_argument("--json", action="store_true", help="print one JSON object")
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
