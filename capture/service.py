@@ -164,7 +164,8 @@ class CaptureService:
                 self._set_state("paused_backpressure", backlog)
                 return False
             if self.take_safely(ready) == "new":
-                backlog += 1
+                # frames, not files: a multi-page TIFF or a CZI queued one frame per page
+                backlog = self.queue.backlog()
         return True
 
     def take_safely(self, ready: Ready) -> str | None:

@@ -28,6 +28,7 @@ from tests.capture.conftest import (
     frame_bytes,
     wait_for,
 )
+from tests.capture.frames import good_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -216,6 +217,29 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
         for path in paths:
             wait_for(lambda p=path: (settings.archive_dir / "S6" / p.name).exists(),
                      what=f"{path.name} archived")
+
+
+def test_backpressure_counts_a_containers_pages(client, inbox, make_settings, running):
+    """max_backlog 4: a 3-page TIFF is 3 frames of backlog, so one JPEG after it fits and the
+    next waits (counting files, capture took both: 5 frames)."""
+    import io
+
+    import numpy as np
+    import tifffile
+
+    settings = make_settings(max_backlog=4)
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, np.stack([good_rgb(40 + p) for p in range(3)]), photometric="rgb")
+    tiff = drop(inbox / "S6B", "stack.tif", stack.getvalue())
+    jpegs = [drop(inbox / "S6B", f"after{i}.jpg", frame_bytes(30 + i)) for i in range(2)]
+    for age, path in enumerate([tiff, *jpegs]):  # oldest first: the TIFF, then the JPEGs
+        os.utime(path, (time.time() - 100 + age, time.time() - 100 + age))
+    with running(settings) as service:
+        wait_for(lambda: len(entries(client)) == 4, what="the TIFF's pages and one JPEG")
+        wait_for(lambda: service.state == "paused_backpressure", what="pause")
+        after_passes(service)
+        assert len(entries(client)) == 4
+        assert sum("#" in e["source"] for e in entries(client)) == 3
 
 
 def test_bad_specimen_folders_are_quarantined(client, inbox, make_settings, running):
