@@ -82,6 +82,7 @@ class CaptureService:
         self.stopping = threading.Event()
         self.state = "starting"
         self.frames_queued = 0
+        self.passes = 0  # loop ticks done (paused or not): tests wait on it rather than sleep
         self.frames_rejected = 0
         self.started_at = time.time()
         self._archiver_thread: threading.Thread | None = None
@@ -125,7 +126,9 @@ class CaptureService:
             if time.monotonic() >= next_reconcile:
                 self.archiver.reconcile()
                 next_reconcile = time.monotonic() + RECONCILE_SECONDS
-            if not self.step():  # paused: the backlog is full
+            paused = not self.step()
+            self.passes += 1  # loop passes, counted for those who wait on one (tests)
+            if paused:  # the backlog is full
                 return BACKPRESSURE_POLL_SECONDS
             self.watcher.wait(self.watcher.tick_seconds())  # until files change, or a tick
             return 0.0
@@ -160,7 +163,8 @@ class CaptureService:
                 self._set_state("paused_backpressure", backlog)
                 return False
             if self.take_safely(ready) == "new":
-                backlog += 1
+                # frames, not files: a multi-page TIFF or a CZI queued one frame per page
+                backlog = self.queue.backlog()
         return True
 
     def take_safely(self, ready: Ready) -> str | None:

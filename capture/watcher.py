@@ -57,6 +57,7 @@ class InboxWatcher:
         self.inbox = Path(os.path.abspath(inbox))
         self.settle_seconds = settle_seconds
         self.poll_seconds = poll_seconds
+        self.rescans = 0  # full rescans done: tests wait on it rather than sleep
         self.native_events = native_events
         self.exclude = {Path(os.path.abspath(p)) for p in exclude}
         self.clock = clock
@@ -220,6 +221,7 @@ class InboxWatcher:
         if rescan:
             scanned = self._walk()
             self._next_rescan = self.clock() + self.poll_seconds
+            self.rescans += 1
         out: list[Ready] = []
         with self._lock:
             if rescan:

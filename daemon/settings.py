@@ -33,10 +33,40 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class SentinelSettings(_Section):
+    """Redis high availability: the master is found through Redis Sentinel (redis-py's
+    ``Sentinel``), and found again after a failover."""
+
+    master: str = Field(min_length=1, description="the name the sentinels monitor the master as")
+    nodes: list[str] = Field(min_length=1, description="sentinels, each 'host:port'")
+    password: str | None = Field(default=None, description="password of the Redis servers")
+    username: str | None = Field(default=None, description="ACL user of the Redis servers")
+    sentinel_password: str | None = Field(default=None, description="password of the sentinels")
+    db: int = Field(default=0, ge=0)
+    ssl: bool = Field(default=False, description="TLS to the Redis servers and the sentinels")
+    ssl_ca_certs: Path | None = Field(default=None, description="CA bundle (PEM) for TLS")
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_port(cls, nodes: list[str]) -> list[str]:
+        for node in nodes:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{node!r} is not 'host:port'")
+        return nodes
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(n.rpartition(":")[0].strip("[]"), int(n.rpartition(":")[2])) for n in self.nodes]
+
+
 class RedisSettings(_Section):
     url: str | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under data_dir",
+        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under "
+        "data_dir (unless redis.sentinel is set)",
+    )
+    sentinel: SentinelSettings | None = Field(
+        default=None, description="find the master through Redis Sentinel (instead of url)"
     )
     memory_budget_bytes: int = Field(
         default=2 * 1024**3,
@@ -44,6 +74,12 @@ class RedisSettings(_Section):
         description="Redis memory this installation is sized for: shown in /status and "
         "/metrics (leukoscope_redis_memory_budget_bytes); the alert fires above 80 %",
     )
+
+    @model_validator(mode="after")
+    def _url_or_sentinel(self) -> RedisSettings:
+        if self.url and self.sentinel is not None:
+            raise ValueError("set redis.url or redis.sentinel, not both")
+        return self
 
 
 class QcSettings(_Section):
@@ -153,7 +189,8 @@ class QueueSettings(_Section):
         default=3, gt=0, description="a frame that crashed this many workers is stored as failed"
     )
     ready_max_backlog: int = Field(
-        default=1024, gt=0, description="/readyz fails while more frames than this wait"
+        default=1024, gt=0, description="/readyz?scope=installation fails while more frames "
+        "than this wait (plain /readyz is per API process since issue 16)"
     )
 
 
@@ -176,6 +213,27 @@ class ApiSettings(_Section):
     tls: TlsSettings = TlsSettings()
     max_body_bytes: int = Field(
         default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"
+    )
+    # Slow clients (issue 16): each connection must send its request head, then its body,
+    # within a deadline, so slow or stalled senders cannot hold the server.
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a request line and headers not complete this long "
+        "after the connection (or the previous response): 408 and closed"
+    )
+    body_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="a request body not complete this long after its "
+        "headers: 408 and closed (64 MB at 5 MB/s takes 13 s)"
+    )
+    keep_alive_seconds: float = Field(
+        default=5.0, gt=0, description="an idle keep-alive connection is closed after this"
+    )
+    max_connections: int = Field(
+        default=1000, gt=0, description="open connections above this get 503 for their "
+        "requests (uvicorn limit_concurrency)"
+    )
+    max_header_bytes: int = Field(
+        default=16 * 1024, ge=1024, description="a request head larger than this is refused "
+        "(400, h11 max incomplete event size)"
     )
 
 
@@ -208,6 +266,14 @@ class MllpSettings(_Section):
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     retry_initial_seconds: float = Field(default=5.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
+    max_attempts: int | None = Field(
+        default=100, gt=0, description="a message that failed this many times is parked (dead "
+        "letter, /status lis.parked) until an operator retries it; null: retry for ever"
+    )
+    park_on: list[Literal["AE", "AR"]] = Field(
+        default_factory=list, description="ACK codes that park a message at once (the LIS "
+        "will never take it as it is); empty: every rejection is retried"
+    )
 
 
 class MllpListenSettings(_Section):
@@ -315,6 +381,15 @@ class AuditSettings(_Section):
     archive: bool = Field(
         default=True, description="append trimmed entries to <data_dir>/audit/audit-<UTC "
         "day>.jsonl (one JSON object per line, fsynced) before they leave Redis"
+    )
+    refused_per_client_per_minute: int = Field(
+        default=30, gt=0, description="refused requests (401/403) audited per client address "
+        "and reason per minute (a token bucket, bursts of this size); the rest are only counted "
+        "(leukoscope_audit_refusals_dropped_total), so a flood cannot grow the trail"
+    )
+    refused_per_minute: int = Field(
+        default=600, gt=0, description="refused requests audited per minute by one API process, "
+        "all clients together (a token bucket); the rest are only counted"
     )
 
 

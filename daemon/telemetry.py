@@ -75,14 +75,23 @@ CATALOGUE: dict[str, LocalMetric] = {
                     known={"role": ("capture", "worker", "api", "lis", "redis")}),
         LocalMetric("leukoscope_lis_messages_total", "counter",
                     "ORU^R01 messages pushed to the LIS over MLLP, by outcome (delivered, "
-                    "rejected, timeout, error).", ("outcome",),
-                    known={"outcome": ("delivered", "rejected", "timeout", "error")}),
+                    "rejected, timeout, error; parked: a message moved to the dead letters).",
+                    ("outcome",),
+                    known={"outcome": ("delivered", "rejected", "timeout", "error", "parked")}),
         LocalMetric("leukoscope_auth_failures_total", "counter",
-                    "API requests refused for authentication (401), by reason (missing, "
-                    "malformed, unknown_key, session: an expired or invalid review-station "
-                    "cookie, ui_login: an unknown key at POST /ui/login).", ("reason",),
+                    "API requests refused (401, 403), by reason (missing, malformed, "
+                    "unknown_key, session: an expired or invalid review-station cookie, "
+                    "ui_login: an unknown key at POST /ui/login; 403: role, a key whose role "
+                    "does not allow the route, csrf: a missing or wrong CSRF token).",
+                    ("reason",),
                     known={"reason": ("missing", "malformed", "unknown_key", "session",
-                                      "ui_login")}),
+                                      "ui_login", "role", "csrf")}),
+        LocalMetric("leukoscope_audit_refusals_dropped_total", "counter",
+                    "Refused requests (401, 403) not written to the audit trail because their "
+                    "client or the process was over its audit budget "
+                    "(audit.refused_*_per_minute), by reason.", ("reason",),
+                    known={"reason": ("missing", "malformed", "unknown_key", "session",
+                                      "ui_login", "role", "csrf")}),
         LocalMetric("leukoscope_orders_received_total", "counter",
                     "Orders from the LIS, by source (hl7-oml, hl7-orm, fhir) and outcome "
                     "(accepted, refused).", ("source", "outcome"),

@@ -94,8 +94,15 @@ def serve_http(app: object) -> Iterator[httpx.Client]:
 
     Real sockets and real HTTP, like a LIS or a rig would use (not an in-process transport).
     """
+    from daemon.api.server import server_config
+
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
+    state = getattr(app, "state", None)
+    if state is not None and hasattr(state, "settings"):  # the API as `leukoscope api` serves it
+        config = server_config(app, state.settings, "127.0.0.1", port, state.http_stats)
+    else:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -131,6 +138,17 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> obje
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def queue_drained(api_url: str) -> bool:
+    """Nothing queued or being analysed (/status backlog): no further result can appear, so
+    a count taken now is final. Tests wait on this rather than sleep 'until a duplicate
+    would show up'."""
+    try:
+        code, status = http_json(f"{api_url}/status", timeout=5)
+    except OSError:
+        return False
+    return code == 200 and status["backlog"]["length"] == 0 and status["backlog"]["pending"] == 0
 
 
 def write_frame(folder: Path, name: str, data: bytes) -> Path:
@@ -205,7 +223,8 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
         if process.poll() is not None:
             raise AssertionError(f"daemon exited:\n{log.read_text()[-4000:]}")
         try:
-            return http_json(f"{daemon.api_url}/readyz", timeout=2)[0] == 200
+            # the whole installation (a worker with its models), not only the API process
+            return http_json(f"{daemon.api_url}/readyz?scope=installation", timeout=2)[0] == 200
         except OSError:
             return False
 

@@ -12,6 +12,7 @@ import pytest
 from tests.conftest import (
     Daemon,
     http_json,
+    queue_drained,
     start_daemon,
     synthetic_jpeg,
     wait_for,
@@ -128,7 +129,7 @@ def test_sigkilled_worker_loses_no_frame(daemon: Daemon) -> None:
     victim = status["workers"][0]["pid"]
     os.kill(victim, signal.SIGKILL)
     wait_for(lambda: len(daemon.results()) >= n, 90, "every frame after the kill")
-    time.sleep(1.0)
+    wait_for(lambda: queue_drained(daemon.api_url), 60, "the queue drained")
     results = daemon.results()
     assert len(results) == n and len({r["frame_id"] for r in results}) == n
     assert all(r["status"] == "done" for r in results)
@@ -159,7 +160,7 @@ def test_sigterm_stops_within_ten_seconds_and_restart_does_not_requeue(
     second = start_daemon(tmp_path / "d", tiny_models)
     try:
         wait_for(lambda: len(second.results()) == 6, 60, "the late frame")
-        time.sleep(1.5)
+        wait_for(lambda: queue_drained(second.api_url), 60, "the queue drained")
         results = second.results()
         assert len(results) == 6 and len({r["frame_id"] for r in results}) == 6
         # Exactly-once counts live in Redis and survive the restart; the process-local ones

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -10,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import yaml
 
 from daemon.api.app import create_app
 from daemon.api.auth import hash_key
@@ -21,7 +25,7 @@ from daemon.store.connection import start_embedded, stop_embedded
 from daemon.store.keys import OUTBOX_KEY
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
-from tests.conftest import serve_http
+from tests.conftest import serve_http, wait_for
 from tests.test_specimens import cell, result
 
 KEYS = {"ingest": "k-ingest-secret", "read": "k-read-secret", "admin": "k-admin-secret"}
@@ -125,6 +129,8 @@ class Listener:
 
     def __init__(self) -> None:
         self.mode = "AA"
+        self.reject_containing: str | None = None  # such a message gets AR whatever the mode
+        self.ack_delay = 0.0  # seconds before each ACK (a slow LIS)
         self.received: list[str] = []
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
@@ -152,7 +158,11 @@ class Listener:
                 return
             message = buffer[buffer.index(START_BLOCK) + 1 : buffer.index(END_BLOCK)].decode()
             self.received.append(message)
-            if self.mode == "silent":
+            if self.ack_delay:
+                time.sleep(self.ack_delay)
+            if self.reject_containing and self.reject_containing in message:
+                conn.sendall(frame(ack(message, "AR", "LIS will never take this")))
+            elif self.mode == "silent":
                 time.sleep(1.5)
             elif self.mode == "close_mid":
                 conn.sendall(frame(ack(message, "AA"))[:20])
@@ -243,14 +253,143 @@ def test_housekeeper_pushes_completed_specimens(make_settings, redis_client, lis
     keeper.start()
     try:
         complete(redis_client, "H1")
-        deadline = time.monotonic() + 10
-        while not listener.received and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: SpecimenStore(redis_client).get("H1").delivery["state"]
+                 == "delivered", 10, "the delivery")
         assert len(listener.received) == 1
-        time.sleep(0.3)
-        assert SpecimenStore(redis_client).get("H1").delivery["state"] == "delivered"
     finally:
         keeper.stop()
+
+
+def test_a_poison_message_is_parked_visible_and_retried_by_an_operator(
+    make_settings, redis_client, listener
+) -> None:
+    """AR (with park_on) parks at once, a message failing max_attempts times is parked; the
+    others are delivered meanwhile; /status, /metrics, the CLI and the API show and retry."""
+    base = mllp_settings(make_settings, listener.port)
+    mllp = {**base.lis.mllp.model_dump(), "park_on": ["AR"], "max_attempts": 2}
+    settings = make_settings(lis={"hold_unordered": False, "mllp": mllp})
+    outbox = Outbox(redis_client, settings)
+    for specimen_id in ("BAD-1", "OK-1", "OK-2"):
+        complete(redis_client, specimen_id)
+    listener.reject_containing = "BAD-1"
+    outcomes = {a.specimen_id: a.outcome for a in outbox.deliver_due(now=time.time() + 60)}
+    assert outcomes == {"BAD-1": "parked", "OK-1": "delivered", "OK-2": "delivered"}
+    spec = SpecimenStore(redis_client).get("BAD-1")
+    assert spec.delivery["state"] == "parked" and "AR" in spec.delivery["last_error"]
+    assert redis_client.zrange(OUTBOX_KEY, 0, -1) == []  # out of the sender's way
+    assert outbox.deliver_due(now=time.time() + 3600) == []
+    # Timeouts (AE is not in park_on) are retried, then parked after max_attempts.
+    complete(redis_client, "SLOW-1")
+    listener.mode = "AE"
+    assert [a.outcome for a in outbox.deliver_due(now=time.time() + 60)] == ["rejected"]
+    assert [a.outcome for a in outbox.deliver_due(now=time.time() + 120)] == ["parked"]
+    assert "after 2 attempts" in SpecimenStore(redis_client).get("SLOW-1").delivery["last_error"]
+
+    keys = {"keys": [{"name": "ops", "role": "admin", "sha256": hash_key("k-ops")},
+                     {"name": "r", "role": "read", "sha256": hash_key("k-r")}]}
+    secured = make_settings(auth=keys, lis={"hold_unordered": False, "mllp": mllp})
+    with serve_http(create_app(secured, redis_client)) as api:
+        admin = {"Authorization": "Bearer k-ops"}
+        lis = api.get("/status", headers=admin).json()["lis"]
+        assert lis["outbox_parked"] == 2 and lis["outbox_pending"] == 0
+        assert {p["specimen_id"] for p in lis["parked"]} == {"BAD-1", "SLOW-1"}
+        assert all(p["reason"] and p["attempts"] >= 1 for p in lis["parked"])
+        metrics = api.get("/metrics").text
+        assert 'leukoscope_lis_outbox_messages{state="parked"} 2.0' in metrics
+        assert 'leukoscope_lis_messages_total{outcome="parked"} 2.0' in metrics
+        retry = "/lis/outbox/BAD-1/retry"
+        assert api.post(retry, headers={"Authorization": "Bearer k-r"}).status_code == 403
+        assert api.post("/lis/outbox/OK-1/retry", headers=admin).status_code == 404
+        assert api.post("/lis/outbox/bad%0A/retry", headers=admin).status_code == 400
+        listener.reject_containing = None
+        listener.mode = "AA"
+        answer = api.post(retry, headers=admin)
+        assert answer.status_code == 200 and answer.json()["outcome"] == "queued"
+        assert api.post(retry, headers=admin).status_code == 404  # not parked any more
+    assert [a.outcome for a in outbox.deliver_due()] == ["delivered"]
+    assert SpecimenStore(redis_client).get("BAD-1").delivery["state"] == "delivered"
+    # The CLI lists and retries too (this worktree's leukoscope, real Redis).
+    config = Path(settings.data_dir).parent / "outbox.yaml"
+    config.write_text(yaml.safe_dump({"data_dir": str(settings.data_dir),
+                                      "redis": {"url": settings.redis.url}}))
+    exe = str(Path(sys.executable).parent / "leukoscope")
+    listed = subprocess.run([exe, "outbox", "list", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and listed.stdout.startswith("SLOW-1\t"), listed
+    retried = subprocess.run([exe, "outbox", "retry", "--all", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert retried.returncode == 0 and "1 message(s)" in retried.stdout, retried
+    assert redis_client.zrange(OUTBOX_KEY, 0, -1) == [b"SLOW-1"]
+    again = subprocess.run([exe, "outbox", "retry", "SLOW-1", "--config", str(config)],
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "no parked message" in again.stderr
+
+
+def test_a_message_that_cannot_be_built_is_parked_and_blocks_no_other(
+    make_settings, redis_client, listener
+) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    for specimen_id in ("GONE-1", "OK-3"):
+        complete(redis_client, specimen_id)
+    # A stored specimen that no report can be made of (a corrupt hash field): before, the
+    # exception left it due and first in line on every step, before every other specimen.
+    redis_client.hset("lks:specimen:GONE-1", "signatures", "not json")
+    outcomes = {a.specimen_id: a.outcome
+                for a in Outbox(redis_client, settings).deliver_due(now=time.time() + 60)}
+    assert outcomes["OK-3"] == "delivered"
+    assert outcomes["GONE-1"] == "parked", outcomes
+    assert redis_client.zrange("lks:outbox:parked", 0, -1) == [b"GONE-1"]
+    assert "JSONDecodeError" in redis_client.hget("lks:specimen:GONE-1",
+                                                  "outbox_last_error").decode()
+
+
+def test_two_replicas_never_push_the_same_message_twice(
+    make_settings, redis_client, listener
+) -> None:
+    """Two housekeepers (two API replicas) contend for the lease while the LIS takes longer
+    to ACK than the lease lasts: the holder's lease is renewed during the delivery, so the
+    other never takes over mid-delivery and every message reaches the LIS exactly once."""
+    settings = mllp_settings(make_settings, listener.port)
+    mllp = {**settings.lis.mllp.model_dump(), "ack_timeout_seconds": 10.0}
+    settings = make_settings(lis={"hold_unordered": False, "mllp": mllp})
+    listener.ack_delay = 1.0  # each ACK takes over three lease lifetimes
+    keepers = [Housekeeper(settings, redis_client, interval=0.05, lease_seconds=0.3)
+               for _ in range(2)]
+    for keeper in keepers:
+        keeper.start()
+    try:
+        specimens = [f"DUP-{i}" for i in range(3)]
+        for specimen_id in specimens:
+            complete(redis_client, specimen_id)
+        store = SpecimenStore(redis_client)
+
+        def all_delivered() -> bool:
+            return all(store.get(s).delivery["state"] == "delivered" for s in specimens)
+
+        wait_for(all_delivered, 60, "three deliveries")
+    finally:
+        for keeper in keepers:
+            keeper.stop()
+    control_ids = [parse(m).msh.msh_10.value for m in listener.received]
+    assert sorted(control_ids) == sorted({store.get(s).control_id for s in specimens})
+    assert len(control_ids) == len(set(control_ids)) == 3  # none sent twice
+    assert all(store.get(s).delivery["attempts"] == 1 for s in specimens)
+
+
+def test_a_holder_that_lost_its_lease_stops_sending(make_settings, redis_client,
+                                                    listener) -> None:
+    settings = mllp_settings(make_settings, listener.port)
+    first, second = Housekeeper(settings, redis_client), Housekeeper(settings, redis_client)
+    assert first.leader() and first.holds_lease()
+    for specimen_id in ("L-1", "L-2"):
+        complete(redis_client, specimen_id)
+    redis_client.delete("lks:housekeeper")  # expired (a stall longer than the lease) ...
+    assert second.leader()  # ... and taken by the other replica
+    assert not first.holds_lease()
+    assert first.outbox.deliver_due(still_leader=first.holds_lease) == []
+    assert listener.received == []
+    assert len(second.outbox.deliver_due(still_leader=second.holds_lease)) == 2
+    assert len(listener.received) == 2
 
 
 # --- durability and retention -------------------------------------------------------------
@@ -284,8 +423,7 @@ def test_retention_trims_results_but_keeps_specimens_and_audit(redis_client) -> 
         store.store(result(f"r{i}", specimen="R1", cells=[cell("pre_b", 0.9)]))
     audit.record(redis_client, "lis", "read", "frame.read", frame_id="r0")
     assert trim_results(redis_client, time.time() - 3600) == 0
-    time.sleep(0.01)
-    assert trim_results(redis_client, time.time()) == 5
+    assert trim_results(redis_client, time.time() + 1) == 5
     assert store.count() == 0 and store.get("r0") is None
     spec = SpecimenStore(redis_client).get("R1")
     assert spec.frames_done == 5 and spec.cells_classified == 5
@@ -303,8 +441,60 @@ def test_pushing_frames_needs_an_ingest_key_and_is_audited(secured: httpx.Client
     assert response.status_code == 202, response.text
     page = secured.get("/audit", headers=bearer("admin")).json()
     assert [(e["key"], e["action"]) for e in page["items"]] == [
-        ("-", "auth.failed"), ("ingest-client", "frame.ingest")]  # the 401 left a trace
+        ("-", "auth.failed"), ("read-client", "auth.forbidden"),
+        ("ingest-client", "frame.ingest")]  # the 401 and the 403 left a trace
     assert page["items"][0]["detail"] == "missing POST /frames" and page["items"][0]["client"]
+    assert page["items"][1]["detail"] == "role POST /frames"
+    assert page["items"][1]["role"] == "read"
+
+
+def test_a_flood_of_refused_requests_is_counted_not_written(
+    make_settings, redis_client: redis.Redis
+) -> None:
+    """401/403 are audited within a per-client token bucket; the excess is only counted, so
+    the audit stream stays bounded however many refusals arrive."""
+    settings = make_settings(auth=key_config(), audit={"refused_per_client_per_minute": 5,
+                                                       "refused_per_minute": 8})
+    with serve_http(create_app(settings, redis_client)) as api:
+        for _ in range(50):
+            assert api.get("/specimens").status_code == 401
+        for _ in range(50):
+            assert api.get("/audit", headers=bearer("read")).status_code == 403
+        trail = api.get("/audit?limit=1000", headers=bearer("admin")).json()["items"]
+        refused = [e for e in trail if e["action"].startswith("auth.")]
+        # one client: 5 of each reason at most (the bucket refills 5/min; the test takes
+        # well under a minute, so at most one more of each), 8 in all at most.
+        assert 5 <= len([e for e in refused if e["action"] == "auth.failed"]) <= 6
+        assert len(refused) <= 8 + 1
+        assert any(e["action"] == "auth.forbidden" and e["detail"] == "role GET /audit"
+                   for e in refused)
+        metrics = api.get("/metrics").text
+
+    def sample(name: str, reason: str) -> float:
+        found = re.search(rf'^{name}{{reason="{reason}"}} (\S+)$', metrics, re.M)
+        assert found, (name, reason)
+        return float(found.group(1))
+
+    assert sample("leukoscope_auth_failures_total", "missing") == 50
+    assert sample("leukoscope_auth_failures_total", "role") == 50
+    assert sample("leukoscope_audit_refusals_dropped_total", "missing") >= 44
+    assert (sample("leukoscope_audit_refusals_dropped_total", "missing")
+            + sample("leukoscope_audit_refusals_dropped_total", "role")) == 100 - len(refused)
+
+
+def test_refusal_limiter_token_buckets() -> None:
+    from daemon.api.auth import RefusalLimiter
+
+    now = [0.0]
+    limiter = RefusalLimiter(per_client=2, overall=3, clock=lambda: now[0])
+    assert [limiter.allow("a", "missing") for _ in range(3)] == [True, True, False]
+    assert limiter.allow("a", "role") is True  # its own bucket per reason
+    assert limiter.allow("b", "missing") is False  # the process-wide bucket is empty
+    now[0] += 60.0  # a minute refills both
+    assert limiter.allow("b", "missing") is True
+    for i in range(RefusalLimiter.MAX_CLIENTS + 10):
+        limiter.allow(f"10.0.{i // 256}.{i % 256}", "missing")
+    assert len(limiter.clients) == RefusalLimiter.MAX_CLIENTS  # bounded memory
 
 
 def test_redis_password_in_the_url(

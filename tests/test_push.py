@@ -131,6 +131,69 @@ def test_push_backpressure(api, redis_client):
     assert code == 503, body
 
 
+def _tiff(pages: int, seed: int) -> bytes:
+    import io
+
+    import numpy as np
+    import tifffile
+
+    out = io.BytesIO()
+    tifffile.imwrite(out, np.stack([good_rgb(seed + p) for p in range(pages)]),
+                     photometric="rgb")
+    return out.getvalue()
+
+
+@pytest.fixture
+def small_queue(make_settings) -> Iterator[tuple[str, object]]:
+    settings = make_settings(api={"max_upload_bytes": 2_000_000}, queue={"max_backlog": 10})
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the API server")
+    yield f"http://127.0.0.1:{port}", settings
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_backpressure_counts_pages_and_concurrent_pushes_never_overshoot(
+        small_queue, redis_client):
+    """max_backlog 10, no worker draining: eight 3-page TIFFs pushed at once. Admission is
+    one Redis script per file counting its pages, so exactly three files (9 frames) get in
+    and the other five are told the queue is full; a file of more pages than max_backlog
+    is refused outright (it could never be admitted)."""
+    base, _settings = small_queue
+    files = [_tiff(3, 10 * i) for i in range(8)]
+    answers: list[tuple[int, dict]] = [(0, {})] * len(files)
+    start = threading.Barrier(len(files))
+
+    def push(i: int) -> None:
+        start.wait()
+        answers[i] = post(f"{base}/frames?specimen_id=T-{i}&name=t{i}.tif", files[i])
+
+    threads = [threading.Thread(target=push, args=(i,)) for i in range(len(files))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    codes = sorted(code for code, _ in answers)
+    assert codes == [202] * 3 + [503] * 5, answers
+    assert all(len(body["frames"]) == 3 for code, body in answers if code == 202)
+    assert all("queue is full" in body["detail"] for code, body in answers if code == 503)
+    queue = FrameQueue(redis_client)
+    assert queue.backlog() == 9  # never above max_backlog
+    assert redis_client.hlen("lks:admission") == 0  # reservations released
+    code, body = post(f"{base}/frames?specimen_id=T-9&name=one.jpg", jpeg(good_rgb(99)))
+    assert code == 202, body  # one frame still fits (9 + 1 <= 10) ...
+    code, body = post(f"{base}/frames?specimen_id=T-9&name=two.jpg", jpeg(good_rgb(98)))
+    assert code == 503, body  # ... and then nothing
+    code, body = post(f"{base}/frames?specimen_id=T-9&name=big.tif", _tiff(11, 500))
+    assert code == 413 and "11 frames" in body["detail"] and "queue.max_backlog" in body[
+        "detail"], body
+
+
 def test_push_refuses_bombs_and_unphysical_scales(api, redis_client):
     """A 20000x20000 header is refused from the header (the API process never decodes it);
     an infinite or absurd µm/px is a 400, not a worker exception later."""

@@ -22,6 +22,7 @@ from tests.conftest import (
     Daemon,
     free_port,
     http_json,
+    queue_drained,
     start_daemon,
     synthetic_jpeg,
     wait_for,
@@ -86,7 +87,7 @@ def test_embedded_redis_killed_mid_run_is_restarted_by_the_supervisor(
         assert specimen_after["frames_done"] >= len(before)
         total = len(before) + len(after)
         wait_for(lambda: len(daemon.results()) >= total, 60, "results after the restart")
-        time.sleep(1.0)  # a duplicate would show up now
+        wait_for(lambda: queue_drained(daemon.api_url), 60, "the queue drained")
         seen = _by_source(daemon)
         assert sorted(seen) == sorted(before + after)
         assert all(len(v) == 1 for v in seen.values()), {k: len(v) for k, v in seen.items()}

@@ -49,15 +49,18 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     store = ResultStore(client)
     # /metrics in three scopes: "shared" (the Redis-kept counts and live gauges: the same in
     # every API replica), "process" (the process-local metrics: this process's, or its
-    # `leukoscope run` tree's through the multiprocess folder) and
-    # "all" (both, the default: one replica, or `leukoscope run`).
+    # `leukoscope run` tree's through the multiprocess folder, and this server's slow-client
+    # bounds) and "all" (both, the default: one replica, or `leukoscope run`).
+    from daemon.api.server import HttpStats
+
+    http_stats = HttpStats()  # the slow-client bounds of the server serving this app
     shared = RedisCollector(client, reader.live_gauges)
     local = telemetry.collector()
     registries = {"all": CollectorRegistry(auto_describe=False),
                   "shared": CollectorRegistry(auto_describe=False),
                   "process": CollectorRegistry(auto_describe=False)}
-    for scope, parts in (("all", (shared, local)), ("shared", (shared,)),
-                         ("process", (local,))):
+    for scope, parts in (("all", (shared, local, http_stats)), ("shared", (shared,)),
+                         ("process", (local, http_stats))):
         for part in parts:
             registries[scope].register(part)
 
@@ -92,6 +95,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     app.state.client = client
     app.state.store = store
     app.state.reader = reader
+    app.state.http_stats = http_stats
     from daemon.api.routes.specimens import router as specimens_router
 
     app.include_router(specimens_router)
@@ -128,8 +132,14 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
                    503: {"model": Readiness, **ex.ok(ex.NOT_READY, "not ready, and why")}},
         dependencies=[Depends(require_if("protect_ready"))],
     )
-    def readyz(reader: Reader) -> JSONResponse:
-        readiness = reader.readiness()
+    def readyz(
+        reader: Reader,
+        scope: Annotated[Literal["process", "installation"], Query(
+            description="`process` (default): this API process can serve (Redis answers). "
+            "`installation`: also a live worker and the backlog within "
+            "`queue.ready_max_backlog`, which /readyz checked before issue 16")] = "process",
+    ) -> JSONResponse:
+        readiness = reader.readiness(scope)
         return JSONResponse(
             status_code=200 if readiness.ready else 503, content=readiness.model_dump()
         )
@@ -232,6 +242,12 @@ def run_api(settings: Settings) -> int:
                 "listens on loopback only",
                 extra={"host": host},
             )
+    if "ready_max_backlog" in settings.queue.model_fields_set:
+        log.warning(
+            "queue.ready_max_backlog is set, but /readyz now says whether this API process can "
+            "serve; the worker and backlog checks are at /readyz?scope=installation",
+            extra={"ready_max_backlog": settings.queue.ready_max_backlog},
+        )
     tls = settings.api.tls
     ssl = (
         {"ssl_certfile": str(tls.certfile), "ssl_keyfile": str(tls.keyfile)} if tls.certfile else {}
@@ -247,15 +263,11 @@ def run_api(settings: Settings) -> int:
             "api_keys": len(settings.auth.keys),
         },
     )
+    from daemon.api.server import server_config
+
     try:
-        uvicorn.run(
-            app,
-            host=host,
-            port=settings.api.port,
-            log_config=None,
-            access_log=False,
-            **ssl,  # type: ignore[arg-type]
-        )
+        uvicorn.Server(server_config(app, settings, host, settings.api.port,
+                                     app.state.http_stats, **ssl)).run()
     finally:
         housekeeper.stop()
     return 0

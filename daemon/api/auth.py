@@ -10,6 +10,11 @@ the right CSRF token is 403.
 
 With no key configured the API is open, and ``run_api`` binds it to loopback only.
 
+Refusals (401 and 403) are logged, counted and audited (``auth.failed``, ``auth.forbidden``),
+but a flood of them must not grow the audit trail: :class:`RefusalLimiter` lets through a
+token bucket's worth per client address and reason and per process; the rest are counted in
+``leukoscope_audit_refusals_dropped_total`` and not written.
+
 Route dependencies: ``Depends(require("read", audit="frame.read"))`` authenticates, checks
 the role and appends the access to the audit trail (with the route's specimen/frame id).
 """
@@ -21,6 +26,9 @@ import hmac
 import ipaddress
 import logging
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -86,19 +94,87 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def note_failure(request: Request, reason: str, action: str = "auth.failed") -> None:
-    """Log, count (leukoscope_auth_failures_total) and audit (``action``) a refused caller."""
+class TokenBucket:
+    """``rate`` tokens per minute, at most ``rate`` held (the burst): ``take()`` is True while
+    a token is left."""
+
+    __slots__ = ("rate", "tokens", "stamp")
+
+    def __init__(self, rate: int, now: float) -> None:
+        self.rate = rate
+        self.tokens = float(rate)
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(float(self.rate), self.tokens + (now - self.stamp) * self.rate / 60.0)
+        self.stamp = now
+
+
+class RefusalLimiter:
+    """Which refused requests are written to the audit trail: a token bucket per (client
+    address, reason) and one for the whole process, both must have a token.
+
+    The per-client buckets are kept for at most ``MAX_CLIENTS`` addresses (least recently
+    refused forgotten first), so a flood from many addresses costs bounded memory too; a
+    forgotten client starts again with a full bucket, which the process-wide bucket bounds.
+    """
+
+    MAX_CLIENTS = 4096
+
+    def __init__(self, per_client: int, overall: int, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.per_client = per_client
+        self.clock = clock
+        self.overall = TokenBucket(overall, clock())
+        self.clients: OrderedDict[tuple[str, str], TokenBucket] = OrderedDict()
+        self.lock = threading.Lock()  # sync dependencies run in the thread pool
+
+    def allow(self, address: str | None, reason: str) -> bool:
+        now = self.clock()
+        key = (address or "-", reason)
+        with self.lock:
+            bucket = self.clients.pop(key, None) or TokenBucket(self.per_client, now)
+            self.clients[key] = bucket  # most recent last
+            while len(self.clients) > self.MAX_CLIENTS:
+                self.clients.popitem(last=False)
+            bucket.refill(now)
+            self.overall.refill(now)
+            if bucket.tokens < 1 or self.overall.tokens < 1:
+                return False
+            bucket.tokens -= 1
+            self.overall.tokens -= 1
+            return True
+
+
+def limiter(request: Request) -> RefusalLimiter:
+    """The app's limiter (made on first use, so an app built without create_app has one)."""
+    state = request.app.state
+    found = getattr(state, "refusal_limiter", None)
+    if found is None:
+        trail = state.settings.audit
+        found = state.refusal_limiter = RefusalLimiter(trail.refused_per_client_per_minute,
+                                                       trail.refused_per_minute)
+    return found
+
+
+def note_failure(request: Request, reason: str, action: str = "auth.failed",
+                 key: str = "-", role: str = "-") -> None:
+    """Log, count (leukoscope_auth_failures_total) and audit (``action``) a refused caller;
+    over the refusal budget (:class:`RefusalLimiter`) the audit entry is only counted."""
     address = client_address(request)
     log.warning(
-        "authentication failed",
+        "authentication failed" if action != "auth.forbidden" else "request forbidden",
         extra={"reason": reason, "client": address, "method": request.method,
-               "path": request.url.path},
+               "path": request.url.path, "key": key},
     )
     telemetry.count("leukoscope_auth_failures_total", {"reason": reason})
     client = request.app.state.client
     try:
-        audit.record(client, "-", "-", action, detail=f"{reason} {request.method} "
-                     f"{request.url.path}"[:200], address=address)
+        if limiter(request).allow(address, reason):
+            audit.record(client, key, role, action, detail=f"{reason} {request.method} "
+                         f"{request.url.path}"[:200], address=address)
+        else:
+            telemetry.count("leukoscope_audit_refusals_dropped_total", {"reason": reason})
     except Exception:  # a refusal must not become a 500 because Redis is away
         log.warning("could not record an authentication failure")
 
@@ -144,12 +220,17 @@ def _from_session(request: Request, keys: list) -> Caller:
     if found is None or key_for_session(keys, found) is None:
         raise _refuse(request, "session", "session expired or invalid: sign in again")
     if request.method not in session.SAFE_METHODS and not session.csrf_ok(request, found):
+        note_failure(request, "csrf", "auth.forbidden", found.name, found.role)
         raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
     return Caller(found.name, found.role)
 
 
-def check_role(caller: Caller, role: str) -> None:
+def check_role(caller: Caller, role: str, request: Request | None = None) -> None:
+    """403 unless ``caller``'s role allows ``role``; with ``request``, the refusal is
+    logged, counted and audited (rate-limited) like a 401."""
     if role not in ALLOWED[caller.role]:
+        if request is not None:
+            note_failure(request, "role", "auth.forbidden", caller.name, caller.role)
         raise HTTPException(
             status_code=403,
             detail=f"key {caller.name!r} has role {caller.role!r}; this needs {role!r}",
@@ -165,7 +246,7 @@ def require(role: str, audit_action: str | None = None) -> Callable[[Request], C
 
     def dependency(request: Request, credentials: Credentials) -> Caller:
         caller = authenticate(request, credentials)
-        check_role(caller, role)
+        check_role(caller, role, request)
         if audit_action is not None:
             params = request.path_params
             detail = str(request.url.query)[:200] or None
@@ -192,7 +273,7 @@ def require_if(flag: str, role: str = "read") -> Callable[[Request], Caller | No
         if not getattr(settings.auth, flag):
             return None
         caller = authenticate(request, credentials)
-        check_role(caller, role)
+        check_role(caller, role, request)
         return caller
 
     return dependency

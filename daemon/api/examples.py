@@ -98,7 +98,7 @@ STATUS = dump(StatusReport(
     models=list(MODELS.values())))
 READY = dump(Readiness(ready=True, reasons=[]))
 NOT_READY = dump(Readiness(ready=False, reasons=[
-    "no worker has sent a heartbeat in the last 10 s (models not loaded?)"]))
+    "redis unreachable: Error 111 connecting to localhost:6379. Connection refused."]))
 METRICS = ('# HELP leukoscope_frames_processed_total Frames analysed, by outcome\n'
            '# TYPE leukoscope_frames_processed_total counter\n'
            'leukoscope_frames_processed_total{outcome="done",rig="rig-1"} 5120.0\n')

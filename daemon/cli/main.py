@@ -169,6 +169,35 @@ def cmd_export_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    """List the parked (dead-letter) LIS messages, or put some back in the outbox."""
+    import datetime
+    import time
+
+    from daemon.store import outbox
+    from daemon.store.connection import connect
+
+    settings = _settings(args, "outbox")
+    client = connect(settings)
+    if args.action == "list":
+        found = outbox.parked(client)
+        for entry in found:
+            at = datetime.datetime.fromtimestamp(entry.parked_at, datetime.UTC)
+            print(f"{entry.specimen_id}\t{at:%Y-%m-%dT%H:%M:%SZ}\t{entry.attempts} attempts\t"
+                  f"{entry.reason or ''}")
+        print(f"{len(found)} parked LIS message(s)", file=sys.stderr)
+        return 0
+    targets = [e.specimen_id for e in outbox.parked(client)] if args.all else args.specimens
+    if not targets:
+        print("leukoscope outbox retry: name SPECIMEN ids or --all", file=sys.stderr)
+        return 2
+    missing = [s for s in targets if not outbox.retry(client, s, time.time())]
+    for specimen_id in missing:
+        print(f"leukoscope outbox retry: {specimen_id} has no parked message", file=sys.stderr)
+    print(f"{len(targets) - len(missing)} message(s) back in the outbox")
+    return 1 if missing else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leukoscope",
@@ -215,8 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     reliability = command("reliability", cmd_reliability,
                           "hostile input, Redis killed, a flood: outcomes, memory, bounds")
     reliability.add_argument(
-        "--scenarios", nargs="+", default=["hostile", "redis-kill", "flood", "audit-week"],
-        choices=["hostile", "redis-kill", "flood", "audit-week"])
+        "--scenarios", nargs="+",
+        default=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"],
+        choices=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
     reliability.add_argument("--json", action="store_true", help="print one JSON object")
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
@@ -233,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", default=None, help="API base URL (default: from config)")
     status.add_argument("--key", default=None,
                         help="API key with role read (default: $LEUKOSCOPE_API_KEY)")
+    box = command("outbox", cmd_outbox,
+                  "list parked (dead-letter) LIS messages, or send them again (retry)")
+    box.add_argument("action", choices=["list", "retry"])
+    box.add_argument("specimens", nargs="*", help="specimen ids to retry")
+    box.add_argument("--all", action="store_true", help="retry every parked message")
     try:
         from daemon.training.cli import add_training_commands
     except ImportError:  # training code not installed

@@ -141,7 +141,7 @@ class Daemon:
 
     def wait_ready(self, timeout: float) -> float:
         started = time.monotonic()
-        while _get(f"{self.base}/readyz", 2)[0] != 200:
+        while _get(f"{self.base}/readyz?scope=installation", 2)[0] != 200:
             if time.monotonic() - started > timeout or self.process.poll() is not None:
                 raise RuntimeError(f"the daemon did not become ready; see {self.log}")
             time.sleep(0.1)
@@ -311,6 +311,75 @@ def flood(daemon: Daemon, count: int) -> dict:
             "restarts": daemon.restarts()}
 
 
+def slow_clients(daemon: Daemon, settings: Settings, count: int = 2000) -> dict:
+    """``count`` connections that never finish their request (half send a head and part of
+    a 1 MB body, half part of a head) against the daemon's API, all open at once; /healthz
+    is asked once a second meanwhile. Reports how each slow connection ended (408, 503, reset)
+    and when, and what /healthz answered and how fast (measured, not asserted)."""
+    import selectors
+    import socket
+
+    host, port = daemon.base.removeprefix("http://").rsplit(":", 1)
+    opened = time.monotonic()
+    conns: dict[socket.socket, bytearray] = {}
+    for i in range(count):
+        sock = socket.create_connection((host, int(port)), timeout=10)
+        if i % 2 == 0:
+            sock.sendall(b"POST /frames?specimen_id=SLOW&name=s%d.jpg HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+                         % i + b"\xff\xd8" + b"\x00" * 1000)
+        else:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        sock.setblocking(False)
+        conns[sock] = bytearray()
+    open_seconds = time.monotonic() - opened
+    selector = selectors.DefaultSelector()
+    for sock in conns:
+        selector.register(sock, selectors.EVENT_READ)
+    ended: dict[str, int] = {}
+    last_closed = 0.0
+    health: list[tuple[int, float]] = []
+    next_probe = time.monotonic()
+    limit = settings.api.header_timeout_seconds + settings.api.body_timeout_seconds + 60
+    while selector.get_map() and time.monotonic() - opened < limit:
+        if time.monotonic() >= next_probe:
+            asked = time.monotonic()
+            code, _ = _get(f"{daemon.base}/healthz", 30)
+            health.append((code, time.monotonic() - asked))
+            next_probe = asked + 1.0
+        for key, _ in selector.select(timeout=0.2):
+            sock = key.fileobj
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                chunk, conns[sock][:] = b"", b"reset"
+            if chunk:
+                conns[sock] += chunk
+                continue
+            answer = bytes(conns[sock])
+            kind = answer[9:12].decode(errors="replace") if answer.startswith(b"HTTP/") else (
+                "reset" if answer == b"reset" else "closed without answer")
+            ended[kind] = ended.get(kind, 0) + 1
+            last_closed = time.monotonic() - opened
+            selector.unregister(sock)
+            sock.close()
+    still_open = len(selector.get_map())
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()
+    seconds = sorted(t for _, t in health)
+    return {"connections": count, "seconds_to_open_all": round(open_seconds, 1),
+            "ended_by_answer": ended, "still_open_at_the_end": still_open,
+            "last_closed_after_seconds": round(last_closed, 1),
+            "healthz_answers": {str(c): sum(1 for k, _ in health if k == c)
+                                for c in sorted({c for c, _ in health})},
+            "healthz_seconds_median": round(seconds[len(seconds) // 2], 3) if seconds else None,
+            "healthz_seconds_max": round(seconds[-1], 3) if seconds else None,
+            "configured": {k: getattr(settings.api, k) for k in (
+                "header_timeout_seconds", "body_timeout_seconds", "max_connections")}}
+
+
 def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
     """A week of polls in a Redis of its own (the daemon's stream already holds entries newer
     than a week ago, and stream ids only grow), trimmed with the configured ``audit.*``."""
@@ -356,7 +425,8 @@ def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
     report: dict = {"machine": f"{os.cpu_count()} cpus", "scenarios": scenarios}
     with tempfile.TemporaryDirectory(prefix="leukoscope-reliability-") as tmp:
         runs = {"hostile": hostile, "redis-kill": redis_kill,
-                "flood": lambda d: flood(d, flood_frames)}
+                "flood": lambda d: flood(d, flood_frames),
+                "slow-clients": lambda d: slow_clients(d, settings)}
         daemon = Daemon(settings, Path(tmp))
         try:
             daemon.sampler.take()

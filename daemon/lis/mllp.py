@@ -6,7 +6,11 @@ daemon or of Redis. The sender opens a connection per message, writes the MLLP f
 (``0x0B message 0x1C 0x0D``) and reads one ACK: ``AA`` whose MSA-2 is the message's control
 id means delivered; ``AE``/``AR``, an ACK for another message, no ACK within
 ``ack_timeout_seconds``, or a connection closed or refused, mean retry with exponential
-backoff (``retry_initial_seconds`` doubling up to ``retry_max_seconds``). The control id
+backoff (``retry_initial_seconds`` doubling up to ``retry_max_seconds``). A message that
+cannot be built, is answered with a code in ``park_on``, or failed ``max_attempts`` times is
+parked (``store/outbox.py``): out of the way of other specimens' messages until an operator
+retries it. Only the housekeeping lease holder sends (``deliver_due``'s ``still_leader``
+is checked before every message), so two API replicas never push the same one. The control id
 (MSH-10) is unique per specimen message and kept across retries, so the LIS can drop a
 duplicate; an ACK arriving for a message already delivered changes nothing.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -30,13 +35,15 @@ from daemon.store.specimens import SpecimenStore
 log = logging.getLogger(__name__)
 
 START_BLOCK = b"\x0b"
+PARKED_LISTED = 20  # parked messages listed in /status (all are counted)
 END_BLOCK = b"\x1c\x0d"
 
 
 class MllpError(Exception):
-    def __init__(self, outcome: str, message: str) -> None:
+    def __init__(self, outcome: str, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome  # timeout | error | rejected
+        self.code = code  # the ACK code (AE, AR, CE, CR) of a rejection
 
 
 def frame(message: str) -> bytes:
@@ -94,13 +101,29 @@ class Outbox:
     def pending(self) -> int:
         return outbox.pending(self.client)
 
-    def deliver_due(self, now: float | None = None, limit: int = 20) -> list[Attempt]:
+    def deliver_due(self, now: float | None = None, limit: int = 20,
+                    still_leader: Callable[[], bool] | None = None) -> list[Attempt]:
+        """Attempt the messages due at ``now``. ``still_leader`` is asked before each one:
+        once it says no (the housekeeping lease was lost), the rest is left to the new
+        holder, so no message is pushed by two processes."""
         mllp = self.settings.lis.mllp
         if mllp is None:
             return []
         now = time.time() if now is None else now
-        return [self.attempt(specimen_id)
-                for specimen_id in outbox.due(self.client, now, limit)]
+        done = []
+        for specimen_id in outbox.due(self.client, now, limit):
+            if still_leader is not None and not still_leader():
+                log.warning("housekeeping lease lost; leaving the outbox to its new holder")
+                break
+            try:
+                done.append(self.attempt(specimen_id))
+            except redis.RedisError:
+                raise  # Redis away: the whole step waits (housekeeping's Outage)
+            except Exception as exc:  # this specimen's own fault: park it, go on
+                log.exception("LIS message failed unexpectedly; parked",
+                              extra={"specimen_id": specimen_id})
+                done.append(self._park(specimen_id, "error", f"error: {exc!r}"[:500]))
+        return done
 
     def attempt(self, specimen_id: str) -> Attempt:
         mllp = self.settings.lis.mllp
@@ -117,6 +140,12 @@ class Outbox:
             return Attempt(specimen_id, "held", "unordered")
         try:
             er7 = to_er7(oru_r01(specimen, self.settings.lis, control_id))
+        except Exception as exc:  # no retry builds it: park it, never block the others
+            log.exception("ORU^R01 could not be built; message parked",
+                          extra={"specimen_id": specimen_id})
+            outbox.count_attempt(self.client, specimen_id)
+            return self._park(specimen_id, "unbuildable", f"cannot build ORU^R01: {exc}")
+        try:
             reply = exchange(
                 mllp.host, mllp.port, er7, mllp.connect_timeout_seconds, mllp.ack_timeout_seconds
             )
@@ -127,13 +156,19 @@ class Outbox:
             if acked_id != control_id:
                 raise MllpError("error", f"ACK for message {acked_id!r}, not {control_id!r}")
             if code not in ("AA", "CA"):
-                raise MllpError("rejected", f"{code}: {text}".rstrip(": "))
+                raise MllpError("rejected", f"{code}: {text}".rstrip(": "), code)
         except MllpError as exc:
             attempts = outbox.count_attempt(self.client, specimen_id)
+            self._count(exc.outcome)
+            if exc.code is not None and exc.code in mllp.park_on:
+                return self._park(specimen_id, exc.outcome,
+                                  f"{exc.outcome}: {exc} (lis.mllp.park_on)")
+            if mllp.max_attempts is not None and attempts >= mllp.max_attempts:
+                return self._park(specimen_id, exc.outcome, f"{exc.outcome}: {exc} (after "
+                                  f"{attempts} attempts, lis.mllp.max_attempts)")
             delay = min(mllp.retry_max_seconds, mllp.retry_initial_seconds * 2 ** (attempts - 1))
             outbox.schedule_retry(self.client, specimen_id, f"{exc.outcome}: {exc}",
                                   time.time() + delay)
-            self._count(exc.outcome)
             log.warning(
                 "LIS delivery failed; will retry",
                 extra={
@@ -154,6 +189,13 @@ class Outbox:
         )
         return Attempt(specimen_id, "delivered")
 
+    def _park(self, specimen_id: str, outcome: str, reason: str) -> Attempt:
+        outbox.park(self.client, specimen_id, reason, time.time())
+        self._count("parked")
+        log.error("LIS message parked: an operator must retry it (leukoscope outbox retry)",
+                  extra={"specimen_id": specimen_id, "outcome": outcome, "reason": reason})
+        return Attempt(specimen_id, "parked", reason)
+
     def _count(self, outcome: str) -> None:
         telemetry.count("leukoscope_lis_messages_total", {"outcome": outcome})
 
@@ -164,6 +206,7 @@ def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
     if mllp is None:
         return None
     members = outbox.entries(client)
+    dead = outbox.parked(client, limit=PARKED_LISTED)
     held = [e.specimen_id for e in members if e.next_at == float("inf")]
     retrying = [(e.specimen_id, e.last_error) for e in members if e.attempts > 0]
     return {
@@ -173,4 +216,8 @@ def outbox_status(client: redis.Redis, settings: Settings) -> dict | None:
         "retrying": [{"specimen_id": s, "last_error": e} for s, e in retrying[:20]],
         "outbox_unordered": len(held),
         "unordered": held[:20],
+        # dead letters: out of the outbox until an operator retries them
+        "outbox_parked": outbox.parked_count(client),
+        "parked": [{"specimen_id": e.specimen_id, "parked_at": e.parked_at,
+                    "attempts": e.attempts, "reason": e.reason} for e in dead],
     }

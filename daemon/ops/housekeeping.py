@@ -96,7 +96,8 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
 
 
 class Housekeeper:
-    def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5,
+                 lease_seconds: float | None = None) -> None:
         self.settings = settings
         self.client = client
         self.interval = interval
@@ -105,7 +106,8 @@ class Housekeeper:
         mllp = settings.lis.mllp
         delivery = 0.0 if mllp is None else mllp.connect_timeout_seconds + mllp.ack_timeout_seconds
         # renewed every third of its time by renew(), so one slow delivery never outlasts it
-        self.lease_seconds = max(LEASE_SECONDS, delivery + 5.0)
+        # (``lease_seconds``: tests make it shorter than one delivery to prove the renewal)
+        self.lease_seconds = lease_seconds or max(LEASE_SECONDS, delivery + 5.0)
         self.lease = housekeeper_lease(client, self.lease_seconds)
         self.specimens = SpecimenStore(client, mllp_enabled=settings.lis.mllp is not None)
         self.outbox = Outbox(client, settings)
@@ -151,13 +153,21 @@ class Housekeeper:
                 self.lease.local.token = None  # expired and maybe taken: try afresh
         return self.lease.acquire(blocking=False, token=self.token)
 
+    def holds_lease(self) -> bool:
+        """Is the lease still ours (checked in Redis, token and all)? Asked before each MLLP
+        message: a holder whose lease expired (a stall longer than it) stops sending."""
+        try:
+            return self.lease.local.token is not None and self.lease.owned()
+        except redis.RedisError:
+            return False
+
     def step(self) -> None:
         if not self.leader():
             return
         spec = self.settings.specimens
         self._part("specimen lifecycle", lambda: self.specimens.tick(
             spec.idle_complete_seconds, spec.complete_grace_seconds))
-        self._part("LIS outbox", self.outbox.deliver_due)
+        self._part("LIS outbox", lambda: self.outbox.deliver_due(still_leader=self.holds_lease))
         self._part("retention", self._retention)
 
     def _part(self, what: str, work) -> None:

@@ -191,11 +191,17 @@ class StatusReader:
             storage=self.storage(),
         )
 
-    def readiness(self) -> Readiness:
+    def readiness(self, scope: str = "process") -> Readiness:
+        """Can this API process serve (``process``: Redis answers, the app has started)? A
+        load balancer or Kubernetes must not take the only API out of its Service because
+        workers lag: that is ``/status`` and the alerts. ``installation`` adds the checks
+        /readyz made before: a live worker, the backlog within ``queue.ready_max_backlog``."""
         try:
-            ping(self.client)
+            ping(self.client)  # also fails while Redis loads its AOF (BusyLoadingError)
         except redis.RedisError as exc:
             return Readiness(ready=False, reasons=[f"redis unreachable: {exc}"])
+        if scope == "process":
+            return Readiness(ready=True, reasons=[])
         report = self.report()
         reasons = []
         if not any(w.alive for w in report.workers):
@@ -224,6 +230,8 @@ class StatusReader:
                      - report.lis.get("outbox_unordered", 0)),
                     (["retrying"], report.lis["outbox_retrying"]),
                     (["unordered"], report.lis.get("outbox_unordered", 0)),
+                    # dead letters: not in the outbox any more, waiting for an operator
+                    (["parked"], report.lis.get("outbox_parked", 0)),
                 ],
             )
         yield gauge(

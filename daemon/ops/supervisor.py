@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from daemon import telemetry
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
-from daemon.store.connection import embedded_running, start_embedded, stop_embedded
+from daemon.store.connection import embedded, embedded_running, start_embedded, stop_embedded
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class Supervisor:
         self.env[telemetry.ENV] = os.environ[telemetry.ENV]
         self.env["LEUKOSCOPE_METRICS__PORT"] = "0"
         telemetry.announce("supervisor")
-        self.settings_embedded = not self.settings.redis.url
+        self.settings_embedded = embedded(self.settings)  # not with redis.url or .sentinel
         if self.settings_embedded:
             redis_socket, self.started_redis = start_embedded(self.settings.redis_dir)
             self.env["LEUKOSCOPE_REDIS__URL"] = f"unix://{redis_socket}"

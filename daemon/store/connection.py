@@ -129,6 +129,11 @@ def stop_embedded(directory: Path) -> None:
         time.sleep(0.02)
 
 
+def embedded(settings: Settings) -> bool:
+    """Does this installation run its own Redis (no url, no sentinel configured)?"""
+    return not settings.redis.url and settings.redis.sentinel is None
+
+
 def redis_url(settings: Settings) -> str:
     """The URL all processes use; starts the embedded server when no URL is configured."""
     if settings.redis.url:
@@ -144,6 +149,8 @@ def connect(settings: Settings) -> redis.Redis:
     hanging forever on a server that vanished without closing the connection; callers treat
     the resulting ``redis.TimeoutError`` like a lost connection and retry.
     """
+    if settings.redis.sentinel is not None:
+        return sentinel_client(settings)
     return redis.Redis.from_url(
         redis_url(settings),
         health_check_interval=30,
@@ -151,6 +158,41 @@ def connect(settings: Settings) -> redis.Redis:
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), COMMAND_RETRIES),
     )
+
+
+def sentinel_client(settings: Settings) -> redis.Redis:
+    """A client of the master that ``redis.sentinel`` names, through redis-py's Sentinel.
+
+    Its connections ask the sentinels where the master is each time they (re)connect; after
+    a failover the old master's connections fail (refused, or READONLY once it is a replica,
+    which redis-py turns into a ConnectionError), the client's Retry reconnects, and the
+    sentinels answer with the promoted replica. Outages longer than the retries reach the
+    callers' Outage loops like any Redis outage.
+    """
+    from redis.sentinel import Sentinel
+
+    conf = settings.redis.sentinel
+    assert conf is not None
+    tls: dict[str, object] = {}
+    if conf.ssl:
+        tls = {"ssl": True}
+        if conf.ssl_ca_certs is not None:
+            tls["ssl_ca_certs"] = str(conf.ssl_ca_certs)
+    sentinel = Sentinel(
+        conf.addresses(),
+        sentinel_kwargs={"password": conf.sentinel_password,
+                         "socket_timeout": CONNECT_TIMEOUT_SECONDS,
+                         "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS, **tls},
+        password=conf.password,
+        username=conf.username,
+        db=conf.db,
+        health_check_interval=30,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=1.0), COMMAND_RETRIES),
+        **tls,
+    )
+    return sentinel.master_for(conf.master)
 
 
 def socket_client(socket: Path) -> redis.Redis:

@@ -169,7 +169,8 @@ CATALOGUE: dict[str, MetricDef] = {
             "Time from capture to stored result, by rig.",
             ("rig",),
             LATENCY_BUCKETS,
-        ),    )
+        ),
+    )
 }
 
 Increment = tuple[str, float]

@@ -11,6 +11,8 @@ from __future__ import annotations
 STREAM_KEY = "lks:frames"  # stream: one entry per queued frame (encoded bytes + metadata)
 GROUP = "workers"  # the consumer group of STREAM_KEY shared by all workers
 INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until archived
+ADMISSION_KEY = "lks:admission"  # hash: token -> "<frames>:<expires at>": frames of a pushed file
+#   admitted against queue.max_backlog and being queued (scripts/admit.lua)
 SOLO_KEY = "lks:solo"  # hash: frame_id -> times analysed alone after a crash (poison isolation)
 
 # --- results (store/results.py) ----------------------------------------------------------
@@ -32,6 +34,8 @@ OPEN_SET = "lks:specimens:open"  # zset: open specimen -> last activity (idle co
 REQUESTED_SET = "lks:specimens:requested"  # zset: completion requested -> request time
 CONTROL_COUNTER = "lks:lis:control"  # integer: HL7 message control ids (LKS<n>)
 OUTBOX_KEY = "lks:outbox"  # zset: specimen -> next MLLP delivery attempt time
+PARKED_KEY = "lks:outbox:parked"  # zset: specimen -> time its message was parked (dead letter:
+#   failed for good or too often; out of lks:outbox until an operator retries it)
 
 # --- review and sign-off (store/review.py, issue 13) -----------------------------------
 SPECIMEN_FRAMES_KEY = "lks:specimen:{}:frames"  # zset: frame folded into the specimen -> time

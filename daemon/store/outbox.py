@@ -5,6 +5,12 @@ until an order names it); the specimen hash keeps ``outbox_attempts``, ``outbox_
 ``outbox_last_error``, ``outbox_next_at`` and ``delivered_at``. Specimens enter the outbox in
 the completion script (scripts/complete_specimen.lua); the sender in daemon/lis/mllp.py moves
 them on with the functions below.
+
+A message that fails for good (it cannot be built, the LIS rejects it with a code in
+``lis.mllp.park_on``, or it failed ``lis.mllp.max_attempts`` times) is *parked*: moved from
+``lks:outbox`` to ``lks:outbox:parked`` (the dead letters) with ``outbox_state: parked`` and
+its reason, so it no longer takes the sender's time from other specimens. An operator sends it
+again with :func:`retry` (``leukoscope outbox retry``, ``POST /lis/outbox/{id}/retry``).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from dataclasses import dataclass
 
 import redis
 
-from daemon.store.keys import OUTBOX_KEY, SPECIMEN_KEY
+from daemon.store.keys import OUTBOX_KEY, PARKED_KEY, SPECIMEN_KEY
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ def mark_delivered(client: redis.Redis, specimen_id: str, at: float) -> None:
     key = SPECIMEN_KEY.format(specimen_id)
     pipe = client.pipeline()
     pipe.zrem(OUTBOX_KEY, specimen_id)
+    pipe.zrem(PARKED_KEY, specimen_id)  # a parked message later sent (its final report)
     pipe.hincrby(key, "outbox_attempts", 1)
     pipe.hset(key, mapping={"outbox_state": "delivered", "delivered_at": repr(at)})
     pipe.hdel(key, "outbox_next_at")
@@ -81,3 +88,67 @@ def entries(client: redis.Redis) -> list[OutboxEntry]:
         found.append(OutboxEntry(specimen_id, float(score), attempts,
                                  raw[1].decode() if raw[1] else None))
     return found
+
+
+@dataclass(frozen=True)
+class ParkedEntry:
+    specimen_id: str
+    parked_at: float
+    attempts: int
+    reason: str | None
+
+
+PARKED_STATE = "parked"
+
+
+def park(client: redis.Redis, specimen_id: str, reason: str, at: float) -> None:
+    """Move a message that failed for good to the dead letters (attempt already counted)."""
+    pipe = client.pipeline()
+    pipe.zrem(OUTBOX_KEY, specimen_id)
+    pipe.zadd(PARKED_KEY, {specimen_id: at})
+    pipe.hset(SPECIMEN_KEY.format(specimen_id), mapping={
+        "outbox_state": PARKED_STATE, "outbox_last_error": reason[:500]})
+    pipe.hdel(SPECIMEN_KEY.format(specimen_id), "outbox_next_at")
+    pipe.execute()
+
+
+def parked(client: redis.Redis, limit: int | None = None) -> list[ParkedEntry]:
+    """The dead letters, oldest first. A specimen whose final report re-entered the outbox
+    after it was parked (sign-off) is listed only while its state is still ``parked``."""
+    found = []
+    end = -1 if limit is None else limit - 1
+    for member, score in client.zrange(PARKED_KEY, 0, end, withscores=True):
+        specimen_id = member.decode()
+        raw = client.hmget(SPECIMEN_KEY.format(specimen_id), "outbox_state", "outbox_attempts",
+                           "outbox_last_error")
+        if raw[0] != PARKED_STATE.encode():
+            continue
+        found.append(ParkedEntry(specimen_id, float(score), int(float(raw[1] or 0)),
+                                 raw[2].decode() if raw[2] else None))
+    return found
+
+
+def parked_count(client: redis.Redis) -> int:
+    return int(client.zcard(PARKED_KEY))
+
+
+def retry(client: redis.Redis, specimen_id: str, now: float) -> bool:
+    """Put a parked message back in the outbox, due now, with its attempts at 0 (the
+    operator fixed the cause). False when it is not parked. WATCH makes a concurrent
+    retry or delivery of the same specimen a no-op rather than a second queue entry."""
+    key = SPECIMEN_KEY.format(specimen_id)
+    with client.pipeline() as pipe:
+        try:
+            pipe.watch(PARKED_KEY, key)
+            if pipe.zscore(PARKED_KEY, specimen_id) is None or pipe.hget(
+                    key, "outbox_state") != PARKED_STATE.encode():
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            pipe.zrem(PARKED_KEY, specimen_id)
+            pipe.zadd(OUTBOX_KEY, {specimen_id: now})
+            pipe.hset(key, mapping={"outbox_state": "pending", "outbox_attempts": 0})
+            pipe.execute()
+            return True
+        except redis.WatchError:
+            return False

@@ -9,14 +9,18 @@ dedupes re-queueing after a restart and tells capture which file to archive.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import redis
 
 from daemon.store import counters, scripts
 from daemon.store.keys import (
+    ADMISSION_KEY,
     GROUP,
     INFLIGHT_KEY,
     METRICS_KEY,
@@ -54,6 +58,7 @@ class FrameQueue:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._enqueue = client.register_script(scripts.ENQUEUE)
+        self._admit = client.register_script(scripts.ADMIT)
         self.ensure_group()
 
     def ensure_group(self) -> None:
@@ -96,6 +101,24 @@ class FrameQueue:
             args.extend((key, value))
         keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
         return self._enqueue(keys=keys, args=args).decode()
+
+    @contextlib.contextmanager
+    def admission(self, frames: int, max_backlog: int, seconds: float = 300.0
+                  ) -> Iterator[tuple[bool, int]]:
+        """Reserve room for ``frames`` frames (a file's pages) against ``max_backlog``, in one
+        Redis script: concurrent pushes see each other's reservations, so they cannot all
+        find room and overshoot. Yields (admitted, backlog incl. reservations); the
+        reservation is released on exit (or expires after ``seconds`` if this process
+        dies), by which time the frames it stood for are in the stream."""
+        token = secrets.token_hex(8)
+        admitted, backlog = self._admit(
+            keys=[STREAM_KEY, ADMISSION_KEY],
+            args=[token, int(frames), int(max_backlog), float(seconds)])
+        try:
+            yield bool(admitted), int(backlog)
+        finally:
+            if admitted:
+                self.client.hdel(ADMISSION_KEY, token)
 
     def inflight(self, rig_id: str | None = None) -> list[Inflight]:
         out = []

@@ -15,6 +15,7 @@ def _read(name: str) -> str:
 
 
 ENQUEUE = _read("enqueue")
+ADMIT = _read("admit")
 FOLD_SPECIMEN = _read("fold_specimen")
 STORE_RESULT = _read("store_result").replace("-- SPECIMEN UPDATE --\n", FOLD_SPECIMEN)
 COMPLETE_SPECIMEN = _read("complete_specimen")

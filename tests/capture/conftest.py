@@ -108,6 +108,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "c
         time.sleep(0.03)
 
 
+def after_rescans(service: Any, count: int = 3) -> None:
+    """Wait until the watcher has rescanned the inbox ``count`` more times, each rescan's
+    files handled by the loop before the next begins: what a rescan would queue again is
+    queued by then. Deterministic, unlike sleeping for 'a few rescans'."""
+    start = service.watcher.rescans
+    wait_for(lambda: service.watcher.rescans >= start + count + 1, what=f"{count} rescans")
+
+
+def after_passes(service: Any, count: int = 3) -> None:
+    """Wait until the capture loop has run ``count`` more times (paused or not)."""
+    start = service.passes
+    wait_for(lambda: service.passes >= start + count + 1, what=f"{count} loop passes")
+
+
 def frame_bytes(seed: int = 0, ext: str = ".jpg", size: int = 192) -> bytes:
     """A synthetic blood smear: pale background, pink red cells, purple white cells."""
     rng = np.random.default_rng(seed)

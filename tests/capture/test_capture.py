@@ -20,7 +20,15 @@ from daemon.imaging.frames import frame_id_for
 from daemon.store import keys
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
-from tests.capture.conftest import complete, entries, frame_bytes, wait_for
+from tests.capture.conftest import (
+    after_passes,
+    after_rescans,
+    complete,
+    entries,
+    frame_bytes,
+    wait_for,
+)
+from tests.capture.frames import good_rgb
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -53,8 +61,8 @@ def test_frame_queued_once_and_not_again_after_restart(client, inbox, make_setti
         assert (a["specimen_id"], a["rig_id"], a["data"]) == ("SPEC-001", "rig-1", data_a)
         assert a["frame_id"] == frame_id_for("SPEC-001", "field_01.jpg", data_a)
         assert (b["specimen_id"], b["data"]) == (UNASSIGNED, data_b)
-        # Rescans (every 0.2 s) do not queue it again.
-        time.sleep(1.0)
+        # Rescans do not queue it again.
+        after_rescans(service)
         assert len(entries(client)) == 2
         wait_for(lambda: heartbeat(client).get("frames_queued") == 2, what="heartbeat")
         assert heartbeat(client)["state"] == "watching"
@@ -92,12 +100,12 @@ def test_result_stored_while_capture_was_down(client, inbox, make_settings, runn
     ResultStore(client).store(FrameResult(
         frame_id=frame_id_for("S1", "b.jpg", data), specimen_id="S1", source=str(stored),
         status="done", captured_at=time.time(), completed_at=time.time()))
-    with running(settings):
+    with running(settings) as service:
         wait_for(lambda: not queued.exists() and not stored.exists(), what="both archived")
         assert (settings.archive_dir / "S1" / "a-1.jpg").read_bytes() == frame_bytes(3)
         assert (settings.archive_dir / "S1" / "a.jpg").read_bytes() == b"older frame"
         assert (settings.archive_dir / "S1" / "b.jpg").read_bytes() == data
-        time.sleep(0.5)
+        after_rescans(service)
         assert entries(client) == []  # nothing re-queued
         assert FrameQueue(client).inflight() == []
 
@@ -169,10 +177,10 @@ def test_part_files_ignored_until_renamed(client, inbox, make_settings, running)
     drop(inbox / "S4", "frame2.tmp", data)
     drop(inbox / "S4", ".hidden.jpg", data)
     drop(inbox / ".staging", "x.jpg", data)
-    with running(settings):
+    with running(settings) as service:
         control = drop(inbox / "S4", "control.jpg", frame_bytes(9))
         wait_for(lambda: len(entries(client)) == 1, what="control frame queued")
-        time.sleep(0.5)  # a few more rescans
+        after_rescans(service)
         assert [e["source"] for e in entries(client)] == [str(control)]
         assert part.exists() and not settings.quarantine_dir.exists()
         final = part.with_name("frame.jpg")
@@ -200,7 +208,7 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
         wait_for(lambda: len(entries(client)) == 2, what="two frames queued")
         wait_for(lambda: heartbeat(client).get("state") == "paused_backpressure", what="pause")
         assert service.state == "paused_backpressure"
-        time.sleep(0.6)  # several loop ticks while paused
+        after_passes(service)  # several loop ticks while paused
         assert len(entries(client)) == 2
         assert complete(client)  # the backlog drains
         wait_for(lambda: len(entries(client)) == 1, what="third frame queued after draining")
@@ -209,6 +217,29 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
         for path in paths:
             wait_for(lambda p=path: (settings.archive_dir / "S6" / p.name).exists(),
                      what=f"{path.name} archived")
+
+
+def test_backpressure_counts_a_containers_pages(client, inbox, make_settings, running):
+    """max_backlog 4: a 3-page TIFF is 3 frames of backlog, so one JPEG after it fits and the
+    next waits (counting files, capture took both: 5 frames)."""
+    import io
+
+    import numpy as np
+    import tifffile
+
+    settings = make_settings(max_backlog=4)
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, np.stack([good_rgb(40 + p) for p in range(3)]), photometric="rgb")
+    tiff = drop(inbox / "S6B", "stack.tif", stack.getvalue())
+    jpegs = [drop(inbox / "S6B", f"after{i}.jpg", frame_bytes(30 + i)) for i in range(2)]
+    for age, path in enumerate([tiff, *jpegs]):  # oldest first: the TIFF, then the JPEGs
+        os.utime(path, (time.time() - 100 + age, time.time() - 100 + age))
+    with running(settings) as service:
+        wait_for(lambda: len(entries(client)) == 4, what="the TIFF's pages and one JPEG")
+        wait_for(lambda: service.state == "paused_backpressure", what="pause")
+        after_passes(service)
+        assert len(entries(client)) == 4
+        assert sum("#" in e["source"] for e in entries(client)) == 3
 
 
 def test_bad_specimen_folders_are_quarantined(client, inbox, make_settings, running):
@@ -277,13 +308,13 @@ def test_data_dir_inside_the_inbox_is_not_watched(client, inbox, make_settings, 
     settings.data_dir = inbox / "var"  # archive and quarantine end up under the inbox
     path = drop(inbox / "S10", "a.jpg", frame_bytes(15))
     drop(inbox / "S10", "empty.jpg", b"")
-    with running(settings):
+    with running(settings) as service:
         wait_for(lambda: len(entries(client)) == 1, what="queued")
         complete(client)
         archived = settings.archive_dir / "S10" / "a.jpg"
         wait_for(lambda: archived.exists() and not path.exists(), what="archived")
         wait_for((settings.quarantine_dir / "S10" / "empty.jpg").exists, what="quarantined")
-        time.sleep(0.6)  # several rescans: the archive is neither re-queued nor quarantined
+        after_rescans(service)  # the archive is neither re-queued nor quarantined
         assert archived.exists() and len(entries(client)) == 0
         assert sorted(p.name for p in settings.quarantine_dir.rglob("*")) == [
             "S10", "empty.jpg", "empty.jpg.reason.txt"]

@@ -38,6 +38,17 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _rfc3339(stamp: str) -> float:
+    """Unix time of Prometheus's RFC 3339 timestamps (nanoseconds cut to microseconds)."""
+    import datetime
+    import re
+
+    if not stamp or stamp.startswith("0001-"):
+        return 0.0
+    stamp = re.sub(r"(\.\d{6})\d*", r"\1", stamp).replace("Z", "+00:00")
+    return datetime.datetime.fromisoformat(stamp).timestamp()
+
+
 def _get(url: str, timeout: float = 5) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.loads(response.read())
@@ -121,7 +132,22 @@ def prometheus(running_daemon: Any, prometheus_bin: str,
             _keep_frames_flowing(running_daemon, round_)
             round_ += 1
             time.sleep(1)
-        time.sleep(3)  # a few rule evaluations after the last frames
+        # A few rule evaluations after the last frames: wait until every rule group has
+        # been evaluated 3 times since now (Prometheus's own lastEvaluation), not a sleep.
+        since = time.time()
+
+        def evaluated_after(t: float) -> bool:
+            groups = _get(f"{server.url}/api/v1/rules")["data"]["groups"]
+            return bool(groups) and all(
+                _rfc3339(g.get("lastEvaluation", "")) > t for g in groups)
+
+        for _ in range(3):
+            deadline_eval = time.monotonic() + 30
+            while not evaluated_after(since):
+                if time.monotonic() > deadline_eval:
+                    pytest.fail("prometheus did not evaluate its rules")
+                time.sleep(0.2)
+            since = time.time()
         yield server
     finally:
         process.terminate()

@@ -35,7 +35,13 @@ from capture.mover import free_name, write_reason
 from daemon.api.auth import require
 from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
-from daemon.imaging.frames import FrameRejected, frame_id_for, sniff_format
+from daemon.imaging.frames import (
+    FrameRejected,
+    check_encoded,
+    frame_id_for,
+    geometry,
+    sniff_format,
+)
 from daemon.settings import Settings
 from daemon.store import counters
 from daemon.store.connection import Outage
@@ -154,8 +160,35 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
         intake = Intake(settings, intake.client, intake.queue, intake.results, rig)
     source = f"{UPLOAD_PREFIX}{specimen}/{name}"
     file_id = frame_id_for(specimen, name, data)
-    if intake.queue.backlog() >= settings.queue.max_backlog:
-        raise Refused(503, "the frame queue is full; retry later", retry_after=1)
+    # Backpressure counts frames (a multi-page TIFF its pages), admitted atomically in
+    # Redis against queue.max_backlog, so concurrent pushes cannot overshoot it.
+    count = frame_count(data, settings)
+    bound = settings.queue.max_backlog
+    if count > bound:
+        raise Refused(413, f"the file holds {count} frames, more than queue.max_backlog "
+                      f"({bound}) can ever admit; split it or raise queue.max_backlog")
+    with intake.queue.admission(count, bound) as (admitted, backlog):
+        if not admitted:
+            raise Refused(503, f"the frame queue is full ({backlog} of {bound} frames, this "
+                          f"file {count}); retry later", retry_after=1)
+        return _push_admitted(settings, intake, data, specimen, name, source, file_id,
+                              scale, metadata, rig)
+
+
+def frame_count(data: bytes, settings: Settings) -> int:
+    """How many frames the file will queue, from its header (TIFF/CZI pages); 1 for a plain
+    image and for anything unreadable (expand() then rejects it with its reason)."""
+    try:
+        kind = check_encoded(data, settings.capture.max_frame_bytes)
+        found = geometry(data, kind)
+    except Exception:  # noqa: BLE001 - the real check is expand()'s, with a clear reason
+        return 1
+    return max(1, found.pages) if found is not None else 1
+
+
+def _push_admitted(settings: Settings, intake: Intake, data: bytes, specimen: str, name: str,
+                   source: str, file_id: str, scale: float | None,
+                   metadata: dict[str, str] | None, rig: str) -> tuple[int, dict]:
     try:
         frames = expand(data, settings)
     except FrameRejected as exc:
@@ -253,10 +286,12 @@ def _err(description: str, detail: str) -> dict:
                   "frame_id": "9f2c0b1d", "status": "new",
                   "frames": [{"frame_id": "9f2c0b1d", "status": "new"}]}}}},
         400: _err("bad parameters", "specimen_id must be 1-64 of [A-Za-z0-9._-]"),
-        413: _err("body above api.max_upload_bytes", "image exceeds api.max_upload_bytes"),
+        413: _err("body above api.max_upload_bytes, or a file of more frames than "
+                  "queue.max_backlog", "image exceeds api.max_upload_bytes"),
         415: _err("not an image", "not an image"),
         422: _err("truncated/undecodable image, or failed quality control", "out_of_focus"),
-        503: {"description": "queue full (backpressure); retry after Retry-After seconds",
+        503: {"description": "queue full (backpressure: queued frames, a multi-page file's "
+              "pages each, against queue.max_backlog); retry after Retry-After seconds",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
               "content": {"application/json": {"example": {
                   "detail": "the frame queue is full; retry later", "retry_after": 1}}}},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -18,7 +19,7 @@ from daemon.domain.pages import Paged
 from daemon.domain.results import FrameResult
 from daemon.domain.specimens import Specimen, SpecimenPage
 from daemon.settings import LisSettings, Settings
-from daemon.store import audit
+from daemon.store import audit, outbox
 from daemon.store.specimens import SpecimenStore
 
 router = APIRouter()
@@ -211,3 +212,28 @@ def audit_log(
         address=client_address(request),
     )
     return audit.AuditPage.of(entries)
+
+
+@router.post(
+    "/lis/outbox/{specimen_id}/retry",
+    tags=["ops"],
+    responses={
+        200: ex.ok({"specimen_id": "ACC-1001", "outcome": "queued"},
+                   "the parked message is back in the outbox, due now, attempts at 0"),
+        400: ex.BAD_SPECIMEN_ID,
+        404: ex.ok({"detail": "specimen ACC-1001 has no parked LIS message"},
+                   "nothing parked for this specimen"),
+    },
+)
+def retry_parked_message(
+    request: Request,
+    specimen_id: str,
+    _caller: Annotated[Caller, Depends(require("admin", "lis.outbox.retry"))],
+) -> dict[str, str]:
+    """Send a parked (dead-letter) LIS message again, once its cause is fixed (see
+    `/status` → `lis.parked` for the reason)."""
+    _check_id(specimen_id)
+    if not outbox.retry(request.app.state.client, specimen_id, time.time()):
+        raise HTTPException(status_code=404,
+                            detail=f"specimen {specimen_id} has no parked LIS message")
+    return {"specimen_id": specimen_id, "outcome": "queued"}

@@ -145,6 +145,7 @@ def logout(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = 
     found = session.read(request)
     if found is not None:
         if not session.csrf_ok(request, found, csrf_token):
+            note_failure(request, "csrf", "auth.forbidden", found.name, found.role)
             raise HTTPException(status_code=403, detail="missing or wrong CSRF token")
         audit.record(request.app.state.client, found.name, found.role, "ui.logout",
                      address=client_address(request))
