@@ -47,7 +47,8 @@ class RedisSettings(_Section):
 
 
 class QcSettings(_Section):
-    """Frame quality control before queueing (see capture/quality.py for the measures)."""
+    """Frame quality control, run where a frame is decoded for analysis (the workers; see
+    daemon/imaging/quality.py for the measures)."""
 
     enabled: bool = True
     min_focus: float = Field(
@@ -154,6 +155,17 @@ class QueueSettings(_Section):
     )
     ready_max_backlog: int = Field(
         default=1024, gt=0, description="/readyz fails while more frames than this wait"
+    )
+    inline_max_bytes: int | None = Field(
+        default=262_144, ge=0,
+        description="frames larger than this travel through the frame store "
+        "(<data_dir>/frames/) and the queue entry carries a reference; null: every frame "
+        "inline in Redis (as before issue 15)",
+    )
+    frame_store_orphan_seconds: float = Field(
+        default=600.0, gt=0,
+        description="a stored frame this old whose frame has a result, or is no longer in "
+        "flight, is deleted by housekeeping (a capture or worker died between its steps)",
     )
 
 
@@ -396,6 +408,11 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def frames_dir(self) -> Path:
+        """The frame store: bytes of queued frames above ``queue.inline_max_bytes``."""
+        return self.data_dir / "frames"
 
     @property
     def redis_dir(self) -> Path:

@@ -104,7 +104,12 @@ class Analyzer:
         image: (H, W, 3) uint8 RGB. The background is measured after rescaling (fewer pixels
         when shrinking) and brought to the models' reference by a per-channel gain.
         """
-        image = self.rescaler.apply(image, scale.factor)
+        return self.balance(self.rescaler.apply(image, scale.factor))
+
+    def balance(self, image: np.ndarray) -> tuple[np.ndarray, AcquisitionInfo | None]:
+        """A frame already at the models' scale -> at the models' background (gain), and what
+        was measured. Apart from :meth:`prepare` so that quality control can measure the
+        frame between the two (its thresholds are for frames as lit, at the models' scale)."""
         if self.acquisition is None:
             return image, None
         background = background_rgb(image)

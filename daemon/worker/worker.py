@@ -1,6 +1,10 @@
 """A worker process: read frames from the queue, analyse them in batches, store results.
 
-A frame is acknowledged only by the script that stores its result. On start a worker first
+Each frame is decoded once, here: quality control (daemon/imaging/quality.py) measures it at
+the models' scale, between rescaling and the background gain, and a failing frame is stored
+as ``rejected`` with its measures (the capture archiver then quarantines the original).
+A frame is acknowledged only by the script that stores its result; bytes it had in the
+frame store are deleted only after that. On start a worker first
 re-reads the entries it still holds from a previous life (same consumer name), then takes
 new ones; every ``claim_idle_seconds`` it also takes over entries of silent consumers.
 """
@@ -21,12 +25,14 @@ from daemon import __version__
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.imaging.frames import FrameRejected, decode_rgb
+from daemon.imaging.quality import assess
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.gpu import gpu_stats
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import Outage, connect
+from daemon.store.frames import MissingFrame
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
@@ -43,6 +49,14 @@ def _malloc_trim() -> None:
     except (OSError, AttributeError):  # not glibc
         pass
 
+class QcRejected(FrameRejected):
+    """A frame that failed quality control, with the measured values for its result."""
+
+    def __init__(self, reason: str, message: str, quality: dict[str, float]) -> None:
+        super().__init__(reason, message)
+        self.quality = quality
+
+
 def default_worker_id(index: int = 0) -> str:
     return f"{heartbeats.host_name()}-w{index}"
 
@@ -52,7 +66,7 @@ class Worker:
         self.settings = settings
         self.id = worker_id
         self.client = connect(settings)
-        self.queue = FrameQueue(self.client)
+        self.queue = FrameQueue.for_settings(self.client, settings)
         self.store = ResultStore(
             self.client, keys.STREAM_KEY, keys.GROUP, settings.specimens.low_confidence
         )
@@ -188,6 +202,7 @@ class Worker:
             if d.frame_id in done_already:
                 # Stored by a worker that died before acknowledging: just ack.
                 self.store.ack(d.entry_id)
+                self.queue.release([d])  # its result is stored: the bytes are not needed
                 log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
                 continue
             (suspects if d.deliveries > 1 else fresh).append(d)
@@ -227,19 +242,40 @@ class Worker:
             low, high = PHYSICAL_UM_PER_PIXEL
             raise FrameRejected("bad_scale", f"um_per_pixel {d.um_per_pixel!r} is not a finite "
                                 f"number from {low} to {high}")
-        image = decode_rgb(d.data, self.settings.capture.max_frame_bytes,
+        try:
+            data = self.queue.load(d)  # inline, or from the frame store
+        except MissingFrame as exc:
+            raise FrameRejected("unreadable", str(exc)) from exc
+        except OSError as exc:
+            raise FrameRejected("unreadable", f"cannot read the frame store: {exc}") from exc
+        image = decode_rgb(data, self.settings.capture.max_frame_bytes,
                            self.settings.capture.max_frame_pixels)
+        del data
         decoded = time.perf_counter()
+        qc = self.settings.capture.qc
+        qc_ms = 0.0
         try:
             source = (d.metadata or {}).get("um_per_pixel_source", "configured")
             scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
-            prepared, acquisition = self.analyzer.prepare(image, scale)
+            rescaled = self.analyzer.rescaler.apply(image, scale.factor)
+            if qc.enabled and not d.qc_done:
+                qc_started = time.perf_counter()
+                quality = assess(rescaled, qc)
+                qc_ms = (time.perf_counter() - qc_started) * 1000
+                if not quality.ok:
+                    assert quality.reason is not None and quality.message is not None
+                    raise QcRejected(quality.reason, quality.message, quality.values)
+            prepared, acquisition = self.analyzer.balance(rescaled)
+        except FrameRejected:
+            raise
         except Exception as exc:  # noqa: BLE001 - one frame's problem is its own result
             log.exception("frame could not be prepared", extra={"frame_id": d.frame_id})
             raise FrameRejected("undecodable", f"the frame could not be brought to the "
                                 f"models' scale: {type(exc).__name__}: {exc}") from exc
         timings = {"decode": (decoded - started) * 1000,
-                   "rescale": (time.perf_counter() - decoded) * 1000}
+                   "rescale": (time.perf_counter() - decoded) * 1000 - qc_ms}
+        if qc_ms:
+            timings["qc"] = qc_ms
         return prepared, scale, acquisition, timings
 
     def _process_group(self, group: list[Delivery], started: float) -> None:
@@ -268,7 +304,13 @@ class Worker:
             try:
                 prepared, scale, acquisition, timings = self._prepare(d)
             except FrameRejected as exc:
-                result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
+                quality = exc.quality if isinstance(exc, QcRejected) else None
+                if quality is not None:
+                    log.warning("frame rejected", extra={
+                        "frame_id": d.frame_id, "specimen_id": d.specimen_id,
+                        "reason": exc.reason, "detail": exc.message, "quality": quality})
+                result = self._result(d, "rejected", error=exc.message, reason=exc.reason,
+                                      quality=quality)
                 outcomes.append((d, result, []))
                 continue
             size = prepared.shape[0] * prepared.shape[1]
@@ -356,6 +398,8 @@ class Worker:
             counters.histogram("leukoscope_stage_seconds", per_frame, {"stage": "store"}),
         )
         self.queue.clear_solo([d.frame_id for d, _, _ in outcomes if d.deliveries > 1])
+        # Only now, with every result stored: a crash before this re-reads the bytes.
+        self.queue.release([d for d, _, _ in outcomes])
         for (d, result, _), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)
             log.info(
