@@ -157,7 +157,7 @@ class QueueSettings(_Section):
         default=1024, gt=0, description="/readyz fails while more frames than this wait"
     )
     inline_max_bytes: int | None = Field(
-        default=262_144, ge=0,
+        default=32_768, ge=0,
         description="frames larger than this travel through the frame store "
         "(<data_dir>/frames/) and the queue entry carries a reference; null: every frame "
         "inline in Redis (as before issue 15)",

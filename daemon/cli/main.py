@@ -80,7 +80,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_reliability(args: argparse.Namespace) -> int:
     from daemon.cli.reliability import run_reliability
 
-    return run_reliability(_settings(args, "reliability"), args.scenarios, args.flood, args.json)
+    return run_reliability(_settings(args, "reliability"), args.scenarios, args.flood, args.json,
+                           args.queue_frames)
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
@@ -198,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "hostile input, Redis killed, a flood: outcomes, memory, bounds")
     reliability.add_argument(
         "--scenarios", nargs="+", default=["hostile", "redis-kill", "flood", "audit-week"],
-        choices=["hostile", "redis-kill", "flood", "audit-week"])
+        choices=["hostile", "redis-kill", "flood", "audit-week", "queue-memory"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
+    reliability.add_argument("--queue-frames", type=int, default=1000,
+                             help="queue-memory: 1920x1280 camera frames queued with no worker")
     reliability.add_argument("--json", action="store_true", help="print one JSON object")
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
