@@ -349,6 +349,19 @@ class WorkerSettings(_Section):
         default=300.0, gt=0, description="a worker silent this long is dropped from /status"
     )
     fp16: bool = Field(default=False, description="use the fp16 model files on CUDA")
+    tensorrt: bool = Field(
+        default=False, description="put ONNX Runtime's TensorRT provider before CUDA (engines "
+        "built once per model and card, kept in trt_engine_cache); falls back to CUDA, with a "
+        "log line, where ONNX Runtime has no TensorRT")
+    trt_engine_cache: Path | None = Field(
+        default=None, description="folder of built TensorRT engines; null: <data_dir>/trt-engines")
+    io_binding: bool | None = Field(
+        default=None, description="hand tensors to ONNX Runtime as OrtValues bound on the "
+        "session's device (one copy each way on a GPU); null: on with CUDA/TensorRT, off on CPU")
+    max_queue_delay_ms: float = Field(
+        default=0.0, ge=0, le=10_000, description="dynamic batching across frames: after the "
+        "first frame, wait at most this long for up to batch_frames to arrive (as Triton's "
+        "max_queue_delay); 0: take what is queued at once (best on the CPU)")
 
 
 class ModelSettings(_Section):
@@ -408,6 +421,10 @@ class Settings(BaseSettings):
     @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
+
+    @property
+    def trt_engine_dir(self) -> Path:
+        return self.workers.trt_engine_cache or self.data_dir / "trt-engines"
 
     @property
     def frames_dir(self) -> Path:
@@ -480,6 +497,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     settings.capture.directory = _resolve(settings.capture.directory, base)
     settings.models.segmenter = _resolve(settings.models.segmenter, base)
     settings.models.classifier = _resolve(settings.models.classifier, base)
+    if settings.workers.trt_engine_cache is not None:
+        settings.workers.trt_engine_cache = _resolve(settings.workers.trt_engine_cache, base)
     if settings.api.tls.certfile is not None:
         settings.api.tls.certfile = _resolve(settings.api.tls.certfile, base)
     if settings.api.tls.keyfile is not None:

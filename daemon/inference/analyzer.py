@@ -71,10 +71,12 @@ class Analyzer:
     @classmethod
     def from_settings(cls, settings: Settings) -> Analyzer:
         w = settings.workers
+        gpu = {"tensorrt": w.tensorrt, "engine_cache": settings.trt_engine_dir if w.tensorrt
+               else None, "io_binding": w.io_binding}
         return cls(
             Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
-                      max_pixels=w.max_batch_pixels),
-            Classifier(settings.models.classifier, w.device, w.threads, w.fp16),
+                      max_pixels=w.max_batch_pixels, **gpu),
+            Classifier(settings.models.classifier, w.device, w.threads, w.fp16, **gpu),
             w.max_batch_cells,
         )
 

@@ -163,9 +163,28 @@ class Worker:
                 )
         if not batch:
             batch = self.queue.read(self.id, self.settings.workers.batch_frames, block_ms)
+            if batch:
+                batch += self._fill(len(batch))
         if batch:
             self.process(batch)
         return len(batch)
+
+    def _fill(self, have: int) -> list[Delivery]:
+        """Dynamic batching (Triton's max_queue_delay): after a batch's first frames, wait up
+        to ``workers.max_queue_delay_ms`` for more, up to ``batch_frames``. A GPU runs a
+        batch of 8 in about the time of one, so a few ms of waiting buys throughput; on the
+        CPU the default 0 takes what is queued at once (a batch costs what its frames do)."""
+        workers = self.settings.workers
+        if workers.max_queue_delay_ms <= 0 or have >= workers.batch_frames:
+            return []
+        deadline = time.monotonic() + workers.max_queue_delay_ms / 1000
+        more: list[Delivery] = []
+        while have + len(more) < workers.batch_frames and not self.stopping.is_set():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                break
+            more += self.queue.read(self.id, workers.batch_frames - have - len(more), left_ms)
+        return more
 
     # --- the work -----------------------------------------------------------------------
     def _result(self, d: Delivery, status: str, **fields: object) -> FrameResult:
