@@ -409,6 +409,11 @@ class Worker:
     def _store_all(
         self, outcomes: list[tuple[Delivery, FrameResult, list[counters.Increment]]]
     ) -> None:
+        # completed_at is when the result is stored, so leukoscope_frame_latency_seconds
+        # (completed_at - captured_at) includes the wait for the previous batch's store.
+        stamp = time.time()
+        for _, result, _ in outcomes:
+            result.completed_at = max(result.completed_at, stamp)
         store_start = time.perf_counter()
         stored = self.store.store_many([(r, d.entry_id, extra) for d, r, extra in outcomes])
         per_frame = (time.perf_counter() - store_start) / len(outcomes)
