@@ -207,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
     keygen.add_argument("role", choices=["ingest", "read", "reviewer", "admin"])
-    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as capture would")
+    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as the workers do")
     qc.add_argument("paths", nargs="+", help="image files or folders")
     qc.add_argument("--summary", action="store_true", help="percentiles instead of one line a file")
     export = command("export-labels", cmd_export_labels,
