@@ -15,7 +15,7 @@ second, and runs:
 * ``queue-memory`` (not in the default run): N camera frames (synthetic 1920x1280 JPEGs,
   cells 3x the models' scale) queued with no worker, in a Redis of their own, through the
   same queue capture uses: Redis ``used_memory`` growth with the frame store (bytes above
-  ``queue.inline_max_bytes`` on disk) and, for comparison, per frame with every frame inline.
+  ``queue.inline_max_bytes`` on disk) and, for comparison, with every frame inline.
 * ``audit-week``: a week of one ``/results`` poll a second (604,800 audit entries, written
   straight to Redis), then the housekeeping trim with the configured ``audit.*``: Redis
   bytes per entry and the bound.
@@ -355,7 +355,7 @@ def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
             "configured": trail.model_dump()}
 
 
-def queue_memory(settings: Settings, root: Path, frames: int, inline_sample: int = 50) -> dict:
+def queue_memory(settings: Settings, root: Path, frames: int) -> dict:
     """Redis memory with ``frames`` camera frames queued and no worker (issue 15). Enqueued
     with the queue capture uses (the same script: stream entry, in-flight record, counter),
     in a Redis of its own so nothing else moves its ``used_memory``."""
@@ -365,17 +365,15 @@ def queue_memory(settings: Settings, root: Path, frames: int, inline_sample: int
     from daemon.store.queue import FrameQueue
 
     distinct = bench_frames(8, None, (1280, 1920), 3.0)  # cycled: every entry is its own frame
-    directory = root / "queue-redis"
-    sock, _ = start_embedded(directory)
-    client = socket_client(sock)
     store = FrameStore(root / "queue-frames")
-    try:
-        measured = {}
-        for mode, count, queue in (
-                ("frame_store", frames, FrameQueue(client, store, settings.queue.inline_max_bytes)),
-                ("inline", inline_sample, FrameQueue(client))):
-            client.flushall()
-            queue.ensure_group()
+    measured: dict = {}
+    for mode, count, inline_max in (("frame_store", frames, settings.queue.inline_max_bytes),
+                                    ("inline", frames, None)):
+        directory = root / f"queue-redis-{mode}"  # a fresh Redis for each way
+        sock, _ = start_embedded(directory)
+        client = socket_client(sock)
+        try:
+            queue = FrameQueue(client, store, inline_max)
             before = used_memory_bytes(client)
             total = 0
             for i in range(count):
@@ -384,17 +382,16 @@ def queue_memory(settings: Settings, root: Path, frames: int, inline_sample: int
                 assert queue.enqueue(f"{mode}-{i:06d}", "CAM", f"/inbox/CAM/{i:06d}.jpg",
                                      "rig-1", data) == "new"
             after = used_memory_bytes(client)
-            grown = after - before
-            measured[mode] = {"frames": count, "frame_bytes_mean": round(total / count),
-                              "redis_used_memory_mib": round(after / 2**20, 2),
-                              "redis_used_memory_growth_mib": round(grown / 2**20, 2),
-                              "redis_bytes_per_frame": round(grown / count)}
-        files, size = store.usage()
-        measured["frame_store"]["files"] = files
-        measured["frame_store"]["disk_mib"] = round(size / 2**20, 1)
-    finally:
-        client.close()
-        stop_embedded(directory)
+        finally:
+            client.close()
+            stop_embedded(directory)
+        measured[mode] = {"frames": count, "frame_bytes_mean": round(total / count),
+                          "redis_used_memory_mib": round(after / 2**20, 2),
+                          "redis_used_memory_growth_mib": round((after - before) / 2**20, 2),
+                          "redis_bytes_per_frame": round((after - before) / count)}
+    files, size = store.usage()
+    measured["frame_store"]["files"] = files
+    measured["frame_store"]["disk_mib"] = round(size / 2**20, 1)
     measured["inline_max_bytes"] = settings.queue.inline_max_bytes
     return measured
 
