@@ -12,6 +12,7 @@ dedupes re-queueing after a restart and tells capture which file to archive.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from daemon.store.keys import (
     SOLO_KEY,
     STREAM_KEY,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,7 +163,13 @@ class FrameQueue:
             return
         for d in deliveries:
             if d.data_ref is not None:
-                self.frames.delete(d.data_ref)
+                try:
+                    self.frames.delete(d.data_ref)
+                except OSError:
+                    # Results are stored and acknowledged: a file left behind is the
+                    # janitor's (store/frames.py sweep), never a reason to fail the batch.
+                    log.warning("could not delete a stored frame; housekeeping will",
+                                extra={"frame_id": d.frame_id, "ref": d.data_ref})
 
     def inflight(self, rig_id: str | None = None) -> list[Inflight]:
         out = []

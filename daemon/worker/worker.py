@@ -49,6 +49,7 @@ def _malloc_trim() -> None:
     except (OSError, AttributeError):  # not glibc
         pass
 
+
 class QcRejected(FrameRejected):
     """A frame that failed quality control, with the measured values for its result."""
 
