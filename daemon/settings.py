@@ -358,6 +358,10 @@ class WorkerSettings(_Section):
     io_binding: bool | None = Field(
         default=None, description="hand tensors to ONNX Runtime as OrtValues bound on the "
         "session's device (one copy each way on a GPU); null: on with CUDA/TensorRT, off on CPU")
+    decode_threads: int = Field(
+        default=1, ge=0, le=64, description="threads decoding a batch's next frames while "
+        "the current one is rescaled and checked (for GPU hosts, where the models wait on "
+        "the CPU); 0: min(4, CPUs); 1: decode in turn (on 2 CPU cores threads gained nothing)")
     max_queue_delay_ms: float = Field(
         default=0.0, ge=0, le=10_000, description="dynamic batching across frames: after the "
         "first frame, wait at most this long for up to batch_frames to arrive (as Triton's "

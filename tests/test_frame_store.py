@@ -158,3 +158,29 @@ def test_janitor_deletes_orphans_only(small_inline: Settings) -> None:
     assert sorted(p.name for p in frames.files()) == ["camera", "waiting"]
     drain(worker)  # the two still queued are analysed and their bytes released
     assert frames.files() == []
+
+
+def test_decoding_on_threads_gives_the_same_results_in_order(
+        make_settings: Callable[..., Settings]) -> None:
+    """Frames decoded ahead on the decode threads come out in queue order, with the same
+    results as one after the other; a bad frame among them is still its own rejection."""
+    outcomes = {}
+    for threads in (1, 3):
+        worker = Worker(make_settings(workers={"decode_threads": threads, "batch_frames": 8}),
+                        f"t-decode{threads}")
+        worker.client.flushall()
+        worker.queue.ensure_group()
+        for i in range(6):
+            worker.queue.enqueue(f"d{i}", "S1", f"/in/S1/{i}.jpg", "rig-1", synthetic_jpeg(i))
+        worker.queue.enqueue("bad", "S1", "/in/S1/bad.jpg", "rig-1", b"\xff\xd8\xff" + bytes(9))
+        assert worker.step(block_ms=100) == 7
+        worker.flush()
+        store = ResultStore(worker.client)
+        outcomes[threads] = {
+            f: (r.status, r.reason, r.frame_class, [c.bbox for c in r.cells])
+            for f in [f"d{i}" for i in range(6)] + ["bad"] if (r := store.get(f))}
+        if threads > 1:
+            assert worker._decoder is not None  # the pool was used
+    assert outcomes[1] == outcomes[3]
+    assert outcomes[3]["bad"][:2] == ("rejected", "truncated")
+    assert all(outcomes[3][f"d{i}"][0] == "done" for i in range(6))

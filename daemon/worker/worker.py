@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
+import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -80,6 +84,7 @@ class Worker:
         )
         self._storer: ThreadPoolExecutor | None = None
         self._storing: Future | None = None
+        self._decoder: ThreadPoolExecutor | None = None  # workers.decode_threads
         self._last_claim = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -130,6 +135,9 @@ class Worker:
             finally:
                 self._storer.shutdown(wait=True)
                 self._storer = None
+                if self._decoder is not None:
+                    self._decoder.shutdown(wait=True)
+                    self._decoder = None
         try:
             self.heart.leave()
         except redis.RedisError as exc:
@@ -252,11 +260,10 @@ class Worker:
         else:
             self._storing = self._storer.submit(self._store_all, outcomes)
 
-    def _prepare(self, d: Delivery
-                 ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
-        """Decode (pixel budget first) and bring to the models' scale and background;
-        FrameRejected for a frame that cannot be, whatever the cause. Also returns the time
-        (ms) each step took: ``decode`` and ``rescale`` (red-cell ruler, resize, gain)."""
+    def _decode(self, d: Delivery) -> tuple[np.ndarray, float]:
+        """The frame's pixels (pixel budget first) and the ms it took; FrameRejected.
+
+        Pure (no shared state), so it runs on the decode threads."""
         started = time.perf_counter()
         if d.um_per_pixel is not None and not valid_um_per_pixel(d.um_per_pixel):
             low, high = PHYSICAL_UM_PER_PIXEL
@@ -270,8 +277,43 @@ class Worker:
             raise FrameRejected("unreadable", f"cannot read the frame store: {exc}") from exc
         image = decode_rgb(data, self.settings.capture.max_frame_bytes,
                            self.settings.capture.max_frame_pixels)
-        del data
-        decoded = time.perf_counter()
+        return image, (time.perf_counter() - started) * 1000
+
+    def _decoded(self, group: list[Delivery]
+                 ) -> Iterator[tuple[Delivery, Callable[[], tuple[np.ndarray, float]]]]:
+        """``group`` in order, each with a call that returns its decoded frame (or raises
+        FrameRejected). With ``workers.decode_threads`` above 1 the next frames decode on a
+        thread pool while this one is rescaled and checked (OpenCV's decoder releases the
+        GIL); at most that many decoded frames wait, so memory stays bounded by the window,
+        not by ``batch_frames``."""
+        threads = self.settings.workers.decode_threads or min(4, os.cpu_count() or 1)
+        if threads <= 1 or len(group) <= 1:
+            for d in group:
+                yield d, lambda d=d: self._decode(d)
+            return
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=threads,
+                                               thread_name_prefix="decode")
+        waiting: deque[tuple[Delivery, Future]] = deque()
+        upcoming = iter(group)
+        for d in itertools.islice(upcoming, threads):
+            waiting.append((d, self._decoder.submit(self._decode, d)))
+        while waiting:
+            d, future = waiting.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                waiting.append((following, self._decoder.submit(self._decode, following)))
+            yield d, future.result
+
+    def _prepare(self, d: Delivery,
+                 decoded: Callable[[], tuple[np.ndarray, float]] | None = None,
+                 ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
+        """Decode (pixel budget first; or take ``decoded``'s frame) and bring to the models'
+        scale and background, with quality control between; FrameRejected for a frame that
+        cannot be, whatever the cause. Also returns the time (ms) each step took: ``decode``,
+        ``rescale`` (red-cell ruler, resize, gain) and ``qc``."""
+        image, decode_ms = decoded() if decoded is not None else self._decode(d)
+        decoded_at = time.perf_counter()
         qc = self.settings.capture.qc
         qc_ms = 0.0
         try:
@@ -292,8 +334,8 @@ class Worker:
             log.exception("frame could not be prepared", extra={"frame_id": d.frame_id})
             raise FrameRejected("undecodable", f"the frame could not be brought to the "
                                 f"models' scale: {type(exc).__name__}: {exc}") from exc
-        timings = {"decode": (decoded - started) * 1000,
-                   "rescale": (time.perf_counter() - decoded) * 1000 - qc_ms}
+        timings = {"decode": decode_ms,
+                   "rescale": (time.perf_counter() - decoded_at) * 1000 - qc_ms}
         if qc_ms:
             timings["qc"] = qc_ms
         return prepared, scale, acquisition, timings
@@ -320,9 +362,9 @@ class Worker:
                 _malloc_trim()
             pixels = 0
 
-        for d in group:
+        for d, decoded in self._decoded(group):
             try:
-                prepared, scale, acquisition, timings = self._prepare(d)
+                prepared, scale, acquisition, timings = self._prepare(d, decoded)
             except FrameRejected as exc:
                 quality = exc.quality if isinstance(exc, QcRejected) else None
                 if quality is not None:
