@@ -3,7 +3,7 @@
 * Scenes: each scene (``S``) is one field. With ``capture.czi_tile_frames`` (default) a
   scene acquired as several tiles (a mosaic, ``M``) gives one frame per tile, each the
   camera field as acquired; otherwise one frame per scene (the stitched scene).
-* Z-stacks: the sharpest plane (capture/quality.py focus score) of each frame is taken;
+* Z-stacks: the sharpest plane (daemon/imaging/quality.py focus score) of each frame is taken;
   the chosen ``z`` and the number of planes are in the frame's metadata.
 * Channels and time: ``C=0`` and ``T=0`` only (a brightfield RGB acquisition has one
   channel; further time points are not separate fields).
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from capture.quality import focus_score, grey
 from capture.tiff import Page, to_rgb, to_uint8
 from daemon.imaging.frames import FrameRejected, check_pixels
+from daemon.imaging.quality import focus_score, grey
 
 
 def _scale_um(metadata: dict) -> float | None:

@@ -4,22 +4,23 @@
 single-page TIFF is one frame that travels as its original bytes; a CZI, a multi-page or
 a >8-bit TIFF becomes one frame per page/scene/tile (see capture/tiff.py, capture/czi.py)
 that travels as lossless PNG bytes of the 8-bit RGB frame, since workers decode with
-OpenCV. :class:`Intake` runs quality control on each frame and either queues it or stores
-a ``rejected`` result with the measured values and the reason.
+OpenCV. A single-frame file is not decoded here (its size comes from its header): the
+worker decodes it once, for quality control and analysis together. :class:`Intake` queues
+frames; where the pixels are at hand anyway (HTTP push, live cameras) it runs quality
+control first and stores a ``rejected`` result with the measured values and the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import redis
 
-from capture.quality import Quality, Thresholds, assess
 from capture.tiff import Page, iter_tiff, plain_tiff
 from daemon.domain.manifest import ManifestError, load_manifest
 from daemon.domain.results import FrameResult
@@ -30,6 +31,7 @@ from daemon.imaging.frames import (
     decode_rgb,
     frame_id_for,
 )
+from daemon.imaging.quality import Quality, Thresholds, assess
 from daemon.imaging.scale import Rescaler
 from daemon.settings import Settings
 from daemon.store import counters
@@ -39,17 +41,38 @@ from daemon.store.results import ResultStore
 log = logging.getLogger(__name__)
 
 
-@dataclass
 class SourceFrame:
-    """A decoded frame and the bytes that will be queued for it."""
+    """A frame and the bytes that will be queued for it.
 
-    rgb: np.ndarray  # (H, W, 3) uint8 RGB, for quality control
-    data: bytes  # encoded bytes the worker decodes
-    label: str | None = None  # None: the file itself; else the page/scene/tile in the file
-    um_per_pixel: float | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    #: where ``um_per_pixel`` came from: the file's own metadata, or a rig/push setting
-    um_per_pixel_source: str = "file"
+    ``rgb`` ((H, W, 3) uint8 RGB) is decoded from ``data`` on first use only: capture queues
+    single-frame files without decoding them (the worker decodes once); the API's image
+    views and HTTP push's quality control read it.
+    """
+
+    def __init__(self, rgb: np.ndarray | None, data: bytes, label: str | None = None,
+                 um_per_pixel: float | None = None, metadata: dict[str, str] | None = None,
+                 um_per_pixel_source: str = "file",
+                 decode: Callable[[], np.ndarray] | None = None) -> None:
+        self._rgb = rgb
+        self._decode = decode
+        self.data = data  # encoded bytes the worker decodes
+        self.label = label  # None: the file itself; else the page/scene/tile in the file
+        self.um_per_pixel = um_per_pixel
+        self.metadata: dict[str, str] = metadata or {}
+        #: where ``um_per_pixel`` came from: the file's own metadata, or a rig/push setting
+        self.um_per_pixel_source = um_per_pixel_source
+
+    @property
+    def decoded(self) -> bool:
+        return self._rgb is not None
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            if self._decode is None:
+                raise FrameRejected("undecodable", "no pixels and no way to decode them")
+            self._rgb = self._decode()
+        return self._rgb
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
@@ -109,15 +132,23 @@ def expand(data: bytes, settings: Settings) -> Frames:
         assert found is not None
         try:
             plain = plain_tiff(data)
-            if plain:
-                (page,) = iter_tiff(data, capture.tiff_bit_depth, 1)
-                return Frames(False, iter([SourceFrame(page.rgb, data)]))
         except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
             raise FrameRejected("undecodable", f"cannot read TIFF: {exc}") from exc
+        if plain:  # travels as its own bytes; decoded (by the worker) only when needed
+            return Frames(False, iter([SourceFrame(None, data, decode=lambda: _plain_page(
+                data, capture.tiff_bit_depth))]))
         return Frames(True, _pages(iter_tiff(data, capture.tiff_bit_depth, found.pages), "TIFF"))
-    # the worker's own decoder
-    return Frames(False, iter([SourceFrame(decode_rgb(data, max_pixels=capture.max_frame_pixels),
-                                           data)]))
+    # Header checks are done; the worker's own decoder reads it, here only when asked to.
+    return Frames(False, iter([SourceFrame(None, data, decode=lambda: decode_rgb(
+        data, max_pixels=capture.max_frame_pixels))]))
+
+
+def _plain_page(data: bytes, bit_depth: int | None) -> np.ndarray:
+    try:
+        (page,) = iter_tiff(data, bit_depth, 1)
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many kinds
+        raise FrameRejected("undecodable", f"cannot read TIFF: {exc}") from exc
+    return page.rgb
 
 
 @dataclass
@@ -153,7 +184,7 @@ class Intake:
                  results: ResultStore | None = None, rig_id: str | None = None) -> None:
         self.settings = settings
         self.client = client
-        self.queue = queue or FrameQueue(client)
+        self.queue = queue or FrameQueue.for_settings(client, settings)
         self.results = results or ResultStore(client)
         self.rig_id = rig_id or settings.capture.rig_id
         self._scale: Rescaler | None = None
@@ -170,9 +201,15 @@ class Intake:
 
     def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,
               captured_at: float | None = None, metadata: dict[str, str] | None = None,
-              quality: Quality | None = None) -> Offer:
-        """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection."""
-        quality = quality if quality is not None else self.check(frame)
+              quality: Quality | None = None, check: bool = True) -> Offer:
+        """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection.
+
+        ``check=False`` queues it unchecked: the worker runs quality control where it
+        decodes the frame (files from the watched folder, issue 15: decode once).
+        """
+        checked = check or quality is not None
+        if quality is None:
+            quality = self.check(frame) if check else Quality()
         meta = {**frame.metadata, **(metadata or {})}
         if frame.um_per_pixel and frame.um_per_pixel_source == "file":
             meta["um_per_pixel_source"] = "file"  # the worker's default is "configured"
@@ -184,7 +221,8 @@ class Intake:
                                 quality.values, self.scale_of(frame), meta, now)
             return Offer("rejected", frame_id, quality)
         outcome = self.queue.enqueue(frame_id, specimen_id, source, self.rig_id, frame.data,
-                                     now, um_per_pixel=self.scale_of(frame), metadata=meta)
+                                     now, um_per_pixel=self.scale_of(frame), metadata=meta,
+                                     qc_done=checked and self.settings.capture.qc.enabled)
         return Offer(outcome, frame_id, quality)
 
     def store_rejected(self, frame_id: str, specimen_id: str, source: str, reason: str,

@@ -57,7 +57,7 @@ class CaptureService:
         self.rig_id = settings.capture.rig_id
         self.inbox = Path(os.path.abspath(settings.capture.directory))
         self.client = client if client is not None else connect(settings)
-        self.queue = FrameQueue(self.client)
+        self.queue = FrameQueue.for_settings(self.client, settings)
         self.results = ResultStore(self.client)
         self.watcher = InboxWatcher(
             self.inbox,
@@ -234,11 +234,8 @@ class CaptureService:
             (frame,) = frames
         except FrameRejected as exc:
             return self.reject(ready, data, exc.reason, exc.message)
-        quality = self.intake.check(frame)
-        if not quality.ok:
-            assert quality.reason is not None and quality.message is not None
-            return self.reject(ready, data, quality.reason, quality.message, quality.values)
-
+        # No decoding and no quality control here: the worker decodes the frame once, for
+        # both; a frame it rejects comes back through the archiver into quarantine.
         frame_id = frame_id_for(placement.specimen_id, placement.name, data)
         extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
         outcome = self.queue.enqueue(
@@ -262,7 +259,8 @@ class CaptureService:
         """A CZI or multi-page/>8-bit TIFF: offer each frame, then archive the file at once.
 
         Its frames travel as PNG bytes, so the file is not needed once they are all queued
-        (or rejected: QC rejections of single frames are results only, the file is archived).
+        (or rejected: a worker's QC rejection of one page is a result only, the file is
+        archived).
         A crash before the move re-reads the file; the queue answers 'queued' or 'stored'.
         Frames are decoded one at a time. A page that cannot be read after others were
         queued gets its own 'rejected' result and the file is archived with the rest.
@@ -291,8 +289,9 @@ class CaptureService:
             count += 1
             first_label = first_label or frame.label
             frame_id = derived_frame_id(placement.specimen_id, placement.name, frame.label, data)
+            # Quality control is the worker's, on the page it decodes for analysis.
             offer = self.intake.offer(frame, frame_id, placement.specimen_id,
-                                      f"{path}#{frame.label}", now)
+                                      f"{path}#{frame.label}", now, check=False)
             outcomes[offer.outcome] = outcomes.get(offer.outcome, 0) + 1
         self.frames_queued += outcomes.get("new", 0)
         self.frames_rejected += outcomes.get("rejected", 0)

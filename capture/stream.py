@@ -21,9 +21,9 @@ import redis
 from capture.camera import Camera
 from capture.gating import Gate
 from capture.intake import Intake, SourceFrame
-from capture.quality import focus_score, grey
 from daemon import telemetry
 from daemon.imaging.frames import frame_id_for
+from daemon.imaging.quality import focus_score, grey
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
@@ -42,7 +42,7 @@ class StreamCapture:
         self.rig_id = settings.capture.rig_id
         self.config = settings.capture.opencv
         self.client = client if client is not None else connect(settings)
-        self.queue = FrameQueue(self.client)
+        self.queue = FrameQueue.for_settings(self.client, settings)
         self.intake = Intake(settings, self.client, self.queue)
         self.camera = Camera(self.config)
         min_focus = settings.capture.qc.min_focus

@@ -83,7 +83,8 @@ class RedisSettings(_Section):
 
 
 class QcSettings(_Section):
-    """Frame quality control before queueing (see capture/quality.py for the measures)."""
+    """Frame quality control, run where a frame is decoded for analysis (the workers; see
+    daemon/imaging/quality.py for the measures)."""
 
     enabled: bool = True
     min_focus: float = Field(
@@ -191,6 +192,17 @@ class QueueSettings(_Section):
     ready_max_backlog: int = Field(
         default=1024, gt=0, description="/readyz?scope=installation fails while more frames "
         "than this wait (plain /readyz is per API process since issue 16)"
+    )
+    inline_max_bytes: int | None = Field(
+        default=32_768, ge=0,
+        description="frames larger than this travel through the frame store "
+        "(<data_dir>/frames/) and the queue entry carries a reference; null: every frame "
+        "inline in Redis (as before issue 15)",
+    )
+    frame_store_orphan_seconds: float = Field(
+        default=600.0, gt=0,
+        description="a stored frame this old whose frame has a result, or is no longer in "
+        "flight, is deleted by housekeeping (a capture or worker died between its steps)",
     )
 
 
@@ -412,6 +424,23 @@ class WorkerSettings(_Section):
         default=300.0, gt=0, description="a worker silent this long is dropped from /status"
     )
     fp16: bool = Field(default=False, description="use the fp16 model files on CUDA")
+    tensorrt: bool = Field(
+        default=False, description="put ONNX Runtime's TensorRT provider before CUDA (engines "
+        "built once per model and card, kept in trt_engine_cache); falls back to CUDA, with a "
+        "log line, where ONNX Runtime has no TensorRT")
+    trt_engine_cache: Path | None = Field(
+        default=None, description="folder of built TensorRT engines; null: <data_dir>/trt-engines")
+    io_binding: bool | None = Field(
+        default=None, description="hand tensors to ONNX Runtime as OrtValues bound on the "
+        "session's device (one copy each way on a GPU); null: on with CUDA/TensorRT, off on CPU")
+    decode_threads: int = Field(
+        default=1, ge=0, le=64, description="threads decoding a batch's next frames while "
+        "the current one is rescaled and checked (for GPU hosts, where the models wait on "
+        "the CPU); 0: min(4, CPUs); 1: decode in turn (on 2 CPU cores threads gained nothing)")
+    max_queue_delay_ms: float = Field(
+        default=0.0, ge=0, le=10_000, description="dynamic batching across frames: after the "
+        "first frame, wait at most this long for up to batch_frames to arrive (as Triton's "
+        "max_queue_delay); 0: take what is queued at once (best on the CPU)")
 
 
 class ModelSettings(_Section):
@@ -498,6 +527,11 @@ class Settings(BaseSettings):
     redis_dir = DataFolder()
     audit_dir = DataFolder()
     metrics_dir = DataFolder()  # `leukoscope run`'s multiprocess metrics (daemon.telemetry)
+    frames_dir = DataFolder()  # the frame store: bytes of queued frames above queue.inline_max_bytes
+
+    @property
+    def trt_engine_dir(self) -> Path:
+        return self.workers.trt_engine_cache or self.data_dir / "trt-engines"
 
 
 class ConfigError(Exception):
@@ -557,6 +591,8 @@ def load_settings(path: str | os.PathLike[str] | None = None, **overrides: Any) 
     settings.capture.directory = _resolve(settings.capture.directory, base)
     settings.models.segmenter = _resolve(settings.models.segmenter, base)
     settings.models.classifier = _resolve(settings.models.classifier, base)
+    if settings.workers.trt_engine_cache is not None:
+        settings.workers.trt_engine_cache = _resolve(settings.workers.trt_engine_cache, base)
     if settings.api.tls.certfile is not None:
         settings.api.tls.certfile = _resolve(settings.api.tls.certfile, base)
     if settings.api.tls.keyfile is not None:

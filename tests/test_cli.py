@@ -119,6 +119,9 @@ def test_bench_reports_both_paths(tmp_path: Path, tiny_models: tuple[Path, Path]
     assert report["frames"] == 12 and report["rounds"] == 1 and len(report["ratios"]) == 1
     assert report["bare_fps"] > 0 and report["daemon_fps"] > 0
     assert report["p99_ms"] >= report["p50_ms"] > 0
+    # the queueing share of that latency, from each result's own timings
+    assert report["queue_wait_p99_ms"] >= report["queue_wait_p50_ms"] >= 0
+    assert report["queue_wait_p50_ms"] <= report["p50_ms"]
     # every frame offered is accounted for, and all were analysed
     assert report["offered"] == report["done"] == 12
     assert report["rejected"] == report["failed"] == report["missing"] == 0

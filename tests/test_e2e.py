@@ -185,3 +185,40 @@ def test_api_input_errors(running_daemon: Daemon) -> None:
     assert code == 200 and ready["ready"]
     code, schema = http_json(f"{base}/openapi.json")
     assert "FrameResult" in schema["components"]["schemas"]
+
+
+def test_frame_store_and_worker_qc_through_the_whole_daemon(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """Issue 15 end to end: capture moves bytes (into the frame store above the inline bound),
+    the worker decodes once, rejects a blank field by quality control, the archiver
+    quarantines that original with its reason, and no stored frame is left behind."""
+    import numpy as np
+
+    from daemon.imaging.synthetic import encode
+
+    d = start_daemon(tmp_path / "d", tiny_models, queue={"inline_max_bytes": 1000})
+    try:
+        files = {f"field-{i}.jpg": synthetic_jpeg(200 + i) for i in range(4)}
+        files["blank.jpg"] = encode(np.full((160, 160, 3), 215, np.uint8))
+        for name, data in files.items():
+            write_frame(d.inbox / "SPEC-FS", name, data)
+        wait_for(lambda: len(d.results()) == len(files), 60, "all results")
+        by_name = {Path(r["source"]).name: r for r in d.results()}
+        for i in range(4):
+            assert by_name[f"field-{i}.jpg"]["status"] == "done"
+        blank = by_name["blank.jpg"]
+        assert (blank["status"], blank["reason"]) == ("rejected", "empty_field")
+        assert blank["quality"]["stained_fraction"] < 0.005
+        quarantine = d.data_dir / "quarantine" / "SPEC-FS"
+        wait_for((quarantine / "blank.jpg.reason.txt").exists, 30, "blank quarantined")
+        assert (quarantine / "blank.jpg").read_bytes() == files["blank.jpg"]
+        assert "reason: empty_field" in (quarantine / "blank.jpg.reason.txt").read_text()
+        wait_for(lambda: len(archived(d)) == 4, 30, "originals archived")
+        frames_dir = d.data_dir / "frames"
+        assert frames_dir.is_dir()  # they went through it ...
+        wait_for(lambda: not any(frames_dir.iterdir()), 10, "frame store emptied")  # ... and left
+        text = metrics_text(d)
+        assert metric_value(
+            text, 'leukoscope_frames_rejected_total{reason="empty_field",rig="rig-1"}') == 1
+    finally:
+        d.stop()

@@ -112,7 +112,10 @@ def test_a_frame_that_crashes_workers_fails_alone_and_its_batch_is_done(
     settings.queue.max_deliveries = 2
     first = Worker(settings, "t-poison")
     good = enqueue(first.queue, 7)
-    assert first.queue.enqueue("poison", "S1", "/in/S1/p.jpg", "rig-1", poison_jpeg()) == "new"
+    # A flat frame that crashes the models; it passed quality control before queueing (as
+    # a push does), else the worker would reject it as an empty field before analysis.
+    assert first.queue.enqueue("poison", "S1", "/in/S1/p.jpg", "rig-1", poison_jpeg(),
+                               qc_done=True) == "new"
     crashes = 0
     batch = first.queue.read("t-poison", 8, 100)
     assert len(batch) == 8
@@ -142,7 +145,8 @@ def test_a_frame_that_crashes_workers_fails_alone_and_its_batch_is_done(
 def test_one_frame_failing_analysis_does_not_fail_its_batch(settings: Settings) -> None:
     worker = Worker(settings, "t-iso")
     good = enqueue(worker.queue, 5)
-    assert worker.queue.enqueue("bad", "S1", "/in/S1/b.jpg", "rig-1", poison_jpeg()) == "new"
+    assert worker.queue.enqueue("bad", "S1", "/in/S1/b.jpg", "rig-1", poison_jpeg(),
+                                qc_done=True) == "new"  # past QC: the models must see it
     analyze = worker.analyzer.analyze
 
     def analyze_or_fail(images):

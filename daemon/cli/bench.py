@@ -134,9 +134,9 @@ def _get(url: str) -> tuple[int, dict]:
 
 def bench_daemon(
     settings: Settings, frames: list[bytes], timeout: float = 600, rate: float | None = None
-) -> tuple[float, list[float], Counter]:
+) -> tuple[float, list[float], Counter, list[float]]:
     """Returns (frames/s, capture-to-result latencies in seconds of the analysed frames,
-    frames per outcome: done / rejected / failed / missing)."""
+    frames per outcome: done / rejected / failed / missing, their queue waits in seconds)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
         config_file, port = write_config(settings, root, "WARNING")
@@ -176,7 +176,8 @@ def bench_daemon(
             done = [r for r in results if r["status"] == "done"]
             last = max((r["completed_at"] for r in results), default=time.time())
             latencies = [r["completed_at"] - r["captured_at"] for r in done]
-            return len(frames) / max(last - first, 1e-9), latencies, outcomes
+            waits = [(r.get("timings_ms") or {}).get("queue_wait", 0.0) / 1000 for r in done]
+            return len(frames) / max(last - first, 1e-9), latencies, outcomes, waits
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -218,10 +219,13 @@ def run_bench(
     daemons: list[float] = []
     latencies: list[float] = []
     outcomes: Counter = Counter()
+    waits: list[float] = []
     for _ in range(rounds):
-        fps, round_latencies, round_outcomes = bench_daemon(settings, frames, timeout, rate)
+        fps, round_latencies, round_outcomes, round_waits = bench_daemon(
+            settings, frames, timeout, rate)
         daemons.append(fps)
         latencies += round_latencies
+        waits += round_waits
         outcomes += round_outcomes
         bares.append(bench_bare(settings, frames))
     offered = count * rounds
@@ -252,6 +256,9 @@ def run_bench(
         "ratios": [] if refused or rate else [round(r, 3) for r in ratios],
         "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1) if latencies else None,
         "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1) if latencies else None,
+        # capture to the worker taking the frame: the queueing share of the latency
+        "queue_wait_p50_ms": round(float(np.percentile(waits, 50)) * 1000, 1) if waits else None,
+        "queue_wait_p99_ms": round(float(np.percentile(waits, 99)) * 1000, 1) if waits else None,
         "refused": refused,
     }
     if as_json:
@@ -278,6 +285,8 @@ def run_bench(
             print(f"latency p50 / p99 {report['p50_ms']:.0f} ms / {report['p99_ms']:.0f} ms "
                   "(capture to stored result, analysed frames; "
                   + (f"offered at {rate:g} frames/s)" if rate else "all delivered at once)"))
+            print(f"queue wait p50/p99 {report['queue_wait_p50_ms']:.0f} ms / "
+                  f"{report['queue_wait_p99_ms']:.0f} ms (capture to a worker taking it)")
     if refused:
         print(refused, file=sys.stderr)
         return NOT_ALL_ANALYSED

@@ -98,7 +98,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_reliability(args: argparse.Namespace) -> int:
     from daemon.cli.reliability import run_reliability
 
-    return run_reliability(_settings(args, "reliability"), args.scenarios, args.flood, args.json)
+    return run_reliability(_settings(args, "reliability"), args.scenarios, args.flood, args.json,
+                           args.queue_frames)
 
 
 def cmd_qc(args: argparse.Namespace) -> int:
@@ -246,13 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     reliability.add_argument(
         "--scenarios", nargs="+",
         default=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"],
-        choices=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"])
+        choices=["hostile", "redis-kill", "flood", "slow-clients", "audit-week",
+                 "queue-memory"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
+    reliability.add_argument("--queue-frames", type=int, default=1000,
+                             help="queue-memory: 1920x1280 camera frames queued with no worker")
     reliability.add_argument("--json", action="store_true", help="print one JSON object")
     keygen = command("keygen", cmd_keygen, "make an API key and print its auth.keys line")
     keygen.add_argument("name", help="who uses the key (shown in the audit trail)")
     keygen.add_argument("role", choices=["ingest", "read", "reviewer", "admin"])
-    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as capture would")
+    qc = command("qc", cmd_qc, "measure frame quality (focus, exposure, stain) as the workers do")
     qc.add_argument("paths", nargs="+", help="image files or folders")
     qc.add_argument("--summary", action="store_true", help="percentiles instead of one line a file")
     export = command("export-labels", cmd_export_labels,

@@ -12,6 +12,10 @@ second, and runs:
 * ``redis-kill``: SIGKILL of the embedded Redis with frames in flight; seconds until
   ``/readyz`` answers 200 again (the supervisor restarts Redis), and every frame stored once.
 * ``flood``: N synthetic fields at once; Redis memory and data_dir bytes before and after.
+* ``queue-memory`` (not in the default run): N camera frames (synthetic 1920x1280 JPEGs,
+  cells 3x the models' scale) queued with no worker, in a Redis of their own, through the
+  same queue capture uses: Redis ``used_memory`` growth with the frame store (bytes above
+  ``queue.inline_max_bytes`` on disk) and, for comparison, with every frame inline.
 * ``audit-week``: a week of one ``/results`` poll a second (604,800 audit entries, written
   straight to Redis), then the housekeeping trim with the configured ``audit.*``: Redis
   bytes per entry and the bound.
@@ -420,29 +424,77 @@ def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
             "configured": trail.model_dump()}
 
 
+def queue_memory(settings: Settings, root: Path, frames: int) -> dict:
+    """Redis memory with ``frames`` camera frames queued and no worker (issue 15). Enqueued
+    with the queue capture uses (the same script: stream entry, in-flight record, counter),
+    in a Redis of its own so nothing else moves its ``used_memory``."""
+    from daemon.cli.bench import bench_frames
+    from daemon.store.connection import start_embedded, stop_embedded
+    from daemon.store.frames import FrameStore
+    from daemon.store.queue import FrameQueue
+
+    distinct = bench_frames(8, None, (1280, 1920), 3.0)  # cycled: every entry is its own frame
+    store = FrameStore(root / "queue-frames")
+    measured: dict = {}
+    for mode, count, inline_max in (("frame_store", frames, settings.queue.inline_max_bytes),
+                                    ("inline", frames, None)):
+        directory = root / f"queue-redis-{mode}"  # a fresh Redis for each way
+        sock, _ = start_embedded(directory)
+        client = socket_client(sock)
+        try:
+            queue = FrameQueue(client, store, inline_max)
+            before = used_memory_bytes(client)
+            total = 0
+            for i in range(count):
+                data = distinct[i % len(distinct)]
+                total += len(data)
+                assert queue.enqueue(f"{mode}-{i:06d}", "CAM", f"/inbox/CAM/{i:06d}.jpg",
+                                     "rig-1", data) == "new"
+            after = used_memory_bytes(client)
+        finally:
+            client.close()
+            stop_embedded(directory)
+        measured[mode] = {"frames": count, "frame_bytes_mean": round(total / count),
+                          "redis_used_memory_mib": round(after / 2**20, 2),
+                          "redis_used_memory_growth_mib": round((after - before) / 2**20, 2),
+                          "redis_bytes_per_frame": round((after - before) / count)}
+    files, size = store.usage()
+    measured["frame_store"]["files"] = files
+    measured["frame_store"]["disk_mib"] = round(size / 2**20, 1)
+    measured["inline_max_bytes"] = settings.queue.inline_max_bytes
+    return measured
+
+
 def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
-                    as_json: bool) -> int:
+                    as_json: bool, queue_frames: int = 1000) -> int:
     report: dict = {"machine": f"{os.cpu_count()} cpus", "scenarios": scenarios}
     with tempfile.TemporaryDirectory(prefix="leukoscope-reliability-") as tmp:
         runs = {"hostile": hostile, "redis-kill": redis_kill,
                 "flood": lambda d: flood(d, flood_frames),
                 "slow-clients": lambda d: slow_clients(d, settings)}
-        daemon = Daemon(settings, Path(tmp))
+        if not set(runs) & set(scenarios):  # no daemon needed (audit-week, queue-memory)
+            runs = {}
+        daemon = Daemon(settings, Path(tmp)) if runs else None
         try:
-            daemon.sampler.take()
+            if daemon is not None:
+                daemon.sampler.take()
             for name, scenario in runs.items():
                 if name not in scenarios:
                     continue
+                assert daemon is not None
                 try:
                     report[name] = scenario(daemon)
                 except Exception as exc:  # noqa: BLE001 - report it, run the rest
                     report[name] = {"error": f"{type(exc).__name__}: {exc}"}
                 report[name]["peak_rss_mib"] = daemon.sampler.take()
         finally:
-            report["exit_code"] = daemon.stop()
-            report["processes_restarted"] = daemon.restarts()
+            if daemon is not None:
+                report["exit_code"] = daemon.stop()
+                report["processes_restarted"] = daemon.restarts()
         if "audit-week" in scenarios:
             report["audit-week"] = audit_week(settings, Path(tmp))
+        if "queue-memory" in scenarios:
+            report["queue-memory"] = queue_memory(settings, Path(tmp), queue_frames)
     if as_json:
         print(json.dumps(report))
     else:

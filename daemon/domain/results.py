@@ -96,7 +96,7 @@ class FrameResult(BaseModel):
     timings_ms: dict[str, float] = {}
     worker: str | None = None
     quality: dict[str, float] | None = Field(
-        default=None, description="frame QC measures (capture/quality.py); set on QC rejections"
+        default=None, description="frame QC measures (daemon/imaging/quality.py); set on QC rejections"
     )
     um_per_pixel: float | None = Field(
         default=None, description="pixel size of the frame as captured (config or CZI metadata)"

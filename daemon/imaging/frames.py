@@ -31,7 +31,7 @@ REJECT_REASONS = (
     "bad_location",
     "bad_name",  # a file name that is not valid UTF-8 (capture)
     "bad_scale",  # a µm/pixel that is not finite or not within PHYSICAL_UM_PER_PIXEL
-    # frame quality control (capture/quality.py)
+    # frame quality control (daemon/imaging/quality.py)
     "overexposed",
     "underexposed",
     "empty_field",

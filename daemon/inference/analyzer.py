@@ -71,10 +71,12 @@ class Analyzer:
     @classmethod
     def from_settings(cls, settings: Settings) -> Analyzer:
         w = settings.workers
+        gpu = {"tensorrt": w.tensorrt, "engine_cache": settings.trt_engine_dir if w.tensorrt
+               else None, "io_binding": w.io_binding}
         return cls(
             Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
-                      max_pixels=w.max_batch_pixels),
-            Classifier(settings.models.classifier, w.device, w.threads, w.fp16),
+                      max_pixels=w.max_batch_pixels, **gpu),
+            Classifier(settings.models.classifier, w.device, w.threads, w.fp16, **gpu),
             w.max_batch_cells,
         )
 
@@ -104,7 +106,12 @@ class Analyzer:
         image: (H, W, 3) uint8 RGB. The background is measured after rescaling (fewer pixels
         when shrinking) and brought to the models' reference by a per-channel gain.
         """
-        image = self.rescaler.apply(image, scale.factor)
+        return self.balance(self.rescaler.apply(image, scale.factor))
+
+    def balance(self, image: np.ndarray) -> tuple[np.ndarray, AcquisitionInfo | None]:
+        """A frame already at the models' scale -> at the models' background (gain), and what
+        was measured. Apart from :meth:`prepare` so that quality control can measure the
+        frame between the two (its thresholds are for frames as lit, at the models' scale)."""
         if self.acquisition is None:
             return image, None
         background = background_rgb(image)

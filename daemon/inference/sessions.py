@@ -42,25 +42,86 @@ def cuda_usable() -> bool:
 
 def providers_for(device: Device) -> list[str]:
     """Execution providers for ``workers.device``; ``cuda`` without a GPU is an error."""
+    return [spec if isinstance(spec, str) else spec[0] for spec in select_providers(device)[0]]
+
+
+ProviderSpec = str | tuple[str, dict[str, str]]
+
+
+def _cuda_missing() -> str | None:
+    """Why CUDA cannot be used here, or None when it can."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this ONNX Runtime build has no CUDA provider (install onnxruntime-gpu)"
+    if not cuda_usable():
+        return "no CUDA driver or GPU found"
+    return None
+
+
+def select_providers(device: Device, tensorrt: bool = False, engine_cache: Path | None = None,
+                     fp16: bool = False) -> tuple[list[ProviderSpec], str | None]:
+    """The providers to ask ONNX Runtime for, best first, and why a better one is not used.
+
+    ``device`` auto or cuda with a usable GPU: CUDA, then CPU; with ``tensorrt`` the
+    TensorRT provider first, its engines cached in ``engine_cache`` (building an engine
+    takes minutes; the cache makes that a one-time cost per model, card and TensorRT
+    version). ``cuda`` without a GPU raises (a deployment that asked for a GPU must not run
+    many times slower unnoticed); ``auto`` falls back to the CPU and says why.
+    """
     if device == "cpu":
-        return ["CPUExecutionProvider"]
-    if cuda_usable():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cuda":
-        raise RuntimeError("workers.device is 'cuda' but no usable CUDA GPU was found")
-    return ["CPUExecutionProvider"]
+        return ["CPUExecutionProvider"], None
+    missing = _cuda_missing()
+    if missing is not None:
+        if device == "cuda":
+            raise RuntimeError(f"workers.device is 'cuda' but {missing}")
+        return ["CPUExecutionProvider"], f"running on the CPU: {missing}"
+    chain: list[ProviderSpec] = []
+    why = None
+    if tensorrt:
+        if "TensorrtExecutionProvider" in ort.get_available_providers():
+            options = {"trt_fp16_enable": "True" if fp16 else "False"}
+            if engine_cache is not None:
+                options.update(trt_engine_cache_enable="True",
+                               trt_engine_cache_path=str(engine_cache))
+            chain.append(("TensorrtExecutionProvider", options))
+        else:
+            why = "running on CUDA without TensorRT: this ONNX Runtime has no TensorRT provider"
+    chain += ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return chain, why
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str) -> None:
+    """One log line per reason and process (a worker's two models must not say it twice)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning("execution provider fallback", extra={"reason": message})
 
 
 class OnnxModel:
-    """One ONNX Runtime session plus the manifest that says how to feed it."""
+    """One ONNX Runtime session plus the manifest that says how to feed it.
+
+    With ``io_binding`` the input is handed to ONNX Runtime as an ``OrtValue`` on the
+    session's device and the output is bound there too, so a GPU call copies once each way
+    (null: on for CUDA/TensorRT, off on the CPU, where there is nothing to copy).
+    """
 
     def __init__(
-        self, path: Path, device: Device = "auto", threads: int = 0, fp16: bool = False
+        self, path: Path, device: Device = "auto", threads: int = 0, fp16: bool = False,
+        tensorrt: bool = False, engine_cache: Path | None = None,
+        io_binding: bool | None = None,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(path)
-        providers = providers_for(device)
+        if tensorrt and engine_cache is not None:
+            Path(engine_cache).mkdir(parents=True, exist_ok=True)
+        providers, why = select_providers(device, tensorrt, engine_cache, fp16)
+        if why:
+            _say_once(why)
+        first = providers[0] if isinstance(providers[0], str) else providers[0][0]
         file = self.manifest.file
-        if fp16 and providers[0] == "CUDAExecutionProvider" and self.manifest.fp16_file:
+        # fp16 weights only on a GPU: the CPU provider runs most fp16 operators slowly or not
+        if fp16 and first != "CPUExecutionProvider" and self.manifest.fp16_file:
             file = self.manifest.fp16_file
         self.path = Path(path).parent / file
         options = ort.SessionOptions()
@@ -74,6 +135,13 @@ class OnnxModel:
             options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.provider: str = self.session.get_providers()[0]
+        if self.provider != first:
+            # ONNX Runtime drops a provider it cannot start (CUDA libraries, cuDNN missing)
+            # and says so only in its own log: say it in ours.
+            _say_once(f"running on {self.provider}: ONNX Runtime could not start {first} "
+                      "(its libraries or the device failed; see ONNX Runtime's log)")
+        self.device_type = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
+        self.io_binding = self.device_type == "cuda" if io_binding is None else io_binding
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         log.info(
@@ -82,6 +150,8 @@ class OnnxModel:
                 "model": self.manifest.name,
                 "version": self.manifest.version,
                 "provider": self.provider,
+                "file": file,
+                "io_binding": self.io_binding,
             },
         )
 
@@ -89,6 +159,21 @@ class OnnxModel:
         if self.input_type == "tensor(float16)":
             tensor = tensor.astype(np.float16)
         return {self.input_name: tensor}
+
+    def run(self, output: str, tensor: np.ndarray) -> np.ndarray:
+        """One model call: ``tensor`` in, the output named ``output`` back as a numpy array."""
+        feed = self._feed(tensor)
+        if not self.io_binding:
+            (result,) = self.session.run([output], feed)
+            return result
+        binding = self.session.io_binding()
+        value = ort.OrtValue.ortvalue_from_numpy(
+            np.ascontiguousarray(feed[self.input_name]), self.device_type, 0)
+        binding.bind_ortvalue_input(self.input_name, value)
+        binding.bind_output(output, self.device_type, 0)
+        self.session.run_with_iobinding(binding)
+        (result,) = binding.copy_outputs_to_cpu()
+        return result
 
 
 def tile_spans(length: int, tile: int, margin: int) -> list[tuple[int, int]]:
@@ -127,7 +212,7 @@ class Segmenter(OnnxModel):
         for y0, y1 in tile_spans(height, side, margin):
             for x0, x1 in tile_spans(width, side, margin):
                 tile = pad_to_multiple(image[y0:y1, x0:x1], multiple)
-                (mask,) = self.session.run(["mask"], self._feed(to_tensor(tile, spec)))
+                mask = self.run("mask", to_tensor(tile, spec))
                 top = y0 + (margin if y0 > 0 else 0)
                 left = x0 + (margin if x0 > 0 else 0)
                 bottom = y1 - (margin if y1 < height else 0)
@@ -160,7 +245,7 @@ class Segmenter(OnnxModel):
             height, width = shape[:2]
             started = time.perf_counter()
             batch = np.stack([pad_to_multiple(images[i], spec.size_multiple) for i in indices])
-            (mask,) = self.session.run(["mask"], self._feed(to_tensor(batch, spec)))
+            mask = self.run("mask", to_tensor(batch, spec))
             for position, index in enumerate(indices):
                 out[index] = mask[position, 0, :height, :width].astype(np.float32)
             share = (time.perf_counter() - started) * 1000 / len(indices)
@@ -187,6 +272,6 @@ class Classifier(OnnxModel):
         parts = []
         for start in range(0, crops.shape[0], max_batch):
             tensor = to_tensor(crops[start : start + max_batch], self.manifest.input)
-            (probs,) = self.session.run(["probabilities"], self._feed(tensor))
+            probs = self.run("probabilities", tensor)
             parts.append(probs.astype(np.float32))
         return np.concatenate(parts)

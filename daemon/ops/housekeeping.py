@@ -23,8 +23,9 @@ from redis.exceptions import LockError
 
 from daemon.lis.mllp import Outbox
 from daemon.settings import Settings
-from daemon.store import audit
+from daemon.store import audit, frames
 from daemon.store.connection import Outage, housekeeper_lease
+from daemon.store.frames import FrameStore
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore, trim_results
 from daemon.store.specimens import SpecimenStore
@@ -196,6 +197,11 @@ class Housekeeper:
             forgotten = sweep_inflight(self.client, time.time() - INFLIGHT_GRACE_SECONDS)
             if forgotten:
                 log.warning("orphaned in-flight records forgotten", extra={"count": forgotten})
+            swept = frames.sweep(self.client, FrameStore(self.settings.frames_dir),
+                                 self.settings.queue.frame_store_orphan_seconds)
+            if swept:
+                log.warning("orphaned frames deleted from the frame store",
+                            extra={"count": swept, "directory": str(self.settings.frames_dir)})
 
     def run(self) -> None:
         Outage("housekeeping").run(self.stopping, self._tick)

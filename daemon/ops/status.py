@@ -53,7 +53,7 @@ class Backlog(BaseModel):
     max_backlog: int
 
 
-DATA_DIR_PARTS = ("archive", "quarantine", "redis", "audit")
+DATA_DIR_PARTS = ("archive", "quarantine", "redis", "audit", "frames")  # frames: the frame store
 DISK_SCAN_SECONDS = 60.0  # the data dir is walked at most this often (an archive is large)
 
 
@@ -64,7 +64,7 @@ class Storage(BaseModel):
     redis_memory_budget_bytes: int
     audit_entries: int
     data_dir: str
-    data_dir_bytes: dict[str, int]  # archive, quarantine, redis, audit, other
+    data_dir_bytes: dict[str, int]  # archive, quarantine, redis, audit, frames, other
     data_dir_scanned_at: float
     filesystem_free_bytes: int
     filesystem_total_bytes: int

@@ -8,7 +8,9 @@ upgrades), so change a name only with a migration.
 from __future__ import annotations
 
 # --- the frame queue (store/queue.py) ---------------------------------------------------
-STREAM_KEY = "lks:frames"  # stream: one entry per queued frame (encoded bytes + metadata)
+STREAM_KEY = "lks:frames"  # stream: one entry per queued frame: its encoded bytes in field
+#   "data", or (above queue.inline_max_bytes) "data_ref", the frame's name in the frame store
+#   <data_dir>/frames/ (store/frames.py); "qc": "done" when quality control ran before queueing
 GROUP = "workers"  # the consumer group of STREAM_KEY shared by all workers
 INFLIGHT_KEY = "lks:inflight"  # hash: frame_id -> {path, rig, specimen} until archived
 ADMISSION_KEY = "lks:admission"  # hash: token -> "<frames>:<expires at>": frames of a pushed file

@@ -1,6 +1,8 @@
 """The frame queue: a Redis stream with one consumer group shared by all workers.
 
-Capture adds a frame's original encoded bytes with its metadata; a worker reads entries with
+Capture adds a frame's original encoded bytes with its metadata (bytes above
+``queue.inline_max_bytes`` go to the frame store, store/frames.py, and the entry carries
+their reference, so Redis memory per queued frame is bounded whatever the camera); a worker reads entries with
 XREADGROUP, and the entry stays pending until the worker's result store acknowledges and
 deletes it, so the stream's length is the backlog. Entries left pending by a dead worker are
 taken over with XAUTOCLAIM. ``lks:inflight`` maps each queued frame to its source, which
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import secrets
 import time
 from collections.abc import Iterator
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 
 import redis
 
+from daemon.settings import Settings
 from daemon.store import counters, scripts
+from daemon.store.frames import FrameStore, MissingFrame
 from daemon.store.keys import (
     ADMISSION_KEY,
     GROUP,
@@ -28,6 +33,8 @@ from daemon.store.keys import (
     SOLO_KEY,
     STREAM_KEY,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -40,10 +47,12 @@ class Delivery:
     source: str
     rig_id: str
     captured_at: float
-    data: bytes
+    data: bytes  # empty when the bytes are in the frame store (``data_ref``)
     deliveries: int = 1
     um_per_pixel: float | None = None  # pixel size of the frame as captured, when known
     metadata: dict[str, str] | None = None  # field metadata (HTTP push, CZI scene/tile)
+    data_ref: str | None = None  # the frame's bytes in the frame store (store/frames.py)
+    qc_done: bool = False  # quality control ran before queueing (HTTP push, live camera)
 
 
 @dataclass(frozen=True)
@@ -55,11 +64,21 @@ class Inflight:
 
 
 class FrameQueue:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, frames: FrameStore | None = None,
+                 inline_max_bytes: int | None = None) -> None:
+        """``frames`` and ``inline_max_bytes``: frames larger than that are written to the
+        frame store and queued by reference; without a store every frame is inline."""
         self.client = client
+        self.frames = frames
+        self.inline_max_bytes = inline_max_bytes
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._admit = client.register_script(scripts.ADMIT)
         self.ensure_group()
+
+    @classmethod
+    def for_settings(cls, client: redis.Redis, settings: Settings) -> FrameQueue:
+        """The queue with this installation's frame store and inline bound."""
+        return cls(client, FrameStore(settings.frames_dir), settings.queue.inline_max_bytes)
 
     def ensure_group(self) -> None:
         try:
@@ -79,8 +98,12 @@ class FrameQueue:
         captured_at: float | None = None,
         um_per_pixel: float | None = None,
         metadata: dict[str, str] | None = None,
+        qc_done: bool = False,
     ) -> str:
-        """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'."""
+        """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'.
+
+        ``qc_done``: quality control already ran (the worker then skips it).
+        """
         captured = time.time() if captured_at is None else captured_at
         inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
         ((field_name, _),) = counters.counter("leukoscope_frames_captured_total", {"rig": rig_id})
@@ -90,8 +113,17 @@ class FrameQueue:
             "source": source,
             "rig_id": rig_id,
             "captured_at": repr(captured),
-            "data": data,
         }
+        ref = None
+        if (self.frames is not None and self.inline_max_bytes is not None
+                and len(data) > self.inline_max_bytes):
+            # Before the entry exists: a worker that reads the entry finds the file.
+            ref = self.frames.put(frame_id, data)
+            fields["data_ref"] = ref
+        else:
+            fields["data"] = data
+        if qc_done:
+            fields["qc"] = "done"
         if um_per_pixel is not None:
             fields["um_per_pixel"] = repr(float(um_per_pixel))
         if metadata:
@@ -100,7 +132,49 @@ class FrameQueue:
         for key, value in fields.items():
             args.extend((key, value))
         keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
-        return self._enqueue(keys=keys, args=args).decode()
+        try:
+            outcome = self._enqueue(keys=keys, args=args).decode()
+        except BaseException:
+            if ref is not None:  # nothing names it (or, at worst, the janitor decides)
+                self._drop(ref, frame_id)
+            raise
+        if ref is not None and outcome == "stored":
+            # The frame has its result; its worker deleted (or will delete) the bytes.
+            self.frames.delete(ref)  # type: ignore[union-attr]
+        return outcome
+
+    def _drop(self, ref: str, frame_id: str) -> None:
+        """Delete a stored frame that no queue entry may name. Redis failed mid-enqueue: the
+        entry may have been added after all; leave the file to the janitor unless it is
+        sure (a failure before the script ran leaves no record)."""
+        try:
+            if not self.client.hexists(INFLIGHT_KEY, frame_id):
+                self.frames.delete(ref)  # type: ignore[union-attr]
+        except redis.RedisError:
+            pass
+
+
+    def load(self, delivery: Delivery) -> bytes:
+        """The frame's encoded bytes: inline, or from the frame store (MissingFrame)."""
+        if delivery.data_ref is None:
+            return delivery.data
+        if self.frames is None:
+            raise MissingFrame("a frame store reference, and this queue has no frame store")
+        return self.frames.read(delivery.data_ref)
+
+    def release(self, deliveries: list[Delivery]) -> None:
+        """Delete the stored bytes of frames whose results are stored (never before)."""
+        if self.frames is None:
+            return
+        for d in deliveries:
+            if d.data_ref is not None:
+                try:
+                    self.frames.delete(d.data_ref)
+                except OSError:
+                    # Results are stored and acknowledged: a file left behind is the
+                    # janitor's (store/frames.py sweep), never a reason to fail the batch.
+                    log.warning("could not delete a stored frame; housekeeping will",
+                                extra={"frame_id": d.frame_id, "ref": d.data_ref})
 
     @contextlib.contextmanager
     def admission(self, frames: int, max_backlog: int, seconds: float = 300.0
@@ -160,9 +234,11 @@ class FrameQueue:
             source=fields[b"source"].decode(),
             rig_id=fields[b"rig_id"].decode(),
             captured_at=float(fields[b"captured_at"]),
-            data=fields[b"data"],
+            data=fields.get(b"data", b""),
             um_per_pixel=float(fields[b"um_per_pixel"]) if b"um_per_pixel" in fields else None,
             metadata=json.loads(fields[b"metadata"]) if b"metadata" in fields else None,
+            data_ref=fields[b"data_ref"].decode() if b"data_ref" in fields else None,
+            qc_done=fields.get(b"qc") == b"done",
         )
 
     def read(

@@ -1,6 +1,10 @@
 """A worker process: read frames from the queue, analyse them in batches, store results.
 
-A frame is acknowledged only by the script that stores its result. On start a worker first
+Each frame is decoded once, here: quality control (daemon/imaging/quality.py) measures it at
+the models' scale, between rescaling and the background gain, and a failing frame is stored
+as ``rejected`` with its measures (the capture archiver then quarantines the original).
+A frame is acknowledged only by the script that stores its result; bytes it had in the
+frame store are deleted only after that. On start a worker first
 re-reads the entries it still holds from a previous life (same consumer name), then takes
 new ones; every ``claim_idle_seconds`` it also takes over entries of silent consumers.
 """
@@ -9,9 +13,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import itertools
 import logging
+import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -21,12 +29,14 @@ from daemon import __version__, telemetry
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.imaging.frames import FrameRejected, decode_rgb
+from daemon.imaging.quality import assess
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.gpu import gpu_stats
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import heartbeats, keys
 from daemon.store.connection import Outage, connect
+from daemon.store.frames import MissingFrame
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
 
@@ -45,6 +55,15 @@ def _malloc_trim() -> None:
     except (OSError, AttributeError):  # not glibc
         pass
 
+
+class QcRejected(FrameRejected):
+    """A frame that failed quality control, with the measured values for its result."""
+
+    def __init__(self, reason: str, message: str, quality: dict[str, float]) -> None:
+        super().__init__(reason, message)
+        self.quality = quality
+
+
 def default_worker_id(index: int = 0) -> str:
     return f"{heartbeats.host_name()}-w{index}"
 
@@ -54,7 +73,7 @@ class Worker:
         self.settings = settings
         self.id = worker_id
         self.client = connect(settings)
-        self.queue = FrameQueue(self.client)
+        self.queue = FrameQueue.for_settings(self.client, settings)
         self.store = ResultStore(
             self.client, keys.STREAM_KEY, keys.GROUP, settings.specimens.low_confidence
         )
@@ -67,6 +86,7 @@ class Worker:
         )
         self._storer: ThreadPoolExecutor | None = None
         self._storing: Future | None = None
+        self._decoder: ThreadPoolExecutor | None = None  # workers.decode_threads
         self._last_claim = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -117,6 +137,9 @@ class Worker:
             finally:
                 self._storer.shutdown(wait=True)
                 self._storer = None
+                if self._decoder is not None:
+                    self._decoder.shutdown(wait=True)
+                    self._decoder = None
         try:
             self.heart.leave()
         except redis.RedisError as exc:
@@ -151,9 +174,28 @@ class Worker:
                 )
         if not batch:
             batch = self.queue.read(self.id, self.settings.workers.batch_frames, block_ms)
+            if batch:
+                batch += self._fill(len(batch))
         if batch:
             self.process(batch)
         return len(batch)
+
+    def _fill(self, have: int) -> list[Delivery]:
+        """Dynamic batching (Triton's max_queue_delay): after a batch's first frames, wait up
+        to ``workers.max_queue_delay_ms`` for more, up to ``batch_frames``. A GPU runs a
+        batch of 8 in about the time of one, so a few ms of waiting buys throughput; on the
+        CPU the default 0 takes what is queued at once (a batch costs what its frames do)."""
+        workers = self.settings.workers
+        if workers.max_queue_delay_ms <= 0 or have >= workers.batch_frames:
+            return []
+        deadline = time.monotonic() + workers.max_queue_delay_ms / 1000
+        more: list[Delivery] = []
+        while have + len(more) < workers.batch_frames and not self.stopping.is_set():
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms < 1:
+                break
+            more += self.queue.read(self.id, workers.batch_frames - have - len(more), left_ms)
+        return more
 
     # --- the work -----------------------------------------------------------------------
     def _result(self, d: Delivery, status: str, **fields: object) -> FrameResult:
@@ -190,6 +232,7 @@ class Worker:
             if d.frame_id in done_already:
                 # Stored by a worker that died before acknowledging: just ack.
                 self.store.ack(d.entry_id)
+                self.queue.release([d])  # its result is stored: the bytes are not needed
                 log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
                 continue
             (suspects if d.deliveries > 1 else fresh).append(d)
@@ -218,29 +261,84 @@ class Worker:
         else:
             self._storing = self._storer.submit(self._store_all, outcomes)
 
-    def _prepare(self, d: Delivery
-                 ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
-        """Decode (pixel budget first) and bring to the models' scale and background;
-        FrameRejected for a frame that cannot be, whatever the cause. Also returns the time
-        (ms) each step took: ``decode`` and ``rescale`` (red-cell ruler, resize, gain)."""
+    def _decode(self, d: Delivery) -> tuple[np.ndarray, float]:
+        """The frame's pixels (pixel budget first) and the ms it took; FrameRejected.
+
+        Pure (no shared state), so it runs on the decode threads."""
         started = time.perf_counter()
         if d.um_per_pixel is not None and not valid_um_per_pixel(d.um_per_pixel):
             low, high = PHYSICAL_UM_PER_PIXEL
             raise FrameRejected("bad_scale", f"um_per_pixel {d.um_per_pixel!r} is not a finite "
                                 f"number from {low} to {high}")
-        image = decode_rgb(d.data, self.settings.capture.max_frame_bytes,
+        try:
+            data = self.queue.load(d)  # inline, or from the frame store
+        except MissingFrame as exc:
+            raise FrameRejected("unreadable", str(exc)) from exc
+        except OSError as exc:
+            raise FrameRejected("unreadable", f"cannot read the frame store: {exc}") from exc
+        image = decode_rgb(data, self.settings.capture.max_frame_bytes,
                            self.settings.capture.max_frame_pixels)
-        decoded = time.perf_counter()
+        return image, (time.perf_counter() - started) * 1000
+
+    def _decoded(self, group: list[Delivery]
+                 ) -> Iterator[tuple[Delivery, Callable[[], tuple[np.ndarray, float]]]]:
+        """``group`` in order, each with a call that returns its decoded frame (or raises
+        FrameRejected). With ``workers.decode_threads`` above 1 the next frames decode on a
+        thread pool while this one is rescaled and checked (OpenCV's decoder releases the
+        GIL); at most that many decoded frames wait, so memory stays bounded by the window,
+        not by ``batch_frames``."""
+        threads = self.settings.workers.decode_threads or min(4, os.cpu_count() or 1)
+        if threads <= 1 or len(group) <= 1:
+            for d in group:
+                yield d, lambda d=d: self._decode(d)
+            return
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(max_workers=threads,
+                                               thread_name_prefix="decode")
+        waiting: deque[tuple[Delivery, Future]] = deque()
+        upcoming = iter(group)
+        for d in itertools.islice(upcoming, threads):
+            waiting.append((d, self._decoder.submit(self._decode, d)))
+        while waiting:
+            d, future = waiting.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                waiting.append((following, self._decoder.submit(self._decode, following)))
+            yield d, future.result
+
+    def _prepare(self, d: Delivery,
+                 decoded: Callable[[], tuple[np.ndarray, float]] | None = None,
+                 ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
+        """Decode (pixel budget first; or take ``decoded``'s frame) and bring to the models'
+        scale and background, with quality control between; FrameRejected for a frame that
+        cannot be, whatever the cause. Also returns the time (ms) each step took: ``decode``,
+        ``rescale`` (red-cell ruler, resize, gain) and ``qc``."""
+        image, decode_ms = decoded() if decoded is not None else self._decode(d)
+        decoded_at = time.perf_counter()
+        qc = self.settings.capture.qc
+        qc_ms = 0.0
         try:
             source = (d.metadata or {}).get("um_per_pixel_source", "configured")
             scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
-            prepared, acquisition = self.analyzer.prepare(image, scale)
+            rescaled = self.analyzer.rescaler.apply(image, scale.factor)
+            if qc.enabled and not d.qc_done:
+                qc_started = time.perf_counter()
+                quality = assess(rescaled, qc)
+                qc_ms = (time.perf_counter() - qc_started) * 1000
+                if not quality.ok:
+                    assert quality.reason is not None and quality.message is not None
+                    raise QcRejected(quality.reason, quality.message, quality.values)
+            prepared, acquisition = self.analyzer.balance(rescaled)
+        except FrameRejected:
+            raise
         except Exception as exc:  # noqa: BLE001 - one frame's problem is its own result
             log.exception("frame could not be prepared", extra={"frame_id": d.frame_id})
             raise FrameRejected("undecodable", f"the frame could not be brought to the "
                                 f"models' scale: {type(exc).__name__}: {exc}") from exc
-        timings = {"decode": (decoded - started) * 1000,
-                   "rescale": (time.perf_counter() - decoded) * 1000}
+        timings = {"decode": decode_ms,
+                   "rescale": (time.perf_counter() - decoded_at) * 1000 - qc_ms}
+        if qc_ms:
+            timings["qc"] = qc_ms
         return prepared, scale, acquisition, timings
 
     def _process_group(self, group: list[Delivery], started: float) -> None:
@@ -265,12 +363,18 @@ class Worker:
                 _malloc_trim()
             pixels = 0
 
-        for d in group:
+        for d, decoded in self._decoded(group):
             try:
-                prepared, scale, acquisition, timings = self._prepare(d)
+                prepared, scale, acquisition, timings = self._prepare(d, decoded)
             except FrameRejected as exc:
-                result = self._result(d, "rejected", error=exc.message, reason=exc.reason)
-                outcomes.append((d, result))
+                quality = exc.quality if isinstance(exc, QcRejected) else None
+                if quality is not None:
+                    log.warning("frame rejected", extra={
+                        "frame_id": d.frame_id, "specimen_id": d.specimen_id,
+                        "reason": exc.reason, "detail": exc.message, "quality": quality})
+                result = self._result(d, "rejected", error=exc.message, reason=exc.reason,
+                                      quality=quality)
+                outcomes.append((d, result, []))
                 continue
             size = prepared.shape[0] * prepared.shape[1]
             if ready and pixels + size > budget:
@@ -346,12 +450,19 @@ class Worker:
     def _store_all(
         self, outcomes: list[Outcome]
     ) -> None:
+        # completed_at is when the result is stored, so leukoscope_frame_latency_seconds
+        # (completed_at - captured_at) includes the wait for the previous batch's store.
+        stamp = time.time()
+        for _, result, _ in outcomes:
+            result.completed_at = max(result.completed_at, stamp)
         store_start = time.perf_counter()
         stored = self.store.store_many([(r, d.entry_id) for d, r in outcomes])
         per_frame = (time.perf_counter() - store_start) / len(outcomes)
         telemetry.observe("leukoscope_stage_seconds", per_frame, {"stage": "store"})
-        self.queue.clear_solo([d.frame_id for d, _ in outcomes if d.deliveries > 1])
-        for (d, result), new in zip(outcomes, stored, strict=True):
+        self.queue.clear_solo([d.frame_id for d, _, _ in outcomes if d.deliveries > 1])
+        # Only now, with every result stored: a crash before this re-reads the bytes.
+        self.queue.release([d for d, _, _ in outcomes])
+        for (d, result, _), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)
             log.info(
                 "frame stored" if new else "duplicate frame acknowledged",

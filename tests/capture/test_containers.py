@@ -13,7 +13,7 @@ import tifffile
 from capture.czi import read_czi_path
 from capture.tiff import read_tiff, to_uint8
 from daemon.store.results import ResultStore
-from tests.capture.conftest import entries, wait_for
+from tests.capture.conftest import analyse_all, entries, wait_for
 from tests.capture.frames import blurred_rgb, dark_rgb, good_rgb
 
 
@@ -83,13 +83,15 @@ def test_tiff_and_czi_in_the_watched_folder(client, inbox, make_settings, runnin
     for name in ("fields.tif", "slide.czi"):
         (tmp_path / name).rename(folder / name)
     with running(settings):
-        wait_for(lambda: len(entries(client)) == 5, what="2 TIFF pages + 3 CZI frames queued")
+        # Capture queues every page; quality control is the worker's (decode once).
+        wait_for(lambda: len(entries(client)) == 6, what="3 TIFF pages + 3 CZI frames queued")
         wait_for(lambda: not any(folder.iterdir()), what="both files archived")
     assert sorted(p.name for p in (settings.archive_dir / "ZEN-1").iterdir()) == [
         "fields.tif", "slide.czi"]
     by_source = {e["source"].rsplit("/", 1)[1]: e for e in entries(client)}
-    assert sorted(by_source) == ["fields.tif#p0", "fields.tif#p2", "slide.czi#s0t0",
-                                 "slide.czi#s0t1", "slide.czi#s1"]
+    assert sorted(by_source) == ["fields.tif#p0", "fields.tif#p1", "fields.tif#p2",
+                                 "slide.czi#s0t0", "slide.czi#s0t1", "slide.czi#s1"]
+    assert all("qc" not in e for e in entries(client))  # the worker is to check them
     for label, page in (("p0", tiff_pages[0]), ("p2", tiff_pages[2])):
         entry = by_source[f"fields.tif#{label}"]
         assert entry["data"].startswith(b"\x89PNG")  # lossless, decodable by the workers
@@ -103,6 +105,7 @@ def test_tiff_and_czi_in_the_watched_folder(client, inbox, make_settings, runnin
     meta = json.loads(by_source["slide.czi#s1"]["metadata"])
     assert (meta["z"], meta["z_planes"], meta["pixel_type"]) == ("1", "3", "Bgr24")
     assert json.loads(by_source["slide.czi#s0t1"]["metadata"])["tile"] == "1"
+    assert analyse_all(settings) == 6
     rejected = [r for r in ResultStore(client).page(None, 100)[0] if r.status == "rejected"]
     assert [(r.reason, r.source.rsplit("/", 1)[1]) for r in rejected] == [
         ("underexposed", "fields.tif#p1")]

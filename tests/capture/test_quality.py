@@ -11,7 +11,7 @@ from daemon.imaging.frames import REJECT_REASONS, frame_id_for
 from daemon.settings import QcSettings
 from daemon.store import keys
 from daemon.store.results import ResultStore
-from tests.capture.conftest import entries, frame_bytes, wait_for
+from tests.capture.conftest import analyse_all, entries, frame_bytes, wait_for
 from tests.capture.frames import (
     blurred_rgb,
     dark_rgb,
@@ -73,7 +73,11 @@ def test_folder_frames_failing_qc_get_rejected_results_and_are_counted(
         (inbox / "QC1").mkdir(exist_ok=True)
         (inbox / "QC1" / name).write_bytes(data)
     with running(settings):
-        wait_for(lambda: len(entries(client)) == 2, what="the two good frames queued")
+        # Capture only moves bytes: all six are queued, unchecked, and the worker (which
+        # decodes each frame once, for quality control and analysis) rejects four.
+        wait_for(lambda: len(entries(client)) == 6, what="all six frames queued")
+        assert all("qc" not in e for e in entries(client))
+        assert analyse_all(settings) == 6
         store = ResultStore(client)
         for kind, (_, reason) in BAD.items():
             name = f"{kind}.png"
@@ -85,8 +89,15 @@ def test_folder_frames_failing_qc_get_rejected_results_and_are_counted(
             note = settings.quarantine_dir / "QC1" / f"{name}.reason.txt"
             wait_for(note.exists, what=f"{kind} quarantined")
             assert f"reason: {reason}" in note.read_text()
-    assert sorted(e["source"].rsplit("/", 1)[1] for e in entries(client)) == [
-        "capture_style.jpg", "good.jpg"]
+            # the original, byte for byte, by the archiver once the result was stored
+            assert (settings.quarantine_dir / "QC1" / name).read_bytes() == files[name]
+            assert not (inbox / "QC1" / name).exists()
+        for name in ("good.jpg", "capture_style.jpg"):
+            result = store.get(frame_id_for("QC1", name, files[name]))
+            assert result.status == "done", result
+            assert result.quality is None and "qc" in result.timings_ms
+            wait_for((settings.archive_dir / "QC1" / name).exists, what=f"{name} archived")
+    assert entries(client) == []
     raw = client.hgetall(keys.METRICS_KEY)
     rejected = {}
     for key, value in raw.items():

@@ -1,0 +1,133 @@
+"""The GPU path of daemon/inference, tested where it can be on a machine without a GPU:
+provider choice and its one fallback line, I/O binding on the CPU provider (OrtValues on the
+cpu device), the TensorRT and batching settings, and dynamic batching across frames."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.inference import sessions
+from daemon.inference.sessions import (
+    Classifier,
+    Segmenter,
+    cuda_usable,
+    providers_for,
+    select_providers,
+)
+from daemon.settings import SHIPPED_MODELS, ConfigError, Settings, load_settings
+from daemon.worker.worker import Worker
+from tests.conftest import synthetic_jpeg
+
+NO_GPU = pytest.mark.skipif(cuda_usable(), reason="this machine has a usable CUDA GPU")
+
+
+def test_cpu_asked_for_is_cpu_without_a_word() -> None:
+    assert select_providers("cpu") == (["CPUExecutionProvider"], None)
+    assert select_providers("cpu", tensorrt=True, fp16=True)[0] == ["CPUExecutionProvider"]
+
+
+@NO_GPU
+def test_auto_without_a_gpu_falls_back_to_the_cpu_and_says_why() -> None:
+    chain, why = select_providers("auto", tensorrt=True, engine_cache=Path("/tmp/x"))
+    assert chain == ["CPUExecutionProvider"]
+    assert why is not None and why.startswith("running on the CPU: ")
+    assert "CUDA" in why  # names what is missing: the provider, or the driver/GPU
+    assert providers_for("auto") == ["CPUExecutionProvider"]
+
+
+@NO_GPU
+def test_cuda_demanded_without_a_gpu_stops_with_the_reason() -> None:
+    with pytest.raises(RuntimeError, match="workers.device is 'cuda' but"):
+        select_providers("cuda")
+
+
+@NO_GPU
+def test_fallback_is_one_log_line_for_both_models(caplog: pytest.LogCaptureFixture) -> None:
+    sessions._said.clear()
+    with caplog.at_level(logging.WARNING, logger="daemon.inference.sessions"):
+        segmenter = Segmenter(SHIPPED_MODELS / "segmenter.json", "auto", 1, fp16=True)
+        classifier = Classifier(SHIPPED_MODELS / "classifier.json", "auto", 1, fp16=True)
+    lines = [r for r in caplog.records if r.getMessage() == "execution provider fallback"]
+    assert len(lines) == 1 and "running on the CPU" in lines[0].reason
+    for model in (segmenter, classifier):
+        assert model.provider == "CPUExecutionProvider"
+        assert not model.path.name.endswith("_fp16.onnx")  # fp16 weights only on a GPU
+        assert model.device_type == "cpu" and model.io_binding is False  # null: off on CPU
+
+
+@NO_GPU
+def test_tensorrt_engine_cache_folder_is_made_even_on_fallback(tmp_path: Path) -> None:
+    cache = tmp_path / "engines"
+    Segmenter(SHIPPED_MODELS / "segmenter.json", "auto", 1, tensorrt=True, engine_cache=cache)
+    assert cache.is_dir()
+
+
+def test_io_binding_on_the_cpu_provider_gives_the_same_outputs() -> None:
+    """The code a GPU runs (OrtValue in, output bound on the device, one copy back) runs here
+    on the cpu device and must give what a plain run gives."""
+    rng = np.random.default_rng(0)
+    plain = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, io_binding=False,
+                      max_pixels=128 * 128)
+    bound = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, io_binding=True,
+                      max_pixels=128 * 128)
+    assert bound.io_binding and bound.device_type == "cpu"
+    images = [rng.integers(0, 255, (96, 128, 3), np.uint8) for _ in range(2)]
+    big = rng.integers(0, 255, (300, 260, 3), np.uint8)  # tiled: several bound calls
+    for a, b in zip(plain.compute(images + [big]), bound.compute(images + [big]), strict=True):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 1e-4
+    crops = rng.integers(0, 255, (5, 64, 64, 3), np.uint8)
+    c_plain = Classifier(SHIPPED_MODELS / "classifier.json", "cpu", 1, io_binding=False)
+    c_bound = Classifier(SHIPPED_MODELS / "classifier.json", "cpu", 1, io_binding=True)
+    probs = c_bound.compute(crops, max_batch=2)
+    assert probs.shape == (5, len(c_bound.classes))
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert np.abs(c_plain.compute(crops) - probs).max() < 1e-5
+
+
+def test_gpu_settings_defaults_and_bad_values_name_the_key(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "var")
+    assert settings.workers.tensorrt is False and settings.workers.io_binding is None
+    assert settings.workers.max_queue_delay_ms == 0
+    assert settings.trt_engine_dir == tmp_path / "var" / "trt-engines"
+    config = tmp_path / "bad.yaml"
+    config.write_text("workers:\n  max_queue_delay_ms: -5\n")
+    with pytest.raises(ConfigError, match=r"workers\.max_queue_delay_ms"):
+        load_settings(config)
+    config.write_text("workers:\n  trt_engine_cache: engines\n  tensorrt: true\n")
+    loaded = load_settings(config)
+    assert loaded.trt_engine_dir == tmp_path / "engines"  # relative to the config file
+
+
+def test_dynamic_batching_waits_for_frames_up_to_the_delay(
+        make_settings: Callable[..., Settings]) -> None:
+    settings = make_settings(workers={"batch_frames": 4, "max_queue_delay_ms": 3000})
+    worker = Worker(settings, "t-batch")
+    queue = worker.queue
+    queue.enqueue("f0", "S1", "/in/S1/0.jpg", "rig-1", synthetic_jpeg(0))
+
+    def later() -> None:
+        time.sleep(0.3)
+        for i in range(1, 4):
+            queue.enqueue(f"f{i}", "S1", f"/in/S1/{i}.jpg", "rig-1", synthetic_jpeg(i))
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    assert worker.step(block_ms=100) == 4  # one batch: the first frame waited for three
+    thread.join()
+    # Without a delay the worker takes what is queued: one frame, at once.
+    eager = Worker(make_settings(workers={"batch_frames": 4}), "t-eager")
+    eager.queue.enqueue("g0", "S1", "/in/S1/g0.jpg", "rig-1", synthetic_jpeg(5))
+    thread = threading.Thread(target=lambda: (time.sleep(0.3), eager.queue.enqueue(
+        "g1", "S1", "/in/S1/g1.jpg", "rig-1", synthetic_jpeg(6))))
+    thread.start()
+    assert eager.step(block_ms=100) == 1
+    thread.join()
+    assert eager.step(block_ms=1000) == 1
