@@ -80,3 +80,23 @@ def test_normal_cells_of_another_lab_are_unidentified(analyzer: Analyzer):
     probs = analyzer.classifier.compute(crops)
     share = float((probs.argmax(axis=1) == analyzer.classes.index(UNIDENTIFIED)).mean())
     assert share >= 0.8, share
+
+
+def test_two_views_make_the_call_blind_to_a_mirror(analyzer: Analyzer) -> None:
+    """With the crop and its mirror averaged, a cell and its mirror image get the same call;
+    with one view the shipped classifier answers a mirrored crop a little differently."""
+    rng = np.random.default_rng(3)
+    crops = rng.integers(60, 250, size=(6, analyzer.classifier.crop_size,
+                                        analyzer.classifier.crop_size, 3), dtype=np.uint8)
+    crops = cv2.GaussianBlur(crops.reshape(-1, crops.shape[2], 3), (0, 0), 2).reshape(crops.shape)
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    saved = analyzer.views
+    try:
+        analyzer.views = 1
+        assert not np.allclose(analyzer.classify(crops), analyzer.classify(mirrored), atol=1e-4)
+        analyzer.views = 2
+        both = analyzer.classify(crops)
+        np.testing.assert_allclose(both, analyzer.classify(mirrored), atol=1e-5)
+        np.testing.assert_allclose(both.sum(axis=1), 1.0, atol=1e-5)
+    finally:
+        analyzer.views = saved

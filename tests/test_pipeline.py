@@ -79,3 +79,18 @@ def test_aggregate_methods() -> None:
     assert np.allclose(aggregate(probs, "mean"), probs.mean(0))
     with pytest.raises(ValueError):
         aggregate(np.zeros((0, 4), np.float32))
+
+
+def test_views_are_the_crops_then_their_mirrors_and_merge_back() -> None:
+    from daemon.imaging.pipeline import merge_views, with_views
+
+    crops = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    assert with_views(crops, 1) is crops
+    views = with_views(crops, 2)
+    assert views.shape == (4, 4, 4, 3)
+    np.testing.assert_array_equal(views[2], crops[0][:, ::-1])
+    with pytest.raises(ValueError, match="views"):
+        with_views(crops, 3)
+    # geometric mean of (0.8, 0.2) and (0.2, 0.8) is even; of equal rows, the row itself
+    probs = np.array([[0.8, 0.2], [0.6, 0.4], [0.2, 0.8], [0.6, 0.4]], np.float32)
+    np.testing.assert_allclose(merge_views(probs, 2), [[0.5, 0.5], [0.6, 0.4]], atol=1e-6)

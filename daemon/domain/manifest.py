@@ -117,6 +117,10 @@ class ModelManifest(BaseModel):
         default=None, description="classifier: calibration temperature applied to its "
                                   "probabilities (p^(1/T), renormalised); null: none")
     review: ReviewSpec | None = None
+    views: int = Field(
+        default=1, ge=1, le=2, description="classifier: views of each crop whose calls are "
+        "averaged (1: the crop; 2: the crop and its mirror image), chosen on validation by "
+        "`leukoscope evaluate`; the temperature was fitted on the same views")
     training_data_sha256: str | None = None
     metrics: dict = {}
     created: str | None = None

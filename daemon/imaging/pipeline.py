@@ -3,7 +3,9 @@
     segment      RGB frame (H, W, 3) uint8          -> foreground probability (H, W) float32
     find_cells   probability (H, W)                 -> cell boxes [x, y, w, h] + areas (pixels)
     crop_cells   RGB frame + boxes                  -> crops (N, S, S, 3) uint8
+    with_views   crops (N, S, S, 3)                 -> crops and their mirror images (V*N, ...)
     classify     crops                              -> probabilities (N, C) float32
+    merge_views  probabilities (V*N, C)             -> probabilities (N, C)
     aggregate    probabilities (N, C)               -> frame probabilities (C,)
 
 ``segment`` and ``classify`` run ONNX models (see ``daemon.inference``); the functions here
@@ -105,6 +107,33 @@ def crop_cells(
         interpolation = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         crops[i] = cv2.resize(window, (size, size), interpolation=interpolation)
     return crops
+
+
+#: Most views of one crop: the crop itself and its mirror image (a cell has no handedness).
+MAX_VIEWS = 2
+
+
+def with_views(crops: np.ndarray, views: int) -> np.ndarray:
+    """(N, S, S, 3) crops -> (views * N, S, S, 3): the crops, then (views 2) their left-right
+    mirror images. A cell's class does not change in a mirror; averaging the two calls
+    removes part of the classifier's view-to-view noise (test-time augmentation)."""
+    if views == 1:
+        return crops
+    if views != MAX_VIEWS:
+        raise ValueError(f"views must be 1 or {MAX_VIEWS}, not {views}")
+    return np.concatenate([crops, crops[:, :, ::-1]])
+
+
+def merge_views(probabilities: np.ndarray, views: int) -> np.ndarray:
+    """(views * N, C) probabilities of ``with_views`` crops -> (N, C): the normalised geometric
+    mean over the views of each crop (the mean of the logits, as one softmax would give)."""
+    if views == 1:
+        return probabilities
+    n = probabilities.shape[0] // views
+    logs = np.log(np.clip(probabilities, 1e-12, 1.0)).reshape(views, n, -1).mean(axis=0)
+    logs -= logs.max(axis=1, keepdims=True) if n else 0.0
+    merged = np.exp(logs)
+    return (merged / merged.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def touches_border(box: CellBox, size: tuple[int, int]) -> bool:

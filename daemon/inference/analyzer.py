@@ -30,7 +30,9 @@ from daemon.imaging.pipeline import (
     calibrate,
     crop_cells,
     find_cells,
+    merge_views,
     touches_border,
+    with_views,
 )
 from daemon.imaging.scale import Rescaler
 from daemon.inference.sessions import Classifier, Segmenter
@@ -62,6 +64,7 @@ class Analyzer:
         self.aggregation = classifier.manifest.aggregation or "mean"
         self.classes = classifier.classes
         self.temperature = classifier.manifest.temperature or 1.0
+        self.views = classifier.manifest.views
         self.review = classifier.manifest.review or ReviewSpec()
         self.acquisition = segmenter.manifest.acquisition
         # Outputs that are one of the four classes (a model without ``unidentified`` has 4).
@@ -146,9 +149,7 @@ class Analyzer:
             boxes.append(frame_boxes)
             crop_ms.append((time.perf_counter() - started) * 1000)
         started = time.perf_counter()
-        all_probs = calibrate(
-            self.classifier.compute(np.concatenate(crops), self.max_batch_cells),
-            self.temperature)
+        all_probs = calibrate(self.classify(np.concatenate(crops)), self.temperature)
         classify_ms = (time.perf_counter() - started) * 1000
         total_cells = max(1, len(all_probs))
         analyses = []
@@ -164,6 +165,12 @@ class Analyzer:
                        "classify": classify_ms * len(frame_boxes) / total_cells}
             analyses.append(FrameAnalysis(frame_boxes, probs, frame_probs, size, timings))
         return analyses
+
+    def classify(self, crops: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 crops -> (N, C) uncalibrated probabilities, over the manifest's
+        ``views`` of each crop."""
+        probs = self.classifier.compute(with_views(crops, self.views), self.max_batch_cells)
+        return merge_views(probs, self.views)
 
     def _counted(self, boxes: list[CellBox], probs: np.ndarray, size: tuple[int, int]
                  ) -> np.ndarray:

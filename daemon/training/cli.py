@@ -75,6 +75,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         threads=args.threads,
         negatives=args.negatives or None,
         shifts=not args.no_shifts,
+        views_min_gain_fields=args.views_min_gain_fields,
     )
     field = report["classifier_test_field"]
     seg = report["segmenter_test"]
@@ -90,6 +91,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     cal = report["calibration"]
     print(f"calibration: T {cal['temperature']} test ECE {cal['test_ece_before']:.4f} -> "
           f"{cal['test_ece_after']:.4f}")
+    print(f"views of each crop: {report['views_search']['chosen']} (validation field accuracy "
+          f"{report['views_search']['val_field_accuracy']})")
+    colour = report["colour_confound"]
+    print(f"colour-only baseline (no cell looked at): test field accuracy "
+          f"{colour['accuracy']:.4f} (majority class {colour['majority_class_rate']:.4f})")
     for name, row in report.get("shift_suite", {}).items():
         print(f"shift {name:18s} accuracy {row['accuracy']:.4f} review {row['review_share']:.3f} "
               f"factor {row['median_factor']:.3f}")
@@ -150,6 +156,8 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="foreign normal cells <class>/<file>: val part joins calibration, "
                                "held-out part is reported ('' for none)")
     evaluate.add_argument("--no-shifts", action="store_true", help="skip the shift suite")
+    evaluate.add_argument("--views-min-gain-fields", type=int, default=2,
+                          help="validation fields the mirror view must win by (0: any gain)")
     evaluate.set_defaults(func=_evaluate)
 
 

@@ -5,7 +5,8 @@
           -> aggregate -> field class + review flags           (daemon.analyzer.Analyzer)
 
 On the validation blocks it picks the cell filter (threshold, area bounds: best instance-count
-agreement with the cleaned masks), the aggregation (``mean`` / ``log_mean``: best field
+agreement with the cleaned masks), the views of each crop (it alone, or with its mirror
+image), the aggregation (``mean`` / ``log_mean``: best field
 accuracy), the calibration temperature (least negative log-likelihood of the cells, with the
 validation part of the foreign normal cells as ``unidentified``) and the frame review
 threshold; it writes them into the manifests. It then reports on the test blocks: unshifted
@@ -35,12 +36,15 @@ from daemon.domain.manifest import (
     write_manifest,
 )
 from daemon.imaging.pipeline import (
+    MAX_VIEWS,
     aggregate,
     calibrate,
     crop_cells,
     find_cells,
+    merge_views,
     pad_to_multiple,
     to_tensor,
+    with_views,
 )
 from daemon.imaging.scale import Rescaler
 from daemon.inference.analyzer import Analyzer
@@ -60,6 +64,7 @@ from daemon.training.shifts import MAGNIFICATION, SUITE
 THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_AREAS = (40, 60, 80, 100, 120, 150)
 MAX_AREA = 6000
+VIEWS_MIN_GAIN_FIELDS = 2
 
 
 def _session(path: Path, threads: int):
@@ -84,15 +89,18 @@ def segment(session, manifest: ModelManifest, images: np.ndarray, batch: int = 1
     return np.concatenate(out)
 
 
-def classify(session, manifest: ModelManifest, crops: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Probabilities (M, C) for (M, S, S, 3) uint8 crops (uncalibrated: the graph's softmax)."""
+def classify(session, manifest: ModelManifest, crops: np.ndarray, batch: int = 256,
+             views: int = 1) -> np.ndarray:
+    """Probabilities (M, C) for (M, S, S, 3) uint8 crops (uncalibrated: the graph's softmax),
+    merged over ``views`` of each crop as the daemon does (``imaging.pipeline.with_views``)."""
     if len(crops) == 0:
         return np.empty((0, len(manifest.classes)), np.float32)
+    crops = with_views(crops, views)
     out = []
     for i in range(0, len(crops), batch):
         x = to_tensor(crops[i : i + batch], manifest.input)
         out.append(session.run(["probabilities"], {manifest.input.name: x})[0])
-    return np.concatenate(out)
+    return merge_views(np.concatenate(out), views)
 
 
 def _counts(probs: np.ndarray, cell_filter: CellFilter) -> np.ndarray:
@@ -334,9 +342,11 @@ def evaluate(
     limit_fields: int = 0,
     negatives: str | None = None,
     shifts: bool = True,
+    views_min_gain_fields: int = VIEWS_MIN_GAIN_FIELDS,
 ) -> dict:
     """Choose settings on validation, write them to the manifests, report on test; returns the
-    report (also written to ``out_json``). ``negatives``: the foreign normal-cell sample (its
+    report (also written to ``out_json``). ``views_min_gain_fields``: validation fields the
+    mirror view must win by to be used. ``negatives``: the foreign normal-cell sample (its
     val part joins the calibration, its held-out test part is reported)."""
     seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
     seg_manifest, cls_manifest = load_manifest(seg_path), load_manifest(cls_path)
@@ -370,28 +380,41 @@ def evaluate(
     cell_filter, search = choose_cell_filter(val_probs, val["masks"])
     report["cell_filter_search"] = {k: v for k, v in search.items() if k != "grid"}
     crops, owners = pipeline_cells(val["images"], val_probs, cell_filter, crop, size, lab_target)
-    raw_val = classify(cls, cls_manifest, crops)
-    cal_probs, cal_labels = raw_val, val["labels"][owners]
+    f_crops = np.empty((0, size, size, 3), np.uint8)
     if foreign is not None and model_rbc and reference and UNIDENTIFIED in codes:
         f_crops, _ = foreign_cell_crops([p for p, _ in foreign["val"]], model_rbc, reference,
                                         crop, size)
-        cal_probs = np.concatenate([raw_val, classify(cls, cls_manifest, f_crops)])
-        cal_labels = np.concatenate(
-            [cal_labels, np.full(len(f_crops), codes.index(UNIDENTIFIED), np.int64)])
-    temperature = fit_temperature(cal_probs, cal_labels)
+    cal_labels = np.concatenate([val["labels"][owners],
+                                 np.full(len(f_crops), codes.index(UNIDENTIFIED), np.int64)])
+    # Per number of views (the crop; the crop and its mirror): temperature, then aggregation.
+    # More views cost classifier time on every frame: they must win on validation by at least
+    # VIEWS_MIN_GAIN_FIELDS fields (one field either way is noise: 0.2 points of 459).
+    searches: dict[int, dict] = {}
+    for views in range(1, MAX_VIEWS + 1):
+        raw = classify(cls, cls_manifest, crops, views=views)
+        cal = np.concatenate([raw, classify(cls, cls_manifest, f_crops, views=views)])
+        t = fit_temperature(cal, cal_labels)
+        cells = calibrate(raw, t)
+        scores = {m: M.classification_report(
+            val["labels"], fields_from_cells(cells, owners, len(val["labels"]), m),
+            CLASS_CODES)["accuracy"] for m in ("mean", "log_mean")}
+        searches[views] = {"raw": raw, "cal": cal, "temperature": t, "scores": scores,
+                           "best": max(scores.values())}
+    margin = views_min_gain_fields / max(1, len(val["labels"]))
+    views = max(searches, key=lambda v: (searches[v]["best"] - (v > 1) * (margin - 1e-9), -v))
+    chosen = searches[views]
+    raw_val, cal_probs, temperature = chosen["raw"], chosen["cal"], chosen["temperature"]
+    report["views_search"] = {"val_field_accuracy": {v: s["best"] for v, s in searches.items()},
+                              "min_gain_fields": views_min_gain_fields, "chosen": views}
     report["calibration"] = {
         "temperature": temperature,
         "fitted_on": f"{len(cal_labels)} validation cells (field labels"
-                     + ("; foreign normal cells as unidentified)" if len(cal_labels) > len(owners)
-                        else ")"),
+                     + ("; foreign normal cells as unidentified)" if len(f_crops) else ")"),
         "val_nll_before": nll(cal_probs, cal_labels),
         "val_nll_after": nll(calibrate(cal_probs, temperature), cal_labels),
     }
     val_cells = calibrate(raw_val, temperature)
-    agg_scores = {}
-    for method in ("mean", "log_mean"):
-        fields = fields_from_cells(val_cells, owners, len(val["labels"]), method)
-        agg_scores[method] = M.classification_report(val["labels"], fields, CLASS_CODES)["accuracy"]
+    agg_scores = chosen["scores"]
     method = max(agg_scores, key=lambda m: (agg_scores[m], m == "mean"))
     report["aggregation_search"] = {"val_field_accuracy": agg_scores, "chosen": method}
     report["val_field_accuracy"] = agg_scores[method]
@@ -433,7 +456,7 @@ def evaluate(
     # --- test: cells, and calibration (ECE) on the test cells
     t0 = time.perf_counter()
     crops, owners = pipeline_cells(test["images"], test_probs, cell_filter, crop, size, lab_target)
-    raw_test = classify(cls, cls_manifest, crops)
+    raw_test = classify(cls, cls_manifest, crops, views=views)
     cls_seconds = time.perf_counter() - t0
     test_cells = calibrate(raw_test, temperature)
     cell_labels = test["labels"][owners]
@@ -452,7 +475,7 @@ def evaluate(
     ref_crops, ref_owners = pipeline_cells(
         test["images"], test["masks"].astype(np.float32), ref_filter, crop, size, lab_target
     )
-    ref_probs = calibrate(classify(cls, cls_manifest, ref_crops), temperature)
+    ref_probs = calibrate(classify(cls, cls_manifest, ref_crops, views=views), temperature)
     report["classifier_test_cell_reference_masks"] = M.classification_report(
         test["labels"][ref_owners], ref_probs, codes
     )
@@ -468,12 +491,14 @@ def evaluate(
         seg_manifest.cells = cell_filter
         cls_manifest.aggregation = method
         cls_manifest.temperature = temperature
+        cls_manifest.views = views
         cls_manifest.review = review
         write_manifest(seg_manifest, seg_path.with_suffix(".json"))
         write_manifest(cls_manifest, cls_path.with_suffix(".json"))
     analyzer = Analyzer(Segmenter(seg_path, "cpu", threads), Classifier(cls_path, "cpu", threads))
     analyzer.cell_filter, analyzer.aggregation = cell_filter, method
     analyzer.temperature, analyzer.review = temperature, review
+    analyzer.views = views
     analyzer.rescaler = Rescaler(scale)
 
     # --- test through the daemon's path: field as captured, no µm/px, under each shift
