@@ -374,7 +374,7 @@ class Worker:
                         "reason": exc.reason, "detail": exc.message, "quality": quality})
                 result = self._result(d, "rejected", error=exc.message, reason=exc.reason,
                                       quality=quality)
-                outcomes.append((d, result, []))
+                outcomes.append((d, result))
                 continue
             size = prepared.shape[0] * prepared.shape[1]
             if ready and pixels + size > budget:
@@ -453,16 +453,16 @@ class Worker:
         # completed_at is when the result is stored, so leukoscope_frame_latency_seconds
         # (completed_at - captured_at) includes the wait for the previous batch's store.
         stamp = time.time()
-        for _, result, _ in outcomes:
+        for _, result in outcomes:
             result.completed_at = max(result.completed_at, stamp)
         store_start = time.perf_counter()
         stored = self.store.store_many([(r, d.entry_id) for d, r in outcomes])
         per_frame = (time.perf_counter() - store_start) / len(outcomes)
         telemetry.observe("leukoscope_stage_seconds", per_frame, {"stage": "store"})
-        self.queue.clear_solo([d.frame_id for d, _, _ in outcomes if d.deliveries > 1])
+        self.queue.clear_solo([d.frame_id for d, _ in outcomes if d.deliveries > 1])
         # Only now, with every result stored: a crash before this re-reads the bytes.
-        self.queue.release([d for d, _, _ in outcomes])
-        for (d, result, _), new in zip(outcomes, stored, strict=True):
+        self.queue.release([d for d, _ in outcomes])
+        for (d, result), new in zip(outcomes, stored, strict=True):
             self.frames_done += int(new)
             log.info(
                 "frame stored" if new else "duplicate frame acknowledged",
