@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal, overload
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -59,11 +60,38 @@ class SentinelSettings(_Section):
         return [(n.rpartition(":")[0].strip("[]"), int(n.rpartition(":")[2])) for n in self.nodes]
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+
+
+def sentinel_from_url(url: str) -> SentinelSettings:
+    """``redis+sentinel://[[user]:password@]host:port[,host:port...]/master[/db]`` (``rediss+``
+    for TLS; query ``sentinel_password`` and ``ssl_ca_certs``) -> the ``redis.sentinel`` block.
+    The user and password are the Redis servers'; the sentinels' own password is a query
+    parameter because one URL has one userinfo."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    path = [unquote(p) for p in parts.path.split("/") if p]
+    if not hosts or not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"{parts.scheme} URLs are {parts.scheme}://[[user]:password@]host:port"
+                         "[,host:port...]/master[/db]")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"sentinel_password", "ssl_ca_certs"}
+    if unknown:
+        raise ValueError(f"unknown {parts.scheme} URL parameter(s): {', '.join(sorted(unknown))}")
+    return SentinelSettings(
+        master=path[0], nodes=hosts.split(","), db=int(path[1]) if len(path) == 2 else 0,
+        username=unquote(username) or None, password=unquote(password) or None,
+        sentinel_password=query.get("sentinel_password"),
+        ssl=parts.scheme == "rediss+sentinel", ssl_ca_certs=query.get("ssl_ca_certs"))
+
+
 class RedisSettings(_Section):
     url: str | None = Field(
         default=None,
-        description="redis://, rediss:// or unix:// URL; null runs an embedded Redis under "
-        "data_dir (unless redis.sentinel is set)",
+        description="redis://, rediss:// or unix:// URL, or redis+sentinel:// / rediss+sentinel:// "
+        "(read as redis.sentinel); null runs an embedded Redis under data_dir (unless "
+        "redis.sentinel is set)",
     )
     sentinel: SentinelSettings | None = Field(
         default=None, description="find the master through Redis Sentinel (instead of url)"
@@ -79,6 +107,13 @@ class RedisSettings(_Section):
     def _url_or_sentinel(self) -> RedisSettings:
         if self.url and self.sentinel is not None:
             raise ValueError("set redis.url or redis.sentinel, not both")
+        if self.url and self.url.split("://", 1)[0] in SENTINEL_SCHEMES:
+            # One form for the code after this: the URL becomes the settings block.
+            try:
+                self.sentinel, self.url = sentinel_from_url(self.url), None
+            except (ValueError, ValidationError) as exc:  # name the key the user wrote
+                problems = exc.errors() if isinstance(exc, ValidationError) else [{"msg": exc}]
+                raise ValueError("url: " + "; ".join(str(p["msg"]) for p in problems)) from exc
         return self
 
 

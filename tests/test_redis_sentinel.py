@@ -151,3 +151,33 @@ def test_sentinel_settings_name_the_key(tmp_path: Path) -> None:
         load_settings(None, data_dir=str(tmp_path),
                       redis={"url": "redis://x", "sentinel": {"master": "m",
                                                               "nodes": ["h:26379"]}})
+
+
+def test_a_sentinel_url_is_the_same_as_the_settings_block(tmp_path: Path) -> None:
+    from daemon.settings import ConfigError, load_settings
+
+    settings = load_settings(None, data_dir=str(tmp_path), redis={
+        "url": "rediss+sentinel://app:p%40ss@s1:26379,[::1]:26380/lks/2"
+               "?sentinel_password=sp&ssl_ca_certs=/etc/ca.pem"})
+    conf = settings.redis.sentinel
+    assert settings.redis.url is None and conf is not None
+    assert (conf.master, conf.db, conf.username, conf.password) == ("lks", 2, "app", "p@ss")
+    assert conf.addresses() == [("s1", 26379), ("::1", 26380)]
+    assert conf.sentinel_password == "sp" and conf.ssl and str(conf.ssl_ca_certs) == "/etc/ca.pem"
+    for bad in ("redis+sentinel://s1:26379", "redis+sentinel://s1:x/lks",
+                "redis+sentinel://s1:26379/lks?tls=1"):
+        with pytest.raises(ConfigError, match="redis: .*url"):
+            load_settings(None, data_dir=str(tmp_path), redis={"url": bad})
+
+
+def test_a_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
+    from daemon.settings import load_settings
+    from daemon.store.connection import connect, embedded
+
+    with redis_ha(tmp_path / "ha") as ha:
+        settings = load_settings(None, data_dir=str(tmp_path / "data"), redis={
+            "url": f"redis+sentinel://127.0.0.1:{ha['sentinel']}/{MASTER}"})
+        assert not embedded(settings)
+        client = connect(settings)
+        client.set("lks:test:via-url", "1")
+        assert redis.Redis(port=ha["master"]).get("lks:test:via-url") == b"1"
