@@ -181,3 +181,53 @@ def test_a_sentinel_url_reaches_the_master(tmp_path: Path) -> None:
         client = connect(settings)
         client.set("lks:test:via-url", "1")
         assert redis.Redis(port=ha["master"]).get("lks:test:via-url") == b"1"
+
+
+def test_a_tls_sentinel_url_reaches_a_tls_master(tmp_path: Path) -> None:
+    """rediss+sentinel://: the sentinel and the master speak only TLS (a CA of the test's
+    own); the daemon's client asks the sentinel over TLS and writes to the master over TLS."""
+    from daemon.settings import load_settings
+    from daemon.store.connection import connect
+    from tests.test_redis_resilience import _tls_server_binary, _write_certificates
+
+    binary = _tls_server_binary()
+    root = tmp_path / "tls-ha"
+    root.mkdir()
+    ca, cert, key = _write_certificates(root)
+    tls = ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+           str(ca), "--tls-auth-clients", "no"]
+    master, sentinel = free_port(), free_port()
+    processes = [_spawn([binary, "--port", "0", "--tls-port", str(master), "--bind", "127.0.0.1",
+                         "--requirepass", "secret", "--save", "", "--appendonly", "no",
+                         "--dir", str(root), *tls], root / "master.log")]
+    conf = root / "sentinel.conf"
+    conf.write_text("\n".join([
+        "port 0", f"tls-port {sentinel}", "bind 127.0.0.1", f"dir {root}",
+        f"tls-cert-file {cert}", f"tls-key-file {key}", f"tls-ca-cert-file {ca}",
+        "tls-auth-clients no", "tls-replication yes",
+        f"sentinel monitor {MASTER} 127.0.0.1 {master} 1",
+        f"sentinel auth-pass {MASTER} secret", ""]))
+    processes.append(_spawn([binary, str(conf), "--sentinel"], root / "sentinel.log"))
+    try:
+        def sentinel_knows() -> bool:
+            if processes[1].poll() is not None:
+                pytest.skip("this redis-server cannot run a TLS sentinel: "
+                            + (root / "sentinel.log").read_text()[-300:])
+            try:
+                probe = redis.Redis(port=sentinel, ssl=True, ssl_ca_certs=str(ca),
+                                    socket_timeout=1, decode_responses=True)
+                return bool(probe.sentinel_get_master_addr_by_name(MASTER))
+            except redis.RedisError:
+                return False
+
+        wait_for(sentinel_knows, 30, "the TLS sentinel to answer")
+        settings = load_settings(None, data_dir=str(tmp_path / "data"), redis={
+            "url": f"rediss+sentinel://:secret@127.0.0.1:{sentinel}/{MASTER}"
+                   f"?ssl_ca_certs={ca}"})
+        connect(settings).set("lks:test:via-tls-sentinel", "1")
+        direct = redis.Redis(port=master, password="secret", ssl=True, ssl_ca_certs=str(ca))
+        assert direct.get("lks:test:via-tls-sentinel") == b"1"
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
