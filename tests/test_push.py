@@ -395,3 +395,22 @@ def test_redis_calls_of_a_push_leave_the_event_loop_free(api, redis_client):
     assert response.status == 413
     connection.close()
     assert slowest < 0.5, f"/healthz took {slowest:.2f} s while Redis was busy"
+
+
+def test_a_file_that_kills_its_decoder_twice_is_refused_with_a_reason(make_settings,
+                                                                      redis_client):
+    """At the smallest api.decode_memory_bytes (512 MiB, about what the libraries map) a
+    decoding child cannot even take in a 60 MB upload (two copies in the child) and dies; the pool is replaced and the
+    file tried once more, the child dies again: 422 'undecodable' naming the key, and the
+    next ordinary push is decoded by a fresh child and accepted."""
+    limit = 512 * 1024 * 1024
+    settings = make_settings(api={"max_upload_bytes": 62_000_000, "decode_memory_bytes": limit},
+                             capture={"rig_id": "rig-push"})
+    blob = b"\x89PNG\r\n\x1a\n" + bytes(60_000_000) + b"IEND\xaeB`\x82"
+    with _serve(settings) as base:
+        code, body = post(f"{base}/frames?specimen_id=X-1&name=huge.png", blob)
+        assert code == 422, body
+        assert body["reason"] == "undecodable" and "died twice" in body["detail"]
+        assert "api.decode_memory_bytes" in body["detail"]
+        code, body = post(f"{base}/frames?specimen_id=X-1&name=ok.jpg", jpeg(good_rgb(3)))
+        assert code == 202 and body["status"] == "new", body

@@ -5,11 +5,13 @@ The image is the request body (any content type), or the ``file`` part of a
 ``rig_id`` and ``metadata`` (a JSON object of field metadata: stage position, objective,
 ...) come as query parameters or, with multipart, as form fields. The frame goes through the
 same intake as a file in the watched folder (capture/intake.py): structural checks, CZI and
-TIFF expansion, quality control, then the queue.
+TIFF expansion, quality control, then the queue. Everything that decodes pixels runs in a
+memory-bounded child process (daemon/api/decoding.py), never in the API process.
 
 Answers: 202 with the ``frame_id`` (and every frame's id and state when a CZI or multi-page
 TIFF holds several); 413 for a body above ``api.max_upload_bytes``; 415 for a body that is
-not an image; 422 for a truncated or undecodable image or one failing quality control (its
+not an image; 422 for a truncated or undecodable image, one needing more memory to decode
+than ``api.decode_memory_bytes`` (``too_large``) or one failing quality control (its
 ``rejected`` result is stored, with the measured values); 400 for bad parameters; 503 while
 the queue is over ``queue.max_backlog``. Refused bodies (415/422) are kept under
 ``<data_dir>/quarantine/<specimen_id>/`` beside a ``.reason.txt``, and accepted originals
@@ -317,7 +319,9 @@ def _err(description: str, detail: str) -> dict:
         413: _err("body above api.max_upload_bytes, or a file of more frames than "
                   "queue.max_backlog", "image exceeds api.max_upload_bytes"),
         415: _err("not an image", "not an image"),
-        422: _err("truncated/undecodable image, or failed quality control", "out_of_focus"),
+        422: _err("truncated/undecodable image, too large (header budgets, or more memory to "
+                  "decode than api.decode_memory_bytes), or failed quality control",
+                  "out_of_focus"),
         503: {"description": "queue full (backpressure: queued frames, a multi-page file's "
               "pages each, against queue.max_backlog); retry after Retry-After seconds",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
