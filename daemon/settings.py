@@ -258,6 +258,17 @@ class ApiSettings(_Section):
     max_page: int = Field(default=1000, gt=0)
     max_upload_bytes: int = Field(default=64 * 1024 * 1024, gt=0, description="POST /frames body")
     tls: TlsSettings = TlsSettings()
+    # POST /frames decodes (expands, quality-checks) pushed images in child processes with
+    # this address-space limit, never in the API process itself (issue 16).
+    decode_memory_bytes: int = Field(
+        default=4 * 1024 * 1024 * 1024, ge=512 * 1024 * 1024, description="address space "
+        "(RLIMIT_AS) of each process decoding pushed frames; an image needing more is "
+        "rejected 'too_large' (422). Counts virtual memory: about 0.5 GB goes to the "
+        "libraries before any image"
+    )
+    decode_workers: int = Field(
+        default=1, ge=1, le=64, description="processes decoding pushed frames at once"
+    )
     max_body_bytes: int = Field(
         default=68 * 1024 * 1024, gt=0, description="larger request bodies are refused (413)"
     )

@@ -207,7 +207,8 @@ def start_daemon(root: Path, models: tuple[Path, Path], **overrides: object) -> 
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = root / "config.yaml"
-    config.write_text(yaml.safe_dump(settings_dict(root, models, api={"port": port}, **overrides)))
+    api = {"port": port, **overrides.pop("api", {})}  # type: ignore[dict-item]
+    config.write_text(yaml.safe_dump(settings_dict(root, models, api=api, **overrides)))
     log = root / "daemon.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEUKOSCOPE_")}
     process = subprocess.Popen(

@@ -225,3 +225,33 @@ def test_frame_store_and_worker_qc_through_the_whole_daemon(
             text, 'leukoscope_frames_rejected_total{reason="empty_field",rig="rig-1"}') == 1
     finally:
         d.stop()
+
+
+def test_a_push_to_leukoscope_run_is_decoded_by_a_child_of_the_api(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """Through the real entry point (`python -m daemon run`, the API as `-m daemon api`): a
+    pushed frame is decoded by a spawned child of the API process under
+    api.decode_memory_bytes, analysed, and the child ends with the daemon (no orphan)."""
+    import urllib.request
+
+    import psutil
+
+    limit = 1024 * 1024 * 1024
+    d = start_daemon(tmp_path / "d", tiny_models, api={"decode_memory_bytes": limit})
+    try:
+        request = urllib.request.Request(
+            f"{d.api_url}/frames?specimen_id=S-push&name=p.jpg", data=synthetic_jpeg(7),
+            method="POST", headers={"Content-Type": "image/jpeg"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.status == 202
+        (api,) = [p for p in psutil.Process(d.process.pid).children()
+                  if "api" in p.cmdline()]
+        decoders = [c for c in api.children()
+                    if c.rlimit(psutil.RLIMIT_AS) == (limit, limit)]
+        assert len(decoders) == 1, api.children()
+        wait_for(lambda: any(r["source"].startswith("upload:S-push") and r["status"] == "done"
+                             for r in d.results()), 60, "the pushed frame's result")
+    finally:
+        assert d.stop() == 0
+    wait_for(lambda: not decoders[0].is_running() or decoders[0].status() == "zombie", 10,
+             "the decoding child to end with the daemon")

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 import uvicorn
 
@@ -18,7 +24,7 @@ from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 from tests.capture.conftest import complete, entries
 from tests.capture.frames import blurred_rgb, good_rgb, jpeg, png
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, http_json, wait_for
 
 LIMIT = 200_000
 
@@ -223,3 +229,188 @@ def test_a_refused_body_is_quarantined_once(api, redis_client):
         assert code == 415 and answer["reason"] == "not_an_image"
     kept = sorted(p.name for p in (settings.quarantine_dir / "Q-1").iterdir())
     assert kept == ["doc.jpg", "doc.jpg.reason.txt"]
+
+
+# --- Decoding outside the API process (issue 16) ---------------------------------------------
+# The API server runs in this test process (a thread), so "the API process" is this one: its
+# peak RSS, its children and their limits are read from /proc (psutil), nothing is mocked.
+
+
+@contextlib.contextmanager
+def _serve(settings) -> Iterator[str]:
+    app = create_app(settings)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, 10, "the API server")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True  # the app's lifespan shuts its decode pool down
+        thread.join(timeout=30)
+
+
+def _striped_png(side: int) -> bytes:
+    """A large frame that compresses to ~100-200 KB: decoding it needs 3 * side**2 bytes."""
+    import cv2
+    import numpy as np
+
+    image = np.full((side, side, 3), 40, np.uint8)
+    image[::7] = 200
+    ok, buffer = cv2.imencode(".png", image)
+    assert ok
+    return buffer.tobytes()
+
+
+def _decoders(limit: int) -> list[psutil.Process]:
+    """This process's children that run with the decode address-space limit."""
+    return [child for child in psutil.Process().children()
+            if child.is_running() and child.rlimit(psutil.RLIMIT_AS) == (limit, limit)]
+
+
+def _peak_rss_reset() -> None:
+    # Linux: "5" resets VmHWM (the peak RSS) to the current RSS.
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_rss(process: psutil.Process) -> int:
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_a_pushed_frame_is_decoded_in_a_memory_bounded_child(make_settings, redis_client):
+    """An 8000x8000 PNG (192 MB of pixels, 0.2 MB on the wire) is expanded and checked in a
+    child process under api.decode_memory_bytes: the API process's peak RSS grows by far less
+    than one decoded copy, the child's by more. In-process decoding fails this."""
+    settings = make_settings(api={"max_upload_bytes": 2_000_000},
+                             capture={"max_frame_pixels": 64_000_000, "rig_id": "rig-push"})
+    limit = settings.api.decode_memory_bytes
+    big = _striped_png(8000)
+    with _serve(settings) as base:
+        code, body = post(f"{base}/frames?specimen_id=D-0&name=small.jpg", jpeg(good_rgb(1)))
+        assert code == 202, body
+        (child,) = _decoders(limit)
+        child_before = _peak_rss(child)
+        _peak_rss_reset()
+        api_before = _peak_rss(psutil.Process())
+        code, body = post(f"{base}/frames?specimen_id=D-1&name=big.png", big)
+        api_growth = _peak_rss(psutil.Process()) - api_before
+        assert code in (202, 422), body  # QC may refuse stripes; either way it was decoded
+        assert _decoders(limit) == [child]  # the same child, still alive
+        assert _peak_rss(child) - child_before > 8000 * 8000 * 3
+        assert api_growth < 60 * 1024 * 1024, api_growth
+    wait_for(lambda: not _decoders(limit), 10, "the decode pool to end with the app")
+
+
+def _library_address_space() -> int:
+    """What a fresh decoding process maps before any image: the libraries (varies by host)."""
+    probe = ("import cv2, daemon.api.decoding; cv2.setNumThreads(1); "
+             "print([l for l in open('/proc/self/status') if l.startswith('VmSize')][0])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    return int(out.split()[1]) * 1024
+
+
+def test_a_decode_over_the_memory_limit_is_refused_and_the_api_keeps_serving(
+        make_settings, redis_client):
+    """api.decode_memory_bytes at the libraries' size + 100 MB: an 8000x8000 PNG (192 MB to
+    decode) is refused 'too_large' with the key named, its rejection stored; the API and its
+    decoder go on accepting ordinary frames."""
+    limit = max(512 * 1024 * 1024, _library_address_space() + 100 * 1024 * 1024)
+    settings = make_settings(api={"max_upload_bytes": 2_000_000, "decode_memory_bytes": limit},
+                             capture={"max_frame_pixels": 64_000_000, "rig_id": "rig-push"})
+    big = _striped_png(8000)  # made before the API's peak RSS is measured
+    with _serve(settings) as base:
+        _peak_rss_reset()
+        api_before = _peak_rss(psutil.Process())
+        code, body = post(f"{base}/frames?specimen_id=M-1&name=big.png", big)
+        assert code == 422, body
+        assert body["reason"] == "too_large" and body["status"] == "rejected"
+        assert "api.decode_memory_bytes" in body["detail"]
+        assert _peak_rss(psutil.Process()) - api_before < 60 * 1024 * 1024
+        stored = ResultStore(redis_client).get(body["frame_id"])
+        assert stored is not None and stored.reason == "too_large"
+        code, body = post(f"{base}/frames?specimen_id=M-1&name=ok.jpg", jpeg(good_rgb(2)))
+        assert code == 202 and body["status"] == "new", body
+        assert len(_decoders(limit)) == 1
+
+
+def test_a_killed_decoder_is_replaced_and_the_next_push_is_accepted(make_settings,
+                                                                    redis_client):
+    """SIGKILL of the decoding child between pushes: the pool is replaced, the next frame is
+    decoded by a new child and accepted (not blamed for the dead one)."""
+    settings = make_settings(api={"max_upload_bytes": LIMIT}, capture={"rig_id": "rig-push"})
+    limit = settings.api.decode_memory_bytes
+    with _serve(settings) as base:
+        code, body = post(f"{base}/frames?specimen_id=K-1&name=a.jpg", jpeg(good_rgb(1)))
+        assert code == 202, body
+        (child,) = _decoders(limit)
+        child.kill()
+        child.wait(10)
+        code, body = post(f"{base}/frames?specimen_id=K-1&name=b.jpg", jpeg(good_rgb(2)))
+        assert code == 202 and body["status"] == "new", body
+        (replacement,) = _decoders(limit)
+        assert replacement.pid != child.pid
+        code, health = http_json(f"{base}/healthz")
+        assert code == 200
+
+
+def test_redis_calls_of_a_push_leave_the_event_loop_free(api, redis_client):
+    """While Redis is busy (a 2 s script), an upload refused for size records its metric in
+    Redis; /healthz (no Redis) must still answer at once: the count is recorded off the event
+    loop. On the loop, every request of the API waits for Redis."""
+    base, _settings = api
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/frames?specimen_id=L-1")
+    connection.putheader("Transfer-Encoding", "chunked")  # no length: refused while reading
+    connection.endheaders()
+
+    def chunk(data: bytes) -> None:
+        connection.send(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    chunk(b"\xff\xd8\xff" + b"\0" * 1000)  # the route is reading the body (audit done)
+    time.sleep(0.5)
+    busy = threading.Thread(target=redis_client.eval, args=(
+        "local t0 = tonumber(redis.call('TIME')[1]) "
+        "while tonumber(redis.call('TIME')[1]) < t0 + 2 do end return 1", 0), daemon=True)
+    busy.start()
+    time.sleep(0.2)  # Redis is in the script now
+    chunk(b"\0" * (LIMIT + 128 * 1024))  # over the limit: 413, then the metric (Redis)
+    time.sleep(0.2)
+    slowest = 0.0
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        began = time.monotonic()
+        code, _ = http_json(f"{base}/healthz", timeout=5)
+        assert code == 200
+        slowest = max(slowest, time.monotonic() - began)
+        time.sleep(0.05)
+    busy.join(10)
+    response = connection.getresponse()
+    assert response.status == 413
+    connection.close()
+    assert slowest < 0.5, f"/healthz took {slowest:.2f} s while Redis was busy"
+
+
+def test_a_file_that_kills_its_decoder_twice_is_refused_with_a_reason(make_settings,
+                                                                      redis_client):
+    """At the smallest api.decode_memory_bytes (512 MiB, about what the libraries map) a
+    decoding child cannot even take in a 60 MB upload (two copies in the child) and dies; the pool is replaced and the
+    file tried once more, the child dies again: 422 'undecodable' naming the key, and the
+    next ordinary push is decoded by a fresh child and accepted."""
+    limit = 512 * 1024 * 1024
+    settings = make_settings(api={"max_upload_bytes": 62_000_000, "decode_memory_bytes": limit},
+                             capture={"rig_id": "rig-push"})
+    blob = b"\x89PNG\r\n\x1a\n" + bytes(60_000_000) + b"IEND\xaeB`\x82"
+    with _serve(settings) as base:
+        code, body = post(f"{base}/frames?specimen_id=X-1&name=huge.png", blob)
+        assert code == 422, body
+        assert body["reason"] == "undecodable" and "died twice" in body["detail"]
+        assert "api.decode_memory_bytes" in body["detail"]
+        code, body = post(f"{base}/frames?specimen_id=X-1&name=ok.jpg", jpeg(good_rgb(3)))
+        assert code == 202 and body["status"] == "new", body

@@ -4,10 +4,13 @@ the OpenAPI schema is generated from the same pydantic models the workers store.
 import logging
 import signal
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated, Literal
 
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import CollectorRegistry
@@ -40,6 +43,15 @@ def get_reader(request: Request) -> StatusReader:
 
 Store = Annotated[ResultStore, Depends(get_store)]
 Reader = Annotated[StatusReader, Depends(get_reader)]
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    # The decoding processes of POST /frames (made on the first push) end with the app.
+    pool = getattr(app.state, "decode_pool", None)
+    if pool is not None:
+        await run_in_threadpool(pool.shutdown)
 
 
 def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI:
@@ -76,6 +88,7 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
         "(Redis unavailable) can come from any protected route.",
         docs_url=None,
         redoc_url=None,
+        lifespan=lifespan,
         responses={
             401: {"description": "missing, malformed or unknown API key (when keys are "
                   "configured)", "content": {"application/json": {"example": {

@@ -5,11 +5,13 @@ The image is the request body (any content type), or the ``file`` part of a
 ``rig_id`` and ``metadata`` (a JSON object of field metadata: stage position, objective,
 ...) come as query parameters or, with multipart, as form fields. The frame goes through the
 same intake as a file in the watched folder (capture/intake.py): structural checks, CZI and
-TIFF expansion, quality control, then the queue.
+TIFF expansion, quality control, then the queue. Everything that decodes pixels runs in a
+memory-bounded child process (daemon/api/decoding.py), never in the API process.
 
 Answers: 202 with the ``frame_id`` (and every frame's id and state when a CZI or multi-page
 TIFF holds several); 413 for a body above ``api.max_upload_bytes``; 415 for a body that is
-not an image; 422 for a truncated or undecodable image or one failing quality control (its
+not an image; 422 for a truncated or undecodable image, one needing more memory to decode
+than ``api.decode_memory_bytes`` (``too_large``) or one failing quality control (its
 ``rejected`` result is stored, with the measured values); 400 for bad parameters; 503 while
 the queue is over ``queue.max_backlog``. Refused bodies (415/422) are kept under
 ``<data_dir>/quarantine/<specimen_id>/`` beside a ``.reason.txt``, and accepted originals
@@ -29,10 +31,12 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from starlette.datastructures import State
 
-from capture.intake import Intake, derived_frame_id, expand
+from capture.intake import Intake, SourceFrame, derived_frame_id
 from capture.mover import free_name, write_reason
 from daemon.api.auth import require
+from daemon.api.decoding import Decoded, DecodePool, DecoderDied
 from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.imaging.frames import (
@@ -133,9 +137,27 @@ class UploadJanitor:
         return 0.0
 
 
-def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str | None]
-         ) -> tuple[int, dict]:
-    """The work of one upload (blocking: runs in the thread pool)."""
+_setup_lock = threading.Lock()
+
+
+def _intake_of(state: State) -> tuple[Intake, DecodePool]:
+    """The app's intake, upload janitor and decode pool, made on the first push (blocking)."""
+    with _setup_lock:
+        intake = getattr(state, "intake", None)
+        if intake is None:
+            intake = Intake(state.settings, state.client)
+            state.upload_janitor = UploadJanitor(intake)
+            state.intake = intake
+        pool = getattr(state, "decode_pool", None)
+        if pool is None:  # shut down with the app (create_app's lifespan)
+            pool = state.decode_pool = DecodePool(state.settings)
+        return intake, pool
+
+
+def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str | None],
+         pool: DecodePool) -> tuple[int, dict]:
+    """The work of one upload (blocking: runs in the thread pool); its decoding runs in
+    ``pool``'s memory-bounded child processes, never in this one."""
     specimen = fields.get("specimen_id") or ""
     if not valid_specimen_id(specimen):
         raise Refused(400, "specimen_id is required: letters, digits, '.', '_', '-'; at most 64")
@@ -171,7 +193,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
         if not admitted:
             raise Refused(503, f"the frame queue is full ({backlog} of {bound} frames, this "
                           f"file {count}); retry later", retry_after=1)
-        return _push_admitted(settings, intake, data, specimen, name, source, file_id,
+        return _push_admitted(settings, intake, pool, data, specimen, name, source, file_id,
                               scale, metadata, rig)
 
 
@@ -186,27 +208,31 @@ def frame_count(data: bytes, settings: Settings) -> int:
     return max(1, found.pages) if found is not None else 1
 
 
-def _push_admitted(settings: Settings, intake: Intake, data: bytes, specimen: str, name: str,
-                   source: str, file_id: str, scale: float | None,
+def _push_admitted(settings: Settings, intake: Intake, pool: DecodePool, data: bytes,
+                   specimen: str, name: str, source: str, file_id: str, scale: float | None,
                    metadata: dict[str, str] | None, rig: str) -> tuple[int, dict]:
     try:
-        frames = expand(data, settings)
-    except FrameRejected as exc:
-        first = intake.store_rejected(file_id, specimen, source, exc.reason, exc.message,
+        decoded = pool.decode(data, scale, rig)
+    except DecoderDied as exc:  # logged by the pool; the file is refused like any other
+        decoded = Decoded(pid=0, rejected=("undecodable", str(exc)))
+    if decoded.rejected is not None:
+        reason, message = decoded.rejected
+        first = intake.store_rejected(file_id, specimen, source, reason, message,
                                       metadata=metadata)
         if first:  # the same refused body again (same id) is not stored twice on disk
-            _quarantine(settings, specimen, name, data, exc.reason, exc.message, file_id)
-        code = 415 if exc.reason in ("not_an_image", "empty_file") else 422
-        raise Refused(code, exc.message, frame_id=file_id, status="rejected",
-                      reason=exc.reason) from exc
+            _quarantine(settings, specimen, name, data, reason, message, file_id)
+        code = 415 if reason in ("not_an_image", "empty_file") else 422
+        raise Refused(code, message, frame_id=file_id, status="rejected", reason=reason)
     now = time.time()
     answers = []
-    for frame in frames:
-        if scale is not None and frame.um_per_pixel is None:
-            frame.um_per_pixel, frame.um_per_pixel_source = scale, "configured"
+    for prepared in decoded.frames:
+        # Bytes and the QC verdict from the decoding child; no pixels in this process.
+        frame = SourceFrame(None, prepared.data, prepared.label, prepared.um_per_pixel,
+                            prepared.metadata, prepared.um_per_pixel_source)
         frame_id = derived_frame_id(specimen, name, frame.label, data)
         label = "" if frame.label is None else f"#{frame.label}"
-        offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata)
+        offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata,
+                             quality=prepared.quality)
         answer = {"frame_id": frame_id, "status": offer.outcome}
         if frame.label is not None:
             answer["part"] = frame.label
@@ -214,6 +240,10 @@ def _push_admitted(settings: Settings, intake: Intake, data: bytes, specimen: st
             answer.update(reason=offer.quality.reason, detail=offer.quality.message,
                           quality=offer.quality.values)
         answers.append(answer)
+    if decoded.failed is not None:
+        # A page after these could not be read: the pages before it stand, and the file is
+        # refused from here as when intake iterated the pages in this process.
+        raise FrameRejected(*decoded.failed)
     if all(a["status"] == "rejected" for a in answers):
         first = answers[0]
         _quarantine(settings, specimen, name, data, str(first["reason"]),
@@ -222,7 +252,7 @@ def _push_admitted(settings: Settings, intake: Intake, data: bytes, specimen: st
     if any(a["status"] == "new" for a in answers):
         _keep(settings.archive_dir / specimen, name, data)
     log.info("frame pushed", extra={"specimen_id": specimen, "rig": rig, "source_name": name,
-                                    "frames": len(answers)})
+                                    "frames": len(answers), "decode_pid": decoded.pid})
     return 202, {**answers[0], "frames": answers}
 
 
@@ -289,7 +319,9 @@ def _err(description: str, detail: str) -> dict:
         413: _err("body above api.max_upload_bytes, or a file of more frames than "
                   "queue.max_backlog", "image exceeds api.max_upload_bytes"),
         415: _err("not an image", "not an image"),
-        422: _err("truncated/undecodable image, or failed quality control", "out_of_focus"),
+        422: _err("truncated/undecodable image, too large (header budgets, or more memory to "
+                  "decode than api.decode_memory_bytes), or failed quality control",
+                  "out_of_focus"),
         503: {"description": "queue full (backpressure: queued frames, a multi-page file's "
               "pages each, against queue.max_backlog); retry after Retry-After seconds",
               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
@@ -301,10 +333,8 @@ def _err(description: str, detail: str) -> dict:
 async def post_frame(request: Request) -> JSONResponse:
     """Queue one frame (or each frame of a CZI / multi-page TIFF) for analysis."""
     settings: Settings = request.app.state.settings
-    intake = getattr(request.app.state, "intake", None)
-    if intake is None:
-        intake = request.app.state.intake = Intake(settings, request.app.state.client)
-        request.app.state.upload_janitor = UploadJanitor(intake)
+    # Intake's set-up reads Redis (the janitor's cursor): not on the event loop.
+    intake, pool = await run_in_threadpool(_intake_of, request.app.state)
     limit = settings.api.max_upload_bytes
     try:
         body = await _read_body(request, limit + 64 * 1024)  # room for multipart framing
@@ -327,12 +357,13 @@ async def post_frame(request: Request) -> JSONResponse:
             data = body
         if len(data) > limit:
             raise Refused(413, f"image exceeds api.max_upload_bytes ({limit})")
-        status, answer = await run_in_threadpool(push, settings, intake, data, fields)
+        status, answer = await run_in_threadpool(push, settings, intake, data, fields, pool)
         return JSONResponse(status_code=status, content=answer)
     except Refused as exc:
         if exc.status == 413:
             rig = settings.capture.rig_id
-            counters.record(request.app.state.client, counters.counter(
+            # A Redis round trip (and its retries during an outage): in the thread pool.
+            await run_in_threadpool(counters.record, request.app.state.client, counters.counter(
                 "leukoscope_frames_rejected_total", {"rig": rig, "reason": "too_large"}))
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return JSONResponse(status_code=exc.status, content=exc.body, headers=headers)

@@ -1,0 +1,199 @@
+"""The decoding work of ``POST /frames``, done outside the API process (issue 16).
+
+Header budgets (``capture.max_frame_pixels``, ``max_file_pages``) stop a decompression bomb
+before any decode, but a decode that passes them still needs hundreds of MB, and one in the
+API process can take the process (and every client it serves) down with it. So the pixels of
+a pushed frame are only ever decoded in a child process with an address-space limit
+(``RLIMIT_AS = api.decode_memory_bytes``): expanding a CZI or multi-page TIFF into frames,
+decoding a plain image and its quality control all run there. The API gets back encoded
+bytes (the original, or the lossless PNG of a page) and the quality verdict, never pixels.
+
+A decode that needs more memory than the limit raises MemoryError (or OpenCV's out-of-memory
+error) in the child, which answers ``too_large`` with the limit named. A child that dies
+outright (killed, crashed) breaks the pool: the pool is replaced and the file tried once more
+alone, so a neighbour's bomb does not fail a good frame; a second death is the file's fault.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import resource
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+
+import cv2
+
+from capture.intake import Intake, expand
+from daemon.imaging.frames import FrameRejected
+from daemon.imaging.quality import Quality
+from daemon.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """One frame of a pushed file as the child hands it back: bytes to queue, no pixels."""
+
+    data: bytes  # the encoded bytes the worker decodes (the original, or a page as PNG)
+    label: str | None
+    um_per_pixel: float | None
+    um_per_pixel_source: str
+    metadata: dict[str, str]
+    quality: Quality
+
+
+@dataclass
+class Decoded:
+    """What the child made of one pushed file.
+
+    ``rejected``: the file as a whole was refused (reason, message) before any frame.
+    ``failed``: a page after ``frames`` could not be read (reason, message); the frames
+    before it stand, as when intake iterates a container itself.
+    """
+
+    pid: int
+    frames: list[Prepared] = field(default_factory=list)
+    rejected: tuple[str, str] | None = None
+    failed: tuple[str, str] | None = None
+
+
+# State of a pool child (set by _init_child; the child lives for many pushes).
+_settings: Settings | None = None
+
+
+def _init_child(settings: Settings, memory_bytes: int) -> None:
+    """Pool initializer: cap the child's address space before it decodes anything."""
+    global _settings
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    _settings = settings
+    # OpenCV's thread pool reserves stacks per core: address space the limit would count
+    # against every decode; one push is one decode, so one thread is enough.
+    cv2.setNumThreads(1)
+
+
+def _memory_message(limit: int) -> str:
+    return (f"decoding this image needs more memory than the API's decoder may use "
+            f"({limit} bytes, api.decode_memory_bytes)")
+
+
+def decode_push(data: bytes, scale: float | None, rig: str) -> Decoded:
+    """In the child: the file's frames (expanded, decoded, quality-checked) as bytes."""
+    assert _settings is not None, "decode_push runs in a pool child"
+    settings = _settings
+    checker = _checker_for(settings, rig)
+    out = Decoded(os.getpid())
+    try:
+        try:
+            frames = expand(data, settings)
+        except FrameRejected as exc:
+            out.rejected = _memory_reason(exc) or (exc.reason, exc.message)
+            return out
+        try:
+            for frame in frames:
+                if scale is not None and frame.um_per_pixel is None:
+                    frame.um_per_pixel, frame.um_per_pixel_source = scale, "configured"
+                quality = checker.check(frame)
+                out.frames.append(Prepared(frame.data, frame.label, frame.um_per_pixel,
+                                           frame.um_per_pixel_source, frame.metadata, quality))
+                frame._rgb = None  # drop the pixels before the next page is decoded
+        except FrameRejected as exc:
+            memory = _memory_reason(exc)
+            if memory is not None:
+                raise MemoryError from exc
+            out.failed = (exc.reason, exc.message)
+    except (MemoryError, cv2.error) as exc:
+        if isinstance(exc, cv2.error) and exc.code != cv2.Error.StsNoMem:
+            raise
+        # The file as a whole is refused: a frame of it cannot be decoded within the limit.
+        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
+        out.frames, out.failed = [], None
+        out.rejected = ("too_large", _memory_message(limit))
+    return out
+
+
+def _memory_reason(exc: FrameRejected) -> tuple[str, str] | None:
+    """('too_large', ...) when ``exc`` is OpenCV running out of memory (the RLIMIT_AS)."""
+    cause = exc.__cause__
+    if isinstance(cause, MemoryError) or (
+            isinstance(cause, cv2.error) and cause.code == cv2.Error.StsNoMem):
+        return "too_large", _memory_message(resource.getrlimit(resource.RLIMIT_AS)[0])
+    return None
+
+
+class _NoQueue:
+    """Stands in for the frame queue in the child's Intake: the child never talks to Redis."""
+
+
+_checker: Intake | None = None
+
+
+def _checker_for(settings: Settings, rig: str) -> Intake:
+    """One Intake (QC only) for the child's life: the models' scale is read once and the
+    per-rig red-cell history lives on between pushes, as it did in the API process."""
+    global _checker
+    if _checker is None:
+        _checker = Intake(settings, None, _NoQueue(), _NoQueue(), rig)  # type: ignore[arg-type]
+    _checker.rig_id = rig
+    return _checker
+
+
+class DecoderDied(Exception):
+    """The decoding child died twice on one file."""
+
+
+class DecodePool:
+    """The app's decoding processes: created on first use, replaced when one dies."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.memory_bytes = settings.api.decode_memory_bytes
+        self.workers = settings.api.decode_workers
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+        self._closed = False
+
+    def _current(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the decode pool is shut down")
+            if self._pool is None:
+                # spawn: a fresh interpreter, none of the API's threads, sockets or memory.
+                # No PR_SET_PDEATHSIG: it follows the creating thread (a thread-pool thread
+                # that may end); a child whose API dies reads EOF on its queue and exits.
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_init_child, initargs=(self.settings, self.memory_bytes))
+            return self._pool
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is broken:
+                self._pool = None
+        broken.shutdown(wait=False, cancel_futures=True)
+
+    def decode(self, data: bytes, scale: float | None, rig: str) -> Decoded:
+        """Blocking (the route calls it in the thread pool)."""
+        for attempt in (1, 2):
+            pool = self._current()
+            try:
+                return pool.submit(decode_push, data, scale, rig).result()
+            except BrokenProcessPool:
+                self._replace(pool)
+                log.error("a decoding process died; the decode pool is replaced",
+                          extra={"attempt": attempt, "bytes": len(data),
+                                 "decode_memory_bytes": self.memory_bytes})
+        raise DecoderDied(
+            f"the decoding process died twice reading this image; it may need more memory "
+            f"than api.decode_memory_bytes ({self.memory_bytes} bytes) allows")
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
