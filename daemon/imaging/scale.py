@@ -136,9 +136,9 @@ class Rescaler:
             return self.apply(frame.image, scale.factor), scale
         assert frame.factor is not None
         size = (frame.width, frame.height)
-        # The ruler misreads some DCT-reduced fields (libjpeg's scaled IDCT keeps edges
-        # sharper than an area resize: 17 px for 57 on a dense synthetic 3x field); on the
-        # image at the planned models' scale it agrees with the full decode within ~3 %.
+        # The ruler misread some DCT-reduced fields (17 px for 57 on a dense synthetic 3x
+        # field, where an area-resized copy of the full decode read 57); on the image at the
+        # planned models' scale it agrees with the full decode within ~3 %.
         planned = self.apply(frame.image, frame.factor, size)
         scale = self.resolve(planned, um_per_pixel, source, rig, frame.factor)
         if scale.factor == frame.factor:  # always for a given scale; mostly for a rig's
