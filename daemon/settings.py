@@ -483,6 +483,11 @@ class WorkerSettings(_Section):
         default=1, ge=0, le=64, description="threads decoding a batch's next frames while "
         "the current one is rescaled and checked (for GPU hosts, where the models wait on "
         "the CPU); 0: min(4, CPUs); 1: decode in turn (on 2 CPU cores threads gained nothing)")
+    reduced_decode: bool = Field(
+        default=True, description="decode a JPEG at 1/2, 1/4 or 1/8 of its size (libjpeg's DCT "
+        "scaling, several times faster) when its factor to the models' scale is known before "
+        "decoding (a given um_per_pixel, or the rig's running red-cell estimate) and the frame "
+        "would be shrunk at least that much anyway; false: always decode in full")
     max_queue_delay_ms: float = Field(
         default=0.0, ge=0, le=10_000, description="dynamic batching across frames: after the "
         "first frame, wait at most this long for up to batch_frames to arrive (as Triton's "

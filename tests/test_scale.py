@@ -12,6 +12,7 @@ import pytest
 
 from daemon.domain.manifest import RedCellScale
 from daemon.domain.results import CellResult
+from daemon.imaging.frames import decode_reduced, reduction_for
 from daemon.imaging.ruler import measure_red_cells
 from daemon.imaging.scale import Rescaler
 from daemon.imaging.synthetic import encode, smear_field
@@ -75,22 +76,26 @@ def test_bad_configured_values_fall_back_to_the_red_cells():
         assert rescaler.resolve(image, bad).source == "estimated"
 
 
-def test_worker_finds_an_enlarged_frames_scale_with_no_um_per_pixel(
-    make_settings, tiny_models, tmp_path
-):
-    image, _ = smear_field(np.random.default_rng(5), white_cells=2, red_cells=40)
+def scaled_settings(settings, tiny_models, tmp_path, image: np.ndarray):
+    """``settings`` with copies of the tiny models whose scale is ``image``'s red cells."""
     folder = tmp_path / "scaled-models"
-    folder.mkdir()
+    folder.mkdir(exist_ok=True)
     for model in tiny_models:
         for path in (model, model.with_suffix(".json")):
             shutil.copy(path, folder / path.name)
         manifest = json.loads((folder / model.with_suffix(".json").name).read_text())
         manifest["scale"] = {"rbc_diameter_px": measure_red_cells(image).diameter_px}
         (folder / model.with_suffix(".json").name).write_text(json.dumps(manifest))
-    settings = make_settings()
     settings.models.segmenter = folder / tiny_models[0].name
     settings.models.classifier = folder / tiny_models[1].name
-    worker = Worker(settings, "t-scale")
+    return settings
+
+
+def test_worker_finds_an_enlarged_frames_scale_with_no_um_per_pixel(
+    make_settings, tiny_models, tmp_path
+):
+    image, _ = smear_field(np.random.default_rng(5), white_cells=2, red_cells=40)
+    worker = Worker(scaled_settings(make_settings(), tiny_models, tmp_path, image), "t-scale")
     big = enlarge(image, 3.0)
     worker.queue.enqueue("native", "S1", "/in/native.png", "rig-1", encode(image, ".png"))
     worker.queue.enqueue("triple", "S1", "/in/triple.png", "rig-2", encode(big, ".png"),
@@ -108,3 +113,88 @@ def test_worker_finds_an_enlarged_frames_scale_with_no_um_per_pixel(
     for a, b in zip(native.cells, triple.cells, strict=True):
         assert all(abs(3 * u - v) <= 8 for u, v in zip(a.bbox, b.bbox, strict=True)), (a, b)
         assert 6.0 < b.area_px / a.area_px < 12.0
+
+
+def nuclei(image: np.ndarray) -> list[CellResult]:
+    """Violet white-cell nuclei of a synthetic field as cells (boxes in its pixels)."""
+    rgb = image.astype(np.float32)
+    mask = ((rgb[..., 0] + rgb[..., 2]) * 0.5 - rgb[..., 1] >= 35).astype(np.uint8)
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask)
+    return [CellResult(bbox=[int(v) for v in stats[i, :4]], area_px=int(stats[i, 4]),
+                       class_="a", probabilities={"a": 1.0})
+            for i in range(1, count) if stats[i, 4] >= 20]
+
+
+def test_reduced_decode_gives_the_full_decodes_image_and_original_boxes():
+    assert [reduction_for(f) for f in (None, 2.0, 1.0, 0.6, 0.5, 1 / 3, 0.25, 0.2, 0.1)] == \
+        [1, 1, 1, 1, 2, 2, 4, 4, 8]
+    image, truth = smear_field(np.random.default_rng(7), (600, 900), white_cells=3,
+                               red_cells=120, enlargement=3.0)
+    data, factor = encode(image, quality=90), 1 / 3
+    full, reduced = decode_reduced(data, None), decode_reduced(data, factor)
+    assert (full.reduction, reduced.reduction) == (1, 2)
+    assert reduced.image.shape == (300, 450, 3) and (reduced.width, reduced.height) == (900, 600)
+    a = Rescaler.apply(full.image, factor, (full.width, full.height))
+    b = Rescaler.apply(reduced.image, factor, (reduced.width, reduced.height))
+    assert a.shape == b.shape == (200, 300, 3)  # the full decode's size, whatever r
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2.0  # grey levels (measured 0.4)
+    # Boxes found at the models' scale map back to the ORIGINAL frame's pixels by factor.
+    found = Rescaler.to_frame(nuclei(b), factor)
+    assert len(found) == len(truth) == 3
+    for (x, y, _), cell in zip(sorted(truth, key=lambda t: t[1]),
+                               sorted(found, key=lambda c: c.bbox[1]), strict=True):
+        cx, cy = cell.bbox[0] + cell.bbox[2] / 2, cell.bbox[1] + cell.bbox[3] / 2
+        assert abs(cx - x) <= 9 and abs(cy - y) <= 9, (x, y, cell.bbox)
+    # Not a JPEG: decoded in full, as before.
+    assert decode_reduced(encode(image, ".png"), factor).reduction == 1
+    # A rig's estimate, found on a reduced frame, is in the frame's own pixels.
+    image, _ = smear_field(np.random.default_rng(8), (600, 900), white_cells=2, red_cells=30,
+                           enlargement=3.0)
+    data = encode(image, quality=90)
+    model = Rescaler(RedCellScale(rbc_diameter_px=20.0))
+    assert model.planned_factor(None, "new rig") is None  # first frame: decoded in full
+    first, on_full = model.to_models(decode_reduced(data, None), None, rig="rig")
+    planned = model.planned_factor(None, "rig")
+    assert planned == on_full.factor < 0.5
+    reduced = decode_reduced(data, planned)
+    assert reduced.reduction == 2
+    second, on_reduced = model.to_models(reduced, None, rig="rig")
+    assert on_reduced.rbc_diameter_px == pytest.approx(on_full.rbc_diameter_px, rel=0.05)
+    # The rig's median moved with the second estimate; the image is the full decode's at it.
+    expected = Rescaler.apply(decode_reduced(data, None).image, on_reduced.factor)
+    assert first is not None and second is not None and second.shape == expected.shape
+    assert np.abs(second.astype(int) - expected.astype(int)).mean() < 2.0
+
+
+def test_worker_decodes_a_known_scale_frame_reduced_with_cells_in_original_pixels(
+    make_settings, tiny_models, tmp_path
+):
+    image, _ = smear_field(np.random.default_rng(5), white_cells=2, red_cells=40)
+    settings = scaled_settings(make_settings(), tiny_models, tmp_path, image)
+    worker = Worker(settings, "t-reduced")
+    model_um = worker.analyzer.rescaler.model_um
+    big = encode(enlarge(image, 3.0), quality=90)  # a camera whose pixels are 3x smaller
+    worker.queue.enqueue("native", "S1", "/in/native.jpg", "rig-1", encode(image, quality=90))
+    for frame_id in ("reduced", "full"):
+        worker.queue.enqueue(frame_id, "S1", f"/in/{frame_id}.jpg", "rig-2", big,
+                             um_per_pixel=model_um / 3)
+    batch = worker.queue.read("t-reduced", 8, 100)
+    reduced_decode = {d.frame_id: worker._decode(d)[0].reduction for d in batch}
+    assert reduced_decode == {"native": 1, "reduced": 2, "full": 2}
+    worker.process([d for d in batch if d.frame_id != "full"])
+    worker.flush()
+    settings.workers.reduced_decode = False  # the same frame, decoded in full
+    assert worker._decode(batch[2])[0].reduction == 1
+    worker.process(batch[2:])
+    worker.flush()
+    store = ResultStore(worker.client)
+    native, reduced, full = (store.get(i) for i in ("native", "reduced", "full"))
+    assert native.status == reduced.status == full.status == "done"
+    assert reduced.scale.source == "configured" and reduced.scale.factor == pytest.approx(1 / 3, abs=1e-4)
+    assert reduced.timings_ms["decode"] > 0
+    assert len(native.cells) == len(reduced.cells) == len(full.cells) == 2
+    for a, b, c in zip(native.cells, reduced.cells, full.cells, strict=True):
+        # In the ORIGINAL 3x frame's pixels, where the full decode puts them.
+        assert all(abs(u - v) <= 3 for u, v in zip(b.bbox, c.bbox, strict=True)), (b, c)
+        assert all(abs(3 * u - v) <= 8 for u, v in zip(a.bbox, b.bbox, strict=True)), (a, b)
+        assert abs(b.area_px / c.area_px - 1) < 0.1

@@ -30,7 +30,14 @@ from pathlib import Path
 import numpy as np
 
 from daemon.cli.sandbox import clean_env, write_config
-from daemon.imaging.frames import IMAGE_SUFFIXES, FrameRejected, decode_rgb
+from daemon.imaging.frames import (
+    IMAGE_SUFFIXES,
+    Decoded,
+    FrameRejected,
+    decode_reduced,
+    decode_rgb,
+)
+from daemon.imaging.scale import Rescaler
 from daemon.imaging.synthetic import encode, smear_field
 from daemon.inference.analyzer import Analyzer
 from daemon.settings import Settings
@@ -78,20 +85,33 @@ def bench_frames(count: int, images: str | None, size: tuple[int, int] | None = 
 def bench_bare(settings: Settings, frames: list[bytes]) -> float:
     analyzer = Analyzer.from_settings(settings)
     analyzer.warm_up()
-    images = []
+    # Decoded beforehand (decoding is excluded), as the worker decodes them: reduced where the
+    # rig's running estimate (this loop's one rig) plans it (workers.reduced_decode), so the
+    # loop brings them to the models' scale exactly as the worker does.
+    planner = Rescaler(analyzer.rescaler.model_scale)
+    decoded: list[tuple[bytes, Decoded]] = []
     for data in frames:  # a frame that cannot be decoded is not analysed here either
+        factor = (planner.planned_factor(None, "bench") if settings.workers.reduced_decode
+                  else None)
         try:
-            images.append(decode_rgb(data, settings.capture.max_frame_bytes,
-                                     settings.capture.max_frame_pixels))
+            frame = decode_reduced(data, factor, settings.capture.max_frame_bytes,
+                                   settings.capture.max_frame_pixels)
         except FrameRejected:
             continue
+        planner.to_models(frame, None, "configured", "bench")
+        decoded.append((data, frame))
+    rescaler = analyzer.rescaler
     batch = settings.workers.batch_frames
     started = time.perf_counter()
-    for start in range(0, len(images), batch):
-        prepared = [analyzer.prepare(image, analyzer.rescaler.resolve(image, None, "bench"))[0]
-                    for image in images[start : start + batch]]
+    for start in range(0, len(decoded), batch):
+        prepared = []
+        for data, frame in decoded[start : start + batch]:
+            rescaled, scale = rescaler.to_models(frame, None, "configured", "bench")
+            if rescaled is None:  # the worker decodes such a frame again in full, too
+                rescaled = rescaler.apply(decode_rgb(data), scale.factor)
+            prepared.append(analyzer.balance(rescaled)[0])
         analyzer.analyze(prepared)
-    return len(images) / (time.perf_counter() - started)
+    return len(decoded) / (time.perf_counter() - started)
 
 
 def _shape(data: bytes) -> tuple[int, int]:

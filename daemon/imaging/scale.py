@@ -32,6 +32,7 @@ import numpy as np
 
 from daemon.domain.manifest import RedCellScale
 from daemon.domain.results import CellResult, ScaleInfo
+from daemon.imaging.frames import Decoded
 from daemon.imaging.ruler import measure_red_cells
 
 TOLERANCE = 0.02
@@ -56,9 +57,33 @@ class Rescaler:
             self._rigs.popitem(last=False)
         return diameters
 
+    def planned_factor(self, um_per_pixel: float | None = None, rig: str | None = None
+                       ) -> float | None:
+        """The factor :meth:`resolve` will most likely give a frame, known before decoding
+        it: from a given scale, else from the rig's running median red-cell diameter; None
+        when neither is known (a rig's first frames). Reads the rig's history without
+        changing it, so it may run on a decode thread."""
+        if self.model_scale is None:
+            return None
+        if um_per_pixel is not None and math.isfinite(um_per_pixel) and um_per_pixel > 0:
+            assert self.model_um is not None
+            return self._info(um_per_pixel, "configured", um_per_pixel / self.model_um,
+                              None, True).factor
+        diameters = self._rigs.get(rig or "")
+        if not diameters:
+            return None
+        median = float(np.median(list(diameters)))  # list(): one atomic copy under the GIL
+        return self._info(self.model_scale.rbc_um / median, "estimated",
+                          self.model_scale.rbc_diameter_px / median, None, True).factor
+
     def resolve(self, image: np.ndarray, um_per_pixel: float | None = None,
-                source: str = "configured", rig: str | None = None) -> ScaleInfo:
-        """Where ``image`` ((H, W, 3) uint8 RGB, as captured) stands against the models."""
+                source: str = "configured", rig: str | None = None,
+                image_scale: float = 1.0) -> ScaleInfo:
+        """Where a frame stands against the models. ``image``: (h, w, 3) uint8 RGB, the frame
+        as captured, or resized by ``image_scale`` (image pixels per frame pixel: the worker
+        measures a frame decoded reduced at its planned models' scale). The result is always
+        in the frame's own pixels (factor, diameter): the ruler's diameter is divided by
+        ``image_scale``."""
         if self.model_scale is None:
             return ScaleInfo(um_per_pixel=um_per_pixel, source="assumed", factor=1.0,
                              reliable=False)
@@ -67,19 +92,20 @@ class Rescaler:
             assert self.model_um is not None
             return self._info(um_per_pixel, source, um_per_pixel / self.model_um, None, True)
         ruler = measure_red_cells(image)
+        measured = None if ruler.diameter_px is None else ruler.diameter_px / image_scale
         diameters = self._rig(rig or "")
         if ruler.reliable:
-            assert ruler.diameter_px is not None
-            diameters.append(ruler.diameter_px)
+            assert measured is not None
+            diameters.append(measured)
             median = float(np.median(diameters))
-            agrees = abs(ruler.diameter_px / median - 1) <= self.jump
-            return self._estimated(median, ruler.diameter_px, agrees)
+            agrees = abs(measured / median - 1) <= self.jump
+            return self._estimated(median, measured, agrees)
         if diameters:
-            return self._estimated(float(np.median(diameters)), ruler.diameter_px, True)
+            return self._estimated(float(np.median(diameters)), measured, True)
         # Too few red cells and no rig estimate: a weak guess could enlarge a frame 5x; analyse
         # it as captured and say so (the frame goes to review as scale_unknown).
         return ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0,
-                         rbc_diameter_px=ruler.diameter_px, reliable=False)
+                         rbc_diameter_px=measured, reliable=False)
 
     def _estimated(self, diameter: float, measured: float | None, reliable: bool) -> ScaleInfo:
         assert self.model_scale is not None
@@ -96,13 +122,46 @@ class Rescaler:
         return ScaleInfo(um_per_pixel=round(um, 5), source=source, factor=round(bounded, 5),
                          rbc_diameter_px=measured, reliable=reliable and within)
 
+    def to_models(self, frame: Decoded, um_per_pixel: float | None = None,
+                  source: str = "configured", rig: str | None = None
+                  ) -> tuple[np.ndarray | None, ScaleInfo]:
+        """A decoded frame (``frames.decode_reduced``) at the models' scale, (round(width *
+        factor), round(height * factor), 3) uint8, and its scale (in the frame's own pixels,
+        so ``to_frame`` maps boxes back by ``scale.factor`` whatever the reduction). None
+        instead of the image when the frame was decoded too small for the factor this frame
+        resolves to (the rig's estimate moved past the reduction): decode it in full and
+        ``apply`` the factor, rather than enlarge a reduced image."""
+        if frame.reduction == 1:
+            scale = self.resolve(frame.image, um_per_pixel, source, rig)
+            return self.apply(frame.image, scale.factor), scale
+        assert frame.factor is not None
+        size = (frame.width, frame.height)
+        # The ruler misread some DCT-reduced fields (17 px for 57 on a dense synthetic 3x
+        # field, where an area-resized copy of the full decode read 57); on the image at the
+        # planned models' scale it agrees with the full decode within ~3 %.
+        planned = self.apply(frame.image, frame.factor, size)
+        scale = self.resolve(planned, um_per_pixel, source, rig, frame.factor)
+        if scale.factor == frame.factor:  # always for a given scale; mostly for a rig's
+            return planned, scale
+        if scale.factor * frame.reduction > 1.0:
+            return None, scale
+        return self.apply(frame.image, scale.factor, size), scale
+
     @staticmethod
-    def apply(image: np.ndarray, factor: float) -> np.ndarray:
-        if factor == 1.0:
-            return image
+    def apply(image: np.ndarray, factor: float,
+              frame_size: tuple[int, int] | None = None) -> np.ndarray:
+        """``image`` (h, w, 3) resized by ``factor`` relative to the frame it shows, whose size
+        is ``frame_size`` (width, height; None: the image's own). For a frame decoded reduced
+        the output is the same size as from the full decode, (round(width * factor),
+        round(height * factor)), so ``to_frame`` maps its boxes back by ``factor`` alone."""
         height, width = image.shape[:2]
-        size = (max(1, round(width * factor)), max(1, round(height * factor)))
-        interpolation = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+        frame_w, frame_h = frame_size or (width, height)
+        if factor == 1.0 and (frame_w, frame_h) == (width, height):
+            return image
+        size = (max(1, round(frame_w * factor)), max(1, round(frame_h * factor)))
+        if size == (width, height):
+            return image
+        interpolation = cv2.INTER_AREA if size[0] < width else cv2.INTER_LINEAR
         return cv2.resize(image, size, interpolation=interpolation)
 
     @staticmethod

@@ -28,7 +28,7 @@ import redis
 from daemon import __version__, telemetry
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
-from daemon.imaging.frames import FrameRejected, decode_rgb
+from daemon.imaging.frames import Decoded, FrameRejected, decode_reduced
 from daemon.imaging.quality import assess
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.gpu import gpu_stats
@@ -261,10 +261,14 @@ class Worker:
         else:
             self._storing = self._storer.submit(self._store_all, outcomes)
 
-    def _decode(self, d: Delivery) -> tuple[np.ndarray, float]:
+    def _decode(self, d: Delivery, full: bool = False) -> tuple[Decoded, float]:
         """The frame's pixels (pixel budget first) and the ms it took; FrameRejected.
 
-        Pure (no shared state), so it runs on the decode threads."""
+        A JPEG whose factor to the models' scale is known before decoding (a given µm/px,
+        or the rig's running red-cell estimate) decodes reduced in the DCT when it will be
+        shrunk at least 2x anyway (``workers.reduced_decode``; ``full`` forces a full
+        decode). Only reads shared state (the rig's estimate), so it runs on the decode
+        threads."""
         started = time.perf_counter()
         if d.um_per_pixel is not None and not valid_um_per_pixel(d.um_per_pixel):
             low, high = PHYSICAL_UM_PER_PIXEL
@@ -276,12 +280,15 @@ class Worker:
             raise FrameRejected("unreadable", str(exc)) from exc
         except OSError as exc:
             raise FrameRejected("unreadable", f"cannot read the frame store: {exc}") from exc
-        image = decode_rgb(data, self.settings.capture.max_frame_bytes,
-                           self.settings.capture.max_frame_pixels)
-        return image, (time.perf_counter() - started) * 1000
+        factor = None
+        if self.settings.workers.reduced_decode and not full:
+            factor = self.analyzer.rescaler.planned_factor(d.um_per_pixel, d.rig_id)
+        decoded = decode_reduced(data, factor, self.settings.capture.max_frame_bytes,
+                                 self.settings.capture.max_frame_pixels)
+        return decoded, (time.perf_counter() - started) * 1000
 
     def _decoded(self, group: list[Delivery]
-                 ) -> Iterator[tuple[Delivery, Callable[[], tuple[np.ndarray, float]]]]:
+                 ) -> Iterator[tuple[Delivery, Callable[[], tuple[Decoded, float]]]]:
         """``group`` in order, each with a call that returns its decoded frame (or raises
         FrameRejected). With ``workers.decode_threads`` above 1 the next frames decode on a
         thread pool while this one is rescaled and checked (OpenCV's decoder releases the
@@ -307,20 +314,28 @@ class Worker:
             yield d, future.result
 
     def _prepare(self, d: Delivery,
-                 decoded: Callable[[], tuple[np.ndarray, float]] | None = None,
+                 decoded: Callable[[], tuple[Decoded, float]] | None = None,
                  ) -> tuple[np.ndarray, ScaleInfo, AcquisitionInfo | None, dict[str, float]]:
         """Decode (pixel budget first; or take ``decoded``'s frame) and bring to the models'
         scale and background, with quality control between; FrameRejected for a frame that
         cannot be, whatever the cause. Also returns the time (ms) each step took: ``decode``,
         ``rescale`` (red-cell ruler, resize, gain) and ``qc``."""
-        image, decode_ms = decoded() if decoded is not None else self._decode(d)
+        frame, decode_ms = decoded() if decoded is not None else self._decode(d)
         decoded_at = time.perf_counter()
         qc = self.settings.capture.qc
         qc_ms = 0.0
         try:
             source = (d.metadata or {}).get("um_per_pixel_source", "configured")
-            scale = self.analyzer.rescaler.resolve(image, d.um_per_pixel, source, d.rig_id)
-            rescaled = self.analyzer.rescaler.apply(image, scale.factor)
+            rescaler = self.analyzer.rescaler
+            rescaled, scale = rescaler.to_models(frame, d.um_per_pixel, source, d.rig_id)
+            if rescaled is None:
+                # The rig's estimate moved with this frame past what the reduction allows:
+                # decode in full rather than enlarge a reduced image (rare).
+                redo_at = time.perf_counter()
+                frame, _ = self._decode(d, full=True)
+                decode_ms += (time.perf_counter() - redo_at) * 1000
+                decoded_at += time.perf_counter() - redo_at
+                rescaled = rescaler.apply(frame.image, scale.factor)
             if qc.enabled and not d.qc_done:
                 qc_started = time.perf_counter()
                 quality = assess(rescaled, qc)
