@@ -111,6 +111,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_decode(args: argparse.Namespace) -> int:
+    from daemon.settings import load_settings
+    from daemon.training.decode_check import check_reduced_decode
+
+    report = check_reduced_decode(load_settings(Path(args.config) if args.config else None),
+                                  args.data, args.fields, args.enlargement, args.quality)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register ``train``, ``evaluate`` and ``export`` on an argparse subparsers object."""
     train = subparsers.add_parser("train", help="train the segmenter or the classifier (torch)")
@@ -159,6 +169,16 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--views-min-gain-fields", type=int, default=2,
                           help="validation fields the mirror view must win by (0: any gain)")
     evaluate.set_defaults(func=_evaluate)
+
+    check = subparsers.add_parser(
+        "evaluate-decode", help="full vs reduced JPEG decode on enlarged test fields: field "
+        "classes, QC verdicts, decode time (the worker's workers.reduced_decode)")
+    check.add_argument("--config", default=None, help="config.yaml (models, QC thresholds)")
+    check.add_argument("--data", default=DEFAULT_DATA)
+    check.add_argument("--fields", type=int, default=200, help="test fields, evenly spread")
+    check.add_argument("--enlargement", type=float, default=3.0)
+    check.add_argument("--quality", type=int, default=90, help="JPEG quality of the frames")
+    check.set_defaults(func=_evaluate_decode)
 
 
 def main(argv: list[str] | None = None) -> int:
