@@ -414,3 +414,34 @@ def test_a_file_that_kills_its_decoder_twice_is_refused_with_a_reason(make_setti
         assert "api.decode_memory_bytes" in body["detail"]
         code, body = post(f"{base}/frames?specimen_id=X-1&name=ok.jpg", jpeg(good_rgb(3)))
         assert code == 202 and body["status"] == "new", body
+
+
+def _tiff_with_a_broken_page(pages: int, broken: int) -> bytes:
+    """A deflate-compressed multi-page TIFF whose page ``broken`` holds garbage data."""
+    import io
+
+    import numpy as np
+    import tifffile
+
+    out = io.BytesIO()
+    tifffile.imwrite(out, np.stack([good_rgb(40 + p) for p in range(pages)]),
+                     photometric="rgb", compression="zlib")
+    data = bytearray(out.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        offset, count = tif.pages[broken].dataoffsets[0], tif.pages[broken].databytecounts[0]
+    data[offset : offset + count] = bytes((i * 37 + 11) % 256 for i in range(count))
+    return bytes(data)
+
+
+def test_a_page_that_cannot_be_read_after_good_ones_is_its_own_rejected_frame(api,
+                                                                              redis_client):
+    url, _settings = api
+    data = _tiff_with_a_broken_page(2, broken=1)  # under the fixture's 200 KB upload bound
+    code, body = post(f"{url}/frames?specimen_id=S-PAGES&name=stack.tif", data)
+    assert code == 202, body  # the readable page stands (it was a 500 before)
+    parts = {frame["part"]: frame for frame in body["frames"]}
+    assert parts["p0"]["status"] == "new"
+    assert parts["p1"]["status"] == "rejected" and parts["p1"]["reason"]
+    stored = ResultStore(redis_client).get(parts["p1"]["frame_id"])
+    assert stored is not None and stored.status == "rejected"
+    assert stored.source.endswith("stack.tif#p1")

@@ -40,7 +40,6 @@ from daemon.api.decoding import Decoded, DecodePool, DecoderDied
 from daemon.domain.ids import valid_name, valid_specimen_id, valid_upload_name
 from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.imaging.frames import (
-    FrameRejected,
     check_encoded,
     frame_id_for,
     geometry,
@@ -241,9 +240,15 @@ def _push_admitted(settings: Settings, intake: Intake, pool: DecodePool, data: b
                           quality=offer.quality.values)
         answers.append(answer)
     if decoded.failed is not None:
-        # A page after these could not be read: the pages before it stand, and the file is
-        # refused from here as when intake iterated the pages in this process.
-        raise FrameRejected(*decoded.failed)
+        # A page after these could not be read: the pages before it stand, and that page gets
+        # its own 'rejected' result, as capture does for a container in a watched folder.
+        reason, message = decoded.failed
+        label = f"p{len(answers)}"
+        frame_id = derived_frame_id(specimen, name, label, data)
+        intake.store_rejected(frame_id, specimen, f"{source}#{label}", reason, message,
+                              metadata=metadata)
+        answers.append({"frame_id": frame_id, "status": "rejected", "part": label,
+                        "reason": reason, "detail": message})
     if all(a["status"] == "rejected" for a in answers):
         first = answers[0]
         _quarantine(settings, specimen, name, data, str(first["reason"]),
