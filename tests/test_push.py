@@ -29,9 +29,8 @@ from tests.conftest import free_port, http_json, wait_for
 LIMIT = 200_000
 
 
-@pytest.fixture
-def api(make_settings) -> Iterator[tuple[str, object]]:
-    settings = make_settings(api={"max_upload_bytes": LIMIT}, capture={"rig_id": "rig-push"})
+@contextlib.contextmanager
+def _serve(settings) -> Iterator[str]:
     app = create_app(settings)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
@@ -39,9 +38,18 @@ def api(make_settings) -> Iterator[tuple[str, object]]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, 10, "the API server")
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True  # the app's lifespan shuts its decode pool down
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def api(make_settings) -> Iterator[tuple[str, object]]:
+    settings = make_settings(api={"max_upload_bytes": LIMIT}, capture={"rig_id": "rig-push"})
+    with _serve(settings) as url:
+        yield url, settings
 
 
 def post(url: str, data: bytes, content_type: str = "application/octet-stream",
@@ -152,16 +160,8 @@ def _tiff(pages: int, seed: int) -> bytes:
 @pytest.fixture
 def small_queue(make_settings) -> Iterator[tuple[str, object]]:
     settings = make_settings(api={"max_upload_bytes": 2_000_000}, queue={"max_backlog": 10})
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "the API server")
-    yield f"http://127.0.0.1:{port}", settings
-    server.should_exit = True
-    thread.join(timeout=10)
+    with _serve(settings) as url:
+        yield url, settings
 
 
 def test_backpressure_counts_pages_and_concurrent_pushes_never_overshoot(
@@ -234,22 +234,6 @@ def test_a_refused_body_is_quarantined_once(api, redis_client):
 # --- Decoding outside the API process (issue 16) ---------------------------------------------
 # The API server runs in this test process (a thread), so "the API process" is this one: its
 # peak RSS, its children and their limits are read from /proc (psutil), nothing is mocked.
-
-
-@contextlib.contextmanager
-def _serve(settings) -> Iterator[str]:
-    app = create_app(settings)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
-                                           access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, 10, "the API server")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True  # the app's lifespan shuts its decode pool down
-        thread.join(timeout=30)
 
 
 def _striped_png(side: int) -> bytes:
