@@ -59,7 +59,11 @@ def drifting_frame(frame_id: str = "f1", rig: str | None = "rig-1") -> FrameResu
 
 
 def as_dict(increments: list[counters.Increment]) -> dict[str, float]:
-    return dict(counters.merge(increments))
+    """Increments of the same field summed, as HINCRBYFLOAT in the store script sums them."""
+    total: dict[str, float] = {}
+    for name, amount in increments:
+        total[name] = total.get(name, 0.0) + amount
+    return total
 
 
 def field(name: str, part: str = "", **labels: str) -> str:

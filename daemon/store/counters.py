@@ -217,14 +217,6 @@ def chromaticity(hue_deg: float, chroma: float) -> tuple[float, float]:
             round(AB_OFFSET + chroma * math.sin(angle), 3))
 
 
-def merge(increments: Iterable[Increment]) -> list[Increment]:
-    """Sum increments of the same field (a worker batch sends each field once)."""
-    total: dict[str, float] = {}
-    for field_name, amount in increments:
-        total[field_name] = total.get(field_name, 0.0) + amount
-    return list(total.items())
-
-
 def flatten(increments: Iterable[Increment]) -> list[str | float]:
     """[field, amount, field, amount, ...] for a Redis script's ARGV."""
     flat: list[str | float] = []
