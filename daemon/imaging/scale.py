@@ -141,8 +141,12 @@ class Rescaler:
         # planned models' scale it agrees with the full decode within ~3 %.
         planned = self.apply(frame.image, frame.factor, size)
         scale = self.resolve(planned, um_per_pixel, source, rig, frame.factor)
-        if scale.factor == frame.factor:  # always for a given scale; mostly for a rig's
+        if scale.factor == frame.factor:  # always for a given scale
             return planned, scale
+        if abs(scale.factor / frame.factor - 1) <= TOLERANCE:
+            # The rig's median moved by less than resampling is worth (as for factors near 1):
+            # keep the planned image, and report the factor it was brought to by.
+            return planned, scale.model_copy(update={"factor": frame.factor})
         if scale.factor * frame.reduction > 1.0:
             return None, scale
         return self.apply(frame.image, scale.factor, size), scale
