@@ -107,6 +107,50 @@ def random_colour(
     return out.clamp(0.0, 1.0)
 
 
+def stain_mix(
+    images: torch.Tensor,
+    source: torch.Tensor,
+    targets: torch.Tensor,
+    target_weights: torch.Tensor,
+    p: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Give each sample, with probability ``p``, the stain of a random target field.
+
+    In a data set where each class was stained in its own batch, colour alone names the class
+    (``daemon.training.confound``). Drawing the target field at random over all classes makes
+    the colour of a training crop carry no class, so the network has to learn morphology
+    (in the spirit of RandStainNA, Shen et al. 2022). The move is made in YIQ (0-255 scale):
+    each pixel's darkness below the background is scaled by the ratio of the two fields'
+    stain darkness, and its chroma is shifted by the difference of their stain chroma in
+    proportion to how stained the pixel is; glass stays as it was.
+
+    images (N, 3, H, W) RGB in [0, 1]; source (N, 4) and targets (M, 4) field stain features
+    as ``confound.stain_features`` (stain Y, I, Q and background grey); target_weights (M,)
+    draw probabilities (e.g. equal per class) -> (N, 3, H, W) in [0, 1].
+    """
+    n = images.shape[0]
+    if p <= 0 or n == 0 or len(targets) == 0:
+        return images
+    chosen = torch.multinomial(target_weights, n, replacement=True, generator=generator)
+    apply = (torch.rand(n, generator=generator) < p).float()[:, None, None]
+    src, dst = source.float(), targets[chosen].float()
+    src_depth = (src[:, 3] - src[:, 0]).clamp(min=4.0)
+    dst_depth = (dst[:, 3] - dst[:, 0]).clamp(min=4.0)
+    gain = (dst_depth / src_depth).clamp(0.5, 2.0)
+    yiq = torch.einsum("ij,njhw->nihw", _RGB2YIQ, images * 255.0)
+    background = src[:, 3, None, None]
+    darkness = (background - yiq[:, 0]).clamp(min=0.0)
+    weight = (darkness / src_depth[:, None, None]).clamp(0.0, 1.0)
+    mixed_y = background - darkness * gain[:, None, None] + (yiq[:, 0] - background).clamp(min=0)
+    shift_i = (dst[:, 1] - src[:, 1])[:, None, None] * weight
+    shift_q = (dst[:, 2] - src[:, 2])[:, None, None] * weight
+    moved = torch.stack([mixed_y, yiq[:, 1] + shift_i, yiq[:, 2] + shift_q], dim=1)
+    yiq = yiq + (moved - yiq) * apply[:, None]
+    out = torch.einsum("ij,njhw->nihw", _YIQ2RGB, yiq) / 255.0
+    return out.clamp(0.0, 1.0)
+
+
 def random_degrade(
     images: torch.Tensor, params: AugmentParams, generator: torch.Generator
 ) -> torch.Tensor:

@@ -42,6 +42,7 @@ def _train(args: argparse.Namespace) -> int:
             colour_norm=args.colour_norm,
             negatives=args.negatives,
             init=args.init,
+            stain_mix=args.stain_mix,
             **common,
         )
         if args.epochs is None:
@@ -76,6 +77,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         negatives=args.negatives or None,
         shifts=not args.no_shifts,
         views_min_gain_fields=args.views_min_gain_fields,
+        val_shifts=args.val_shifts,
     )
     field = report["classifier_test_field"]
     seg = report["segmenter_test"]
@@ -96,6 +98,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     colour = report["colour_confound"]
     print(f"colour-only baseline (no cell looked at): test field accuracy "
           f"{colour['accuracy']:.4f} (majority class {colour['majority_class_rate']:.4f})")
+    for name, row in report.get("val_shift_suite", {}).items():
+        print(f"validation shift {name:18s} accuracy {row['accuracy']:.4f} "
+              f"review {row['review_share']:.3f}")
     for name, row in report.get("shift_suite", {}).items():
         print(f"shift {name:18s} accuracy {row['accuracy']:.4f} review {row['review_share']:.3f} "
               f"factor {row['median_factor']:.3f}")
@@ -139,6 +144,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
     train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
     train.add_argument("--init", default="", help="classifier: fine-tune from this checkpoint")
+    train.add_argument("--stain-mix", type=float, default=0.0,
+                       help="classifier: share of crops given a random training field's stain "
+                            "(breaks the data set's class-linked stain batches; 0: off)")
     train.add_argument("--lr", type=float, default=None, help="classifier: peak learning rate")
     train.add_argument("--negatives", default=DEFAULT_NEGATIVES,
                        help="foreign normal cells <class>/<file>: their train part teaches the "
@@ -166,6 +174,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="foreign normal cells <class>/<file>: val part joins calibration, "
                                "held-out part is reported ('' for none)")
     evaluate.add_argument("--no-shifts", action="store_true", help="skip the shift suite")
+    evaluate.add_argument("--val-shifts", action="store_true",
+                          help="also run the shift suite on the validation blocks (for "
+                               "choosing between trained models without the test blocks)")
     evaluate.add_argument("--views-min-gain-fields", type=int, default=2,
                           help="validation fields the mirror view must win by (0: any gain)")
     evaluate.set_defaults(func=_evaluate)

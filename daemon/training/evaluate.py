@@ -343,10 +343,13 @@ def evaluate(
     negatives: str | None = None,
     shifts: bool = True,
     views_min_gain_fields: int = VIEWS_MIN_GAIN_FIELDS,
+    val_shifts: bool = False,
 ) -> dict:
     """Choose settings on validation, write them to the manifests, report on test; returns the
     report (also written to ``out_json``). ``views_min_gain_fields``: validation fields the
-    mirror view must win by to be used. ``negatives``: the foreign normal-cell sample (its
+    mirror view must win by to be used. ``val_shifts``: also run the shift suite on the
+    validation blocks (``val_shift_suite``), the signal for choosing between trained models
+    without looking at the test blocks. ``negatives``: the foreign normal-cell sample (its
     val part joins the calibration, its held-out test part is reported)."""
     seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
     seg_manifest, cls_manifest = load_manifest(seg_path), load_manifest(cls_path)
@@ -500,6 +503,15 @@ def evaluate(
     analyzer.temperature, analyzer.review = temperature, review
     analyzer.views = views
     analyzer.rescaler = Rescaler(scale)
+
+    # --- validation through the daemon's path under each shift: for choosing between models
+    if val_shifts:
+        val_fields_raw = [read_rgb(r.image) for r in val["records"]]
+        report["val_shift_suite"] = {
+            name: suite_row(daemon_results(analyzer, val_fields_raw,
+                                           shift=None if name == "none" else shift),
+                            val["labels"])
+            for name, shift in SUITE.items()}
 
     # --- test through the daemon's path: field as captured, no µm/px, under each shift
     raw_fields = [read_rgb(r.image) for r in test["records"]]

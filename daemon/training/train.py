@@ -28,7 +28,9 @@ from daemon.training.augment import (
     random_colour,
     random_degrade,
     random_geometry,
+    stain_mix,
 )
+from daemon.training.confound import stain_features
 from daemon.training.data import load_splits
 from daemon.training.nets import MobileNetV2, UNet
 
@@ -83,6 +85,9 @@ class ClassifierConfig:
     negatives: str = ""
     negatives_repeat: int = 3  # the foreign crops are few: each is seen this often per epoch
     init: str = ""  # start from this checkpoint's weights (fine-tuning); "" for random
+    #: Share of crops given the stain of a random training field of any class
+    #: (``augment.stain_mix``): 0 leaves the data set's class-linked stain batches as a cue.
+    stain_mix: float = 0.0
 
 
 def _device(name: str) -> torch.device:
@@ -350,6 +355,15 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     tr_labels = np.concatenate(
         [tr_labels, np.full(len(negatives_all), D.UNIDENTIFIED_LABEL, np.int64)])
     mean, std = _channel_stats(tr_crops)
+    field_stain = np.stack([stain_features(im) for im in tr_images])
+    crop_stain = torch.from_numpy(np.concatenate(
+        [field_stain[tr_owner], np.stack([stain_features(c) for c in negatives_all])]
+        if len(negatives_all) else [field_stain[tr_owner]]))
+    # Targets drawn equally per class, so that no class's stain is the common one.
+    field_labels = train["labels"]
+    per_class = np.bincount(field_labels, minlength=4).astype(np.float64)
+    stain_weights = torch.from_numpy(1.0 / np.maximum(per_class[field_labels], 1.0))
+    stain_targets = torch.from_numpy(field_stain)
     n_out = len(CELL_OUTCOMES)
     counts = np.bincount(tr_labels, minlength=n_out).astype(np.float64)
     class_weight = torch.tensor(
@@ -400,6 +414,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             idx = order[i : i + cfg.batch]
             x = _to_float(tr_crops[idx], torch.device("cpu"))
             x, _ = random_geometry(x, None, augment, gen)
+            x = stain_mix(x, crop_stain[idx], stain_targets, stain_weights, cfg.stain_mix, gen)
             x = random_degrade(random_colour(x, augment, gen), augment, gen)
             x = normalize(x, mean, std).to(device)
             y = torch.from_numpy(tr_labels[idx]).to(device)

@@ -21,3 +21,49 @@ def test_normalize_matches_manual_and_keeps_device() -> None:
     on_meta = normalize(torch.empty(2, 3, 4, 4, device="meta"), mean, std)
     assert on_meta.device.type == "meta"
     assert on_meta.shape == (2, 3, 4, 4)
+
+
+def _field(stain_rgb: tuple[int, int, int]) -> "np.ndarray":
+    """A 64x64 field: white glass with a block of stained pixels (a red cell's colour) and a
+    violet nucleus, so ``stain_features`` has both to find."""
+    import numpy as np
+
+    field = np.full((64, 64, 3), 250, np.uint8)
+    field[8:40, 8:40] = stain_rgb
+    field[44:56, 44:56] = (120, 60, 160)
+    return field
+
+
+def test_stain_mix_gives_the_target_fields_stain_and_leaves_glass() -> None:
+    import numpy as np
+
+    from daemon.training.augment import stain_mix
+    from daemon.training.confound import stain_features
+
+    source, target = _field((225, 185, 190)), _field((200, 190, 215))
+    f_src, f_dst = stain_features(source), stain_features(target)
+    x = torch.from_numpy(source).permute(2, 0, 1)[None].float() / 255.0
+    out = stain_mix(x, torch.from_numpy(f_src)[None], torch.from_numpy(f_dst)[None],
+                    torch.ones(1), 1.0, torch.Generator().manual_seed(0))
+    moved = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    f_out = stain_features(moved)
+    # Stain Y, I and Q land on the target's (within a couple of grey levels) ...
+    assert np.abs(f_out[:3] - f_dst[:3]).max() < 3.0
+    assert np.abs(f_src[:3] - f_dst[:3]).max() > 10.0
+    # ... while the glass keeps its colour.
+    assert np.abs(moved[60, 2].astype(int) - source[60, 2].astype(int)).max() <= 1
+
+
+def test_stain_mix_with_p_zero_or_per_sample_draw_keeps_some_unchanged() -> None:
+    from daemon.training.augment import stain_mix
+    from daemon.training.confound import stain_features
+
+    source, target = _field((225, 185, 190)), _field((200, 190, 215))
+    x = (torch.from_numpy(source).permute(2, 0, 1)[None].float() / 255.0).repeat(64, 1, 1, 1)
+    src = torch.from_numpy(stain_features(source))[None].repeat(64, 1)
+    dst = torch.from_numpy(stain_features(target))[None]
+    same = stain_mix(x, src, dst, torch.ones(1), 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(same, x)
+    half = stain_mix(x, src, dst, torch.ones(1), 0.5, torch.Generator().manual_seed(0))
+    changed = (half - x).abs().flatten(1).max(dim=1).values > 0.02
+    assert 10 < int(changed.sum()) < 54
