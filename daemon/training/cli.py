@@ -54,11 +54,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from daemon.training.export import export_checkpoint  # torch
+    from daemon.training.export import VERSION, export_checkpoint  # torch
 
     out = Path(args.out)
     for checkpoint in args.checkpoints:
-        report = export_checkpoint(Path(checkpoint), out, fp16=not args.no_fp16)
+        report = export_checkpoint(Path(checkpoint), out, fp16=not args.no_fp16,
+                                   version=args.version or VERSION)
         print(json.dumps(report, indent=2))
     return 0
 
@@ -158,6 +159,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("checkpoints", nargs="+", help="runs/<model>/best.pt files")
     export.add_argument("--out", default="models")
     export.add_argument("--no-fp16", action="store_true")
+    export.add_argument("--version", default=None,
+                        help="model version in the manifest (results carry it): new weights, "
+                             "new version (default: the exporter's VERSION)")
     export.set_defaults(func=_export)
 
     evaluate = subparsers.add_parser(

@@ -137,6 +137,7 @@ def write_model_manifest(
     metrics: dict | None = None,
     cells: CellFilter | None = None,
     aggregation: str | None = None,
+    version: str = VERSION,
 ) -> ModelManifest:
     """Write ``<model>.json`` beside ``onnx_path`` from checkpoint metadata and test metrics."""
     scale = RedCellScale(**meta["scale"]) if meta.get("scale") else None
@@ -171,7 +172,7 @@ def write_model_manifest(
         onnx_path,
         name=f"leukoscope-{kind}",
         kind=kind,
-        version=VERSION,
+        version=version,
         fp16_file=fp16_path.name if fp16_path else None,
         fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
         input=InputSpec(
@@ -209,12 +210,14 @@ def write_model_manifest(
 
 
 def export_checkpoint(
-    checkpoint: Path, out_dir: Path, name: str | None = None, fp16: bool = True
+    checkpoint: Path, out_dir: Path, name: str | None = None, fp16: bool = True,
+    version: str = VERSION,
 ) -> dict:
     """Export one checkpoint to ``out_dir/<name>.onnx`` (+ ``_fp16``) and check parity.
 
     Returns a report with parity differences; raises if fp32 probability parity >= 1e-4.
-    Writes a manifest without metrics (``evaluate`` fills them in).
+    Writes a manifest without metrics (``evaluate`` fills them in), with ``version``: every
+    result names the model versions that made it, so a retrained model needs a new one.
     """
     net, meta = load_checkpoint(checkpoint)
     kind = meta["kind"]
@@ -249,7 +252,7 @@ def export_checkpoint(
         metrics = old.get("metrics", {})
         cells = CellFilter(**old["cells"]) if old.get("cells") else None
         aggregation = old.get("aggregation")
-    write_model_manifest(kind, path, fp16_path, meta, metrics, cells, aggregation)
+    write_model_manifest(kind, path, fp16_path, meta, metrics, cells, aggregation, version)
     report["kind"] = kind
     report["bytes"] = path.stat().st_size
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -23,11 +24,9 @@ def test_normalize_matches_manual_and_keeps_device() -> None:
     assert on_meta.shape == (2, 3, 4, 4)
 
 
-def _field(stain_rgb: tuple[int, int, int]) -> "np.ndarray":
+def _field(stain_rgb: tuple[int, int, int]) -> np.ndarray:
     """A 64x64 field: white glass with a block of stained pixels (a red cell's colour) and a
     violet nucleus, so ``stain_features`` has both to find."""
-    import numpy as np
-
     field = np.full((64, 64, 3), 250, np.uint8)
     field[8:40, 8:40] = stain_rgb
     field[44:56, 44:56] = (120, 60, 160)
@@ -35,8 +34,6 @@ def _field(stain_rgb: tuple[int, int, int]) -> "np.ndarray":
 
 
 def test_stain_mix_gives_the_target_fields_stain_and_leaves_glass() -> None:
-    import numpy as np
-
     from daemon.training.augment import stain_mix
     from daemon.training.confound import stain_features
 

@@ -32,7 +32,8 @@ def test_smoke_train_export_parity_evaluate(
     common = dict(data=str(synthetic_data), epochs=1, block_size=3, threads=2, device="cpu")
     seg_run = train_segmenter(SegmenterConfig(out=str(runs / "seg"), batch=8, patch=96, **common))
     cls_run = train_classifier(ClassifierConfig(out=str(runs / "cls"), batch=32, size=48,
-                                                negatives=str(synthetic_normal_cells), **common))
+                                                negatives=str(synthetic_normal_cells),
+                                                stain_mix=0.8, **common))
     history = [json.loads(line) for line in (cls_run / "log.jsonl").read_text().splitlines()]
     assert history[-1]["epoch"] == 1
 
@@ -41,7 +42,7 @@ def test_smoke_train_export_parity_evaluate(
     assert len((seg_run / "log.jsonl").read_text().splitlines()) == 1
 
     seg_report = export_checkpoint(seg_run / "best.pt", models)
-    cls_report = export_checkpoint(cls_run / "best.pt", models)
+    cls_report = export_checkpoint(cls_run / "best.pt", models, version="3.1.4")
     assert seg_report["fp32"]["mask"] < 1e-4
     assert seg_report["fp32_other_shape"]["mask"] < 1e-4
     assert cls_report["fp32"]["probabilities"] < 1e-4
@@ -62,13 +63,16 @@ def test_smoke_train_export_parity_evaluate(
 
     report = evaluate(
         str(synthetic_data), models, block_size=3, cache_dir=None, out_json=tmp_path / "eval.json",
-        negatives=str(synthetic_normal_cells),
+        negatives=str(synthetic_normal_cells), val_shifts=True,
     )
     assert 0 <= report["classifier_test_field"]["accuracy"] <= 1
     # every shift of the suite was run through the daemon's path, with no µm/px given
     from daemon.training.shifts import SUITE
 
     assert set(report["shift_suite"]) == set(SUITE)
+    # ... and on the validation blocks, for choosing between models without the test blocks
+    assert set(report["val_shift_suite"]) == set(SUITE)
+    assert report["val_shift_suite"]["none"]["n"] == report["n_fields"]["val"]
     assert report["shift_suite"]["magnify_x4"]["n"] == report["n_fields"]["test"]
     # the red-cell ruler found the 4x enlargement and the daemon shrank the fields back
     assert 0.2 < report["shift_suite"]["magnify_x4"]["median_factor"] < 0.3
@@ -81,6 +85,8 @@ def test_smoke_train_export_parity_evaluate(
     cls_manifest = load_manifest(models / "classifier.onnx")
     assert seg_manifest.cells is not None and seg_manifest.input.size_multiple == 16
     assert [c.code for c in cls_manifest.classes] == list(CELL_OUTCOMES)
+    assert cls_manifest.version == "3.1.4" and seg_manifest.version != "3.1.4"
+    assert cls_manifest.training["config"]["stain_mix"] == 0.8
     assert cls_manifest.temperature and cls_manifest.review is not None
     assert seg_manifest.scale is not None and seg_manifest.scale == cls_manifest.scale
     assert seg_manifest.um_per_pixel == round(7.5 / seg_manifest.scale.rbc_diameter_px, 4)
