@@ -1,12 +1,19 @@
-"""Stored results: one JSON value per frame_id, plus an append-only log for cursor polling.
+"""Stored results: one value per frame_id, plus an append-only log for cursor polling.
 
 A result is written once (SET NX): a frame processed twice, after a worker died between
 storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
 queue entry happen in one Redis script, so the three can never disagree.
+
+The value is the result's JSON, deflated with a preset dictionary (``encode_result``): a
+result is about 1.6 KB of JSON, most of it field names, class names and enum values that
+every result repeats, and a single result is too short for plain deflate to find them (it
+halves it; with the dictionary it is about a quarter). ``decode_result`` reads both that and
+the plain JSON values written before, so an upgraded installation needs no migration.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -88,6 +95,54 @@ def outcome_increments(result: FrameResult) -> list[counters.Increment]:
     return inc
 
 
+# --- the stored form of a result ------------------------------------------------------
+# A value starting with this byte is raw deflate (RFC 1951) of the result's JSON with
+# _ZDICT_V1 as preset dictionary; one starting with '{' is plain JSON (written before).
+_DEFLATE_V1 = b"\x01"
+# Never edit: every value written with it is read with it. A better dictionary is a new
+# version byte beside this one. Fragments every result repeats (field names, enum values),
+# the most frequent last: deflate reaches the end of a dictionary with the shortest codes.
+_ZDICT_V1 = (
+    b'"status":"rejected","reason":"too_large","undecodable","truncated","empty_file",'
+    b'"unreadable","not_an_image","bad_name","bad_scale","overexposed","underexposed",'
+    b'"empty_field","out_of_focus","quality":{"focus":,"saturated_fraction":0.,'
+    b'"dark_fraction":0.,"mean_brightness":,"stained_fraction":0.},"status":"failed",'
+    b'"configured","file","assumed","scale_unknown","acquisition_out_of_range","no_cells",'
+    b'"scale_uncertain","cut_off","metadata":{"seq":"","stream_time":"'
+    b'{"frame_id":"","specimen_id":"","source":"upload:","archived_path":null,"rig_id":"",'
+    b'"status":"done","error":null,"reason":null,"captured_at":17,"completed_at":17,'
+    b'"frame_class":"unidentified","frame_probabilities":{},"cells":[],'
+    b'"models":{"segmenter":{"name":"leukoscope-segmenter","version":"","sha256":""},'
+    b'"classifier":{"name":"leukoscope-classifier","version":"","sha256":""}},'
+    b'"timings_ms":{"queue_wait":,"decode":0.,"rescale":,"qc":0.,"segment":,"crop":0.,'
+    b'"classify":0.},"worker":"","quality":null,"um_per_pixel":null,"metadata":null,'
+    b'"scale":{"um_per_pixel":0.,"source":"estimated","factor":,"rbc_diameter_px":,'
+    b'"reliable":true},"acquisition":{"background_rgb":[.0,.0,.0],"brightness":,'
+    b'"hue_deg":,"chroma":,"gain":[1.0},"needs_review":true,'
+    b'"review_reasons":["unidentified_cells"]}'
+    b'{"frame_id":"","specimen_id":"","source":"/var/lib/leukoscope/inbox/'
+    b'"cells":[{"bbox":[,"area_px":,"class":"benign","probabilities":{"benign":0.0,'
+    b'"early_pre_b":0.00,"pre_b":0.00,"pro_b":0.00,"unidentified":0.0},"confidence":0.9,'
+    b'"needs_review":false,"review_reasons":["unidentified","low_confidence"]},{"bbox":['
+)
+
+
+def encode_result(result: FrameResult) -> bytes:
+    """The value stored for ``result`` (see ``_DEFLATE_V1``)."""
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_ZDICT_V1)
+    return _DEFLATE_V1 + deflate.compress(result.to_json().encode()) + deflate.flush()
+
+
+def decode_result(raw: bytes) -> FrameResult:
+    """A stored result, deflated (``encode_result``) or plain JSON (stored before)."""
+    if raw[:1] == _DEFLATE_V1:
+        inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
+        raw = inflate.decompress(raw[1:]) + inflate.flush()
+        if not inflate.eof:
+            raise ValueError("a stored result is cut short")
+    return FrameResult.model_validate_json(raw)
+
+
 class ResultStore:
     def __init__(
         self,
@@ -139,7 +194,7 @@ class ResultStore:
     ) -> tuple[list, list]:
         increments = outcome_increments(result) + list(extra)
         args = [
-            result.to_json(),
+            encode_result(result),
             result.frame_id,
             result.status,
             result.rig_id or "",
@@ -168,7 +223,7 @@ class ResultStore:
         raw, moved_to = pipe.execute()
         if not raw:
             return None
-        result = FrameResult.model_validate_json(raw)
+        result = decode_result(raw)
         result.archived_path = moved_to.decode() if moved_to else None
         return result
 
@@ -214,7 +269,7 @@ class ResultStore:
         items = []
         for raw, moved_to in zip(raws, moved, strict=True):
             if raw:
-                item = FrameResult.model_validate_json(raw)
+                item = decode_result(raw)
                 item.archived_path = moved_to.decode() if moved_to else None
                 items.append(item)
         return items, entries[-1].cursor
