@@ -127,3 +127,39 @@ def test_results_stored_as_plain_json_before_are_still_read(redis_client: redis.
     old = analysed("0123456789abcdef01234567")
     redis_client.set(RESULT_KEY.format(old.frame_id), old.to_json())  # as stored before
     assert store.get(old.frame_id) == old
+
+
+def test_where_the_original_went_costs_a_few_bytes_of_the_result(
+        redis_client: redis.Redis) -> None:
+    """Capture records where it moved each original inside the stored result, where
+    deflate finds most of the path in ``source``: a few bytes a result, where an entry in
+    a hash of their own took 70 (this test) to 130 bytes (a large hash)."""
+    store = ResultStore(redis_client)
+    stored = [analysed(f"{i:024x}") for i in range(200)]
+    for item in stored:
+        store.store(item)
+
+    def used() -> int:
+        keys = list(redis_client.scan_iter(count=1000))
+        return sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
+
+    before = used()
+    for item in stored:
+        store.record_moved(item.frame_id, f"/data/archive/S1/{item.frame_id}.jpg")
+    grown = (used() - before) / len(stored)
+    assert grown < 30, grown
+    assert store.get(stored[7].frame_id).archived_path == f"/data/archive/S1/{'7'.zfill(24)}.jpg"
+    page, _ = store.page(None, 500)
+    assert [r.archived_path for r in page] == [f"/data/archive/S1/{r.frame_id}.jpg"
+                                               for r in stored]
+    assert [r.model_copy(update={"archived_path": None}) for r in page] == stored
+
+
+def test_a_result_stored_as_plain_json_before_is_located_as_before(
+        redis_client: redis.Redis) -> None:
+    store = ResultStore(redis_client)
+    old = analysed("fedcba9876543210fedcba98")
+    redis_client.set(RESULT_KEY.format(old.frame_id), old.to_json())  # as stored before
+    store.record_moved(old.frame_id, "/data/archive/S1/old.jpg")
+    assert store.get(old.frame_id).archived_path == "/data/archive/S1/old.jpg"
+    assert redis_client.get(RESULT_KEY.format(old.frame_id)) == old.to_json().encode()

@@ -2,7 +2,8 @@
 
 A result is written once (SET NX): a frame processed twice, after a worker died between
 storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
-queue entry happen in one Redis script, so the three can never disagree.
+queue entry happen in one Redis script, so the three can never disagree. The one later write
+is capture's, setting ``archived_path`` once it has moved the original (``record_moved``).
 
 The value is the result's JSON, deflated with a preset dictionary (``encode_result``): a
 result is about 1.6 KB of JSON, most of it field names, class names and enum values that
@@ -13,6 +14,7 @@ the plain JSON values written before, so an upgraded installation needs no migra
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -127,20 +129,30 @@ _ZDICT_V1 = (
 )
 
 
+def _deflate(json_text: bytes) -> bytes:
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_ZDICT_V1)
+    return _DEFLATE_V1 + deflate.compress(json_text) + deflate.flush()
+
+
+def _inflate(raw: bytes) -> bytes:
+    """The JSON of a stored value (deflated, or plain JSON as stored before)."""
+    if raw[:1] != _DEFLATE_V1:
+        return raw
+    inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
+    text = inflate.decompress(raw[1:]) + inflate.flush()
+    if not inflate.eof:
+        raise ValueError("a stored result is cut short")
+    return text
+
+
 def encode_result(result: FrameResult) -> bytes:
     """The value stored for ``result`` (see ``_DEFLATE_V1``)."""
-    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_ZDICT_V1)
-    return _DEFLATE_V1 + deflate.compress(result.to_json().encode()) + deflate.flush()
+    return _deflate(result.to_json().encode())
 
 
 def decode_result(raw: bytes) -> FrameResult:
     """A stored result, deflated (``encode_result``) or plain JSON (stored before)."""
-    if raw[:1] == _DEFLATE_V1:
-        inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
-        raw = inflate.decompress(raw[1:]) + inflate.flush()
-        if not inflate.eof:
-            raise ValueError("a stored result is cut short")
-    return FrameResult.model_validate_json(raw)
+    return FrameResult.model_validate_json(_inflate(raw))
 
 
 class ResultStore:
@@ -224,12 +236,29 @@ class ResultStore:
         if not raw:
             return None
         result = decode_result(raw)
-        result.archived_path = moved_to.decode() if moved_to else None
+        if moved_to:  # recorded before archived_path went into the value (record_moved)
+            result.archived_path = moved_to.decode()
         return result
 
     def record_moved(self, frame_id: str, path: str) -> None:
-        """Capture moved the frame's original to ``path`` (shown as ``archived_path``)."""
-        self.client.hset(STORED_AT_KEY, frame_id, path)
+        """Capture moved the frame's original to ``path``: it becomes the stored result's
+        ``archived_path``. In the value itself, where deflate finds most of the path in
+        ``source`` (a few bytes), rather than an entry of its own in ``STORED_AT_KEY``
+        (about 130 bytes a result). Rewritten as JSON, not through this process's model,
+        so fields only a newer worker knows are kept. Only capture writes a stored result
+        again, once, after the worker's SET NX; XX leaves a result trimmed meanwhile gone.
+        """
+        key = RESULT_KEY.format(frame_id)
+        raw = self.client.get(key)
+        if raw is None:
+            return  # trimmed (retention) before its original was moved
+        if raw[:1] != _DEFLATE_V1:  # plain JSON, stored before: located as it was then
+            self.client.hset(STORED_AT_KEY, frame_id, path)
+            return
+        data = json.loads(_inflate(raw))
+        data["archived_path"] = path
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        self.client.set(key, _deflate(text), xx=True)
 
     def count(self) -> int:
         return int(self.client.xlen(LOG_KEY))
@@ -270,7 +299,8 @@ class ResultStore:
         for raw, moved_to in zip(raws, moved, strict=True):
             if raw:
                 item = decode_result(raw)
-                item.archived_path = moved_to.decode() if moved_to else None
+                if moved_to:  # recorded before archived_path went into the value
+                    item.archived_path = moved_to.decode()
                 items.append(item)
         return items, entries[-1].cursor
 
