@@ -4,7 +4,7 @@ import pytest
 import redis
 
 from daemon.domain.results import FrameResult
-from daemon.store.keys import RESULT_KEY
+from daemon.store.keys import RESULT_KEY, SPECIMEN_FRAMES_KEY
 from daemon.store.paging import BadCursor
 from daemon.store.results import ResultStore
 
@@ -163,3 +163,15 @@ def test_a_result_stored_as_plain_json_before_is_located_as_before(
     store.record_moved(old.frame_id, "/data/archive/S1/old.jpg")
     assert store.get(old.frame_id).archived_path == "/data/archive/S1/old.jpg"
     assert redis_client.get(RESULT_KEY.format(old.frame_id)) == old.to_json().encode()
+
+
+def test_a_specimens_frames_are_kept_compact_up_to_1024(redis_client: redis.Redis) -> None:
+    """Each result of a specimen adds its frame to the specimen's gallery index (a zset).
+    The embedded Redis keeps it in the compact encoding up to 1,024 frames: under 60 bytes
+    a frame for 500, where the default (128) made it a skiplist of about 120."""
+    store = ResultStore(redis_client)
+    for i in range(500):
+        store.store(result(f"{i:024x}"))
+    frames = SPECIMEN_FRAMES_KEY.format("S1")
+    assert redis_client.zcard(frames) == 500
+    assert redis_client.memory_usage(frames, samples=0) / 500 < 60
