@@ -4,7 +4,7 @@ import pytest
 import redis
 
 from daemon.domain.results import FrameResult
-from daemon.store.keys import RESULT_KEY, SPECIMEN_FRAMES_KEY
+from daemon.store.keys import LOG_KEY, RESULT_KEY, SPECIMEN_FRAMES_KEY
 from daemon.store.paging import BadCursor
 from daemon.store.results import ResultStore
 
@@ -175,3 +175,17 @@ def test_a_specimens_frames_are_kept_compact_up_to_1024(redis_client: redis.Redi
     frames = SPECIMEN_FRAMES_KEY.format("S1")
     assert redis_client.zcard(frames) == 500
     assert redis_client.memory_usage(frames, samples=0) / 500 < 60
+
+
+def test_redis_memory_is_summed_by_the_key_names_of_the_schema(
+        redis_client: redis.Redis) -> None:
+    """What `leukoscope reliability` reports per stored result, by key name."""
+    from daemon.store.connection import memory_by_key
+
+    store = ResultStore(redis_client)
+    for i in range(3):
+        store.store(result(f"m{i}"))
+    by_key = memory_by_key(redis_client)
+    assert by_key[RESULT_KEY] == sum(
+        redis_client.memory_usage(RESULT_KEY.format(f"m{i}"), samples=0) for i in range(3))
+    assert {SPECIMEN_FRAMES_KEY, LOG_KEY} <= set(by_key)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -213,6 +214,25 @@ def ping(client: redis.Redis) -> None:
 def used_memory_bytes(client: redis.Redis) -> int:
     """The server's ``used_memory`` (INFO memory)."""
     return int(client.info("memory").get("used_memory", 0))
+
+
+def memory_by_key(client: redis.Redis) -> dict[str, int]:
+    """``MEMORY USAGE`` of every key, summed by its name in store/keys.py (every frame's
+    result under ``lks:result:{}``; a key the schema does not name under its own name)."""
+    from daemon.store import keys
+
+    names = [v for v in vars(keys).values() if isinstance(v, str) and ":" in v]  # not GROUP
+    patterns = [(re.compile(re.escape(n).replace(r"\{\}", "[^:]+")), n) for n in names]
+    found = list(client.scan_iter(count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in found:
+        pipe.memory_usage(key, samples=0)
+    out: dict[str, int] = {}
+    for key, used in zip(found, pipe.execute(), strict=True):
+        text = key.decode(errors="replace")
+        name = next((n for pattern, n in patterns if pattern.fullmatch(text)), text)
+        out[name] = out.get(name, 0) + int(used or 0)
+    return out
 
 
 def server_run_id(client: redis.Redis) -> str | None:
