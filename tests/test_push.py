@@ -390,6 +390,39 @@ def test_a_pushed_frames_verdict_does_not_depend_on_which_decoder_checked_it(
         assert replacement.pid != child.pid
 
 
+def test_a_pushed_czi_is_admitted_by_its_scenes(make_settings, redis_client, tmp_path):
+    """A CZI's header gives no frame count (admitted as 1 before it is expanded): its
+    scenes are admitted once known, before any is queued. max_backlog 4 with 2 frames
+    queued: a 3-scene CZI is 503 and nothing of it is queued (it queued 3, 5 in all);
+    alone, a CZI of more scenes than max_backlog is 413."""
+    from tests.capture.test_containers import write_czi
+
+    settings = make_settings(api={"max_upload_bytes": 2_000_000}, queue={"max_backlog": 4},
+                             capture={"rig_id": "rig-push"})
+    path = tmp_path / "three.czi"
+    write_czi(path, {s: [((300 * s, 0), 0, good_rgb(80 + s))] for s in range(3)})
+    five = tmp_path / "five.czi"
+    write_czi(five, {s: [((300 * s, 0), 0, good_rgb(90 + s))] for s in range(5)})
+    queue = FrameQueue(redis_client)
+    with _serve(settings) as base:
+        for i in range(2):
+            code, body = post(f"{base}/frames?specimen_id=C-1&name=f{i}.jpg",
+                              jpeg(good_rgb(70 + i)))
+            assert code == 202, body
+        code, body = post(f"{base}/frames?specimen_id=C-1&name=three.czi", path.read_bytes())
+        assert code == 503 and "queue is full" in body["detail"], body
+        assert queue.backlog() == 2
+        complete(redis_client)  # a worker empties the queue: now the CZI fits
+        code, body = post(f"{base}/frames?specimen_id=C-1&name=three.czi", path.read_bytes())
+        assert code == 202 and len(body["frames"]) == 3, body
+        assert queue.backlog() == 3
+        complete(redis_client)
+        code, body = post(f"{base}/frames?specimen_id=C-1&name=five.czi", five.read_bytes())
+        assert code == 413 and "5 frames" in body["detail"], body
+        assert queue.backlog() == 0
+    assert redis_client.hlen("lks:admission") == 0
+
+
 def test_redis_calls_of_a_push_leave_the_event_loop_free(api, redis_client):
     """While Redis is busy (a 2 s script), an upload refused for size records its metric in
     Redis; /healthz (no Redis) must still answer at once: the count is recorded off the event
