@@ -192,11 +192,16 @@ class Intake:
     def scale_of(self, frame: SourceFrame) -> float | None:
         return frame.um_per_pixel or self.settings.capture.um_per_pixel
 
-    def check(self, frame: SourceFrame) -> Quality:
-        """QC at the models' scale (focus and stain thresholds hold for any camera)."""
+    @property
+    def rescaler(self) -> Rescaler:
+        """The models' scale and the rigs' red-cell histories quality control runs with."""
         if self._scale is None:
             self._scale = qc_rescaler(self.settings)
-        return assess_at_model_scale(frame.rgb, self.scale_of(frame), self._scale,
+        return self._scale
+
+    def check(self, frame: SourceFrame) -> Quality:
+        """QC at the models' scale (focus and stain thresholds hold for any camera)."""
+        return assess_at_model_scale(frame.rgb, self.scale_of(frame), self.rescaler,
                                      self.settings.capture.qc, self.rig_id)
 
     def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,

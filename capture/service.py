@@ -10,10 +10,12 @@ already waiting, so nothing is queued twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -47,6 +49,7 @@ HEARTBEAT_SECONDS = 2.0
 RECONCILE_SECONDS = 30.0
 BACKPRESSURE_POLL_SECONDS = 0.25
 UNREADABLE = "unreadable"  # capture's reason code for a file it may not read
+FULL = "full"  # take()'s answer when the queue has no room for the file's frame (not taken)
 
 
 class CaptureService:
@@ -162,7 +165,11 @@ class CaptureService:
             if backlog >= bound:
                 self._set_state("paused_backpressure", backlog)
                 return False
-            if self.take_safely(ready) == "new":
+            outcome = self.take_safely(ready)
+            if outcome == FULL:  # HTTP pushes hold the room left (admission, see take)
+                self._set_state("paused_backpressure", self.queue.backlog())
+                return False
+            if outcome == "new":
                 # frames, not files: a multi-page TIFF or a CZI queued one frame per page
                 backlog = self.queue.backlog()
         return True
@@ -196,8 +203,9 @@ class CaptureService:
     def take(self, ready: Ready) -> str | None:
         """Handle one complete file: queue it, archive it (already stored) or reject it.
 
-        Returns the queue's answer ('new', 'queued', 'stored'), 'rejected', or None when the
-        file vanished or changed while it was read.
+        Returns the queue's answer ('new', 'queued', 'stored'), 'rejected', FULL when the
+        queue has no room for it (it is offered again), or None when the file vanished or
+        changed while it was read.
         """
         placement = ready.placement
         path = placement.path
@@ -238,9 +246,15 @@ class CaptureService:
         # both; a frame it rejects comes back through the archiver into quarantine.
         frame_id = frame_id_for(placement.specimen_id, placement.name, data)
         extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
-        outcome = self.queue.enqueue(
-            frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time(),
-            um_per_pixel=self.intake.scale_of(frame))
+        # Admitted by the script HTTP pushes use (queue.admission): a push reserves its
+        # frames while its file is decoded, and the backlog capture sees counts them, so
+        # pushes and capture together never pass queue.max_backlog.
+        with self.queue.admission(1, self.settings.queue.max_backlog) as (admitted, _):
+            if not admitted:
+                return FULL
+            outcome = self.queue.enqueue(
+                frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time(),
+                um_per_pixel=self.intake.scale_of(frame))
         if outcome == "stored":
             log.info("frame already has a result; archiving", extra=extra)
             record = Inflight(frame_id, str(path), self.rig_id, placement.specimen_id)
@@ -289,9 +303,12 @@ class CaptureService:
             count += 1
             first_label = first_label or frame.label
             frame_id = derived_frame_id(placement.specimen_id, placement.name, frame.label, data)
-            # Quality control is the worker's, on the page it decodes for analysis.
-            offer = self.intake.offer(frame, frame_id, placement.specimen_id,
-                                      f"{path}#{frame.label}", now, check=False)
+            with self.room() as admitted:
+                if not admitted:  # stopping: the file stays; its queued pages answer 'queued'
+                    return None
+                # Quality control is the worker's, on the page it decodes for analysis.
+                offer = self.intake.offer(frame, frame_id, placement.specimen_id,
+                                          f"{path}#{frame.label}", now, check=False)
             outcomes[offer.outcome] = outcomes.get(offer.outcome, 0) + 1
         self.frames_queued += outcomes.get("new", 0)
         self.frames_rejected += outcomes.get("rejected", 0)
@@ -311,6 +328,26 @@ class CaptureService:
             "specimen_id": placement.specimen_id, "source": str(path), "target": str(target),
             "frames": count, **outcomes})
         return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
+
+    @contextlib.contextmanager
+    def room(self) -> Iterator[bool]:
+        """Room for one page of a container, admitted as HTTP pushes are; waits while the
+        queue is full (the pages before it are queued, and a page is held decoded only one
+        at a time), so a file of more pages than the room left, or than max_backlog, goes
+        in as the workers make room and never passes the bound. False: stopping."""
+        bound = self.settings.queue.max_backlog
+        while True:
+            with self.queue.admission(1, bound) as (admitted, backlog):
+                if admitted:
+                    self._set_state("watching", backlog)
+                    yield True
+                    return
+            if self.stopping.is_set():
+                yield False
+                return
+            self._set_state("paused_backpressure", backlog)
+            self.heartbeat()
+            self.stopping.wait(BACKPRESSURE_POLL_SECONDS)
 
     def reject(self, ready: Ready, data: bytes, reason: str, message: str,
                quality: dict[str, float] | None = None) -> str:

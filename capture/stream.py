@@ -87,13 +87,17 @@ class StreamCapture:
         """One turn of the loop: heartbeat, metrics, then one frame (or a pause)."""
         self.heartbeat()
         self.flush()
-        if self.queue.backlog() >= self.settings.queue.max_backlog:
-            self._set_state("paused_backpressure")
-            return 0.25
-        grab = self.camera.get(0.25)  # waits for the next frame, 0.25 s at most
-        self._set_state("watching" if self.camera.state == "connected" else self.camera.state)
-        if grab is not None:
-            self.handle(grab.seq, grab.t, grab.rgb)
+        # Room for the next frame, reserved by the script HTTP pushes use (queue.admission)
+        # while it is grabbed, gated and queued, so camera and pushes never pass the bound.
+        with self.queue.admission(1, self.settings.queue.max_backlog) as (admitted, _):
+            if not admitted:
+                self._set_state("paused_backpressure")
+                return 0.25
+            grab = self.camera.get(0.25)  # waits for the next frame, 0.25 s at most
+            self._set_state("watching" if self.camera.state == "connected"
+                            else self.camera.state)
+            if grab is not None:
+                self.handle(grab.seq, grab.t, grab.rgb)
         return 0.0
 
     def _set_state(self, state: str) -> None:

@@ -261,10 +261,10 @@ class ApiSettings(_Section):
     # POST /frames decodes (expands, quality-checks) pushed images in child processes with
     # this address-space limit, never in the API process itself (issue 16).
     decode_memory_bytes: int = Field(
-        default=4 * 1024 * 1024 * 1024, ge=512 * 1024 * 1024, description="address space "
-        "(RLIMIT_AS) of each process decoding pushed frames; an image needing more is "
-        "rejected 'too_large' (422). Counts virtual memory: about 0.5 GB goes to the "
-        "libraries before any image"
+        default=4 * 1024 * 1024 * 1024, ge=64 * 1024 * 1024, description="memory each "
+        "process decoding pushed frames may add to its start-up size (interpreter and "
+        "libraries, not counted): its address-space limit (RLIMIT_AS) is that size plus "
+        "this; an image needing more is rejected 'too_large' (422)"
     )
     decode_workers: int = Field(
         default=1, ge=1, le=64, description="processes decoding pushed frames at once"

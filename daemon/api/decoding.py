@@ -3,19 +3,29 @@
 Header budgets (``capture.max_frame_pixels``, ``max_file_pages``) stop a decompression bomb
 before any decode, but a decode that passes them still needs hundreds of MB, and one in the
 API process can take the process (and every client it serves) down with it. So the pixels of
-a pushed frame are only ever decoded in a child process with an address-space limit
-(``RLIMIT_AS = api.decode_memory_bytes``): expanding a CZI or multi-page TIFF into frames,
-decoding a plain image and its quality control all run there. The API gets back encoded
-bytes (the original, or the lossless PNG of a page) and the quality verdict, never pixels.
+a pushed frame are only ever decoded in a child process with an address-space limit:
+expanding a CZI or multi-page TIFF into frames, decoding a plain image and its quality
+control all run there. The API gets back encoded bytes (the original, or the lossless PNG of
+a page) and the quality verdict, never pixels.
+
+``api.decode_memory_bytes`` is what decoding may add to the child: the limit is the child's
+own address space once started (interpreter and libraries, about 0.5 GB mapped, little of it
+resident) plus that budget. Counted from zero, as it was, the libraries' mappings took most
+of a small budget before any image. The child decodes in one thread (OpenCV's pool is set to
+one), and a decode's buffers are written as soon as they are mapped, so within the budget
+the address space a decode adds and the resident memory it adds are the same bytes
+(measured: peak address space and peak RSS above the start-up size within 1 % of each
+other, decode_push on 1000x1000 to 6000x6000 JPEG and PNG and a 2-page 4000x4000 TIFF).
 
 A decode that needs more memory than the limit raises MemoryError (or OpenCV's out-of-memory
-error) in the child, which answers ``too_large`` with the limit named. A child that dies
+error) in the child, which answers ``too_large`` with the budget named. A child that dies
 outright (killed, crashed) breaks the pool: the pool is replaced and the file tried once more
 alone, so a neighbour's bomb does not fail a good frame; a second death is the file's fault.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -24,12 +34,14 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import cv2
 
 from capture.intake import Intake, expand
 from daemon.imaging.frames import FrameRejected
 from daemon.imaging.quality import Quality
+from daemon.imaging.scale import Rescaler
 from daemon.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,33 +72,58 @@ class Decoded:
     frames: list[Prepared] = field(default_factory=list)
     rejected: tuple[str, str] | None = None
     failed: tuple[str, str] | None = None
+    measured: list[float] = field(default_factory=list)  # red-cell diameters for the rig
 
 
 # State of a pool child (set by _init_child; the child lives for many pushes).
 _settings: Settings | None = None
+_budget = 0  # api.decode_memory_bytes: what decoding may add to the child's start-up size
+
+
+def address_space() -> int:
+    """This process's address space now, bytes (Linux; 0 where /proc cannot tell)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
 def _init_child(settings: Settings, memory_bytes: int) -> None:
-    """Pool initializer: cap the child's address space before it decodes anything."""
-    global _settings
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-    _settings = settings
+    """Pool initializer: cap the child's address space at its start-up size plus the
+    budget, before it decodes anything."""
+    global _settings, _budget
     # OpenCV's thread pool reserves stacks per core: address space the limit would count
     # against every decode; one push is one decode, so one thread is enough.
     cv2.setNumThreads(1)
+    # The decoders a push may need, loaded now so their mappings are part of the start-up
+    # size rather than taken from the first TIFF's or CZI's budget.
+    import tifffile  # noqa: F401
+    with contextlib.suppress(ImportError):
+        import pylibCZIrw.czi  # noqa: F401
+    limit = address_space() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    _settings, _budget = settings, memory_bytes
 
 
-def _memory_message(limit: int) -> str:
+def _memory_message() -> str:
     return (f"decoding this image needs more memory than the API's decoder may use "
-            f"({limit} bytes, api.decode_memory_bytes)")
+            f"({_budget} bytes, api.decode_memory_bytes)")
 
 
-def decode_push(data: bytes, scale: float | None, rig: str) -> Decoded:
-    """In the child: the file's frames (expanded, decoded, quality-checked) as bytes."""
+def decode_push(data: bytes, scale: float | None, rig: str, history: list[float]) -> Decoded:
+    """In the child: the file's frames (expanded, decoded, quality-checked) as bytes.
+
+    ``history``: the rig's red-cell diameters as the API holds them; quality control of a
+    frame with too few red cells of its own runs at the scale they give, and the diameters
+    this file adds go back in ``Decoded.measured``.
+    """
     assert _settings is not None, "decode_push runs in a pool child"
     settings = _settings
-    checker = _checker_for(settings, rig)
-    out = Decoded(os.getpid())
+    checker = _checker_for(settings, rig, history)
+    learned = checker.rescaler.learned
+    assert learned is not None  # set by _checker_for
+    out = Decoded(os.getpid(), measured=learned)
     try:
         try:
             frames = expand(data, settings)
@@ -110,9 +147,8 @@ def decode_push(data: bytes, scale: float | None, rig: str) -> Decoded:
         if isinstance(exc, cv2.error) and exc.code != cv2.Error.StsNoMem:
             raise
         # The file as a whole is refused: a frame of it cannot be decoded within the limit.
-        limit = resource.getrlimit(resource.RLIMIT_AS)[0]
         out.frames, out.failed = [], None
-        out.rejected = ("too_large", _memory_message(limit))
+        out.rejected = ("too_large", _memory_message())
     return out
 
 
@@ -121,7 +157,7 @@ def _memory_reason(exc: FrameRejected) -> tuple[str, str] | None:
     cause = exc.__cause__
     if isinstance(cause, MemoryError) or (
             isinstance(cause, cv2.error) and cause.code == cv2.Error.StsNoMem):
-        return "too_large", _memory_message(resource.getrlimit(resource.RLIMIT_AS)[0])
+        return "too_large", _memory_message()
     return None
 
 
@@ -132,13 +168,17 @@ class _NoQueue:
 _checker: Intake | None = None
 
 
-def _checker_for(settings: Settings, rig: str) -> Intake:
-    """One Intake (QC only) for the child's life: the models' scale is read once and the
-    per-rig red-cell history lives on between pushes, as it did in the API process."""
+def _checker_for(settings: Settings, rig: str, history: list[float]) -> Intake:
+    """One Intake (QC only) for the child's life, so the models' scale is read once. The
+    red-cell history is the API's, handed over with each file: a history of the child's own
+    would make a frame's verdict depend on which child decoded it (a replaced child, or
+    one of several, starts with none)."""
     global _checker
     if _checker is None:
         _checker = Intake(settings, None, _NoQueue(), _NoQueue(), rig)  # type: ignore[arg-type]
     _checker.rig_id = rig
+    _checker.rescaler.reset(rig, history)
+    _checker.rescaler.learned = []
     return _checker
 
 
@@ -156,6 +196,9 @@ class DecodePool:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
+        # The rigs' red-cell diameters measured by the children (bounded per rig and in
+        # rigs, as a worker's): kept here, so every child checks with the same history.
+        self._history = Rescaler(None)
 
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -180,13 +223,19 @@ class DecodePool:
         """Blocking (the route calls it in the thread pool)."""
         for attempt in (1, 2):
             pool = self._current()
+            with self._lock:
+                history = self._history.diameters(rig)
             try:
-                return pool.submit(decode_push, data, scale, rig).result()
+                decoded = pool.submit(decode_push, data, scale, rig, history).result()
             except BrokenProcessPool:
                 self._replace(pool)
                 log.error("a decoding process died; the decode pool is replaced",
                           extra={"attempt": attempt, "bytes": len(data),
                                  "decode_memory_bytes": self.memory_bytes})
+                continue
+            with self._lock:
+                self._history.remember(rig, decoded.measured)
+            return decoded
         raise DecoderDied(
             f"the decoding process died twice reading this image; it may need more memory "
             f"than api.decode_memory_bytes ({self.memory_bytes} bytes) allows")

@@ -45,7 +45,13 @@ from daemon.cli.sandbox import clean_env, write_config
 from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
 from daemon.settings import Settings
 from daemon.store import audit
-from daemon.store.connection import SOCKET_NAME, embedded_pid, socket_client, used_memory_bytes
+from daemon.store.connection import (
+    SOCKET_NAME,
+    embedded_pid,
+    memory_by_key,
+    socket_client,
+    used_memory_bytes,
+)
 
 ROLES = ("run", "capture", "worker", "api")
 
@@ -297,12 +303,16 @@ def flood(daemon: Daemon, count: int) -> dict:
     folder = daemon.root / "inbox" / "FLOOD"
     before_results = len(daemon.results())
     memory_before = used_memory_bytes(client)
+    keys_before = memory_by_key(client)
     started = time.monotonic()
     for i in range(count):
         _deliver(folder, f"f-{i:05d}.jpg", _field(10_000 + i))
     daemon.wait_results(before_results + count, 3600)
     elapsed = time.monotonic() - started
     memory_after = used_memory_bytes(client)
+    keys_after = memory_by_key(client)
+    by_key = {name: round((keys_after.get(name, 0) - keys_before.get(name, 0)) / count, 1)
+              for name in sorted(set(keys_before) | set(keys_after))}
     _, status = _get(f"{daemon.base}/status", 30)
     storage = status.get("storage") or {}
     return {"frames": count, "seconds": round(elapsed, 1),
@@ -310,6 +320,8 @@ def flood(daemon: Daemon, count: int) -> dict:
             "redis_used_memory_mib_before": round(memory_before / 2**20, 1),
             "redis_used_memory_mib_after": round(memory_after / 2**20, 1),
             "redis_bytes_per_result": round((memory_after - memory_before) / count),
+            # MEMORY USAGE of the keys, by name in store/keys.py: where those bytes are
+            "redis_bytes_per_result_by_key": {k: v for k, v in by_key.items() if v},
             "data_dir_mib": {k: round(v / 2**20, 1)
                              for k, v in (storage.get("data_dir_bytes") or {}).items()},
             "restarts": daemon.restarts()}

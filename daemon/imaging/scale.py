@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -49,6 +50,9 @@ class Rescaler:
         self.jump = jump
         self.max_rigs = max_rigs
         self._rigs: OrderedDict[str, deque[float]] = OrderedDict()
+        # A list when the history is kept elsewhere (the API's decoding children measure,
+        # the API keeps): each diameter ``resolve`` adds to a rig's history is added here too.
+        self.learned: list[float] | None = None
 
     def _rig(self, rig: str) -> deque[float]:
         diameters = self._rigs.pop(rig, None) or deque(maxlen=self.history)
@@ -56,6 +60,19 @@ class Rescaler:
         while len(self._rigs) > self.max_rigs:
             self._rigs.popitem(last=False)
         return diameters
+
+    def diameters(self, rig: str | None) -> list[float]:
+        """The rig's recent red-cell diameters (frame pixels), oldest first: a copy."""
+        return list(self._rigs.get(rig or "", ()))
+
+    def remember(self, rig: str | None, diameters: Iterable[float]) -> None:
+        """Add diameters measured elsewhere to the rig's history (bounded as ever)."""
+        self._rig(rig or "").extend(diameters)
+
+    def reset(self, rig: str | None, diameters: Iterable[float]) -> None:
+        """Forget every rig's history; ``rig``'s is ``diameters``."""
+        self._rigs.clear()
+        self.remember(rig, diameters)
 
     def planned_factor(self, um_per_pixel: float | None = None, rig: str | None = None
                        ) -> float | None:
@@ -97,6 +114,8 @@ class Rescaler:
         if ruler.reliable:
             assert measured is not None
             diameters.append(measured)
+            if self.learned is not None:
+                self.learned.append(measured)
             median = float(np.median(diameters))
             agrees = abs(measured / median - 1) <= self.jump
             return self._estimated(median, measured, agrees)

@@ -18,9 +18,12 @@ ADMISSION_KEY = "lks:admission"  # hash: token -> "<frames>:<expires at>": frame
 SOLO_KEY = "lks:solo"  # hash: frame_id -> times analysed alone after a crash (poison isolation)
 
 # --- results (store/results.py) ----------------------------------------------------------
-RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, written once (SET NX)
+RESULT_KEY = "lks:result:{}"  # string: a frame's FrameResult JSON, deflated (store/results.py
+#   encode_result; plain JSON before), written once (SET NX) and once more by capture to set
+#   its archived_path
 STORED_AT_KEY = "lks:results:location"  # hash: frame_id -> path of the original after capture
-#   moved it (archive/ or quarantine/); trimmed with the result
+#   moved it (archive/ or quarantine/), for results stored as plain JSON (before results were
+#   deflated: a deflated result carries its archived_path itself); trimmed with the result
 LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, archiver)
 UNASSIGNED_LOG = "lks:results:unassigned"  # stream: one entry per stored result of a frame with
 #   no specimen (straight in the inbox, misplaced): listed, counted, never reported; trimmed

@@ -1,12 +1,21 @@
-"""Stored results: one JSON value per frame_id, plus an append-only log for cursor polling.
+"""Stored results: one value per frame_id, plus an append-only log for cursor polling.
 
 A result is written once (SET NX): a frame processed twice, after a worker died between
 storing and acknowledging, keeps its first result. Storing, counting and acknowledging the
-queue entry happen in one Redis script, so the three can never disagree.
+queue entry happen in one Redis script, so the three can never disagree. The one later write
+is capture's, setting ``archived_path`` once it has moved the original (``record_moved``).
+
+The value is the result's JSON, deflated with a preset dictionary (``encode_result``): a
+result is about 1.6 KB of JSON, most of it field names, class names and enum values that
+every result repeats, and a single result is too short for plain deflate to find them (it
+halves it; with the dictionary it is about a quarter). ``decode_result`` reads both that and
+the plain JSON values written before, so an upgraded installation needs no migration.
 """
 
 from __future__ import annotations
 
+import json
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -88,6 +97,64 @@ def outcome_increments(result: FrameResult) -> list[counters.Increment]:
     return inc
 
 
+# --- the stored form of a result ------------------------------------------------------
+# A value starting with this byte is raw deflate (RFC 1951) of the result's JSON with
+# _ZDICT_V1 as preset dictionary; one starting with '{' is plain JSON (written before).
+_DEFLATE_V1 = b"\x01"
+# Never edit: every value written with it is read with it. A better dictionary is a new
+# version byte beside this one. Fragments every result repeats (field names, enum values),
+# the most frequent last: deflate reaches the end of a dictionary with the shortest codes.
+_ZDICT_V1 = (
+    b'"status":"rejected","reason":"too_large","undecodable","truncated","empty_file",'
+    b'"unreadable","not_an_image","bad_name","bad_scale","overexposed","underexposed",'
+    b'"empty_field","out_of_focus","quality":{"focus":,"saturated_fraction":0.,'
+    b'"dark_fraction":0.,"mean_brightness":,"stained_fraction":0.},"status":"failed",'
+    b'"configured","file","assumed","scale_unknown","acquisition_out_of_range","no_cells",'
+    b'"scale_uncertain","cut_off","metadata":{"seq":"","stream_time":"'
+    b'{"frame_id":"","specimen_id":"","source":"upload:","archived_path":null,"rig_id":"",'
+    b'"status":"done","error":null,"reason":null,"captured_at":17,"completed_at":17,'
+    b'"frame_class":"unidentified","frame_probabilities":{},"cells":[],'
+    b'"models":{"segmenter":{"name":"leukoscope-segmenter","version":"","sha256":""},'
+    b'"classifier":{"name":"leukoscope-classifier","version":"","sha256":""}},'
+    b'"timings_ms":{"queue_wait":,"decode":0.,"rescale":,"qc":0.,"segment":,"crop":0.,'
+    b'"classify":0.},"worker":"","quality":null,"um_per_pixel":null,"metadata":null,'
+    b'"scale":{"um_per_pixel":0.,"source":"estimated","factor":,"rbc_diameter_px":,'
+    b'"reliable":true},"acquisition":{"background_rgb":[.0,.0,.0],"brightness":,'
+    b'"hue_deg":,"chroma":,"gain":[1.0},"needs_review":true,'
+    b'"review_reasons":["unidentified_cells"]}'
+    b'{"frame_id":"","specimen_id":"","source":"/var/lib/leukoscope/inbox/'
+    b'"cells":[{"bbox":[,"area_px":,"class":"benign","probabilities":{"benign":0.0,'
+    b'"early_pre_b":0.00,"pre_b":0.00,"pro_b":0.00,"unidentified":0.0},"confidence":0.9,'
+    b'"needs_review":false,"review_reasons":["unidentified","low_confidence"]},{"bbox":['
+)
+
+
+def _deflate(json_text: bytes) -> bytes:
+    deflate = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=_ZDICT_V1)
+    return _DEFLATE_V1 + deflate.compress(json_text) + deflate.flush()
+
+
+def _inflate(raw: bytes) -> bytes:
+    """The JSON of a stored value (deflated, or plain JSON as stored before)."""
+    if raw[:1] != _DEFLATE_V1:
+        return raw
+    inflate = zlib.decompressobj(-15, zdict=_ZDICT_V1)
+    text = inflate.decompress(raw[1:]) + inflate.flush()
+    if not inflate.eof:
+        raise ValueError("a stored result is cut short")
+    return text
+
+
+def encode_result(result: FrameResult) -> bytes:
+    """The value stored for ``result`` (see ``_DEFLATE_V1``)."""
+    return _deflate(result.to_json().encode())
+
+
+def decode_result(raw: bytes) -> FrameResult:
+    """A stored result, deflated (``encode_result``) or plain JSON (stored before)."""
+    return FrameResult.model_validate_json(_inflate(raw))
+
+
 class ResultStore:
     def __init__(
         self,
@@ -139,7 +206,7 @@ class ResultStore:
     ) -> tuple[list, list]:
         increments = outcome_increments(result) + list(extra)
         args = [
-            result.to_json(),
+            encode_result(result),
             result.frame_id,
             result.status,
             result.rig_id or "",
@@ -168,13 +235,30 @@ class ResultStore:
         raw, moved_to = pipe.execute()
         if not raw:
             return None
-        result = FrameResult.model_validate_json(raw)
-        result.archived_path = moved_to.decode() if moved_to else None
+        result = decode_result(raw)
+        if moved_to:  # recorded before archived_path went into the value (record_moved)
+            result.archived_path = moved_to.decode()
         return result
 
     def record_moved(self, frame_id: str, path: str) -> None:
-        """Capture moved the frame's original to ``path`` (shown as ``archived_path``)."""
-        self.client.hset(STORED_AT_KEY, frame_id, path)
+        """Capture moved the frame's original to ``path``: it becomes the stored result's
+        ``archived_path``. In the value itself, where deflate finds most of the path in
+        ``source`` (a few bytes), rather than an entry of its own in ``STORED_AT_KEY``
+        (about 130 bytes a result). Rewritten as JSON, not through this process's model,
+        so fields only a newer worker knows are kept. Only capture writes a stored result
+        again, once, after the worker's SET NX; XX leaves a result trimmed meanwhile gone.
+        """
+        key = RESULT_KEY.format(frame_id)
+        raw = self.client.get(key)
+        if raw is None:
+            return  # trimmed (retention) before its original was moved
+        if raw[:1] != _DEFLATE_V1:  # plain JSON, stored before: located as it was then
+            self.client.hset(STORED_AT_KEY, frame_id, path)
+            return
+        data = json.loads(_inflate(raw))
+        data["archived_path"] = path
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+        self.client.set(key, _deflate(text), xx=True)
 
     def count(self) -> int:
         return int(self.client.xlen(LOG_KEY))
@@ -214,8 +298,9 @@ class ResultStore:
         items = []
         for raw, moved_to in zip(raws, moved, strict=True):
             if raw:
-                item = FrameResult.model_validate_json(raw)
-                item.archived_path = moved_to.decode() if moved_to else None
+                item = decode_result(raw)
+                if moved_to:  # recorded before archived_path went into the value
+                    item.archived_path = moved_to.decode()
                 items.append(item)
         return items, entries[-1].cursor
 

@@ -33,6 +33,7 @@ from daemon.store.keys import (
     SPECIMEN_KEY,
     UI_SECRET_KEY,
 )
+from daemon.store.results import decode_result
 
 
 def cell_key(frame_id: str, index: int) -> str:
@@ -74,7 +75,7 @@ class ReviewStore:
         if not ids:
             return []
         raws = self.client.mget([RESULT_KEY.format(f) for f in ids])
-        return [FrameResult.model_validate_json(raw) for raw in raws if raw]
+        return [decode_result(raw) for raw in raws if raw]
 
     def reviewed(self, specimen_id: str) -> dict[str, Reviewed]:
         raw = self.client.hgetall(CELL_REVIEW_KEY.format(specimen_id))
@@ -160,5 +161,5 @@ def latest_results(client: redis.Redis, count: int) -> list[tuple[float, FrameRe
     for (entry_id, _fields), raw in zip(entries, raws, strict=True):
         if raw:
             stored_at = int(entry_id.split(b"-")[0]) / 1000.0
-            out.append((stored_at, FrameResult.model_validate_json(raw)))
+            out.append((stored_at, decode_result(raw)))
     return out

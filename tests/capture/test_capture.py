@@ -242,6 +242,54 @@ def test_backpressure_counts_a_containers_pages(client, inbox, make_settings, ru
         assert sum("#" in e["source"] for e in entries(client)) == 3
 
 
+def test_capture_and_pushes_together_never_pass_max_backlog(client, inbox, make_settings,
+                                                             running):
+    """max_backlog 6, no worker draining. An HTTP push holds room for 3 frames (the API's
+    admission, taken while its file is decoded) as capture starts on 6 files: capture's
+    files are admitted by the same script, so it queues 3 and waits, and once the push's 3
+    frames are in the stream the backlog is 6. Counting only the stream, capture took all
+    6 files before the push's frames came: 9."""
+    settings = make_settings(max_backlog=6)
+    for i in range(6):
+        drop(inbox / "S6C", f"f{i}.jpg", frame_bytes(60 + i))
+    push = FrameQueue(client)
+    with push.admission(3, 6) as (admitted, _):
+        assert admitted
+        with running(settings) as service:
+            wait_for(lambda: service.state == "paused_backpressure", what="capture pauses")
+            after_passes(service)  # capture tries again while full: it still may not queue
+            assert len(entries(client)) == 3
+            for i in range(3):  # the push's frames arrive, as intake.offer queues them
+                push.enqueue(f"push-{i}", "P-1", f"upload:P-1/p{i}.jpg", "rig-push", b"x")
+            after_passes(service)
+            assert len(entries(client)) == 6
+    assert client.hlen(keys.ADMISSION_KEY) == 0  # every reservation released
+
+
+def test_a_container_larger_than_the_room_left_goes_in_page_by_page(client, inbox,
+                                                                    make_settings, running):
+    """max_backlog 2 and a 3-page TIFF: two pages are queued, the third waits (decoded, in
+    the capture loop) until a worker makes room, then the file is archived: the bound is
+    never passed, and the file is not refused for having more pages than it."""
+    import io
+
+    import numpy as np
+    import tifffile
+
+    settings = make_settings(max_backlog=2)
+    stack = io.BytesIO()
+    tifffile.imwrite(stack, np.stack([good_rgb(70 + p) for p in range(3)]), photometric="rgb")
+    tiff = drop(inbox / "S6D", "stack.tif", stack.getvalue())
+    with running(settings) as service:
+        wait_for(lambda: service.state == "paused_backpressure", what="pause mid-file")
+        assert len(entries(client)) == 2 and tiff.exists()
+        assert len(complete(client)) == 2  # a worker makes room
+        wait_for(lambda: len(entries(client)) == 1, what="the third page queued")
+        wait_for(lambda: (settings.archive_dir / "S6D" / "stack.tif").exists(),
+                 what="the TIFF archived")
+        assert [e["source"].rsplit("#", 1)[1] for e in entries(client)] == ["p2"]
+
+
 def test_bad_specimen_folders_are_quarantined(client, inbox, make_settings, running):
     settings = make_settings()
     data = frame_bytes(11)

@@ -177,3 +177,26 @@ def test_source_that_cannot_open_keeps_retrying(client, make_settings, uri):
     with streaming(settings) as service:
         wait_for(lambda: service.camera.reconnects["open_failed"] >= 2, what="retries")
         assert service.camera.state == "disconnected"
+
+
+def test_live_capture_and_pushes_together_never_pass_max_backlog(client, make_settings,
+                                                                 tmp_path):
+    """max_backlog 3 and an HTTP push holding room for 2 (its admission, taken while its
+    file is decoded): live capture reserves each frame by the same script, so it queues one
+    and pauses; the push's 2 frames then fill the queue to 3. Counting only the stream, it
+    queued 3 before pausing, 5 in all."""
+    from daemon.store.queue import FrameQueue
+
+    uri = write_sequence(tmp_path / "seq", still(4, 8))
+    settings = make_settings(max_backlog=3, source="opencv", opencv={
+        "uri": uri, "reconnect_min_seconds": 0.05, "reconnect_max_seconds": 0.1},
+        gating={"mode": "every"}, qc={"enabled": False})
+    push = FrameQueue(client)
+    with push.admission(2, 3) as (admitted, _):
+        assert admitted
+        with streaming(settings) as service:
+            wait_for(lambda: service.state == "paused_backpressure", what="capture pauses")
+            assert len(entries(client)) == 1
+            for i in range(2):  # the push's frames, as intake.offer queues them
+                push.enqueue(f"push-{i}", "P-1", f"upload:P-1/p{i}.jpg", "rig-push", b"x")
+    assert len(entries(client)) == 3

@@ -21,11 +21,13 @@ name, bytes) pushed twice gets the same ``frame_id``, is queued once and gets on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
@@ -193,7 +195,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
             raise Refused(503, f"the frame queue is full ({backlog} of {bound} frames, this "
                           f"file {count}); retry later", retry_after=1)
         return _push_admitted(settings, intake, pool, data, specimen, name, source, file_id,
-                              scale, metadata, rig)
+                              scale, metadata, rig, count)
 
 
 def frame_count(data: bytes, settings: Settings) -> int:
@@ -207,9 +209,30 @@ def frame_count(data: bytes, settings: Settings) -> int:
     return max(1, found.pages) if found is not None else 1
 
 
+@contextlib.contextmanager
+def _room_for_the_rest(settings: Settings, intake: Intake, frames: int, admitted: int
+                       ) -> Iterator[None]:
+    """Room for the frames a file turned out to hold beyond the ``admitted`` counted from
+    its header: a CZI's scenes and tiles are known only once it is expanded (frame_count
+    answers 1 for it), so they are admitted now, by the same script, before any is queued."""
+    if frames <= admitted:
+        yield
+        return
+    bound = settings.queue.max_backlog
+    if frames > bound:
+        raise Refused(413, f"the file holds {frames} frames, more than queue.max_backlog "
+                      f"({bound}) can ever admit; split it or raise queue.max_backlog")
+    with intake.queue.admission(frames - admitted, bound) as (more, backlog):
+        if not more:
+            raise Refused(503, f"the frame queue is full ({backlog} of {bound} frames, this "
+                          f"file {frames}); retry later", retry_after=1)
+        yield
+
+
 def _push_admitted(settings: Settings, intake: Intake, pool: DecodePool, data: bytes,
                    specimen: str, name: str, source: str, file_id: str, scale: float | None,
-                   metadata: dict[str, str] | None, rig: str) -> tuple[int, dict]:
+                   metadata: dict[str, str] | None, rig: str, admitted: int
+                   ) -> tuple[int, dict]:
     try:
         decoded = pool.decode(data, scale, rig)
     except DecoderDied as exc:  # logged by the pool; the file is refused like any other
@@ -222,43 +245,44 @@ def _push_admitted(settings: Settings, intake: Intake, pool: DecodePool, data: b
             _quarantine(settings, specimen, name, data, reason, message, file_id)
         code = 415 if reason in ("not_an_image", "empty_file") else 422
         raise Refused(code, message, frame_id=file_id, status="rejected", reason=reason)
-    now = time.time()
-    answers = []
-    for prepared in decoded.frames:
-        # Bytes and the QC verdict from the decoding child; no pixels in this process.
-        frame = SourceFrame(None, prepared.data, prepared.label, prepared.um_per_pixel,
-                            prepared.metadata, prepared.um_per_pixel_source)
-        frame_id = derived_frame_id(specimen, name, frame.label, data)
-        label = "" if frame.label is None else f"#{frame.label}"
-        offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata,
-                             quality=prepared.quality)
-        answer = {"frame_id": frame_id, "status": offer.outcome}
-        if frame.label is not None:
-            answer["part"] = frame.label
-        if offer.outcome == "rejected":
-            answer.update(reason=offer.quality.reason, detail=offer.quality.message,
-                          quality=offer.quality.values)
-        answers.append(answer)
-    if decoded.failed is not None:
-        # A page after these could not be read: the pages before it stand, and that page gets
-        # its own 'rejected' result, as capture does for a container in a watched folder.
-        reason, message = decoded.failed
-        label = f"p{len(answers)}"
-        frame_id = derived_frame_id(specimen, name, label, data)
-        intake.store_rejected(frame_id, specimen, f"{source}#{label}", reason, message,
-                              metadata=metadata)
-        answers.append({"frame_id": frame_id, "status": "rejected", "part": label,
-                        "reason": reason, "detail": message})
-    if all(a["status"] == "rejected" for a in answers):
-        first = answers[0]
-        _quarantine(settings, specimen, name, data, str(first["reason"]),
-                    str(first["detail"]), file_id)
-        raise Refused(422, str(first["detail"]), **first, frames=answers)
-    if any(a["status"] == "new" for a in answers):
-        _keep(settings.archive_dir / specimen, name, data)
-    log.info("frame pushed", extra={"specimen_id": specimen, "rig": rig, "source_name": name,
-                                    "frames": len(answers), "decode_pid": decoded.pid})
-    return 202, {**answers[0], "frames": answers}
+    with _room_for_the_rest(settings, intake, len(decoded.frames), admitted):
+        now = time.time()
+        answers = []
+        for prepared in decoded.frames:
+            # Bytes and the QC verdict from the decoding child; no pixels in this process.
+            frame = SourceFrame(None, prepared.data, prepared.label, prepared.um_per_pixel,
+                                prepared.metadata, prepared.um_per_pixel_source)
+            frame_id = derived_frame_id(specimen, name, frame.label, data)
+            label = "" if frame.label is None else f"#{frame.label}"
+            offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata,
+                                 quality=prepared.quality)
+            answer = {"frame_id": frame_id, "status": offer.outcome}
+            if frame.label is not None:
+                answer["part"] = frame.label
+            if offer.outcome == "rejected":
+                answer.update(reason=offer.quality.reason, detail=offer.quality.message,
+                              quality=offer.quality.values)
+            answers.append(answer)
+        if decoded.failed is not None:
+            # A page after these could not be read: the pages before it stand, and that page gets
+            # its own 'rejected' result, as capture does for a container in a watched folder.
+            reason, message = decoded.failed
+            label = f"p{len(answers)}"
+            frame_id = derived_frame_id(specimen, name, label, data)
+            intake.store_rejected(frame_id, specimen, f"{source}#{label}", reason, message,
+                                  metadata=metadata)
+            answers.append({"frame_id": frame_id, "status": "rejected", "part": label,
+                            "reason": reason, "detail": message})
+        if all(a["status"] == "rejected" for a in answers):
+            first = answers[0]
+            _quarantine(settings, specimen, name, data, str(first["reason"]),
+                        str(first["detail"]), file_id)
+            raise Refused(422, str(first["detail"]), **first, frames=answers)
+        if any(a["status"] == "new" for a in answers):
+            _keep(settings.archive_dir / specimen, name, data)
+        log.info("frame pushed", extra={"specimen_id": specimen, "rig": rig, "source_name": name,
+                                        "frames": len(answers), "decode_pid": decoded.pid})
+        return 202, {**answers[0], "frames": answers}
 
 
 def _quarantine(settings: Settings, specimen: str, name: str, data: bytes, reason: str,
