@@ -73,6 +73,8 @@ class FrameQueue:
         self.inline_max_bytes = inline_max_bytes
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._admit = client.register_script(scripts.ADMIT)
+        #: the stream's length right after this queue's last 'new' frame (``enqueue``)
+        self.backlog_seen = 0
         self.ensure_group()
 
     @classmethod
@@ -101,6 +103,7 @@ class FrameQueue:
         qc_done: bool = False,
     ) -> str:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'.
+        After 'new', ``backlog_seen`` is the backlog that includes it.
 
         ``qc_done``: quality control already ran (the worker then skips it).
         """
@@ -133,11 +136,15 @@ class FrameQueue:
             args.extend((key, value))
         keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
         try:
-            outcome = self._enqueue(keys=keys, args=args).decode()
+            reply = self._enqueue(keys=keys, args=args)
         except BaseException:
             if ref is not None:  # nothing names it (or, at worst, the janitor decides)
                 self._drop(ref, frame_id)
             raise
+        if isinstance(reply, list):  # 'new', and the backlog with it
+            outcome, self.backlog_seen = reply[0].decode(), int(reply[1])
+        else:
+            outcome = reply.decode()
         if ref is not None and outcome == "stored":
             # The frame has its result; its worker deleted (or will delete) the bytes.
             self.frames.delete(ref)  # type: ignore[union-attr]
@@ -208,6 +215,18 @@ class FrameQueue:
             return None
         info = json.loads(raw)
         return Inflight(frame_id, info["path"], info["rig"], info["specimen"])
+
+    def inflight_many(self, frame_ids: list[str]) -> list[Inflight | None]:
+        """``inflight_of`` for many frames in one round trip, in order."""
+        if not frame_ids:
+            return []
+        out: list[Inflight | None] = []
+        for frame_id, raw in zip(frame_ids, self.client.hmget(INFLIGHT_KEY, frame_ids),
+                                 strict=True):
+            info = None if raw is None else json.loads(raw)
+            out.append(None if info is None else
+                       Inflight(frame_id, info["path"], info["rig"], info["specimen"]))
+        return out
 
     def forget(self, frame_id: str) -> None:
         """Drop the in-flight record once the original file is archived or quarantined."""
