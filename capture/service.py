@@ -14,7 +14,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 
@@ -37,16 +40,38 @@ from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import Outage, connect, server_run_id
-from daemon.store.queue import FrameQueue, Inflight
+from daemon.store.queue import FrameQueue, Inflight, QueueEntry
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 HEARTBEAT_SECONDS = 2.0
+ENQUEUE_BATCH = 32  # single-frame files queued in one round trip, at most
+ENQUEUE_BYTES = 1 << 20  # ... and of at most this many bytes (the first of a burst of camera
+# frames must not wait for the next 31 to be read)
 RECONCILE_SECONDS = 30.0
 BACKPRESSURE_POLL_SECONDS = 0.25
 UNREADABLE = "unreadable"  # capture's reason code for a file it may not read
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A single-frame file read and checked, its queue entry not yet sent."""
+
+    ready: Ready
+    entry: QueueEntry
+    size: int  # the file's bytes
+
+
+@dataclass(frozen=True)
+class Container:
+    """A CZI or multi-frame TIFF, read: its frames are queued by ``take_container``."""
+
+    ready: Ready
+    data: bytes
+    frames: Frames
 
 
 class CaptureService:
@@ -149,30 +174,60 @@ class CaptureService:
 
     # --- one pass -----------------------------------------------------------------------
     def step(self) -> bool:
-        """Take every complete file the backlog has room for; False while paused."""
+        """Take every complete file the backlog has room for; False while paused.
+
+        Single-frame files are queued in batches (``ENQUEUE_BATCH`` files, ``ENQUEUE_BYTES``,
+        one Redis round trip each) in the order they were found: a burst of
+        small frames cost capture a round trip per frame."""
         bound = self.settings.queue.max_backlog
         backlog = self.queue.backlog()
         if backlog >= bound:
             self._set_state("paused_backpressure", backlog)
             return False
         self._set_state("watching", backlog)
+        batch: list[Offered] = []
+
+        def send() -> None:
+            nonlocal backlog
+            if not batch:
+                return
+            outcomes = self.queue.enqueue_many([offered.entry for offered in batch])
+            for offered, outcome in zip(batch, outcomes, strict=True):
+                self._safely(offered.ready, lambda o=offered, out=outcome: self.queued(o, out))
+            if "new" in outcomes:
+                # the queue's length as its last enqueue left it, with no round trip more
+                backlog = self.queue.backlog_seen
+            batch.clear()
+
         for ready in self.watcher.ready():
             if self.stopping.is_set():
                 break
-            if backlog >= bound:
-                self._set_state("paused_backpressure", backlog)
-                return False
-            if self.take_safely(ready) == "new":
-                # frames, not files (a multi-page TIFF or a CZI queues one frame per page):
-                # the queue's length as its last enqueue left it, with no round trip more
-                backlog = self.queue.backlog_seen
+            if backlog + len(batch) >= bound:
+                send()
+                if backlog >= bound:
+                    self._set_state("paused_backpressure", backlog)
+                    return False
+            examined = self._safely(ready, lambda r=ready: self.examine(r))
+            if isinstance(examined, Offered):
+                batch.append(examined)
+                if (len(batch) >= ENQUEUE_BATCH
+                        or sum(o.size for o in batch) >= ENQUEUE_BYTES):
+                    send()
+            elif isinstance(examined, Container):
+                send()  # files go into the queue in the order they were found
+                # frames, not files: a multi-page TIFF or a CZI queues one frame per page
+                if self._safely(ready, lambda c=examined: self.take_container(
+                        c.ready, c.data, c.frames)) == "new":
+                    backlog = self.queue.backlog_seen
+        send()
         return True
 
-    def take_safely(self, ready: Ready) -> str | None:
-        """``take``, where anything but a Redis outage rejects this one file, never the loop:
-        one file (a decoder bug, an odd name) must not stop every folder behind it."""
+    def _safely(self, ready: Ready, step: Callable[[], _T]) -> _T | str | None:
+        """Run ``step`` for one file, where anything but a Redis outage rejects this one file,
+        never the loop: one file (a decoder bug, an odd name) must not stop every folder
+        behind it."""
         try:
-            return self.take(ready)
+            return step()
         except redis.RedisError:
             raise
         except Exception as exc:  # noqa: BLE001 - isolation is the point
@@ -194,18 +249,19 @@ class CaptureService:
             self.state = state
             self.heartbeat(force=True)
 
-    def take(self, ready: Ready) -> str | None:
-        """Handle one complete file: queue it, archive it (already stored) or reject it.
-
-        Returns the queue's answer ('new', 'queued', 'stored'), 'rejected', or None when the
-        file vanished or changed while it was read.
-        """
+    def examine(self, ready: Ready) -> Offered | Container | str | None:
+        """Read and check one complete file: a single frame comes back as its queue entry
+        (``Offered``, for ``queued`` once it is sent), a CZI or multi-frame TIFF as a
+        ``Container``; a file rejected here returns 'rejected', one that vanished or changed
+        while it was read None."""
         placement = ready.placement
         path = placement.path
         limit = self.settings.capture.max_frame_bytes
         try:
             with open(path, "rb") as handle:
-                data = handle.read(limit + 1)
+                # One byte past the size it settled at shows growth; read(limit + 1) would
+                # allocate the whole limit (64 MiB) for every 20 KB frame (4x the read's time).
+                data = handle.read(min(ready.size, limit) + 1)
             st = path.stat()
         except FileNotFoundError:
             self.watcher.release(path)
@@ -231,17 +287,26 @@ class CaptureService:
             check_encoded(data, limit)
             frames = expand(data, self.settings)
             if frames.container:
-                return self.take_container(ready, data, frames)
+                return Container(ready, data, frames)
             (frame,) = frames
         except FrameRejected as exc:
             return self.reject(ready, data, exc.reason, exc.message)
         # No decoding and no quality control here: the worker decodes the frame once, for
         # both; a frame it rejects comes back through the archiver into quarantine.
         frame_id = frame_id_for(placement.specimen_id, placement.name, data)
-        extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
-        outcome = self.queue.enqueue(
+        entry = self.queue.entry(
             frame_id, placement.specimen_id, str(path), self.rig_id, data, time.time(),
             um_per_pixel=self.intake.scale_of(frame))
+        return Offered(ready, entry, len(data))
+
+    def queued(self, offered: Offered, outcome: str) -> str:
+        """Finish a file the queue answered for: 'new', 'queued' or 'stored' (archived at
+        once). Returns ``outcome``."""
+        ready = offered.ready
+        placement = ready.placement
+        path = placement.path
+        frame_id = offered.entry.frame_id
+        extra = {"frame_id": frame_id, "specimen_id": placement.specimen_id}
         if outcome == "stored":
             log.info("frame already has a result; archiving", extra=extra)
             record = Inflight(frame_id, str(path), self.rig_id, placement.specimen_id)
@@ -251,7 +316,8 @@ class CaptureService:
         self.watcher.taken(ready, frame_id)
         if outcome == "new":
             self.frames_queued += 1
-            log.info("frame queued", extra={**extra, "source": str(path), "bytes": len(data)})
+            log.info("frame queued", extra={**extra, "source": str(path),
+                                            "bytes": offered.size})
         else:
             log.info("frame already queued", extra=extra)
         return outcome

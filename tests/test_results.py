@@ -77,3 +77,27 @@ def test_outcome_counters_counted_once(redis_client: redis.Redis) -> None:
         "leukoscope_frames_rejected_total", {"rig": "rig-1", "reason": "truncated"}
     )[0][0]
     assert raw[key] == 1.0
+
+
+def test_batched_stores_and_enqueues_survive_a_server_that_lost_its_scripts(
+        redis_client: redis.Redis) -> None:
+    """Batches send EVALSHA alone (no SCRIPT EXISTS first): after SCRIPT FLUSH (what a
+    restarted Redis without the scripts is) every call of the batch still runs exactly once."""
+    from daemon.store.keys import GROUP, STREAM_KEY
+    from daemon.store.queue import FrameQueue
+
+    queue = FrameQueue(redis_client)
+    store = ResultStore(redis_client, STREAM_KEY, GROUP)
+    redis_client.script_flush()
+    outcomes = queue.enqueue_many([queue.entry(f"q{i}", "S1", f"/in/q{i}.jpg", "rig-1", b"x")
+                                   for i in range(3)])
+    assert outcomes == ["new", "new", "new"]
+    assert queue.backlog_seen == 3 == queue.backlog()
+    deliveries = queue.read("w", 10, 0)
+    redis_client.script_flush()
+    stored = store.store_many([(result(d.frame_id), d.entry_id) for d in deliveries]
+                              + [(result("q0"), None)])  # a duplicate in the same batch
+    assert stored == [True, True, True, False]
+    assert queue.backlog() == 0 and store.count() == 3
+    assert queue.enqueue_many([queue.entry("q1", "S1", "/in/q1.jpg", "rig-1", b"x")]) == [
+        "stored"]

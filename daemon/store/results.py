@@ -114,11 +114,9 @@ class ResultStore:
 
     def store_many(self, items: list[tuple[FrameResult, str | None]]) -> list[bool]:
         """``store`` for a worker's batch in one round trip: [(result, ack_entry)]."""
-        pipe = self.client.pipeline(transaction=False)
-        for result, ack_entry in items:
-            keys, args = self._script_call(result, ack_entry, ())
-            self._store(keys=keys, args=args, client=pipe)
-        return [bool(stored) for stored in pipe.execute()]
+        calls = [(self._store, *self._script_call(result, ack_entry, ()))
+                 for result, ack_entry in items]
+        return [bool(stored) for stored in scripts.run_many(self.client, calls)]
 
     def ack(self, entry_id: str) -> None:
         """Acknowledge and drop a queue entry whose frame already has a result."""
