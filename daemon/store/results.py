@@ -126,7 +126,9 @@ class ResultStore:
         pipe.execute()
 
     def existing(self, frame_ids: list[str]) -> set[str]:
-        """Which of ``frame_ids`` already have a result (one round trip)."""
+        """Which of ``frame_ids`` already have a result (one round trip; none for none)."""
+        if not frame_ids:
+            return set()
         pipe = self.client.pipeline(transaction=False)
         for frame_id in frame_ids:
             pipe.exists(RESULT_KEY.format(frame_id))

@@ -225,7 +225,12 @@ class Worker:
         groups of at most ``workers.max_batch_pixels`` pixels.
         """
         started = time.time()
-        done_already = self.store.existing([d.frame_id for d in batch])
+        # Only a redelivered frame can have a result already (stored by a worker that died
+        # before acknowledging): enqueue refuses a frame with a result, and a first delivery
+        # is the only one. So a batch of first deliveries (the steady state) spends no round
+        # trip here; should a frame be queued twice after all, the store's SET NX keeps its
+        # first result and acknowledges the second.
+        done_already = self.store.existing([d.frame_id for d in batch if d.deliveries > 1])
         fresh: list[Delivery] = []
         suspects: list[Delivery] = []
         for d in batch:
