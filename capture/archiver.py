@@ -20,7 +20,6 @@ from capture.mover import move_file, write_reason
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import frame_id_for
 from daemon.store.connection import Outage
-from daemon.store.keys import INFLIGHT_KEY, STORED_AT_KEY
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import LogEntry, ResultStore
 
@@ -153,12 +152,8 @@ class Archiver:
         if not done:
             return
         try:
-            pipe = self.queue.client.pipeline(transaction=False)
-            for record, target in done:
-                if target is not None:
-                    pipe.hset(STORED_AT_KEY, record.frame_id, str(target))
-            pipe.hdel(INFLIGHT_KEY, *(record.frame_id for record, _ in done))
-            pipe.execute()
+            self.queue.forget_moved([(record.frame_id, None if target is None else str(target))
+                                     for record, target in done])
         finally:
             for record, target in done:
                 if target is not None:

@@ -31,6 +31,7 @@ from daemon.store.keys import (
     METRICS_KEY,
     RESULT_KEY,
     SOLO_KEY,
+    STORED_AT_KEY,
     STREAM_KEY,
 )
 
@@ -271,6 +272,19 @@ class FrameQueue:
             out.append(None if info is None else
                        Inflight(frame_id, info["path"], info["rig"], info["specimen"]))
         return out
+
+    def forget_moved(self, moved: list[tuple[str, str | None]]) -> None:
+        """Capture moved these frames' originals, [(frame_id, where to, or None: not moved)]:
+        record where each went (a result's ``archived_path``) and forget their in-flight
+        records, in one round trip."""
+        if not moved:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for frame_id, target in moved:
+            if target is not None:
+                pipe.hset(STORED_AT_KEY, frame_id, target)
+        pipe.hdel(INFLIGHT_KEY, *(frame_id for frame_id, _ in moved))
+        pipe.execute()
 
     def forget(self, frame_id: str) -> None:
         """Drop the in-flight record once the original file is archived or quarantined."""
