@@ -172,10 +172,6 @@ class ResultStore:
         result.archived_path = moved_to.decode() if moved_to else None
         return result
 
-    def record_moved(self, frame_id: str, path: str) -> None:
-        """Capture moved the frame's original to ``path`` (shown as ``archived_path``)."""
-        self.client.hset(STORED_AT_KEY, frame_id, path)
-
     def count(self) -> int:
         return int(self.client.xlen(LOG_KEY))
 
