@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -20,11 +21,26 @@ from daemon.domain.results import FrameResult
 from daemon.imaging.frames import frame_id_for
 from daemon.store.connection import Outage
 from daemon.store.queue import FrameQueue, Inflight
-from daemon.store.results import ResultStore
+from daemon.store.results import LogEntry, ResultStore
 
 log = logging.getLogger(__name__)
 
 REASON_SUFFIX = ".reason.txt"
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the move of a finished frame's original needs to know of its result."""
+
+    status: str | None  # None: no result found (archived, as done frames are)
+    reason: str | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, result: FrameResult | None) -> Finished:
+        if result is None:
+            return cls(None)
+        return cls(result.status, result.reason, result.error)
 
 
 class Archiver:
@@ -80,42 +96,69 @@ class Archiver:
         return frame_id_for(record.specimen_id, path.name, data) == record.frame_id
 
     def finish(self, record: Inflight, result: FrameResult | None) -> None:
-        """Move the original of a frame whose ``result`` is stored, then forget the record."""
+        """Move the original of a frame whose ``result`` is stored, then forget the record
+        (OSError, the record kept, when the file could not be moved)."""
+        self._settle([self._move(record, Finished.of(result))])
+
+    def finish_many(self, items: list[tuple[Inflight, Finished]]) -> None:
+        """``finish`` for a batch of the results log: each file is moved, then where each
+        went is recorded and every record forgotten in one Redis round trip (capture spent
+        four round trips per frame on this; a 224x224 frame is analysed in ~15 ms of CPU). A
+        file that cannot be moved is logged and keeps its record: the next reconcile
+        retries it."""
+        done = []
+        for record, finished in items:
+            try:
+                done.append(self._move(record, finished))
+            except OSError as exc:
+                log.error("could not move a finished frame; the next reconcile retries",
+                          extra={"frame_id": record.frame_id, "error": str(exc)})
+        self._settle(done)
+
+    def _move(self, record: Inflight, finished: Finished) -> tuple[Inflight, Path | None]:
+        """Move the original to the archive (done, failed) or quarantine (rejected); returns
+        the record and where the file went (None: not moved, nothing to move)."""
         path = Path(record.path)
         extra = {"frame_id": record.frame_id, "specimen_id": record.specimen_id}
-        moved = False
         with self.lock:
-            if path.is_file() and self._belongs(path, record):
-                if result is not None and result.status == "rejected":
-                    target = move_file(
-                        path, self.quarantine_dir / record.specimen_id, path.name,
-                        companion=REASON_SUFFIX,
-                        before=lambda t: write_reason(
-                            t, result.reason or "rejected", result.error or "", str(path),
-                            record.frame_id),
-                    )
-                    self.quarantined += 1
-                    log.warning("frame quarantined", extra={
-                        **extra, "reason": result.reason, "target": str(target)})
+            if not (path.is_file() and self._belongs(path, record)):
+                if path.exists():
+                    log.warning("file changed since it was queued; left in the inbox",
+                                extra={**extra, "source": str(path)})
                 else:
-                    target = move_file(path, self.archive_dir / record.specimen_id, path.name)
-                    self.archived += 1
-                    log.info("frame archived", extra={
-                        **extra, "status": result.status if result else None,
-                        "target": str(target)})
-                moved = True
-                try:
-                    ResultStore(self.queue.client).record_moved(record.frame_id, str(target))
-                except Exception:  # the move is done; only the pointer to it is missing
-                    log.warning("could not record where the original went", extra=extra)
-            elif path.exists():
-                log.warning("file changed since it was queued; left in the inbox",
-                            extra={**extra, "source": str(path)})
+                    log.info("original already gone", extra={**extra, "source": str(path)})
+                return record, None
+            if finished.status == "rejected":
+                target = move_file(
+                    path, self.quarantine_dir / record.specimen_id, path.name,
+                    companion=REASON_SUFFIX,
+                    before=lambda t: write_reason(
+                        t, finished.reason or "rejected", finished.error or "", str(path),
+                        record.frame_id),
+                )
+                self.quarantined += 1
+                log.warning("frame quarantined", extra={
+                    **extra, "reason": finished.reason, "target": str(target)})
             else:
-                log.info("original already gone", extra={**extra, "source": str(path)})
-            self.queue.forget(record.frame_id)
-        if moved:
-            self.on_moved(path)
+                target = move_file(path, self.archive_dir / record.specimen_id, path.name)
+                self.archived += 1
+                log.info("frame archived", extra={
+                    **extra, "status": finished.status, "target": str(target)})
+        return record, target
+
+    def _settle(self, done: list[tuple[Inflight, Path | None]]) -> None:
+        """Record where moved originals went (``archived_path``) and forget the records, in
+        one round trip; the in-flight records go only now, after their files moved."""
+        if not done:
+            return
+        try:
+            self.results.record_moved([(record.frame_id, str(target))
+                                       for record, target in done if target is not None])
+            self.queue.forget_many([record.frame_id for record, _ in done])
+        finally:
+            for record, target in done:
+                if target is not None:
+                    self.on_moved(Path(record.path))
 
     # --- finding frames to finish -------------------------------------------------------
     def reconcile(self) -> int:
@@ -128,13 +171,22 @@ class Archiver:
                 done += 1
         return done
 
-    def handle(self, frame_id: str) -> bool:
-        """A result for ``frame_id`` was stored: finish it if this rig queued it."""
-        record = self.queue.inflight_of(frame_id)
-        if record is None or record.rig_id != self.rig_id:
-            return False
-        self.finish(record, self.results.get(frame_id))
-        return True
+    def handle(self, entries: list[LogEntry]) -> int:
+        """Results were stored for ``entries`` (of the results log): finish those this rig
+        queued, with one round trip for their records; returns how many."""
+        if not entries:
+            return 0
+        records = self.queue.inflight_many([e.frame_id for e in entries])
+        mine: list[tuple[Inflight, Finished]] = []
+        for entry, record in zip(entries, records, strict=True):
+            if record is None or record.rig_id != self.rig_id:
+                continue
+            if entry.status == "rejected":  # the reason note needs the result (rare)
+                mine.append((record, Finished.of(self.results.get(entry.frame_id))))
+            else:  # archived: the log entry's status is all the move needs
+                mine.append((record, Finished(entry.status)))
+        self.finish_many(mine)
+        return len(mine)
 
     def follow(self, cursor: str, stopping: threading.Event, block_ms: int = 500) -> None:
         """Tail the results log from ``cursor`` until ``stopping`` is set."""
@@ -146,14 +198,12 @@ class Archiver:
             except redis.RedisError as exc:
                 stopping.wait(outage.failed(exc))
                 continue
-            for entry in entries:
-                try:
-                    if not entry.rig or entry.rig == self.rig_id:
-                        self.handle(entry.frame_id)
-                except redis.RedisError as exc:
-                    stopping.wait(outage.failed(exc))
-                    break  # the cursor stays before this entry: it is handled again
-                except OSError as exc:
-                    log.error("could not move a finished frame; the next reconcile retries",
-                              extra={"frame_id": entry.frame_id, "error": str(exc)})
-                cursor = entry.cursor
+            try:
+                self.handle([e for e in entries if not e.rig or e.rig == self.rig_id])
+            except redis.RedisError as exc:
+                # The cursor stays before these entries: they are handled again (a file
+                # already moved is "already gone" then, and its record is forgotten).
+                stopping.wait(outage.failed(exc))
+                continue
+            if entries:
+                cursor = entries[-1].cursor

@@ -144,8 +144,8 @@ def test_where_the_original_went_costs_a_few_bytes_of_the_result(
         return sum(redis_client.memory_usage(key, samples=0) or 0 for key in keys)
 
     before = used()
-    for item in stored:
-        store.record_moved(item.frame_id, f"/data/archive/S1/{item.frame_id}.jpg")
+    store.record_moved([(item.frame_id, f"/data/archive/S1/{item.frame_id}.jpg")
+                        for item in stored])
     grown = (used() - before) / len(stored)
     assert grown < 30, grown
     assert store.get(stored[7].frame_id).archived_path == f"/data/archive/S1/{'7'.zfill(24)}.jpg"
@@ -160,7 +160,7 @@ def test_a_result_stored_as_plain_json_before_is_located_as_before(
     store = ResultStore(redis_client)
     old = analysed("fedcba9876543210fedcba98")
     redis_client.set(RESULT_KEY.format(old.frame_id), old.to_json())  # as stored before
-    store.record_moved(old.frame_id, "/data/archive/S1/old.jpg")
+    store.record_moved([(old.frame_id, "/data/archive/S1/old.jpg")])
     assert store.get(old.frame_id).archived_path == "/data/archive/S1/old.jpg"
     assert redis_client.get(RESULT_KEY.format(old.frame_id)) == old.to_json().encode()
 
@@ -189,3 +189,27 @@ def test_redis_memory_is_summed_by_the_key_names_of_the_schema(
     assert by_key[RESULT_KEY] == sum(
         redis_client.memory_usage(RESULT_KEY.format(f"m{i}"), samples=0) for i in range(3))
     assert {SPECIMEN_FRAMES_KEY, LOG_KEY} <= set(by_key)
+
+
+def test_batched_stores_and_enqueues_survive_a_server_that_lost_its_scripts(
+        redis_client: redis.Redis) -> None:
+    """Batches send EVALSHA alone (no SCRIPT EXISTS first): after SCRIPT FLUSH (what a
+    restarted Redis without the scripts is) every call of the batch still runs exactly once."""
+    from daemon.store.keys import GROUP, STREAM_KEY
+    from daemon.store.queue import FrameQueue
+
+    queue = FrameQueue(redis_client)
+    store = ResultStore(redis_client, STREAM_KEY, GROUP)
+    redis_client.script_flush()
+    outcomes = queue.enqueue_many([queue.entry(f"q{i}", "S1", f"/in/q{i}.jpg", "rig-1", b"x")
+                                   for i in range(3)])
+    assert outcomes == ["new", "new", "new"]
+    assert queue.backlog_seen == 3 == queue.backlog()
+    deliveries = queue.read("w", 10, 0)
+    redis_client.script_flush()
+    stored = store.store_many([(result(d.frame_id), d.entry_id) for d in deliveries]
+                              + [(result("q0"), None)])  # a duplicate in the same batch
+    assert stored == [True, True, True, False]
+    assert queue.backlog() == 0 and store.count() == 3
+    assert queue.enqueue_many([queue.entry("q1", "S1", "/in/q1.jpg", "rig-1", b"x")]) == [
+        "stored"]

@@ -85,6 +85,28 @@ def test_restarted_worker_first_finishes_what_it_held(settings: Settings) -> Non
     assert [store.get(i).status for i in ids] == ["done"] * 3
 
 
+def test_a_frame_queued_twice_gets_one_result_counted_once(settings: Settings) -> None:
+    """First deliveries are not looked up for an earlier result (no round trip per batch):
+    a frame that still got queued twice (its in-flight record dropped meanwhile) keeps its
+    first result, is counted once, and both entries leave the stream."""
+    from daemon.store import counters, keys
+
+    worker = Worker(settings, "t-w0")
+    (frame_id,) = enqueue(worker.queue, 1)
+    worker.queue.forget(frame_id)
+    assert worker.queue.enqueue(frame_id, "S1", "/in/S1/0.jpg", "rig-1",
+                                synthetic_jpeg(0)) == "new"
+    assert worker.queue.backlog() == 2
+    while worker.step(block_ms=100):
+        pass
+    worker.flush()
+    assert worker.queue.backlog() == 0 and worker.queue.pending() == 0
+    assert worker.frames_done == 1 and ResultStore(worker.client).count() == 1
+    ((field, _),) = counters.counter("leukoscope_frames_processed_total",
+                                     {"rig": "rig-1", "outcome": "done"})
+    assert float(worker.client.hget(keys.METRICS_KEY, field)) == 1.0
+
+
 class Crash(BaseException):
     """Stands for the death of a worker process mid-batch: nothing is stored or acknowledged
     and the exception is not caught by the worker's own handlers."""

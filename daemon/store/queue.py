@@ -56,6 +56,16 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class QueueEntry:
+    """A frame's queue entry before it is sent (``FrameQueue.entry``)."""
+
+    frame_id: str
+    keys: list
+    args: list
+    ref: str | None  # its bytes in the frame store; None: inline
+
+
+@dataclass(frozen=True)
 class Inflight:
     frame_id: str
     path: str
@@ -73,6 +83,8 @@ class FrameQueue:
         self.inline_max_bytes = inline_max_bytes
         self._enqueue = client.register_script(scripts.ENQUEUE)
         self._admit = client.register_script(scripts.ADMIT)
+        #: the stream's length right after this queue's last 'new' frame (``enqueue``)
+        self.backlog_seen = 0
         self.ensure_group()
 
     @classmethod
@@ -101,9 +113,30 @@ class FrameQueue:
         qc_done: bool = False,
     ) -> str:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'.
+        After 'new', ``backlog_seen`` is the backlog that includes it.
 
         ``qc_done``: quality control already ran (the worker then skips it).
         """
+        (outcome,) = self.enqueue_many([self.entry(
+            frame_id, specimen_id, source, rig_id, data, captured_at, um_per_pixel, metadata,
+            qc_done)])
+        return outcome
+
+    def entry(
+        self,
+        frame_id: str,
+        specimen_id: str,
+        source: str,
+        rig_id: str,
+        data: bytes,
+        captured_at: float | None = None,
+        um_per_pixel: float | None = None,
+        metadata: dict[str, str] | None = None,
+        qc_done: bool = False,
+    ) -> QueueEntry:
+        """A frame ready for ``enqueue_many`` (arguments as ``enqueue``). Bytes above
+        ``inline_max_bytes`` are written to the frame store here (OSError), before the entry
+        that names them exists: a worker that reads the entry finds the file."""
         captured = time.time() if captured_at is None else captured_at
         inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
         ((field_name, _),) = counters.counter("leukoscope_frames_captured_total", {"rig": rig_id})
@@ -117,7 +150,6 @@ class FrameQueue:
         ref = None
         if (self.frames is not None and self.inline_max_bytes is not None
                 and len(data) > self.inline_max_bytes):
-            # Before the entry exists: a worker that reads the entry finds the file.
             ref = self.frames.put(frame_id, data)
             fields["data_ref"] = ref
         else:
@@ -132,16 +164,35 @@ class FrameQueue:
         for key, value in fields.items():
             args.extend((key, value))
         keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
+        return QueueEntry(frame_id, keys, args, ref)
+
+    def enqueue_many(self, entries: list[QueueEntry]) -> list[str]:
+        """Queue ``entries`` (from ``entry``) in one round trip, in order; each answer as
+        ``enqueue``'s. Capture offers a burst of files this way rather than a round trip
+        each."""
         try:
-            outcome = self._enqueue(keys=keys, args=args).decode()
+            replies = scripts.run_many(self.client, [(self._enqueue, e.keys, e.args)
+                                                     for e in entries])
         except BaseException:
-            if ref is not None:  # nothing names it (or, at worst, the janitor decides)
-                self._drop(ref, frame_id)
+            for e in entries:
+                if e.ref is not None:  # nothing names it (or, at worst, the janitor decides)
+                    self._drop(e.ref, e.frame_id)
             raise
-        if ref is not None and outcome == "stored":
-            # The frame has its result; its worker deleted (or will delete) the bytes.
-            self.frames.delete(ref)  # type: ignore[union-attr]
-        return outcome
+        outcomes = []
+        for e, reply in zip(entries, replies, strict=True):
+            if isinstance(reply, list):  # 'new', and the backlog with it
+                outcome, self.backlog_seen = reply[0].decode(), int(reply[1])
+            else:
+                outcome = reply.decode()
+            if e.ref is not None and outcome == "stored":
+                # The frame has its result; its worker deleted (or will delete) the bytes.
+                try:
+                    self.frames.delete(e.ref)  # type: ignore[union-attr]
+                except OSError:  # the janitor's (store/frames.py sweep), as in release()
+                    log.warning("could not delete a stored frame; housekeeping will",
+                                extra={"frame_id": e.frame_id, "ref": e.ref})
+            outcomes.append(outcome)
+        return outcomes
 
     def _drop(self, ref: str, frame_id: str) -> None:
         """Delete a stored frame that no queue entry may name. Redis failed mid-enqueue: the
@@ -208,6 +259,23 @@ class FrameQueue:
             return None
         info = json.loads(raw)
         return Inflight(frame_id, info["path"], info["rig"], info["specimen"])
+
+    def inflight_many(self, frame_ids: list[str]) -> list[Inflight | None]:
+        """``inflight_of`` for many frames in one round trip, in order."""
+        if not frame_ids:
+            return []
+        out: list[Inflight | None] = []
+        for frame_id, raw in zip(frame_ids, self.client.hmget(INFLIGHT_KEY, frame_ids),
+                                 strict=True):
+            info = None if raw is None else json.loads(raw)
+            out.append(None if info is None else
+                       Inflight(frame_id, info["path"], info["rig"], info["specimen"]))
+        return out
+
+    def forget_many(self, frame_ids: list[str]) -> None:
+        """Drop the in-flight records of originals capture has finished, in one round trip."""
+        if frame_ids:
+            self.client.hdel(INFLIGHT_KEY, *frame_ids)
 
     def forget(self, frame_id: str) -> None:
         """Drop the in-flight record once the original file is archived or quarantined."""

@@ -181,11 +181,9 @@ class ResultStore:
 
     def store_many(self, items: list[tuple[FrameResult, str | None]]) -> list[bool]:
         """``store`` for a worker's batch in one round trip: [(result, ack_entry)]."""
-        pipe = self.client.pipeline(transaction=False)
-        for result, ack_entry in items:
-            keys, args = self._script_call(result, ack_entry, ())
-            self._store(keys=keys, args=args, client=pipe)
-        return [bool(stored) for stored in pipe.execute()]
+        calls = [(self._store, *self._script_call(result, ack_entry, ()))
+                 for result, ack_entry in items]
+        return [bool(stored) for stored in scripts.run_many(self.client, calls)]
 
     def ack(self, entry_id: str) -> None:
         """Acknowledge and drop a queue entry whose frame already has a result."""
@@ -195,7 +193,9 @@ class ResultStore:
         pipe.execute()
 
     def existing(self, frame_ids: list[str]) -> set[str]:
-        """Which of ``frame_ids`` already have a result (one round trip)."""
+        """Which of ``frame_ids`` already have a result (one round trip; none for none)."""
+        if not frame_ids:
+            return set()
         pipe = self.client.pipeline(transaction=False)
         for frame_id in frame_ids:
             pipe.exists(RESULT_KEY.format(frame_id))
@@ -240,25 +240,30 @@ class ResultStore:
             result.archived_path = moved_to.decode()
         return result
 
-    def record_moved(self, frame_id: str, path: str) -> None:
-        """Capture moved the frame's original to ``path``: it becomes the stored result's
-        ``archived_path``. In the value itself, where deflate finds most of the path in
-        ``source`` (a few bytes), rather than an entry of its own in ``STORED_AT_KEY``
-        (about 130 bytes a result). Rewritten as JSON, not through this process's model,
-        so fields only a newer worker knows are kept. Only capture writes a stored result
-        again, once, after the worker's SET NX; XX leaves a result trimmed meanwhile gone.
-        """
-        key = RESULT_KEY.format(frame_id)
-        raw = self.client.get(key)
-        if raw is None:
-            return  # trimmed (retention) before its original was moved
-        if raw[:1] != _DEFLATE_V1:  # plain JSON, stored before: located as it was then
-            self.client.hset(STORED_AT_KEY, frame_id, path)
+    def record_moved(self, moved: list[tuple[str, str]]) -> None:
+        """Capture moved these frames' originals, [(frame_id, path)]: each path becomes the
+        stored result's ``archived_path``. In the value itself, where deflate finds most of
+        the path in ``source`` (a few bytes), rather than an entry of its own in
+        ``STORED_AT_KEY`` (about 130 bytes a result). Rewritten as JSON, not through this
+        process's model, so fields only a newer worker knows are kept. Only capture writes a
+        stored result again, once, after the worker's SET NX; XX leaves a result trimmed
+        meanwhile gone. Two round trips for a whole batch of the archiver."""
+        if not moved:
             return
-        data = json.loads(_inflate(raw))
-        data["archived_path"] = path
-        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
-        self.client.set(key, _deflate(text), xx=True)
+        keys = [RESULT_KEY.format(frame_id) for frame_id, _ in moved]
+        values = self.client.mget(keys)
+        pipe = self.client.pipeline(transaction=False)
+        for key, (frame_id, path), raw in zip(keys, moved, values, strict=True):
+            if raw is None:
+                continue  # trimmed (retention) before its original was moved
+            if raw[:1] != _DEFLATE_V1:  # plain JSON, stored before: located as it was then
+                pipe.hset(STORED_AT_KEY, frame_id, path)
+                continue
+            data = json.loads(_inflate(raw))
+            data["archived_path"] = path
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+            pipe.set(key, _deflate(text), xx=True)
+        pipe.execute()
 
     def count(self) -> int:
         return int(self.client.xlen(LOG_KEY))

@@ -7,7 +7,13 @@ specimen completes once. Register a script per client with ``client.register_scr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib.resources import files
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 
 def _read(name: str) -> str:
@@ -23,3 +29,33 @@ ADMIT_RIGS = _read("admit_rigs")
 FOLD_FIELDS = _read("fold_fields")
 REVIEW_CELL = _read("review_cell")
 VERIFY_SPECIMEN = _read("verify_specimen")
+
+
+def run_many(client: redis.Redis, calls: Sequence[tuple[Script, list, list]]) -> list[Any]:
+    """The replies of several script calls [(script, keys, args)], sent in one round trip.
+
+    redis-py's pipelines send SCRIPT EXISTS before every execute that holds a script call: a
+    second round trip per batch. Here a script is loaded only when the server answers
+    NOSCRIPT (a restarted Redis); those calls did not run, so they are sent again. Any other
+    error is raised once every call has run, as a pipeline does.
+    """
+    replies = _send(client, calls)
+    missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        for script in {id(calls[i][0]): calls[i][0] for i in missing}.values():
+            client.script_load(script.script)
+        for i, reply in zip(missing, _send(client, [calls[i] for i in missing]), strict=True):
+            replies[i] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+def _send(client: redis.Redis, calls: Sequence[tuple[Script, list, list]]) -> list[Any]:
+    if not calls:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    return pipe.execute(raise_on_error=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import logging
 import os
@@ -30,7 +31,7 @@ from daemon.domain.limits import PHYSICAL_UM_PER_PIXEL, valid_um_per_pixel
 from daemon.domain.results import AcquisitionInfo, FrameResult, ScaleInfo
 from daemon.imaging.frames import Decoded, FrameRejected, decode_reduced
 from daemon.imaging.quality import assess
-from daemon.inference.analyzer import Analyzer
+from daemon.inference.analyzer import Analyzer, FrameAnalysis
 from daemon.inference.gpu import gpu_stats
 from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
@@ -42,7 +43,9 @@ from daemon.store.results import ResultStore
 
 log = logging.getLogger(__name__)
 
-Outcome = tuple[Delivery, FrameResult]  # a frame and the result to store for it
+# A frame and the result to store for it, or the call that makes that result: an analysed
+# frame's result is built on the store thread, off the critical path of the next batch.
+Outcome = tuple[Delivery, FrameResult | Callable[[], FrameResult]]
 
 #: after a chunk of at least this many pixels, freed memory is given back to the OS
 #: (glibc keeps it otherwise: a worker stayed at 962 MB after one 2000x2000 frame)
@@ -225,7 +228,12 @@ class Worker:
         groups of at most ``workers.max_batch_pixels`` pixels.
         """
         started = time.time()
-        done_already = self.store.existing([d.frame_id for d in batch])
+        # Only a redelivered frame can have a result already (stored by a worker that died
+        # before acknowledging): enqueue refuses a frame with a result, and a first delivery
+        # is the only one. So a batch of first deliveries (the steady state) spends no round
+        # trip here; should a frame be queued twice after all, the store's SET NX keeps its
+        # first result and acknowledges the second.
+        done_already = self.store.existing([d.frame_id for d in batch if d.deliveries > 1])
         fresh: list[Delivery] = []
         suspects: list[Delivery] = []
         for d in batch:
@@ -447,24 +455,25 @@ class Worker:
                 **prep_ms[i],
                 **analysis.timings_ms,
             }
-            described = self.analyzer.describe(analysis, scales[i], acquisitions[i])
-            # Cells were found at the models' scale; report them in the frame's own pixels.
-            described["cells"] = self.analyzer.rescaler.to_frame(
-                described["cells"], scales[i].factor)
-            result = self._result(
-                d,
-                "done",
-                timings_ms={k: round(v, 3) for k, v in timings.items()},
-                **described,
-            )
-            for name, ms in timings.items():
-                telemetry.observe("leukoscope_stage_seconds", ms / 1000, {"stage": name})
-            outcomes.append((d, result))
+            outcomes.append((d, functools.partial(
+                self._done, d, analysis, scales[i], acquisitions[i], timings)))
         return outcomes
 
-    def _store_all(
-        self, outcomes: list[Outcome]
-    ) -> None:
+    def _done(self, d: Delivery, analysis: FrameAnalysis, scale: ScaleInfo,
+              acquisition: AcquisitionInfo | None, timings: dict[str, float]) -> FrameResult:
+        """The result of an analysed frame (on the store thread: describing the cells,
+        building the result and observing its timings cost ~0.1 ms of a 224x224 frame's
+        ~12 ms on the thread that analyses)."""
+        described = self.analyzer.describe(analysis, scale, acquisition)
+        # Cells were found at the models' scale; report them in the frame's own pixels.
+        described["cells"] = self.analyzer.rescaler.to_frame(described["cells"], scale.factor)
+        for name, ms in timings.items():
+            telemetry.observe("leukoscope_stage_seconds", ms / 1000, {"stage": name})
+        return self._result(d, "done", timings_ms={k: round(v, 3) for k, v in timings.items()},
+                            **described)
+
+    def _store_all(self, pending: list[Outcome]) -> None:
+        outcomes = [(d, result() if callable(result) else result) for d, result in pending]
         # completed_at is when the result is stored, so leukoscope_frame_latency_seconds
         # (completed_at - captured_at) includes the wait for the previous batch's store.
         stamp = time.time()

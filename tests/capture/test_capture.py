@@ -219,6 +219,34 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
                      what=f"{path.name} archived")
 
 
+def test_a_burst_is_queued_once_in_order_and_archived_with_its_paths(
+        client, inbox, make_settings, running):
+    """More files than one enqueue batch (capture.service.ENQUEUE_BATCH) and one archiver
+    batch: each queued once, oldest first, and each original archived, its archived_path
+    recorded and its in-flight record gone."""
+    from capture.service import ENQUEUE_BATCH
+
+    settings = make_settings()
+    count = ENQUEUE_BATCH + 8
+    paths = [drop(inbox / "S7", f"b{i:03d}.jpg", frame_bytes(100 + i)) for i in range(count)]
+    for age, path in enumerate(paths):
+        os.utime(path, (time.time() - 100 + age, time.time() - 100 + age))
+    with running(settings):
+        wait_for(lambda: len(entries(client)) == count, what="the burst queued")
+        assert [e["source"] for e in entries(client)] == [str(p) for p in paths]
+        assert len(complete(client, limit=count)) == count
+        for path in paths:
+            wait_for(lambda p=path: not p.exists(), what=f"{path.name} moved")
+        wait_for(lambda: client.hlen(keys.INFLIGHT_KEY) == 0, what="records forgotten")
+    store = ResultStore(client)
+    for path, data in zip(paths, (frame_bytes(100 + i) for i in range(count)), strict=True):
+        stored = store.get(frame_id_for("S7", path.name, data))
+        assert stored is not None
+        assert stored.archived_path == str(settings.archive_dir / "S7" / path.name)
+        assert Path(stored.archived_path).read_bytes() == data
+    assert len(entries(client)) == 0
+
+
 def test_backpressure_counts_a_containers_pages(client, inbox, make_settings, running):
     """max_backlog 4: a 3-page TIFF is 3 frames of backlog, so one JPEG after it fits and the
     next waits (counting files, capture took both: 5 frames)."""
