@@ -38,15 +38,7 @@ MIN_BLOBS = 6
 MIN_CONTRAST = 4.0
 _SIGMA0 = 1.2
 _STEPS_PER_OCTAVE = 6
-#: Violet ((R + B) / 2 - G) from which a pixel may be a white-cell nucleus ...
 _NUCLEUS_VIOLET = 35.0
-#: ... and by how much it must exceed the field's typical stained pixel (mostly red cells).
-#: A stain or white balance a few degrees bluer than ours makes red cells violet enough for a
-#: fixed threshold: blanked, they stopped voting and the ruler read 10 % of fields short
-#: under a -8 degree hue shift. Nuclei stay the field's violet outliers whatever the stain.
-_NUCLEUS_ABOVE_STAIN = 30.0
-#: Darkness (grey levels) from which a pixel counts as stained for that typical violet.
-_STAINED = 15.0
 
 
 @dataclass(frozen=True)
@@ -73,9 +65,8 @@ NOISY = 2.0
 
 def darkness(image_rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) float32: background grey (95th percentile) minus grey,
-    clipped at 0, with violet white-cell nuclei (and a 1-px rim) set to 0: pixels at least
-    ``_NUCLEUS_VIOLET`` violet and ``_NUCLEUS_ABOVE_STAIN`` more violet than the median stained
-    pixel. A noisy field is smoothed first (Gaussian, sigma 1 px)."""
+    clipped at 0, with violet white-cell nuclei (and a 1-px rim) set to 0. A noisy field is
+    smoothed first (Gaussian, sigma 1 px)."""
     grey8 = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2GRAY)
     median = cv2.medianBlur(grey8, 3)
     if np.median(cv2.absdiff(grey8, median)) >= NOISY:
@@ -85,10 +76,7 @@ def darkness(image_rgb: np.ndarray) -> np.ndarray:
     background = float(np.percentile(grey[:: 2, :: 2], 95))
     dark = np.clip(background - grey, 0, None)
     rgb = image_rgb.astype(np.float32)
-    violet = (rgb[..., 0] + rgb[..., 2]) * 0.5 - rgb[..., 1]
-    stained = dark > _STAINED
-    typical = float(np.median(violet[stained])) if stained.any() else 0.0
-    nucleus = (violet >= max(_NUCLEUS_VIOLET, typical + _NUCLEUS_ABOVE_STAIN)).astype(np.uint8)
+    nucleus = ((rgb[..., 0] + rgb[..., 2]) * 0.5 - rgb[..., 1] >= _NUCLEUS_VIOLET).astype(np.uint8)
     dark[cv2.dilate(nucleus, np.ones((3, 3), np.uint8)) > 0] = 0
     return dark
 
