@@ -221,13 +221,10 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
 
 def test_a_burst_is_queued_once_in_order_and_archived_with_its_paths(
         client, inbox, make_settings, running):
-    """More files than one enqueue batch (capture.service.ENQUEUE_BATCH) and one archiver
-    batch: each queued once, oldest first, and each original archived, its archived_path
-    recorded and its in-flight record gone."""
-    from capture.service import ENQUEUE_BATCH
-
+    """A burst of 40 files, more than one archiver batch: each queued once, oldest first,
+    and each original archived, its archived_path recorded and its in-flight record gone."""
     settings = make_settings()
-    count = ENQUEUE_BATCH + 8
+    count = 40
     paths = [drop(inbox / "S7", f"b{i:03d}.jpg", frame_bytes(100 + i)) for i in range(count)]
     for age, path in enumerate(paths):
         os.utime(path, (time.time() - 100 + age, time.time() - 100 + age))
