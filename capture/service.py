@@ -170,8 +170,9 @@ class CaptureService:
                 self._set_state("paused_backpressure", self.queue.backlog())
                 return False
             if outcome == "new":
-                # frames, not files: a multi-page TIFF or a CZI queued one frame per page
-                backlog = self.queue.backlog()
+                # frames, not files: a multi-page TIFF or a CZI queued one frame per page;
+                # the queue's length as its last enqueue left it, with no XLEN more
+                backlog = self.queue.backlog_seen
         return True
 
     def take_safely(self, ready: Ready) -> str | None:
