@@ -193,16 +193,17 @@ def test_redis_memory_is_summed_by_the_key_names_of_the_schema(
 
 def test_batched_stores_and_enqueues_survive_a_server_that_lost_its_scripts(
         redis_client: redis.Redis) -> None:
-    """Batches send EVALSHA alone (no SCRIPT EXISTS first): after SCRIPT FLUSH (what a
-    restarted Redis without the scripts is) every call of the batch still runs exactly once."""
+    """Script calls go as EVALSHA alone (no SCRIPT EXISTS first): after SCRIPT FLUSH (what
+    a restarted Redis without the scripts is) every enqueue and every store of a batch still
+    runs exactly once."""
     from daemon.store.keys import GROUP, STREAM_KEY
     from daemon.store.queue import FrameQueue
 
     queue = FrameQueue(redis_client)
     store = ResultStore(redis_client, STREAM_KEY, GROUP)
     redis_client.script_flush()
-    outcomes = queue.enqueue_many([queue.entry(f"q{i}", "S1", f"/in/q{i}.jpg", "rig-1", b"x")
-                                   for i in range(3)])
+    outcomes = [queue.enqueue(f"q{i}", "S1", f"/in/q{i}.jpg", "rig-1", b"x")
+                for i in range(3)]
     assert outcomes == ["new", "new", "new"]
     assert queue.backlog_seen == 3 == queue.backlog()
     deliveries = queue.read("w", 10, 0)
@@ -211,5 +212,4 @@ def test_batched_stores_and_enqueues_survive_a_server_that_lost_its_scripts(
                               + [(result("q0"), None)])  # a duplicate in the same batch
     assert stored == [True, True, True, False]
     assert queue.backlog() == 0 and store.count() == 3
-    assert queue.enqueue_many([queue.entry("q1", "S1", "/in/q1.jpg", "rig-1", b"x")]) == [
-        "stored"]
+    assert queue.enqueue("q1", "S1", "/in/q1.jpg", "rig-1", b"x") == "stored"

@@ -56,16 +56,6 @@ class Delivery:
 
 
 @dataclass(frozen=True)
-class QueueEntry:
-    """A frame's queue entry before it is sent (``FrameQueue.entry``)."""
-
-    frame_id: str
-    keys: list
-    args: list
-    ref: str | None  # its bytes in the frame store; None: inline
-
-
-@dataclass(frozen=True)
 class Inflight:
     frame_id: str
     path: str
@@ -115,28 +105,10 @@ class FrameQueue:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'.
         After 'new', ``backlog_seen`` is the backlog that includes it.
 
-        ``qc_done``: quality control already ran (the worker then skips it).
+        ``qc_done``: quality control already ran (the worker then skips it). Bytes above
+        ``inline_max_bytes`` are written to the frame store first (OSError), before the entry
+        that names them exists: a worker that reads the entry finds the file.
         """
-        (outcome,) = self.enqueue_many([self.entry(
-            frame_id, specimen_id, source, rig_id, data, captured_at, um_per_pixel, metadata,
-            qc_done)])
-        return outcome
-
-    def entry(
-        self,
-        frame_id: str,
-        specimen_id: str,
-        source: str,
-        rig_id: str,
-        data: bytes,
-        captured_at: float | None = None,
-        um_per_pixel: float | None = None,
-        metadata: dict[str, str] | None = None,
-        qc_done: bool = False,
-    ) -> QueueEntry:
-        """A frame ready for ``enqueue_many`` (arguments as ``enqueue``). Bytes above
-        ``inline_max_bytes`` are written to the frame store here (OSError), before the entry
-        that names them exists: a worker that reads the entry finds the file."""
         captured = time.time() if captured_at is None else captured_at
         inflight = json.dumps({"path": source, "rig": rig_id, "specimen": specimen_id})
         ((field_name, _),) = counters.counter("leukoscope_frames_captured_total", {"rig": rig_id})
@@ -164,35 +136,24 @@ class FrameQueue:
         for key, value in fields.items():
             args.extend((key, value))
         keys = [RESULT_KEY.format(frame_id), INFLIGHT_KEY, STREAM_KEY, METRICS_KEY]
-        return QueueEntry(frame_id, keys, args, ref)
-
-    def enqueue_many(self, entries: list[QueueEntry]) -> list[str]:
-        """Queue ``entries`` (from ``entry``) in one round trip, in order; each answer as
-        ``enqueue``'s. Capture offers a burst of files this way rather than a round trip
-        each."""
         try:
-            replies = scripts.run_many(self.client, [(self._enqueue, e.keys, e.args)
-                                                     for e in entries])
+            (reply,) = scripts.run_many(self.client, [(self._enqueue, keys, args)])
         except BaseException:
-            for e in entries:
-                if e.ref is not None:  # nothing names it (or, at worst, the janitor decides)
-                    self._drop(e.ref, e.frame_id)
+            if ref is not None:  # nothing names it (or, at worst, the janitor decides)
+                self._drop(ref, frame_id)
             raise
-        outcomes = []
-        for e, reply in zip(entries, replies, strict=True):
-            if isinstance(reply, list):  # 'new', and the backlog with it
-                outcome, self.backlog_seen = reply[0].decode(), int(reply[1])
-            else:
-                outcome = reply.decode()
-            if e.ref is not None and outcome == "stored":
-                # The frame has its result; its worker deleted (or will delete) the bytes.
-                try:
-                    self.frames.delete(e.ref)  # type: ignore[union-attr]
-                except OSError:  # the janitor's (store/frames.py sweep), as in release()
-                    log.warning("could not delete a stored frame; housekeeping will",
-                                extra={"frame_id": e.frame_id, "ref": e.ref})
-            outcomes.append(outcome)
-        return outcomes
+        if isinstance(reply, list):  # 'new', and the backlog with it
+            outcome, self.backlog_seen = reply[0].decode(), int(reply[1])
+        else:
+            outcome = reply.decode()
+        if ref is not None and outcome == "stored":
+            # The frame has its result; its worker deleted (or will delete) the bytes.
+            try:
+                self.frames.delete(ref)  # type: ignore[union-attr]
+            except OSError:  # the janitor's (store/frames.py sweep), as in release()
+                log.warning("could not delete a stored frame; housekeeping will",
+                            extra={"frame_id": frame_id, "ref": ref})
+        return outcome
 
     def _drop(self, ref: str, frame_id: str) -> None:
         """Delete a stored frame that no queue entry may name. Redis failed mid-enqueue: the
@@ -203,7 +164,6 @@ class FrameQueue:
                 self.frames.delete(ref)  # type: ignore[union-attr]
         except redis.RedisError:
             pass
-
 
     def load(self, delivery: Delivery) -> bytes:
         """The frame's encoded bytes: inline, or from the frame store (MissingFrame)."""
