@@ -37,6 +37,9 @@ class AugmentParams:
     noise_p: float = 0.3  # ... on this share of samples
     resample: tuple[float, float] = (0.5, 1.0)  # classifier: detail lost to a coarser scale ...
     resample_p: float = 0.0  # ... on this share of samples (0: off)
+    #: A camera compresses at its own resolution, before the daemon enlarges the frame to the
+    #: models' scale: when a sample is both resampled and JPEG-coded, code it while small.
+    jpeg_before_upscale: bool = False
 
 
 #: The segmenter sees whole fields: the residual scale error is a zoom of 0.5-2x.
@@ -160,13 +163,23 @@ def random_degrade(
     n, _, height, width = images.shape
     draws = torch.rand(n, 8, generator=generator).numpy()
     batch = (images.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    lo_q, hi_q = params.jpeg_quality
+
+    def jpeg(image: np.ndarray, draw: float) -> np.ndarray:
+        quality = int(lo_q + draw * (hi_q - lo_q))
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else image
+
     for i in range(n):
         image = batch[i]
+        coded = draws[i, 6] < params.jpeg_p
         if draws[i, 0] < params.resample_p:
             lo, hi = params.resample
             f = lo + draws[i, 1] * (hi - lo)
             small = cv2.resize(image, (max(4, round(width * f)), max(4, round(height * f))),
                                interpolation=cv2.INTER_AREA)
+            if coded and params.jpeg_before_upscale:
+                small, coded = jpeg(small, draws[i, 7]), False
             image = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
         if draws[i, 2] < params.blur_p:
             image = cv2.GaussianBlur(image, (0, 0), 0.3 + draws[i, 3] * (params.blur_sigma - 0.3))
@@ -174,12 +187,8 @@ def random_degrade(
             sigma = draws[i, 5] * params.noise_sigma * 255.0
             noise = np.random.default_rng(int(draws[i, 5] * 2**31)).normal(0, sigma, image.shape)
             image = np.clip(image + noise, 0, 255).astype(np.uint8)
-        if draws[i, 6] < params.jpeg_p:
-            lo_q, hi_q = params.jpeg_quality
-            quality = int(lo_q + draws[i, 7] * (hi_q - lo_q))
-            ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
-            if ok:
-                image = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+        if coded:
+            image = jpeg(image, draws[i, 7])
         batch[i] = image
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
 

@@ -43,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
             negatives=args.negatives,
             init=args.init,
             stain_mix=args.stain_mix,
+            augment=_augment_overrides(args.augment),
+            time_budget_s=args.time_budget,
             **common,
         )
         if args.epochs is None:
@@ -50,6 +52,51 @@ def _train(args: argparse.Namespace) -> int:
         if args.lr is not None:
             cfg_c.lr = args.lr
         T.train_classifier(cfg_c)
+    return 0
+
+
+def _augment_overrides(items: list[str]) -> dict:
+    """``["blur_p=0.5", "resample=0.35,1"]`` -> ``{"blur_p": 0.5, "resample": (0.35, 1.0)}``;
+    keys are ``AugmentParams`` fields (a wrong key or value is an error naming it)."""
+    import dataclasses  # noqa: PLC0415
+
+    from daemon.training.augment import AugmentParams  # noqa: PLC0415 - torch
+
+    fields = {f.name: f for f in dataclasses.fields(AugmentParams)}
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--augment {item!r}: expected KEY=VALUE with KEY one of "
+                             f"{', '.join(fields)}")
+        default = getattr(AugmentParams(), key)
+        if isinstance(default, bool):
+            if value not in {"0", "1", "true", "false"}:
+                raise SystemExit(f"--augment {key}: expected true or false, got {value!r}")
+            out[key] = value in {"1", "true"}
+            continue
+        try:
+            parts = [float(v) for v in value.split(",")]
+        except ValueError:
+            raise SystemExit(f"--augment {key}: {value!r} is not a number") from None
+        if isinstance(default, tuple):
+            if len(parts) != 2:
+                raise SystemExit(f"--augment {key}: expected LO,HI, got {value!r}")
+            out[key] = tuple(type(d)(v) for d, v in zip(default, parts, strict=True))
+        elif len(parts) == 1:
+            out[key] = type(default)(parts[0])
+        else:
+            raise SystemExit(f"--augment {key}: expected one number, got {value!r}")
+    return out
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from daemon.training.pack import write_pack  # noqa: PLC0415
+
+    report = write_pack(Path(args.data), Path(args.out), args.block_size, args.seed,
+                        Path(args.negatives) if args.negatives else None,
+                        cache_dir=Path("runs/cache"))
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -149,11 +196,28 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="classifier: share of crops given a random training field's stain "
                             "(breaks the data set's class-linked stain batches; 0: off)")
     train.add_argument("--lr", type=float, default=None, help="classifier: peak learning rate")
+    train.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
+                       help="classifier: override one augmentation range (AugmentParams field, "
+                            "e.g. blur_p=0.5 or resample=0.35,1); repeatable")
+    train.add_argument("--time-budget", type=float, default=0.0, metavar="SECONDS",
+                       help="classifier: fit the schedule to the epochs that fit in this many "
+                            "seconds (timed on the first epochs; at most --epochs; 0: off)")
     train.add_argument("--negatives", default=DEFAULT_NEGATIVES,
                        help="foreign normal cells <class>/<file>: their train part teaches the "
                             "classifier 'unidentified' and the segmenter their red cells "
                             "('' for none)")
     train.set_defaults(func=_train)
+
+    pack = subparsers.add_parser(
+        "train-pack", help="the train and val blocks (and foreign cells' train and val parts) "
+        "in a folder to carry to a GPU machine; train there with --data PACK "
+        "--negatives PACK/negatives")
+    pack.add_argument("--data", default=DEFAULT_DATA)
+    pack.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
+    pack.add_argument("--out", default="runs/pack")
+    pack.add_argument("--block-size", type=int, default=40)
+    pack.add_argument("--seed", type=int, default=0)
+    pack.set_defaults(func=_pack)
 
     export = subparsers.add_parser("export", help="export checkpoints to ONNX + fp16 + manifest")
     export.add_argument("checkpoints", nargs="+", help="runs/<model>/best.pt files")

@@ -310,7 +310,10 @@ def load_splits(
     """Per split: images (N,H,W,3) uint8, masks (N,H,W) uint8, labels (N,), names, records.
 
     The cleaned masks are cached as ``cache_dir/fields_b<block>_s<seed>.npz`` (git-ignored).
+    ``data_dir`` may be a training pack (``daemon.training.pack``): then train and val only.
     """
+    if is_pack(Path(data_dir)):
+        return load_pack(Path(data_dir), block_size, seed, limit)
     records = list_fields(Path(data_dir))
     splits = block_split(records, block_size=block_size, seed=seed)
     if limit:
@@ -357,6 +360,64 @@ def load_splits(
     return out
 
 
+# --- training packs (``daemon.training.pack`` writes them) -------------------------------------
+
+PACK_FILE = "pack.npz"
+#: Splits a training pack carries: the test blocks never leave.
+PACK_SPLITS: tuple[str, ...] = ("train", "val")
+#: A pack's ``negatives/<split>/`` lists its files in ``pbc_split``'s order in this file.
+NEGATIVES_ORDER = "order.txt"
+
+
+def is_pack(path: Path) -> bool:
+    """Whether ``path`` is a training pack's folder."""
+    return (Path(path) / PACK_FILE).is_file()
+
+
+def is_split_negatives(path: Path) -> bool:
+    """Whether ``path`` holds foreign cells already split (``<split>/<class>/<file>``)."""
+    return all((Path(path) / split).is_dir() for split in PACK_SPLITS)
+
+
+def load_pack(pack_dir: Path, block_size: int, seed: int, limit: int = 0) -> dict[str, dict]:
+    """Splits as ``data.load_splits`` returns them, from a pack (train and val only).
+
+    Each split also carries ``training_data_sha256`` of the original data set's train part.
+    Raises ValueError when the pack was made with another block size or seed."""
+    pack_dir = Path(pack_dir)
+    stored = np.load(pack_dir / PACK_FILE)
+    made = (int(stored["block_size"]), int(stored["seed"]))
+    if made != (block_size, seed):
+        raise ValueError(f"pack {pack_dir} was made with block size {made[0]}, seed {made[1]}; "
+                         f"asked for block size {block_size}, seed {seed}")
+    reference = stored["reference_background"]
+    out: dict[str, dict] = {}
+    for split in PACK_SPLITS:
+        names = [str(n) for n in stored[f"{split}_names"]]
+        labels = stored[f"{split}_labels"].astype(np.int64)
+        shape = tuple(int(v) for v in stored[f"{split}_mask_shape"])
+        masks = np.unpackbits(stored[f"{split}_masks"], axis=-1, count=shape[-1]).astype(np.uint8)
+        if limit:
+            names, labels, masks = names[:limit], labels[:limit], masks[:limit]
+        records = [
+            FieldRecord(pack_dir / "fields" / split / name, None, int(label),
+                          int(_NUMBER.search(Path(name).stem).group(1)))
+            for name, label in zip(names, labels, strict=True)
+        ]
+        images = np.stack([normalise_background(read_rgb(r.image), tuple(reference))
+                           for r in records])
+        out[split] = {
+            "reference_background": [float(v) for v in reference],
+            "images": images,
+            "masks": masks,
+            "labels": labels,
+            "names": names,
+            "records": records,
+            "training_data_sha256": str(stored["training_data_sha256"]),
+        }
+    return out
+
+
 # --- the models' scale and acquisition reference ---------------------------------------------
 
 
@@ -392,9 +453,15 @@ def pbc_split(pbc_dir: Path, seed: int = 0) -> dict[str, list[tuple[Path, str]]]
     """Split the normal-cell sample per class: 50 % train, 15 % val, 35 % test (held out).
 
     Returns ``{"train"|"val"|"test": [(path, class_folder), ...]}``; deterministic for ``seed``.
+    A training pack's ``negatives`` folder is already split (``<split>/<class>/<file>``).
     """
     out: dict[str, list[tuple[Path, str]]] = {split: [] for split in SPLITS}
     pbc_dir = Path(pbc_dir)
+    if is_split_negatives(pbc_dir):
+        for split in PACK_SPLITS:
+            lines = (pbc_dir / split / NEGATIVES_ORDER).read_text().split()
+            out[split] = [(pbc_dir / split / line, line.split("/")[0]) for line in lines]
+        return out
     for class_dir in sorted(p for p in pbc_dir.iterdir() if p.is_dir()):
         paths = sorted(p for p in class_dir.iterdir()
                        if p.suffix.lower() in {".jpg", ".png"} and not p.name.startswith("."))

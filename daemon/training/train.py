@@ -88,6 +88,10 @@ class ClassifierConfig:
     #: Share of crops given the stain of a random training field of any class
     #: (``augment.stain_mix``): 0 leaves the data set's class-linked stain batches as a cue.
     stain_mix: float = 0.0
+    #: >0: fit the schedule to the epochs that fit in this many seconds of training (at most
+    #: ``epochs``; fitted after epochs ``BUDGET_FIT_AFTER``), e.g. on a GPU machine lent for
+    #: minutes.
+    time_budget_s: float = 0.0
 
 
 def _device(name: str) -> torch.device:
@@ -113,17 +117,40 @@ def _to_float(batch_uint8: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(batch_uint8).to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warm-up over 3% of steps, then cosine decay to 1% of the peak."""
-    warm = max(1, int(0.03 * steps))
+class WarmCosine:
+    """Learning-rate factor: linear warm-up over 3% of ``steps``, then cosine decay to 1% of
+    the peak. A callable object (not a closure), so ``steps`` is saved with the scheduler's
+    state and may be shortened mid-run (``ClassifierConfig.time_budget_s``)."""
 
-    def factor(step: int) -> float:
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def __call__(self, step: int) -> float:
+        warm = max(1, int(0.03 * self.steps))
         if step < warm:
             return (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, steps - warm))
+        progress = min(1.0, (step - warm) / max(1, self.steps - warm))
         return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """AdamW's schedule over ``steps`` (``WarmCosine``)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmCosine(steps))
+
+
+def fit_epochs(max_epochs: int, done: int, elapsed_s: float, epoch_s: float,
+               budget_s: float) -> int:
+    """Epochs (``done``..``max_epochs``) that fit in ``budget_s`` seconds when ``done`` took
+    ``elapsed_s`` and each further one takes about ``epoch_s``."""
+    if budget_s <= 0 or epoch_s <= 0:
+        return max_epochs
+    more = max(0.0, budget_s - elapsed_s) // epoch_s
+    return int(min(max_epochs, max(done, 1, done + more)))
+
+
+#: Epochs after which a time-budgeted run fits its schedule: after the first (whose time
+#: includes warm-up, so the guess errs short), then again on the steady pace of the next two.
+BUDGET_FIT_AFTER: tuple[int, ...] = (1, 3)
 
 
 def _resume(run_dir: Path, model, optimizer, scheduler) -> tuple[int, dict]:
@@ -192,6 +219,11 @@ def predict_masks(
     return np.concatenate(out) if out else np.empty((0,) + images.shape[1:3], np.float32)
 
 
+def _training_sha256(train: dict) -> str:
+    """The train part's data sha256 (a training pack carries the original data set's)."""
+    return train.get("training_data_sha256") or D.training_data_sha256(train["records"])
+
+
 def _start_run(cfg: SegmenterConfig | ClassifierConfig) -> tuple[torch.device, Path, dict, dict]:
     """What both trainings do first: threads, device, run directory, seed, the data splits.
 
@@ -241,7 +273,7 @@ def train_segmenter(cfg: SegmenterConfig) -> Path:
         "std": std,
         "arch": {"base": cfg.base, "levels": cfg.levels},
         "train_names": train["names"],
-        "training_data_sha256": D.training_data_sha256(train["records"]),
+        "training_data_sha256": _training_sha256(train),
         "reference_background": train["reference_background"],
         "scale": scale,
     }
@@ -385,7 +417,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         "lab_target": None if lab is None else [lab[0].tolist(), lab[1].tolist()],
         "train_names": train["names"],
         "train_crops_per_class": counts.tolist(),
-        "training_data_sha256": D.training_data_sha256(train["records"]),
+        "training_data_sha256": _training_sha256(train),
         "reference_background": list(reference),
         "scale": scale,
         "negatives": cfg.negatives or None,
@@ -401,9 +433,15 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
                 "std": std,
             },
         )
+    # a resumed run keeps the schedule its time budget fitted (saved with the scheduler)
+    meta["config"]["epochs"] = min(cfg.epochs, math.ceil(
+        scheduler.lr_lambdas[0].steps / steps_per_epoch))
     augment = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(
         **{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+    loop_start, durations = time.time(), []
     for epoch in range(start, cfg.epochs):
+        if epoch >= meta["config"]["epochs"]:
+            break  # the time budget shortened the schedule
         t0 = time.time()
         gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
         torch.manual_seed(cfg.seed * 100003 + epoch)
@@ -453,6 +491,14 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             "lr": scheduler.get_last_lr()[0],
             "seconds": round(time.time() - t0, 1),
         }
+        durations.append(time.time() - t0)
+        if cfg.time_budget_s and start == 0 and epoch + 1 in BUDGET_FIT_AFTER:
+            steady = durations[1:] or durations
+            epochs = fit_epochs(cfg.epochs, epoch + 1, time.time() - loop_start,
+                                sum(steady) / len(steady), cfg.time_budget_s)
+            meta["config"]["epochs"] = epochs
+            scheduler.lr_lambdas[0].steps = steps_per_epoch * epochs
+            record["epochs_in_budget"] = epochs
         progress["history"].append(record)
         _log(run_dir, record)
         # Field accuracy first; cell accuracy and foreign cells called unidentified break ties.

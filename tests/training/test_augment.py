@@ -64,3 +64,31 @@ def test_stain_mix_with_p_zero_or_per_sample_draw_keeps_some_unchanged() -> None
     half = stain_mix(x, src, dst, torch.ones(1), 0.5, torch.Generator().manual_seed(0))
     changed = (half - x).abs().flatten(1).max(dim=1).values > 0.02
     assert 10 < int(changed.sum()) < 54
+
+
+def test_jpeg_before_upscale_codes_the_small_image() -> None:
+    """A camera compresses at its own resolution before the daemon enlarges the frame: with
+    ``jpeg_before_upscale`` the JPEG is applied to the downsampled crop, not the enlarged one."""
+    import cv2
+
+    from daemon.training.augment import AugmentParams, random_degrade
+
+    rng = np.random.default_rng(3)
+    crop = cv2.GaussianBlur(rng.integers(0, 255, (64, 64, 3)).astype(np.uint8), (0, 0), 1.5)
+    images = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0
+    params = AugmentParams(resample=(0.5, 0.5), resample_p=1.0, jpeg_quality=(20, 20), jpeg_p=1.0,
+                           blur_p=0.0, noise_p=0.0, jpeg_before_upscale=True)
+
+    def jpeg(image: np.ndarray) -> np.ndarray:
+        _, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 20])
+        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+
+    small = cv2.resize(crop, (32, 32), interpolation=cv2.INTER_AREA)
+    coded_small = cv2.resize(jpeg(small), (64, 64), interpolation=cv2.INTER_LINEAR)
+    coded_large = jpeg(cv2.resize(small, (64, 64), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(coded_small, coded_large)
+    for before, expected in ((True, coded_small), (False, coded_large)):
+        params_now = AugmentParams(**{**params.__dict__, "jpeg_before_upscale": before})
+        out = random_degrade(images, params_now, torch.Generator().manual_seed(0))
+        got = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        assert np.array_equal(got, expected)
