@@ -4,14 +4,15 @@
 # Candidates are then chosen between at home by `leukoscope evaluate --val-shifts` (the
 # validation blocks only; README "Models" gives the rule).
 #
-#   deploy/gpu/train_candidates.sh PACK WHEELS OUT BUDGET_S [LIMIT_FIELDS] [DEVICE]
+#   deploy/gpu/train_candidates.sh LIST PACK WHEELS OUT BUDGET_S [LIMIT_FIELDS] [DEVICE]
 #
+# LIST: one candidate a line, "NAME train-classifier-options..." (deploy/gpu/candidates-*.txt);
 # WHEELS: a folder of wheels the GPU machine's Python lacks (pydantic and its needs);
 # BUDGET_S: seconds of training per candidate after its data is loaded (--time-budget).
 # PY and TIMEOUT (environment): the Python to use (default python3) and each candidate's
 # limit in seconds (default BUDGET_S + 110: data loading, the last epoch, saving).
 set -u
-PACK=$1 WHEELS=$2 OUT=$3 BUDGET=$4 LIMIT=${5:-0} DEVICE=${6:-cuda}
+LIST=$1 PACK=$2 WHEELS=$3 OUT=$4 BUDGET=$5 LIMIT=${6:-0} DEVICE=${7:-cuda}
 PY=${PY:-python3}
 mkdir -p "$OUT" /tmp/lk-runs
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
@@ -23,7 +24,13 @@ export PYTHONUNBUFFERED=1
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc; "$PY" -c \
   'import torch, onnxruntime as o; print(torch.__version__, torch.cuda.is_available(), o.__version__, o.get_available_providers())'
 } >"/tmp/lk-runs/machine.txt" 2>&1
-"$PY" deploy/gpu/ort_probe.py 1.5 >"/tmp/lk-runs/ort_probe.txt" 2>&1 &
+# The models' GPU ceiling while the candidates load their data (the GPU is idle then):
+# through ONNX Runtime where it has CUDA, else through torch (same architectures).
+{ if grep -q CUDAExecutionProvider /tmp/lk-runs/machine.txt; then
+    "$PY" deploy/gpu/ort_probe.py 1.5
+  else
+    "$PY" deploy/gpu/torch_probe.py
+  fi; } >"/tmp/lk-runs/probe.txt" 2>&1 &
 PROBE=$!
 
 # A machine lent for minutes may be taken back mid-run: keep OUT up to date as we go.
@@ -37,9 +44,6 @@ collect() {
 ( while sleep 30; do collect; done ) &
 COLLECTOR=$!
 
-STRONG=(--augment blur_p=0.5 --augment jpeg_p=0.5 --augment jpeg_quality=20,95
-        --augment resample_p=0.6 --augment resample=0.35,1 --augment noise_p=0.4
-        --augment jpeg_before_upscale=true)
 candidate() {  # NAME ARGS...
   local name=$1; shift
   timeout "${TIMEOUT:-$((BUDGET + 110))}" "$PY" -m daemon.training.cli train classifier \
@@ -49,18 +53,12 @@ candidate() {  # NAME ARGS...
   echo "$name exit $?" >>/tmp/lk-runs/exits.txt
 }
 CANDIDATES=()
-candidate A_w050_default --width 0.5 &
-CANDIDATES+=($!)
-candidate B_w050_strong --width 0.5 "${STRONG[@]}" &
-CANDIDATES+=($!)
-candidate C_w100_strong --width 1.0 "${STRONG[@]}" &
-CANDIDATES+=($!)
-candidate D_w100_strong_mix --width 1.0 --stain-mix 0.3 "${STRONG[@]}" &
-CANDIDATES+=($!)
-candidate E_w075_strong --width 0.75 "${STRONG[@]}" &
-CANDIDATES+=($!)
-candidate F_w100_default --width 1.0 &
-CANDIDATES+=($!)
+while read -r name args; do
+  case $name in ''|'#'*) continue ;; esac
+  # shellcheck disable=SC2086 # ARGS are options, split on purpose
+  candidate "$name" $args &
+  CANDIDATES+=($!)
+done <"$LIST"
 wait "${CANDIDATES[@]}"
 kill "$COLLECTOR" 2>/dev/null
 wait "$PROBE"
@@ -70,5 +68,5 @@ for run in /tmp/lk-runs/*/; do
 done
 tar -czf "$OUT/logs.tar.gz" -C /tmp/lk-runs \
   $(cd /tmp/lk-runs && ls *.log *.jsonl *.txt)
-cat /tmp/lk-runs/machine.txt /tmp/lk-runs/exits.txt /tmp/lk-runs/ort_probe.txt
+cat /tmp/lk-runs/machine.txt /tmp/lk-runs/exits.txt /tmp/lk-runs/probe.txt
 for f in /tmp/lk-runs/*.jsonl; do echo "$(basename "$f") $(tail -1 "$f")"; done
