@@ -73,7 +73,7 @@ class CaptureService:
             self.queue, self.results, self.rig_id,
             Path(os.path.abspath(settings.archive_dir)),
             Path(os.path.abspath(settings.quarantine_dir)),
-            owner=self.watcher.owner, on_moved=self.watcher.release,
+            owner=self.watcher.owner, on_moved=self.watcher.moved_away,
         )
         self.intake = Intake(settings, self.client, self.queue, self.results, self.rig_id)
         self.markers = MarkerScanner(
@@ -139,8 +139,10 @@ class CaptureService:
         try:
             Outage("capture", rig=self.rig_id).run(self.stopping, tick)
         finally:
-            self.watcher.stop()
+            # The archiver (stopping is set) moves its last files first; then the watcher
+            # stops, once watchdog has reported those moves (InboxWatcher.stop says why).
             self._archiver_thread.join(timeout=5)
+            self.watcher.stop()
             self.state = "stopped"
             try:
                 self.heartbeat(force=True)
@@ -324,7 +326,7 @@ class CaptureService:
             self.watcher.taken(ready, derived_frame_id(
                 placement.specimen_id, placement.name, first_label, data))
             return "new" if outcomes.get("new") else next(iter(outcomes), "stored")
-        self.watcher.release(path)
+        self.watcher.moved_away(path)
         log.info("multi-frame file queued and archived", extra={
             "specimen_id": placement.specimen_id, "source": str(path), "target": str(target),
             "frames": count, **outcomes})

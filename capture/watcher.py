@@ -24,6 +24,10 @@ from daemon.imaging.frames import printable_name
 
 log = logging.getLogger(__name__)
 
+#: How long ``stop`` waits at most for watchdog to report files capture moved out of the
+#: inbox (watchdog holds an IN_MOVED_FROM 0.5 s for its IN_MOVED_TO before it reports it).
+MOVES_SETTLE_SECONDS = 2.0
+
 
 @dataclass
 class _Track:
@@ -72,6 +76,10 @@ class InboxWatcher:
         self._rescan_now = True
         self._next_rescan = 0.0
         self._observer = None
+        # Files capture moved out of the inbox that watchdog has not reported yet (path ->
+        # when): stop() waits for them (see there). Guarded by _lock; _moves_reported wakes it.
+        self._moved_out: dict[str, float] = {}
+        self._moves_reported = threading.Condition(self._lock)
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
@@ -96,11 +104,39 @@ class InboxWatcher:
             self._observer = None
 
     def stop(self) -> None:
+        """Stop native events: once watchdog has reported capture's last moves, then the
+        observer (stop, join), as watchdog asks.
+
+        The wait is what keeps watchdog quiet. It holds a file's IN_MOVED_FROM for 0.5 s in
+        case the matching IN_MOVED_TO follows (a rename inside the watched tree); capture's
+        moves out of the inbox (archive, quarantine) never get one. An emitter stopped
+        while it sleeps out that delay wakes with the event after the stop cleared its
+        inotify group, and logs "InotifyEmitter.queue_events() called when the thread is
+        inactive" at error level: after nearly every stop shortly after an archived frame.
+        So capture's archiver stops moving first (capture.service), this waits, bounded,
+        until every move it was told of (``moved_away``) came back as an event, and only
+        then is the observer stopped, its emitters blocked on an empty queue."""
         observer, self._observer = self._observer, None
         if observer is not None:
+            self._wait_for_moves(MOVES_SETTLE_SECONDS)
             observer.stop()
             observer.join(timeout=5)
         self._wake.set()
+
+    def _wait_for_moves(self, timeout: float) -> bool:
+        """Wait until watchdog reported every recent move out (True), or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._moves_reported:
+            while True:
+                now = time.monotonic()
+                for path, at in list(self._moved_out.items()):
+                    if now - at > MOVES_SETTLE_SECONDS:  # never reported: not waited for
+                        del self._moved_out[path]
+                if not self._moved_out:
+                    return True
+                if now >= deadline:
+                    return False
+                self._moves_reported.wait(deadline - now)
 
     @property
     def using_events(self) -> bool:
@@ -157,6 +193,20 @@ class InboxWatcher:
         """The file was moved away (or changed): forget it."""
         with self._lock:
             self._files.pop(path, None)
+
+    def moved_away(self, path: Path) -> None:
+        """Capture moved the file out of the inbox: forget it, and let ``stop`` wait for
+        watchdog to report the move."""
+        with self._lock:
+            self._files.pop(path, None)
+            if self._observer is not None:
+                self._moved_out[os.path.abspath(path)] = time.monotonic()
+
+    def _move_reported(self, path: str) -> None:
+        """watchdog reported a file gone from where it was (watchdog thread)."""
+        with self._moves_reported:
+            if self._moved_out.pop(os.path.abspath(path), None) is not None:
+                self._moves_reported.notify_all()
 
     def reoffer_all(self) -> int:
         """Offer every taken file again (Redis restarted and may have lost its last second
@@ -286,10 +336,14 @@ def _hint_events() -> list[type]:
         DirMovedEvent,
         FileClosedEvent,
         FileCreatedEvent,
+        FileDeletedEvent,
         FileMovedEvent,
     )
 
-    return [DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileMovedEvent, FileClosedEvent]
+    # FileDeletedEvent: how watchdog reports a file moved out of the inbox (an IN_MOVED_FROM
+    # with no IN_MOVED_TO), which InboxWatcher.stop waits for.
+    return [DirCreatedEvent, DirMovedEvent, FileCreatedEvent, FileMovedEvent, FileClosedEvent,
+            FileDeletedEvent]
 
 
 class _Handler:
@@ -304,6 +358,8 @@ class _Handler:
             if kind in ("created", "moved"):
                 self.watcher._hint_rescan()
             return
+        if kind in ("moved", "deleted"):
+            self.watcher._move_reported(os.fsdecode(event.src_path))
         if kind == "moved":
             self.watcher._hint(os.fsdecode(event.dest_path), renamed=True)
         elif kind in ("created", "modified", "closed"):

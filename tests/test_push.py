@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import redis
 import uvicorn
 
 from daemon.api.app import create_app
@@ -390,6 +391,69 @@ def test_a_pushed_frames_verdict_does_not_depend_on_which_decoder_checked_it(
         assert code == 202 and body["status"] == "new", body
         (replacement,) = _decoders(settings.api.decode_memory_bytes)
         assert replacement.pid != child.pid
+
+
+def test_two_api_replicas_check_one_rigs_pushes_with_one_red_cell_history(
+        make_settings, redis_client):
+    """Field A (25 red cells) pushed to one API process gives the rig its estimate; field B
+    (4 red cells: passes QC only at the rig's estimate) pushed to a second API process, with
+    decoding children of its own, is accepted: the history is the rig's in Redis, not the
+    first process's. Each process kept its own before, and the second refused B."""
+    import numpy as np
+
+    from capture.intake import Intake, SourceFrame
+    from daemon.imaging.synthetic import smear_field
+    from daemon.store.rigs import RedCellHistory
+
+    settings = make_settings(api={"max_upload_bytes": LIMIT}, capture={"rig_id": "rig-push"})
+    field_a, _ = smear_field(np.random.default_rng(1), size=(448, 448))
+    field_b, _ = smear_field(np.random.default_rng(2), size=(448, 448), red_cells=4)
+    assert not Intake(settings, redis_client).check(SourceFrame(field_b, b"")).ok  # alone
+    history = RedCellHistory(redis_client)
+    with _serve(settings) as first, _serve(settings) as second:
+        code, body = post(f"{first}/frames?specimen_id=R-1&name=a.png&rig_id=rig-2", png(field_a))
+        assert code == 202 and body["status"] == "new", body
+        code, body = post(f"{second}/frames?specimen_id=R-1&name=b.png&rig_id=rig-2",
+                          png(field_b))
+        assert code == 202 and body["status"] == "new", body
+    assert len(history.diameters("rig-2")) == 1  # A's; B has too few red cells to add one
+    assert history.diameters("rig-push") == []  # kept by rig
+
+
+def test_red_cell_histories_are_shared_bounded_and_lose_no_append(redis_client):
+    """Two holders (two API processes) on one Redis: appends from both, concurrent ones
+    included, all land in one history, which keeps the last ``history`` diameters of at
+    most ``max_rigs`` rigs (the least recently measured goes)."""
+    from daemon.store.rigs import RedCellHistory
+
+    one, two = (RedCellHistory(redis.Redis.from_url(_url(redis_client)), history=25,
+                               max_rigs=2) for _ in range(2))
+    assert one.remember("rig-a", [10.0, 11.0]) == [10.0, 11.0]
+    assert two.diameters("rig-a") == [10.0, 11.0]
+
+    def append(holder, base: float) -> None:
+        for i in range(10):
+            holder.remember("rig-a", [base + i])
+
+    threads = [threading.Thread(target=append, args=(h, b))
+               for h, b in ((one, 100.0), (two, 200.0))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    kept = one.diameters("rig-a")
+    assert kept == two.diameters("rig-a") and len(kept) == 22
+    assert sorted(kept[2:]) == [100.0 + i for i in range(10)] + [200.0 + i for i in range(10)]
+    two.remember("rig-a", [float(i) for i in range(30)])
+    assert one.diameters("rig-a") == [float(i) for i in range(5, 30)]  # the last 25
+    one.remember("rig-b", [20.0])
+    two.remember("rig-c", [30.0])  # a third rig: rig-a, the least recent, goes
+    assert one.diameters("rig-a") == [] and two.diameters("rig-b") == [20.0]
+    assert redis_client.hlen("lks:rigs:rbc") == redis_client.zcard("lks:rigs:rbc:used") == 2
+
+
+def _url(client) -> str:
+    return f"unix://{client.connection_pool.connection_kwargs['path']}"
 
 
 def test_a_pushed_czi_is_admitted_by_its_scenes(make_settings, redis_client, tmp_path):

@@ -100,3 +100,61 @@ def test_the_lease_outlives_one_mllp_delivery_and_parts_fail_alone(
     assert audit.length(redis_client) == 2
     keeper.stop()  # a stopping process hands the upkeep over at once
     assert redis_client.get("lks:housekeeper") is None
+
+
+def _zset_encoding(client: redis.Redis, key: str, members: int) -> str:
+    client.delete(key)
+    client.zadd(key, {f"frame-{i:04d}": i for i in range(members)})
+    encoding = client.object("encoding", key)
+    client.delete(key)
+    return encoding.decode() if isinstance(encoding, bytes) else encoding
+
+
+def test_a_redis_of_your_own_is_told_to_keep_frame_indexes_compact(
+        redis_client: redis.Redis, make_settings) -> None:
+    """A server at the default (128) is raised to 1,024 at start-up, and a 500-frame index
+    is then stored compact; a server set higher by hand is left as it is."""
+    from daemon.store.connection import ZSET_COMPACT_ENTRIES, ensure_compact_zsets
+
+    name = next(n for n in ("zset-max-listpack-entries", "zset-max-ziplist-entries")
+                if redis_client.config_get(n))
+    redis_client.config_set(name, 128)  # a Redis as it comes
+    assert _zset_encoding(redis_client, "test:zset", 500) == "skiplist"
+    reader = StatusReader(redis_client, make_settings(), time.time())
+    compaction = reader.report().storage.redis_zset_compaction
+    assert compaction.ok and compaction.entries == ZSET_COMPACT_ENTRIES
+    assert compaction.setting == name and compaction.refused is None
+    assert int(redis_client.config_get(name)[name]) == ZSET_COMPACT_ENTRIES
+    assert _zset_encoding(redis_client, "test:zset", 500) in ("listpack", "ziplist")
+
+    redis_client.config_set(name, 4096)  # set higher by hand: never lowered
+    state = ensure_compact_zsets(redis_client)
+    assert state.ok and state.entries == 4096 and state.raised_from is None
+    assert int(redis_client.config_get(name)[name]) == 4096
+
+
+def test_a_redis_that_refuses_config_is_warned_about_once_and_shown(
+        redis_client: redis.Redis, redis_url: str, make_settings, caplog, monkeypatch) -> None:
+    """An ACL user without CONFIG (as on a managed Redis): one warning naming the setting and
+    what it costs, however often it is checked, and ok: false in /status and /metrics."""
+    from daemon.ops import status
+
+    name = next(n for n in ("zset-max-listpack-entries", "zset-max-ziplist-entries")
+                if redis_client.config_get(n))
+    redis_client.config_set(name, 128)
+    redis_client.acl_setuser("managed", enabled=True, nopass=True, keys=["*"],
+                             channels=["*"], commands=["+@all", "-config"])
+    limited = redis.Redis.from_url(redis_url, username="managed")
+    monkeypatch.setattr(status, "ZSET_CHECK_SECONDS", 0.0)  # check on every report
+    reader = StatusReader(limited, make_settings(), time.time())
+    with caplog.at_level("WARNING", logger="daemon.ops.status"):
+        reports = [reader.report().storage.redis_zset_compaction for _ in range(3)]
+    assert all(not r.ok and r.entries is None and "permission" in r.refused for r in reports)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "daemon.ops.status"]
+    assert len(warnings) == 1, warnings
+    assert "zset-max-listpack-entries" in warnings[0] and "1024" in warnings[0]
+    assert "130 bytes a frame" in warnings[0]
+    assert int(redis_client.config_get(name)[name]) == 128  # nothing was set
+    gauges = {f.name: f.samples[0].value for f in reader.live_gauges()
+              if f.name == "leukoscope_redis_zset_compact"}
+    assert gauges == {"leukoscope_redis_zset_compact": 0.0}

@@ -58,6 +58,10 @@ def create_app(settings: Settings, client: redis.Redis | None = None) -> FastAPI
     client = client or connect(settings)
     started_at = time.time()
     reader = StatusReader(client, settings, started_at)
+    try:  # a Redis of your own keeps specimens' frame indexes compact without a hand setting
+        reader.zsets.state()
+    except redis.RedisError as exc:  # down at start-up: checked again with /status
+        log.warning("redis unavailable at start-up", extra={"error": str(exc)})
     store = ResultStore(client)
     # /metrics in three scopes: "shared" (the Redis-kept counts and live gauges: the same in
     # every API replica), "process" (the process-local metrics: this process's, or its

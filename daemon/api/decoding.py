@@ -37,12 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import redis
 
 from capture.intake import Intake, expand
 from daemon.imaging.frames import FrameRejected
 from daemon.imaging.quality import Quality
-from daemon.imaging.scale import Rescaler
+from daemon.imaging.scale import HISTORY, MAX_RIGS
 from daemon.settings import Settings
+from daemon.store.rigs import RedCellHistory
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +116,9 @@ def _memory_message() -> str:
 def decode_push(data: bytes, scale: float | None, rig: str, history: list[float]) -> Decoded:
     """In the child: the file's frames (expanded, decoded, quality-checked) as bytes.
 
-    ``history``: the rig's red-cell diameters as the API holds them; quality control of a
-    frame with too few red cells of its own runs at the scale they give, and the diameters
-    this file adds go back in ``Decoded.measured``.
+    ``history``: the rig's red-cell diameters as Redis holds them (``store.rigs``); quality
+    control of a frame with too few red cells of its own runs at the scale they give, and
+    the diameters this file adds go back in ``Decoded.measured``.
     """
     assert _settings is not None, "decode_push runs in a pool child"
     settings = _settings
@@ -170,9 +172,10 @@ _checker: Intake | None = None
 
 def _checker_for(settings: Settings, rig: str, history: list[float]) -> Intake:
     """One Intake (QC only) for the child's life, so the models' scale is read once. The
-    red-cell history is the API's, handed over with each file: a history of the child's own
-    would make a frame's verdict depend on which child decoded it (a replaced child, or
-    one of several, starts with none)."""
+    red-cell history is the rig's in Redis, handed over with each file: a history of the
+    child's own would make a frame's verdict depend on which child decoded it (a replaced
+    child, or one of several, starts with none), as one of the API's own did on which API
+    replica took the push."""
     global _checker
     if _checker is None:
         _checker = Intake(settings, None, _NoQueue(), _NoQueue(), rig)  # type: ignore[arg-type]
@@ -189,7 +192,7 @@ class DecoderDied(Exception):
 class DecodePool:
     """The app's decoding processes: created on first use, replaced when one dies."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, client: redis.Redis) -> None:
         self.settings = settings
         self.memory_bytes = settings.api.decode_memory_bytes
         self.workers = settings.api.decode_workers
@@ -197,8 +200,9 @@ class DecodePool:
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
         # The rigs' red-cell diameters measured by the children (bounded per rig and in
-        # rigs, as a worker's): kept here, so every child checks with the same history.
-        self._history = Rescaler(None)
+        # rigs, as a worker's): kept in Redis, so every child of every API process checks
+        # a rig's frames with the same history.
+        self.history = RedCellHistory(client, HISTORY, MAX_RIGS)
 
     def _current(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -223,8 +227,7 @@ class DecodePool:
         """Blocking (the route calls it in the thread pool)."""
         for attempt in (1, 2):
             pool = self._current()
-            with self._lock:
-                history = self._history.diameters(rig)
+            history = self.history.diameters(rig)
             try:
                 decoded = pool.submit(decode_push, data, scale, rig, history).result()
             except BrokenProcessPool:
@@ -233,8 +236,7 @@ class DecodePool:
                           extra={"attempt": attempt, "bytes": len(data),
                                  "decode_memory_bytes": self.memory_bytes})
                 continue
-            with self._lock:
-                self._history.remember(rig, decoded.measured)
+            self.history.remember(rig, decoded.measured)
             return decoded
         raise DecoderDied(
             f"the decoding process died twice reading this image; it may need more memory "

@@ -38,11 +38,13 @@ from daemon.imaging.ruler import measure_red_cells
 
 TOLERANCE = 0.02
 MIN_FACTOR, MAX_FACTOR = 1 / 16, 4.0
+HISTORY = 25  # a rig's running estimate: the median of its last HISTORY reliable diameters
+MAX_RIGS = 256  # rigs whose histories are kept (the least recently used goes first)
 
 
 class Rescaler:
-    def __init__(self, model_scale: RedCellScale | None, history: int = 25, jump: float = 0.25,
-                 max_rigs: int = 256) -> None:
+    def __init__(self, model_scale: RedCellScale | None, history: int = HISTORY,
+                 jump: float = 0.25, max_rigs: int = MAX_RIGS) -> None:
         self.model_scale = model_scale
         self.model_um = (None if model_scale is None
                          else model_scale.rbc_um / model_scale.rbc_diameter_px)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -17,9 +18,18 @@ from daemon.lis.mllp import outbox_status
 from daemon.ops.metrics import gauge
 from daemon.settings import Settings
 from daemon.store import audit, heartbeats, keys
-from daemon.store.connection import ping, used_memory_bytes
+from daemon.store.connection import (
+    ZSET_COMPACT_ENTRIES,
+    CompactZsets,
+    compact_zsets_warning,
+    ensure_compact_zsets,
+    ping,
+    used_memory_bytes,
+)
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
+
+log = logging.getLogger(__name__)
 
 
 class WorkerStatus(BaseModel):
@@ -53,6 +63,51 @@ class Backlog(BaseModel):
     max_backlog: int
 
 
+class ZsetCompaction(BaseModel):
+    """The server's compact-zset setting (``connection.ensure_compact_zsets``)."""
+
+    setting: str | None = Field(description="the name the server knows it by; null when it "
+                                "refused CONFIG")
+    entries: int | None = Field(description="zset members kept compact (a specimen's frame "
+                                "index); null when the server refused CONFIG")
+    wanted: int = ZSET_COMPACT_ENTRIES
+    ok: bool = Field(description="false: set it by hand, a frame costs ~130 bytes, not ~60")
+    refused: str | None = None
+
+
+ZSET_CHECK_SECONDS = 60.0  # checked (and raised again, after a Redis restart) this often
+
+
+class CompactZsetCheck:
+    """Applies ``ensure_compact_zsets`` at start-up and again at most every
+    ZSET_CHECK_SECONDS (a restarted Redis of your own loses a CONFIG SET); warns once per
+    process when the server keeps fewer entries compact and will not be told."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._lock = threading.Lock()
+        self._state: CompactZsets | None = None
+        self._checked_at = 0.0
+        self._warned = False
+
+    def state(self) -> CompactZsets:
+        """The server's setting (raised first when low); ``redis.RedisError`` when down."""
+        with self._lock:
+            if self._state is None or time.monotonic() - self._checked_at > ZSET_CHECK_SECONDS:
+                self._state = ensure_compact_zsets(self.client)
+                self._checked_at = time.monotonic()
+                if not self._state.ok and not self._warned:
+                    self._warned = True
+                    log.warning(compact_zsets_warning(self._state), extra={
+                        "refused": self._state.refused, "entries": self._state.entries})
+            return self._state
+
+    def report(self) -> ZsetCompaction:
+        state = self.state()
+        return ZsetCompaction(setting=state.setting, entries=state.entries, ok=state.ok,
+                              refused=state.refused)
+
+
 DATA_DIR_PARTS = ("archive", "quarantine", "redis", "audit", "frames")  # frames: the frame store
 DISK_SCAN_SECONDS = 60.0  # the data dir is walked at most this often (an archive is large)
 
@@ -68,6 +123,7 @@ class Storage(BaseModel):
     data_dir_scanned_at: float
     filesystem_free_bytes: int
     filesystem_total_bytes: int
+    redis_zset_compaction: ZsetCompaction | None = None
 
 
 def _tree_bytes(folder: Path) -> int:
@@ -135,6 +191,7 @@ class StatusReader:
         self.queue = FrameQueue(client)
         self.results = ResultStore(client)
         self.disk = DiskUsage(settings.data_dir)
+        self.zsets = CompactZsetCheck(client)
 
     def storage(self) -> Storage:
         scanned_at, parts = self.disk.parts()
@@ -152,6 +209,7 @@ class StatusReader:
             data_dir_scanned_at=scanned_at,
             filesystem_free_bytes=free,
             filesystem_total_bytes=total,
+            redis_zset_compaction=self.zsets.report(),
         )
 
     def report(self) -> StatusReport:
@@ -306,6 +364,11 @@ class StatusReader:
                  store.filesystem_total_bytes),
             ):
                 yield gauge(name, help_text, samples=[([], value)])
+            if store.redis_zset_compaction is not None:
+                yield gauge("leukoscope_redis_zset_compact",
+                            "1 when Redis keeps a specimen's frame index compact (zset-max-"
+                            f"listpack-entries >= {ZSET_COMPACT_ENTRIES}); 0: set it by hand.",
+                            samples=[([], float(store.redis_zset_compaction.ok))])
             yield gauge("leukoscope_data_dir_bytes",
                         "Disk bytes under data_dir, by part (walked at most once a minute).",
                         ["part"], [([part], n) for part, n in sorted(store.data_dir_bytes.items())])

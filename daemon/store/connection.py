@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -38,6 +39,69 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # callers' loops, which wait with Outage below and carry on once Redis is back.
 COMMAND_RETRIES = 10
 OUTAGE_BACKOFF = (0.25, 2.0)  # seconds: first wait, longest wait between outer attempts
+
+
+#: A specimen's frame index (``keys.SPECIMEN_FRAMES_KEY``) stays in the compact zset encoding
+#: up to this many frames: under 60 bytes a frame instead of about 130 in a skiplist.
+ZSET_COMPACT_ENTRIES = 1024
+#: The setting's names: Redis 7 calls the encoding listpack (the old name is an alias there),
+#: Redis 6 ziplist. The first one the server answers CONFIG GET for is used.
+ZSET_COMPACT_SETTINGS = ("zset-max-listpack-entries", "zset-max-ziplist-entries")
+
+
+@dataclass(frozen=True)
+class CompactZsets:
+    """Where the server stands on ``ZSET_COMPACT_ENTRIES`` (see ``ensure_compact_zsets``)."""
+
+    setting: str | None  # the name the server knows; None when CONFIG was refused
+    entries: int | None  # its value now; None when CONFIG was refused
+    raised_from: int | None = None  # the value before this process raised it
+    refused: str | None = None  # the server's answer when CONFIG GET or SET was refused
+
+    @property
+    def ok(self) -> bool:
+        """Do zsets of ``ZSET_COMPACT_ENTRIES`` members stay compact on this server?"""
+        return self.entries is not None and self.entries >= ZSET_COMPACT_ENTRIES
+
+
+def ensure_compact_zsets(client: redis.Redis, entries: int = ZSET_COMPACT_ENTRIES
+                         ) -> CompactZsets:
+    """Raise the server's ``zset-max-listpack-entries`` (``-ziplist-`` before Redis 7) to
+    ``entries`` when it is lower; a larger value is left as it is. Any Redis (the embedded
+    one has it in its redis.conf): a Redis of your own needs no hand setting. A server that
+    refuses CONFIG (a managed Redis, an ACL without ``+config``) is reported in the result
+    and logged by the caller; a lost connection raises ``redis.RedisError`` as ever. The
+    setting is the server's: a restarted Redis without it in its config file needs it again.
+    """
+    try:
+        for name in ZSET_COMPACT_SETTINGS:
+            found = {str_key(k): v for k, v in client.config_get(name).items()}
+            if name not in found:
+                continue
+            current = int(found[name])
+            if current >= entries:
+                return CompactZsets(name, current)
+            client.config_set(name, entries)
+            log.info("redis zsets kept compact up to more entries",
+                     extra={"setting": name, "from": current, "to": entries})
+            return CompactZsets(name, entries, raised_from=current)
+    except redis.ResponseError as exc:  # NOPERM, a renamed or disabled CONFIG
+        return CompactZsets(None, None, refused=str(exc))
+    return CompactZsets(None, None, refused="the server knows neither "
+                        + " nor ".join(ZSET_COMPACT_SETTINGS))
+
+
+def compact_zsets_warning(state: CompactZsets) -> str:
+    """The one warning for a server that keeps fewer zset entries compact (or will not say)."""
+    seen = ("it refused CONFIG" if state.entries is None
+            else f"it keeps {state.entries}")
+    return (f"redis: set {ZSET_COMPACT_SETTINGS[0]} (Redis 6: {ZSET_COMPACT_SETTINGS[1]}) to "
+            f"{ZSET_COMPACT_ENTRIES} in the server's configuration; {seen}, so a specimen's "
+            "frame index past 128 frames costs about 130 bytes a frame instead of under 60")
+
+
+def str_key(key: str | bytes) -> str:
+    return key.decode() if isinstance(key, bytes) else key
 
 
 def redis_server_binary() -> str:
@@ -83,8 +147,9 @@ def start_embedded(directory: Path, timeout: float = 15.0) -> tuple[Path, bool]:
                 # A specimen's frames (zset, the review gallery) up to 1,024 in the compact
                 # encoding, about 47 bytes a frame; above the default 128 each costs about
                 # 120 in a skiplist. Inserting into a 1,024-entry ziplist is a memmove of
-                # ~50 KB, still microseconds.
-                "zset-max-ziplist-entries 1024",
+                # ~50 KB, still microseconds. (A Redis of your own gets it from
+                # ensure_compact_zsets at start-up, where CONFIG is allowed.)
+                f"zset-max-ziplist-entries {ZSET_COMPACT_ENTRIES}",
                 "",
             ]
         )

@@ -55,6 +55,12 @@ CAPTURES_KEY = "lks:captures"  # hash: rig id -> capture heartbeat JSON
 AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (never trimmed)
 HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process doing upkeep
 
+# --- rigs (store/rigs.py) ---------------------------------------------------------------
+RBC_HISTORY_KEY = "lks:rigs:rbc"  # hash: rig id -> its last red-cell diameters (frame pixels,
+#   space-separated, oldest first) for pushed frames' QC (store/rigs.py; bounded per rig)
+RBC_RIGS_KEY = "lks:rigs:rbc:used"  # zset: rig id -> when its diameters last grew; past
+#   the cap the least recent rig leaves both keys (scripts/remember_diameters.lua)
+
 # --- orders from the LIS (store/orders.py) -----------------------------------------------
 ORDER_KEY = "lks:order:{}"  # string: an Order's JSON, by placer order number
 SPECIMEN_ORDER_KEY = "lks:specimen:{}:order"  # string: the placer order number of a specimen

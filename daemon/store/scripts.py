@@ -29,6 +29,7 @@ ADMIT_RIGS = _read("admit_rigs")
 FOLD_FIELDS = _read("fold_fields")
 REVIEW_CELL = _read("review_cell")
 VERIFY_SPECIMEN = _read("verify_specimen")
+REMEMBER_DIAMETERS = _read("remember_diameters")
 
 
 def run_many(client: redis.Redis, calls: Sequence[tuple[Script, list, list]]) -> list[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -391,3 +392,25 @@ def test_data_dir_inside_the_inbox_is_not_watched(client, inbox, make_settings, 
         assert archived.exists() and len(entries(client)) == 0
         assert sorted(p.name for p in settings.quarantine_dir.rglob("*")) == [
             "S10", "empty.jpg", "empty.jpg.reason.txt"]
+
+
+def test_stopping_right_after_archiving_leaves_watchdog_quiet(client, inbox, make_settings,
+                                                              running, caplog):
+    """A stop within watchdog's 0.5 s move-pairing delay of an archived frame (as at nearly
+    every stop of a busy rig): watchdog logged "InotifyEmitter.queue_events() called when
+    the thread is inactive" at error level each time. Three stops, each right after a
+    frame left the inbox; not one error-level record from watchdog."""
+    settings = make_settings()
+    with caplog.at_level("DEBUG", logger="watchdog"):
+        for i in range(3):
+            with running(settings) as service:
+                assert service.watcher.using_events
+                data = frame_bytes(40 + i)
+                path = drop(inbox / "S-STOP", f"f{i}.jpg", data)
+                wait_for(lambda: complete(client), what="queued, then stored by a worker")
+                archived = settings.archive_dir / "S-STOP" / path.name
+                wait_for(archived.exists, what="archive")
+            assert not path.exists()
+    noisy = [r for r in caplog.records
+             if r.name.startswith("watchdog") and r.levelno >= logging.ERROR]
+    assert not noisy, [r.getMessage() for r in noisy]

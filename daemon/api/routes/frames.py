@@ -151,7 +151,7 @@ def _intake_of(state: State) -> tuple[Intake, DecodePool]:
             state.intake = intake
         pool = getattr(state, "decode_pool", None)
         if pool is None:  # shut down with the app (create_app's lifespan)
-            pool = state.decode_pool = DecodePool(state.settings)
+            pool = state.decode_pool = DecodePool(state.settings, state.client)
         return intake, pool
 
 
