@@ -45,6 +45,7 @@ def _train(args: argparse.Namespace) -> int:
             stain_mix=args.stain_mix,
             augment=_augment_overrides(args.augment),
             time_budget_s=args.time_budget,
+            train_seed=args.train_seed,
             **common,
         )
         if args.epochs is None:
@@ -181,7 +182,11 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--data", default=DEFAULT_DATA, help="data set root (original/, segmented/)")
     train.add_argument("--out", default=None, help="run directory (default runs/<model>)")
     train.add_argument("--epochs", type=int, default=None, help="segmenter 10, classifier 18")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="the block split's seed (and, "
+                       "unless --train-seed, the weights' and augmentation's)")
+    train.add_argument("--train-seed", type=int, default=None,
+                       help="classifier: seed of the weights and augmentation only, for a "
+                            "second run of one recipe on the same split")
     train.add_argument("--block-size", type=int, default=40, help="file numbers per split block")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda")

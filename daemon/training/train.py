@@ -92,6 +92,9 @@ class ClassifierConfig:
     #: ``epochs``; fitted after epochs ``BUDGET_FIT_AFTER``), e.g. on a GPU machine lent for
     #: minutes.
     time_budget_s: float = 0.0
+    #: Seed of the weights and the augmentation only (None: ``seed``). ``seed`` also draws the
+    #: block split, so a second training run of one recipe on the same split changes this one.
+    train_seed: int | None = None
 
 
 def _device(name: str) -> torch.device:
@@ -224,6 +227,12 @@ def _training_sha256(train: dict) -> str:
     return train.get("training_data_sha256") or D.training_data_sha256(train["records"])
 
 
+def _train_seed(cfg: SegmenterConfig | ClassifierConfig) -> int:
+    """The seed of weights and augmentation (the split's ``seed`` unless set apart)."""
+    own = getattr(cfg, "train_seed", None)
+    return cfg.seed if own is None else own
+
+
 def _start_run(cfg: SegmenterConfig | ClassifierConfig) -> tuple[torch.device, Path, dict, dict]:
     """What both trainings do first: threads, device, run directory, seed, the data splits.
 
@@ -233,7 +242,7 @@ def _start_run(cfg: SegmenterConfig | ClassifierConfig) -> tuple[torch.device, P
     device = _device(cfg.device)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(_train_seed(cfg))
     splits = load_splits(
         cfg.data, cfg.block_size, cfg.seed, cfg.limit_fields, run_dir.parent / "cache"
     )
@@ -443,8 +452,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         if epoch >= meta["config"]["epochs"]:
             break  # the time budget shortened the schedule
         t0 = time.time()
-        gen = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        torch.manual_seed(cfg.seed * 100003 + epoch)
+        gen = torch.Generator().manual_seed(_train_seed(cfg) * 100003 + epoch)
+        torch.manual_seed(_train_seed(cfg) * 100003 + epoch)
         order = torch.randperm(len(tr_crops), generator=gen).numpy()
         model.train()
         total = 0.0
