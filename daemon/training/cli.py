@@ -46,6 +46,7 @@ def _train(args: argparse.Namespace) -> int:
             augment=_augment_overrides(args.augment),
             time_budget_s=args.time_budget,
             train_seed=args.train_seed,
+            workers=args.workers,
             **common,
         )
         if args.epochs is None:
@@ -189,6 +190,10 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                             "second run of one recipe on the same split")
     train.add_argument("--block-size", type=int, default=40, help="file numbers per split block")
     train.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    train.add_argument("--workers", type=int, default=0,
+                       help="classifier: DataLoader worker processes preparing the training "
+                            "batches (each batch seeded from seed, epoch and batch, so any "
+                            "number >= 1 gives the same batches; 0: inline, as before)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda")
     train.add_argument("--limit-fields", type=int, default=0, help="smoke runs: fields per split")
     train.add_argument("--base", type=int, default=8, help="segmenter: U-Net base channels")

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,7 @@ from daemon.training import data as D
 from daemon.training.augment import (
     CLASSIFIER_AUGMENT,
     SEGMENTER_AUGMENT,
+    AugmentParams,
     normalize,
     random_colour,
     random_degrade,
@@ -95,6 +97,11 @@ class ClassifierConfig:
     #: Seed of the weights and the augmentation only (None: ``seed``). ``seed`` also draws the
     #: block split, so a second training run of one recipe on the same split changes this one.
     train_seed: int | None = None
+    #: >0: prepare the training batches in this many ``DataLoader`` worker processes
+    #: (``EpochBatches``), each batch augmented from its own generator seeded from (seed, epoch,
+    #: batch), so the batches are the same for any number of workers (but not those of 0).
+    #: 0: prepare them inline from the epoch's generator, as earlier recipes were trained.
+    workers: int = 0
 
 
 def _device(name: str) -> torch.device:
@@ -361,8 +368,96 @@ def field_predictions(probs: np.ndarray, owners: np.ndarray, n_fields: int, meth
     return out
 
 
+def augment_batch(
+    crops: np.ndarray, idx: np.ndarray, crop_stain: torch.Tensor, stain_targets: torch.Tensor,
+    stain_weights: torch.Tensor, stain_p: float, augment: AugmentParams, mean, std,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """One classifier training batch: crops ``idx`` of (M, S, S, 3) uint8 ``crops``, augmented
+    (geometry, ``stain_mix`` at share ``stain_p``, colour, degradations) and normalized ->
+    (B, 3, S, S) float32 on the CPU. Both ways of preparing batches (inline, workers) use it."""
+    x = _to_float(crops[idx], torch.device("cpu"))
+    x, _ = random_geometry(x, None, augment, generator)
+    x = stain_mix(x, crop_stain[idx], stain_targets, stain_weights, stain_p, generator)
+    x = random_degrade(random_colour(x, augment, generator), augment, generator)
+    return normalize(x, mean, std)
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """Seed of one batch's augmentation generator when workers prepare the batches."""
+    return int(np.random.SeedSequence([seed, epoch, batch]).generate_state(1, np.uint64)[0])
+
+
+class EpochBatches(torch.utils.data.Dataset):
+    """The classifier's training batches as a map-style data set for ``DataLoader`` workers:
+    item ``(epoch, k, idx)`` is the epoch's k-th batch, crops ``idx`` augmented by
+    ``augment_batch`` from a generator seeded by ``batch_seed(seed, epoch, k)``, with their
+    labels: ((B, 3, S, S) float32, (B,) int64). Which worker prepares a batch changes nothing.
+    """
+
+    def __init__(self, crops: np.ndarray, labels: np.ndarray, crop_stain: torch.Tensor,
+                 stain_targets: torch.Tensor, stain_weights: torch.Tensor, stain_p: float,
+                 augment: AugmentParams, mean, std, seed: int) -> None:
+        # tensors: the workers get them through shared memory, not as pickled copies
+        self.crops, self.labels = torch.from_numpy(crops), torch.from_numpy(labels)
+        self.stain = (crop_stain, stain_targets, stain_weights, stain_p)
+        self.augment, self.mean, self.std, self.seed = augment, mean, std, seed
+
+    def __getitem__(self, key: tuple[int, int, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, k, idx = key
+        generator = torch.Generator().manual_seed(batch_seed(self.seed, epoch, k))
+        x = augment_batch(self.crops.numpy(), idx, *self.stain, self.augment, self.mean,
+                          self.std, generator)
+        return x, self.labels[torch.from_numpy(idx)].long()
+
+
+class EpochOrder(torch.utils.data.Sampler):
+    """Keys ``(epoch, k, idx)`` of ``EpochBatches`` for the epoch set by ``set_epoch``: the
+    epoch's order (drawn in the main process) cut into batches of ``batch``."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch, self.epoch, self.order = batch, 0, np.empty(0, np.int64)
+
+    def set_epoch(self, epoch: int, order: np.ndarray) -> None:
+        self.epoch, self.order = epoch, order
+
+    def __iter__(self):
+        for k, i in enumerate(range(0, len(self.order), self.batch)):
+            yield self.epoch, k, self.order[i : i + self.batch]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.order) / self.batch)
+
+
+def _worker_init(_worker_id: int) -> None:
+    """One thread per worker: the workers, not threads within one, share the cores."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def batch_loader(dataset: EpochBatches, batch: int, workers: int,
+                 pin_memory: bool = False) -> tuple[torch.utils.data.DataLoader, EpochOrder]:
+    """A ``DataLoader`` over ``dataset`` with ``workers`` (> 0) processes kept across epochs,
+    and its sampler: call ``sampler.set_epoch(epoch, order)`` before iterating each epoch.
+
+    The workers are spawned, not forked: a process forked after OpenCV ran its thread pool
+    (cutting the crops does) hangs in OpenCV (seen in ``cv2.setNumThreads``)."""
+    sampler = EpochOrder(batch)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, sampler=sampler, num_workers=workers, prefetch_factor=4,
+        pin_memory=pin_memory, persistent_workers=True, worker_init_fn=_worker_init,
+        multiprocessing_context="spawn")
+    return loader, sampler
+
+
 def train_classifier(cfg: ClassifierConfig) -> Path:
-    """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory."""
+    """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory.
+
+    With ``cfg.workers == 0`` (the default) the batches are prepared inline, each augmented
+    from the epoch's generator after it drew the order, exactly as before workers existed, so
+    earlier recipes train as they did. With ``cfg.workers > 0`` ``DataLoader`` workers prepare
+    them (``EpochBatches``), each batch from its own generator (``batch_seed``): the batches
+    are then the same for any number of workers, but differ from the inline ones."""
     device, run_dir, train, val = _start_run(cfg)
     lab = None
     if cfg.colour_norm == "reinhard":
@@ -447,6 +542,12 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         scheduler.lr_lambdas[0].steps / steps_per_epoch))
     augment = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(
         **{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+    stain = (crop_stain, stain_targets, stain_weights, cfg.stain_mix)
+    loader = sampler = None
+    if cfg.workers > 0:
+        loader, sampler = batch_loader(
+            EpochBatches(tr_crops, tr_labels, *stain, augment, mean, std, _train_seed(cfg)),
+            cfg.batch, cfg.workers, pin_memory=device.type == "cuda")
     loop_start, durations = time.time(), []
     for epoch in range(start, cfg.epochs):
         if epoch >= meta["config"]["epochs"]:
@@ -457,14 +558,17 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         order = torch.randperm(len(tr_crops), generator=gen).numpy()
         model.train()
         total = 0.0
-        for i in range(0, len(order), cfg.batch):
-            idx = order[i : i + cfg.batch]
-            x = _to_float(tr_crops[idx], torch.device("cpu"))
-            x, _ = random_geometry(x, None, augment, gen)
-            x = stain_mix(x, crop_stain[idx], stain_targets, stain_weights, cfg.stain_mix, gen)
-            x = random_degrade(random_colour(x, augment, gen), augment, gen)
-            x = normalize(x, mean, std).to(device)
-            y = torch.from_numpy(tr_labels[idx]).to(device)
+        if loader is not None:
+            sampler.set_epoch(epoch, order)
+            batches = loader
+        else:
+            batches = (
+                (augment_batch(tr_crops, idx, *stain, augment, mean, std, gen),
+                 torch.from_numpy(tr_labels[idx]))
+                for idx in (order[i : i + cfg.batch] for i in range(0, len(order), cfg.batch)))
+        for x, y in batches:
+            x = x.to(device, non_blocking=True)
+            y = y.to(device, non_blocking=True)
             loss = F.cross_entropy(
                 model(x), y, weight=class_weight.to(device), label_smoothing=cfg.label_smoothing
             )
@@ -472,7 +576,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) * len(idx)
+            total += float(loss.detach()) * len(y)
         probs = predict_crops(model, va_crops, mean, std, device)
         cell_acc = float((probs.argmax(1) == val["labels"][va_owner]).mean()) if len(probs) else 0
         fields = field_predictions(probs, va_owner, len(val["labels"]), "mean")

@@ -11,9 +11,15 @@
 # BUDGET_S: seconds of training per candidate after its data is loaded (--time-budget).
 # PY and TIMEOUT (environment): the Python to use (default python3) and each candidate's
 # limit in seconds (default BUDGET_S + 110: data loading, the last epoch, saving).
+# WORKERS (environment): each candidate's --workers, the processes that augment its batches
+# (the single-threaded augmentation, not the GPU, limited an epoch); default: the cores
+# shared by the candidates, less one each for its main process, at least 1.
 set -u
 LIST=$1 PACK=$2 WHEELS=$3 OUT=$4 BUDGET=$5 LIMIT=${6:-0} DEVICE=${7:-cuda}
 PY=${PY:-python3}
+N_CANDIDATES=$(grep -cvE '^[[:space:]]*(#|$)' "$LIST")
+WORKERS=${WORKERS:-$(( $(nproc) / (N_CANDIDATES > 0 ? N_CANDIDATES : 1) - 1 ))}
+[ "$WORKERS" -ge 1 ] || WORKERS=1
 mkdir -p "$OUT" /tmp/lk-runs
 if compgen -G "$WHEELS/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -48,7 +54,8 @@ candidate() {  # NAME ARGS...
   local name=$1; shift
   timeout "${TIMEOUT:-$((BUDGET + 110))}" "$PY" -m daemon.training.cli train classifier \
     --data "$PACK" --negatives "$PACK/negatives" --out "/tmp/lk-runs/$name" --threads 2 \
-    --device "$DEVICE" --limit-fields "$LIMIT" --epochs 200 --time-budget "$BUDGET" "$@" \
+    --workers "$WORKERS" --device "$DEVICE" --limit-fields "$LIMIT" --epochs 200 \
+    --time-budget "$BUDGET" "$@" \
     >"/tmp/lk-runs/$name.log" 2>&1
   echo "$name exit $?" >>/tmp/lk-runs/exits.txt
 }
