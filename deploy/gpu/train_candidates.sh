@@ -50,10 +50,13 @@ collect() {
 ( while sleep 30; do collect; done ) &
 COLLECTOR=$!
 
+# --threads 1: torch's intra-op threads on a batch of small crops cost more than they give
+# when cores are shared (one epoch's augmentation, 2 loaded cores: 101 s at 2 threads, 4.1 s
+# at 1); a list line's own --threads comes later and wins.
 candidate() {  # NAME ARGS...
   local name=$1; shift
   timeout "${TIMEOUT:-$((BUDGET + 110))}" "$PY" -m daemon.training.cli train classifier \
-    --data "$PACK" --negatives "$PACK/negatives" --out "/tmp/lk-runs/$name" --threads 2 \
+    --data "$PACK" --negatives "$PACK/negatives" --out "/tmp/lk-runs/$name" --threads 1 \
     --workers "$WORKERS" --device "$DEVICE" --limit-fields "$LIMIT" --epochs 200 \
     --time-budget "$BUDGET" "$@" \
     >"/tmp/lk-runs/$name.log" 2>&1
