@@ -304,6 +304,13 @@ def reinhard_normalize(
     return cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
 
 
+def _split(reference, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+           names: list[str], records: list[FieldRecord]) -> dict:
+    """One split as ``load_splits`` returns it."""
+    return {"reference_background": [float(v) for v in reference], "images": images,
+            "masks": masks, "labels": labels, "names": names, "records": records}
+
+
 def load_splits(
     data_dir: str, block_size: int, seed: int, limit: int = 0, cache_dir: Path | None = None
 ) -> dict[str, dict]:
@@ -345,14 +352,7 @@ def load_splits(
                 f"{split}_names": np.asarray(names),
             }
         )
-        out[split] = {
-            "reference_background": [float(v) for v in reference],
-            "images": images,
-            "masks": masks,
-            "labels": labels,
-            "names": names,
-            "records": recs,
-        }
+        out[split] = _split(reference, images, masks, labels, names, recs)
     if cache is not None and not stored:
         tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, **fresh)
@@ -401,20 +401,13 @@ def load_pack(pack_dir: Path, block_size: int, seed: int, limit: int = 0) -> dic
             names, labels, masks = names[:limit], labels[:limit], masks[:limit]
         records = [
             FieldRecord(pack_dir / "fields" / split / name, None, int(label),
-                          int(_NUMBER.search(Path(name).stem).group(1)))
+                        int(_NUMBER.search(Path(name).stem).group(1)))
             for name, label in zip(names, labels, strict=True)
         ]
         images = np.stack([normalise_background(read_rgb(r.image), tuple(reference))
                            for r in records])
-        out[split] = {
-            "reference_background": [float(v) for v in reference],
-            "images": images,
-            "masks": masks,
-            "labels": labels,
-            "names": names,
-            "records": records,
-            "training_data_sha256": str(stored["training_data_sha256"]),
-        }
+        out[split] = {**_split(reference, images, masks, labels, names, records),
+                      "training_data_sha256": str(stored["training_data_sha256"])}
     return out
 
 
