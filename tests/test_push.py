@@ -402,6 +402,7 @@ def test_two_api_replicas_check_one_rigs_pushes_with_one_red_cell_history(
     import numpy as np
 
     from capture.intake import Intake, SourceFrame
+    from daemon.imaging.scale import HISTORY, MAX_RIGS
     from daemon.imaging.synthetic import smear_field
     from daemon.store.rigs import RedCellHistory
 
@@ -409,7 +410,7 @@ def test_two_api_replicas_check_one_rigs_pushes_with_one_red_cell_history(
     field_a, _ = smear_field(np.random.default_rng(1), size=(448, 448))
     field_b, _ = smear_field(np.random.default_rng(2), size=(448, 448), red_cells=4)
     assert not Intake(settings, redis_client).check(SourceFrame(field_b, b"")).ok  # alone
-    history = RedCellHistory(redis_client)
+    history = RedCellHistory(redis_client, HISTORY, MAX_RIGS)
     with _serve(settings) as first, _serve(settings) as second:
         code, body = post(f"{first}/frames?specimen_id=R-1&name=a.png&rig_id=rig-2", png(field_a))
         assert code == 202 and body["status"] == "new", body

@@ -24,7 +24,9 @@ from daemon.store.keys import RBC_HISTORY_KEY, RBC_RIGS_KEY
 class RedCellHistory:
     """Rigs' red-cell diameters (frame pixels, oldest first), bounded, in Redis."""
 
-    def __init__(self, client: redis.Redis, history: int = 25, max_rigs: int = 256) -> None:
+    def __init__(self, client: redis.Redis, history: int, max_rigs: int) -> None:
+        """``history``, ``max_rigs``: the rigs' running estimate's own bounds
+        (``daemon.imaging.scale.HISTORY``, ``MAX_RIGS``, which this layer does not import)."""
         self.client = client
         self.history = history
         self.max_rigs = max_rigs
