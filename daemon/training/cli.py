@@ -113,6 +113,22 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ensemble(args: argparse.Namespace) -> int:
+    import shutil
+
+    from daemon.training.ensemble import build_ensemble  # onnx only
+
+    out = Path(args.out)
+    report = build_ensemble([Path(m) for m in args.members], out, args.version,
+                            fp16=not args.no_fp16)
+    if args.segmenter:  # a complete models folder, ready for evaluate or the daemon
+        for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
+            if (Path(args.segmenter) / name).exists():
+                shutil.copy2(Path(args.segmenter) / name, out / name)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from daemon.training.evaluate import evaluate  # onnxruntime only
 
@@ -237,6 +253,18 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                         help="model version in the manifest (results carry it): new weights, "
                              "new version (default: the exporter's VERSION)")
     export.set_defaults(func=_export)
+
+    ensemble = subparsers.add_parser(
+        "ensemble", help="average exported classifiers (folders with classifier.onnx + .json) "
+        "into one classifier.onnx: softmax of the mean logit")
+    ensemble.add_argument("members", nargs="+", help="model folders, two or more")
+    ensemble.add_argument("--out", required=True)
+    ensemble.add_argument("--version", required=True,
+                          help="the ensemble's model version (results carry it)")
+    ensemble.add_argument("--segmenter", default="",
+                          help="copy this folder's segmenter beside it (a complete models folder)")
+    ensemble.add_argument("--no-fp16", action="store_true")
+    ensemble.set_defaults(func=_ensemble)
 
     evaluate = subparsers.add_parser(
         "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics"
