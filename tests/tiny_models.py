@@ -66,12 +66,16 @@ def build_segmenter(folder: Path) -> Path:
     return path
 
 
-def build_classifier(folder: Path) -> Path:
+TINY_WEIGHT = np.array([[4, 2, -3], [-2, 3, 0], [3, -4, 3], [0, 1, -1]], np.float32)
+
+
+def build_classifier(folder: Path, weight: np.ndarray = TINY_WEIGHT, size: int = CROP,
+                     version: str = "0.0.1-test") -> Path:
+    """``weight`` (4, 3): class scores from mean colour; the default makes purple cells (high R
+    and B, low G) favour pre_b."""
     path = folder / "classifier.onnx"
-    # Class scores from mean colour: purple cells (high R and B, low G) favour pre_b.
-    weight = np.array([[4, 2, -3], [-2, 3, 0], [3, -4, 3], [0, 1, -1]], np.float32)
     inits = [
-        numpy_helper.from_array(weight.reshape(4, 3, 1, 1), "w"),
+        numpy_helper.from_array(weight.astype(np.float32).reshape(4, 3, 1, 1), "w"),
         numpy_helper.from_array(np.zeros(4, np.float32), "b"),
     ]
     nodes = [
@@ -83,10 +87,10 @@ def build_classifier(folder: Path) -> Path:
     graph = helper.make_graph(
         nodes,
         "tiny-classifier",
-        [helper.make_tensor_value_info("crop", TensorProto.FLOAT, ["N", 3, CROP, CROP])],
+        [helper.make_tensor_value_info("crop", TensorProto.FLOAT, ["N", 3, size, size])],
         [
             helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 4]),
-            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, CROP, CROP]),
+            helper.make_tensor_value_info("cam", TensorProto.FLOAT, ["N", 4, size, size]),
         ],
         inits,
     )
@@ -95,8 +99,8 @@ def build_classifier(folder: Path) -> Path:
         path,
         name="tiny-classifier",
         kind="classifier",
-        version="0.0.1-test",
-        input={"name": "crop", "size": (CROP, CROP)},
+        version=version,
+        input={"name": "crop", "size": (size, size)},
         outputs=["probabilities", "cam"],
         classes=[{"code": c, "display": c} for c in CLASS_CODES],
         crop={"margin": 0.25, "min_side_px": 32},

@@ -1,0 +1,91 @@
+"""Averaged classifiers: one ONNX graph, softmax of the members' mean logit, usable as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from daemon.domain.manifest import load_manifest
+from daemon.imaging.synthetic import smear_field
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.sessions import Classifier, Segmenter
+from daemon.training.ensemble import build_ensemble
+from tests.tiny_models import TINY_WEIGHT, build_classifier, build_segmenter
+
+
+def _member(root: Path, name: str, weight: np.ndarray, size: int = 32) -> Path:
+    folder = root / name
+    folder.mkdir()
+    build_classifier(folder, weight, size=size, version=f"0.0.{len(name)}-{name}")
+    return folder
+
+
+def _run(path: Path, crops: np.ndarray) -> list[np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"crop": crops})
+
+
+@pytest.fixture
+def members(tmp_path: Path) -> list[Path]:
+    rng = np.random.default_rng(3)
+    return [_member(tmp_path, "a", TINY_WEIGHT),
+            _member(tmp_path, "b", rng.normal(0, 3, (4, 3))),
+            _member(tmp_path, "c", rng.normal(0, 3, (4, 3)))]
+
+
+def test_ensemble_is_softmax_of_the_mean_logit(tmp_path: Path, members: list[Path]) -> None:
+    out = tmp_path / "ensemble"
+    build_ensemble(members, out, "9.9.9")
+    crops = np.random.default_rng(0).normal(size=(5, 3, 32, 32)).astype(np.float32)
+    each = [_run(m / "classifier.onnx", crops) for m in members]
+    probabilities, cam = _run(out / "classifier.onnx", crops)
+
+    mean_cam = np.mean([c for _, c in each], axis=0)
+    logits = mean_cam.mean(axis=(2, 3))
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(cam, mean_cam, atol=1e-5)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+    # The geometric mean of the members' probabilities, renormalised: the same thing.
+    geometric = np.prod([p for p, _ in each], axis=0) ** (1 / len(each))
+    np.testing.assert_allclose(probabilities, geometric / geometric.sum(1, keepdims=True),
+                               atol=1e-5)
+    # It differs from every member (the test would pass trivially for one member).
+    assert all(np.abs(probabilities - p).max() > 1e-3 for p, _ in each)
+    half, _ = _run(out / "classifier_fp16.onnx", crops)
+    np.testing.assert_allclose(half, probabilities, atol=5e-3)
+
+
+def test_ensemble_manifest_names_its_members(tmp_path: Path, members: list[Path]) -> None:
+    out = tmp_path / "ensemble"
+    build_ensemble(members, out, "9.9.9")
+    manifest = load_manifest(out / "classifier.json")  # verifies both sha256s
+    assert manifest.version == "9.9.9"
+    assert [m["version"] for m in manifest.members] == [
+        load_manifest(m / "classifier.json").version for m in members]
+    assert manifest.temperature is None and manifest.metrics == {}
+    assert "ensemble of 3 classifiers" in manifest.architecture
+
+
+def test_members_must_share_the_input_contract(tmp_path: Path, members: list[Path]) -> None:
+    other = _member(tmp_path, "wide", TINY_WEIGHT, size=48)
+    with pytest.raises(ValueError, match="input differs"):
+        build_ensemble([members[0], other], tmp_path / "bad", "9.9.9")
+    with pytest.raises(ValueError, match="at least two"):
+        build_ensemble(members[:1], tmp_path / "one", "9.9.9")
+
+
+def test_the_daemon_analyses_with_an_ensemble(tmp_path: Path, members: list[Path]) -> None:
+    out = tmp_path / "ensemble"
+    build_ensemble(members, out, "9.9.9")
+    segmenter = build_segmenter(out)
+    analyzer = Analyzer(Segmenter(segmenter, "cpu"), Classifier(out / "classifier.onnx", "cpu"))
+    image, truth = smear_field(np.random.default_rng(1), white_cells=3)
+    (analysis,) = analyzer.analyze([image])
+    assert len(analysis.cells) == len(truth)
+    described = analyzer.describe(analysis)
+    assert described["frame_class"] in analyzer.classes
+    assert analyzer.classifier.manifest.version == "9.9.9"
