@@ -116,6 +116,9 @@ def build_ensemble(member_dirs: list[Path], out: Path, version: str, fp16: bool 
         "(cam = mean of the members' cams); members: " + "; ".join(
             f"{m.version} {m.sha256[:12]} ({_arch(m).split(',')[0]})" for m in manifests),
         members=members,
+        # The first member's training is not the ensemble's: each member's is under members.
+        training={"method": "softmax of the members' mean logit (leukoscope ensemble); "
+                  "no training of its own", "members": len(manifests)},
     )
     write_manifest_for(path, **base)
     return {"out": str(out), "members": [str(d) for d in member_dirs],

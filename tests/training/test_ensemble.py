@@ -68,6 +68,7 @@ def test_ensemble_manifest_names_its_members(tmp_path: Path, members: list[Path]
         load_manifest(m / "classifier.json").version for m in members]
     assert manifest.temperature is None and manifest.metrics == {}
     assert "ensemble of 3 classifiers" in manifest.architecture
+    assert manifest.training["members"] == 3  # not the first member's training
 
 
 def test_members_must_share_the_input_contract(tmp_path: Path, members: list[Path]) -> None:
