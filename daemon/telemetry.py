@@ -59,6 +59,10 @@ CATALOGUE: dict[str, LocalMetric] = {
                     BATCH_BUCKETS),
         LocalMetric("leukoscope_batch_cells", "histogram", "Cell crops per worker batch.", (),
                     BATCH_BUCKETS),
+        LocalMetric("leukoscope_rig_history_errors_total", "counter",
+                    "Reads (before a batch) and appends (after it) of the rigs' shared "
+                    "red-cell history that Redis refused; the worker rescaled with its own.",
+                    ("op",), known={"op": ("read", "append")}),
         LocalMetric("leukoscope_stream_frames_seen_total", "counter",
                     "Frames read from a live source (capture.source: opencv).", ("rig",)),
         LocalMetric("leukoscope_stream_frames_gated_total", "counter",

@@ -125,7 +125,7 @@ def decode_push(data: bytes, scale: float | None, rig: str, history: list[float]
     checker = _checker_for(settings, rig, history)
     learned = checker.rescaler.learned
     assert learned is not None  # set by _checker_for
-    out = Decoded(os.getpid(), measured=learned)
+    out = Decoded(os.getpid(), measured=learned.setdefault(rig, []))  # filled as it measures
     try:
         try:
             frames = expand(data, settings)
@@ -181,7 +181,7 @@ def _checker_for(settings: Settings, rig: str, history: list[float]) -> Intake:
         _checker = Intake(settings, None, _NoQueue(), _NoQueue(), rig)  # type: ignore[arg-type]
     _checker.rig_id = rig
     _checker.rescaler.reset(rig, history)
-    _checker.rescaler.learned = []
+    _checker.rescaler.learned = {}
     return _checker
 
 

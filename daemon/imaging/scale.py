@@ -52,9 +52,10 @@ class Rescaler:
         self.jump = jump
         self.max_rigs = max_rigs
         self._rigs: OrderedDict[str, deque[float]] = OrderedDict()
-        # A list when the history is kept elsewhere (the API's decoding children measure,
-        # the API keeps): each diameter ``resolve`` adds to a rig's history is added here too.
-        self.learned: list[float] | None = None
+        # A dict when the histories are kept elsewhere (in Redis: the API's decoding children
+        # and the workers measure, Redis keeps): each diameter ``resolve`` adds to a rig's
+        # history is added here too, under the rig, for the holder to send on.
+        self.learned: dict[str, list[float]] | None = None
 
     def _rig(self, rig: str) -> deque[float]:
         diameters = self._rigs.pop(rig, None) or deque(maxlen=self.history)
@@ -70,6 +71,13 @@ class Rescaler:
     def remember(self, rig: str | None, diameters: Iterable[float]) -> None:
         """Add diameters measured elsewhere to the rig's history (bounded as ever)."""
         self._rig(rig or "").extend(diameters)
+
+    def adopt(self, rig: str | None, diameters: Iterable[float]) -> None:
+        """The rig's history is now ``diameters`` (its last ``history``, oldest first: the
+        shared one, read from where it is kept); other rigs' stay."""
+        kept = self._rig(rig or "")
+        kept.clear()
+        kept.extend(diameters)
 
     def reset(self, rig: str | None, diameters: Iterable[float]) -> None:
         """Forget every rig's history; ``rig``'s is ``diameters``."""
@@ -117,7 +125,7 @@ class Rescaler:
             assert measured is not None
             diameters.append(measured)
             if self.learned is not None:
-                self.learned.append(measured)
+                self.learned.setdefault(rig or "", []).append(measured)
             median = float(np.median(diameters))
             agrees = abs(measured / median - 1) <= self.jump
             return self._estimated(median, measured, agrees)

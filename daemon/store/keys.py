@@ -57,7 +57,8 @@ HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process do
 
 # --- rigs (store/rigs.py) ---------------------------------------------------------------
 RBC_HISTORY_KEY = "lks:rigs:rbc"  # hash: rig id -> its last red-cell diameters (frame pixels,
-#   space-separated, oldest first) for pushed frames' QC (store/rigs.py; bounded per rig)
+#   space-separated, oldest first): the rig's running scale estimate for pushed frames' QC
+#   and the workers' rescaling (store/rigs.py, worker/rigs.py; bounded per rig)
 RBC_RIGS_KEY = "lks:rigs:rbc:used"  # zset: rig id -> when its diameters last grew; past
 #   the cap the least recent rig leaves both keys (scripts/remember_diameters.lua)
 

@@ -1,10 +1,10 @@
-"""Each rig's running red-cell diameters, shared by every API process through Redis.
+"""Each rig's running red-cell diameters, shared by every API process and worker through Redis.
 
-A pushed frame with no scale of its own is quality-checked at its rig's running red-cell
-estimate (``daemon.imaging.scale``: the median of the rig's last diameters). The API's
-decoding children measure, the API keeps: kept in one API process's memory, two replicas
-(or a restarted one) each had their own history, so one rig's frames passed or failed QC
-by which replica took them. Here the history is one hash field per rig
+A frame with no scale of its own is quality-checked (API) and rescaled (worker) at its rig's
+running red-cell estimate (``daemon.imaging.scale``: the median of the rig's last
+diameters). Kept in each process's memory, two API replicas or two workers (or a restarted
+one) each had their own history, so one rig's frames passed QC, or were brought to the
+models' scale, by which process took them. Here the history is one hash field per rig
 (``keys.RBC_HISTORY_KEY``), appended to by one script (``scripts/remember_diameters.lua``):
 concurrent pushes of one rig all land, in at most ``history`` diameters a rig and
 ``max_rigs`` rigs (the least recently measured rig's history goes first), so a client
@@ -13,7 +13,7 @@ naming new rig ids cannot grow Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import redis
 
@@ -45,6 +45,26 @@ class RedCellHistory:
         kept = self._remember(keys=[RBC_HISTORY_KEY, RBC_RIGS_KEY],
                               args=[rig, self.history, self.max_rigs, *new])
         return _parse(kept)
+
+    def many(self, rigs: Iterable[str]) -> dict[str, list[float]]:
+        """Several rigs' histories in one round trip (HMGET): a worker's batch reads the
+        rigs it holds frames of once, not once a frame."""
+        names = list(dict.fromkeys(rigs))
+        if not names:
+            return {}
+        values = self.client.hmget(RBC_HISTORY_KEY, names)
+        return {rig: _parse(value) for rig, value in zip(names, values, strict=True)}
+
+    def remember_many(self, diameters: Mapping[str, Iterable[float]]) -> None:
+        """Append each rig's new ``diameters``, one script call a rig, all in one round
+        trip (``scripts.run_many``); each call is atomic as :meth:`remember` is."""
+        calls = []
+        for rig, values in diameters.items():
+            new = [repr(float(d)) for d in values]
+            if new:
+                calls.append((self._remember, [RBC_HISTORY_KEY, RBC_RIGS_KEY],
+                              [rig, self.history, self.max_rigs, *new]))
+        scripts.run_many(self.client, calls)
 
 
 def _parse(value: bytes | str | None) -> list[float]:

@@ -40,6 +40,7 @@ from daemon.store.connection import Outage, connect
 from daemon.store.frames import MissingFrame
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
+from daemon.worker.rigs import SharedRigScales
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,8 @@ class Worker:
             self.client, keys.STREAM_KEY, keys.GROUP, settings.specimens.low_confidence
         )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
+        # Rigs' running red-cell estimates: one per rig for every worker, kept in Redis.
+        self.rig_scales = SharedRigScales.for_client(self.analyzer.rescaler, self.client)
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
@@ -244,6 +247,9 @@ class Worker:
                 log.info("duplicate frame acknowledged", extra={"frame_id": d.frame_id})
                 continue
             (suspects if d.deliveries > 1 else fresh).append(d)
+        # Before any frame decodes (planned factors) or is measured: the rigs' shared
+        # estimates, in one round trip; the frames' diameters go back in one after the batch.
+        self.rig_scales.load(d.rig_id for d in fresh + suspects if d.um_per_pixel is None)
         if fresh:
             self._process_group(fresh, started)
         limit = self.settings.queue.max_deliveries
@@ -261,6 +267,7 @@ class Worker:
             log.warning("frame delivered before; analysing it alone", extra={
                 "frame_id": d.frame_id, "deliveries": d.deliveries, "attempt": attempts})
             self._process_group([d], started)
+        self.rig_scales.save()
 
     def _submit(self, outcomes: list[Outcome]) -> None:
         self.flush()  # one batch in flight at most: results are stored in order
