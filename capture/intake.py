@@ -206,11 +206,14 @@ class Intake:
 
     def offer(self, frame: SourceFrame, frame_id: str, specimen_id: str, source: str,
               captured_at: float | None = None, metadata: dict[str, str] | None = None,
-              quality: Quality | None = None, check: bool = True) -> Offer:
+              quality: Quality | None = None, check: bool = True,
+              scale_shared: bool = False) -> Offer:
         """QC ``frame`` (unless ``quality`` is given) and queue it or store its rejection.
 
         ``check=False`` queues it unchecked: the worker runs quality control where it
         decodes the frame (files from the watched folder, issue 15: decode once).
+        ``scale_shared``: the frame's red-cell diameter already went to its rig's shared
+        history (HTTP push), so the worker does not append it again.
         """
         checked = check or quality is not None
         if quality is None:
@@ -227,7 +230,8 @@ class Intake:
             return Offer("rejected", frame_id, quality)
         outcome = self.queue.enqueue(frame_id, specimen_id, source, self.rig_id, frame.data,
                                      now, um_per_pixel=self.scale_of(frame), metadata=meta,
-                                     qc_done=checked and self.settings.capture.qc.enabled)
+                                     qc_done=checked and self.settings.capture.qc.enabled,
+                                     scale_shared=scale_shared)
         return Offer(outcome, frame_id, quality)
 
     def store_rejected(self, frame_id: str, specimen_id: str, source: str, reason: str,

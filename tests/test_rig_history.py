@@ -156,3 +156,27 @@ def test_a_redis_that_refuses_the_history_costs_no_frame(settings, redis_client,
     # Redis's history, not the outage's: what was measured meanwhile is not sent later.
     shared = RedCellHistory(redis_client, HISTORY, MAX_RIGS).diameters("rig-A")
     assert len(shared) == 1 and worker.analyzer.rescaler.diameters("rig-A") == shared
+
+
+def test_a_pushed_frames_diameter_is_shared_once_not_again_by_the_worker(settings,
+                                                                          redis_client):
+    """The API's quality control measures a pushed frame and appends its diameter to the
+    rig's history; the worker measures the same frame again. It used to append it too, so
+    every pushed frame filled two of its rig's places. A frame from the folder (no API
+    measure) is still appended by the worker."""
+    from tests.test_push import _serve, post
+
+    settings.api.max_upload_bytes = 8 << 20
+    history = RedCellHistory(redis_client, HISTORY, MAX_RIGS)
+    with _serve(settings) as url:
+        code, body = post(f"{url}/frames?specimen_id=P-1&name=a.jpg&rig_id=rig-P", rich(30))
+        assert code == 202 and body["status"] == "new", body
+    assert len(history.diameters("rig-P")) == 1  # the API's measure
+    worker = Worker(settings, "w1")
+    queue(worker, "folder", "rig-P", rich(31))  # as capture queues a watched folder's file
+    drain(worker)
+    results = ResultStore(worker.client)
+    assert results.get(body["frame_id"]).status == "done"
+    assert results.get("folder").status == "done"
+    # One diameter for the pushed frame (the API's), one for the folder's (the worker's).
+    assert len(history.diameters("rig-P")) == 2

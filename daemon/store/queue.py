@@ -53,6 +53,9 @@ class Delivery:
     metadata: dict[str, str] | None = None  # field metadata (HTTP push, CZI scene/tile)
     data_ref: str | None = None  # the frame's bytes in the frame store (store/frames.py)
     qc_done: bool = False  # quality control ran before queueing (HTTP push, live camera)
+    # The frame's red-cell diameter is already in its rig's shared history (the API measured
+    # and appended it): the worker, measuring it again, must not append it a second time.
+    scale_shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,14 @@ class FrameQueue:
         um_per_pixel: float | None = None,
         metadata: dict[str, str] | None = None,
         qc_done: bool = False,
+        scale_shared: bool = False,
     ) -> str:
         """Queue a frame once: returns 'new', 'queued' (already waiting) or 'stored'.
         After 'new', ``backlog_seen`` is the backlog that includes it.
 
-        ``qc_done``: quality control already ran (the worker then skips it). Bytes above
+        ``qc_done``: quality control already ran (the worker then skips it).
+        ``scale_shared``: the frame's red-cell diameter is already in its rig's shared history
+        (the worker then does not append it again). Bytes above
         ``inline_max_bytes`` are written to the frame store first (OSError), before the entry
         that names them exists: a worker that reads the entry finds the file.
         """
@@ -128,6 +134,8 @@ class FrameQueue:
             fields["data"] = data
         if qc_done:
             fields["qc"] = "done"
+        if scale_shared:
+            fields["rbc"] = "shared"
         if um_per_pixel is not None:
             fields["um_per_pixel"] = repr(float(um_per_pixel))
         if metadata:
@@ -267,6 +275,7 @@ class FrameQueue:
             metadata=json.loads(fields[b"metadata"]) if b"metadata" in fields else None,
             data_ref=fields[b"data_ref"].decode() if b"data_ref" in fields else None,
             qc_done=fields.get(b"qc") == b"done",
+            scale_shared=fields.get(b"rbc") == b"shared",
         )
 
     def read(

@@ -342,7 +342,13 @@ class Worker:
         try:
             source = (d.metadata or {}).get("um_per_pixel_source", "configured")
             rescaler = self.analyzer.rescaler
+            learned = (rescaler.learned or {}).get(d.rig_id or "", [])
+            noted = len(learned)
             rescaled, scale = rescaler.to_models(frame, d.um_per_pixel, source, d.rig_id)
+            if d.scale_shared:
+                # Already in the shared history (the API measured this frame): sent once.
+                learned = (rescaler.learned or {}).get(d.rig_id or "", [])
+                del learned[noted:]
             if rescaled is None:
                 # The rig's estimate moved with this frame past what the reduction allows:
                 # decode in full rather than enlarge a reduced image (rare).

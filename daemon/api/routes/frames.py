@@ -254,8 +254,11 @@ def _push_admitted(settings: Settings, intake: Intake, pool: DecodePool, data: b
                                 prepared.metadata, prepared.um_per_pixel_source)
             frame_id = derived_frame_id(specimen, name, frame.label, data)
             label = "" if frame.label is None else f"#{frame.label}"
+            # The decoding child's diameters went to the rig's shared history (DecodePool):
+            # the worker must not count this frame's a second time.
             offer = intake.offer(frame, frame_id, specimen, source + label, now, metadata,
-                                 quality=prepared.quality)
+                                 quality=prepared.quality,
+                                 scale_shared=bool(decoded.measured) and frame.um_per_pixel is None)
             answer = {"frame_id": frame_id, "status": offer.outcome}
             if frame.label is not None:
                 answer["part"] = frame.label
