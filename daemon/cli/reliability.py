@@ -101,7 +101,8 @@ def _role(pid: int) -> str | None:
 
 
 class Sampler(threading.Thread):
-    """Peak VmRSS per role (supervisor, capture, worker, api, redis), 5 times a second."""
+    """Peak VmRSS per role (supervisor, capture, worker, api, api-decoder, redis), 5 times a
+    second."""
 
     def __init__(self, supervisor: int, redis_dir: Path) -> None:
         super().__init__(daemon=True)
@@ -117,6 +118,9 @@ class Sampler(threading.Thread):
                 role = _role(child)
                 if role:
                     pids[child] = role
+                if role == "api":  # its decoding children (api.decode_workers)
+                    for decoder in child_pids(child):
+                        pids[decoder] = "api-decoder"
             redis_pid = embedded_pid(self.redis_dir)
             if redis_pid:
                 pids[redis_pid] = "redis"
@@ -184,6 +188,14 @@ class Daemon:
                 raise RuntimeError(f"only {len(items)} of {count} results in {timeout:.0f} s")
             time.sleep(1.0)
 
+    def api_pid(self) -> int | None:
+        """The API child of the supervisor now (None while it is being restarted)."""
+        return next((pid for pid in child_pids(self.process.pid) if _role(pid) == "api"), None)
+
+    @staticmethod
+    def rss(pid: int | None) -> int:
+        return _rss(pid) if pid else 0
+
     def restarts(self) -> int:
         return self.log.read_text(errors="replace").count("child exited")
 
@@ -242,22 +254,24 @@ def _tiff_pages(pages: int, side: int) -> bytes:
     return out.getvalue()
 
 
-def hostile(daemon: Daemon) -> dict:
+def hostile(daemon: Daemon, good_frames: int = 10, uhd: int = 4, tiff_pages: int = 40,
+            tiff_side: int = 10000, sharp_side: int = 8064) -> dict:
     folder = daemon.root / "inbox" / "HOSTILE"
     rng = np.random.default_rng(16)
-    good = {f"good-{i:02d}.jpg": _field(1000 + i) for i in range(10)}
+    good = {f"good-{i:02d}.jpg": _field(1000 + i) for i in range(good_frames)}
     corrupt = bytearray(_field(2000))
     corrupt[len(corrupt) // 3 : len(corrupt) // 3 + 2048] = rng.integers(
         0, 256, 2048, dtype=np.uint8).tobytes()
     bad: dict[str | bytes, bytes] = {
         "bomb-20000.jpg": jpeg_bomb(20000, 20000),
         "bomb-20000.png": png_bomb(20000, 20000),
-        "sharp-8064.jpg": _big_field(3000, 8064, 8064),
-        "pages-40x10000.tif": _tiff_pages(40, 10000),
+        f"sharp-{sharp_side}.jpg": _big_field(3000, sharp_side, sharp_side),
+        f"pages-{tiff_pages}x{tiff_side}.tif": _tiff_pages(tiff_pages, tiff_side),
         "corrupt.jpg": bytes(corrupt),
     }
-    fourk = {f"uhd-{i}.jpg": _big_field(4000 + i, 3840, 2160) for i in range(4)}
+    fourk = {f"uhd-{i}.jpg": _big_field(4000 + i, 3840, 2160) for i in range(uhd)}
     odd_name = b"field-\xff\xfe.jpg"
+    restarts_before = daemon.restarts()
     started = time.monotonic()
     for name, data in {**good, **bad, **fourk}.items():
         _deliver(folder, name, data)
@@ -269,11 +283,20 @@ def hostile(daemon: Daemon) -> dict:
     for item in items:
         name = item["source"].rsplit("/", 1)[-1]
         outcome[name] = item["status"] + (f" ({item['reason']})" if item.get("reason") else "")
+    good_done = sum(outcome.get(n) == "done" for n in (*good, *fourk))
+    names = [item["source"].rsplit("/", 1)[-1] for item in items if "/HOSTILE/" in item["source"]]
     return {"files": expected, "seconds_to_all_outcomes": round(elapsed, 1),
             "outcomes": dict(sorted(outcome.items())),
-            "good_done": sum(outcome.get(n) == "done" for n in (*good, *fourk)),
-            "good_files": len(good) + len(fourk),
-            "restarts": daemon.restarts()}
+            "good_done": good_done, "good_files": len(good) + len(fourk),
+            "restarts": daemon.restarts() - restarts_before,
+            "checks": {
+                "every good file done": good_done == len(good) + len(fourk),
+                "every bad file rejected": sum(
+                    v.startswith("rejected") for n, v in outcome.items()
+                    if n not in good and n not in fourk) == len(bad) + 1,
+                "none stored twice": len(names) == len(set(names)),
+                "no process restarted": daemon.restarts() == restarts_before,
+            }}
 
 
 def redis_kill(daemon: Daemon) -> dict:
@@ -293,9 +316,12 @@ def redis_kill(daemon: Daemon) -> dict:
     items = daemon.wait_results(before + 20, 300)
     mine = [i for i in items if "/REDIS-KILL/" in i["source"]]
     names = [i["source"].rsplit("/", 1)[-1] for i in mine]
+    done = sum(i["status"] == "done" for i in mine)
     return {"seconds_to_ready": round(ready, 1), "frames": 20, "stored": len(set(names)),
             "duplicates": len(names) - len(set(names)),
-            "done": sum(i["status"] == "done" for i in mine), "restarts": daemon.restarts()}
+            "done": done, "restarts": daemon.restarts(),
+            "checks": {"ready again within 30 s": ready < 30, "every frame done": done == 20,
+                       "none stored twice": len(names) == len(set(names))}}
 
 
 def flood(daemon: Daemon, count: int) -> dict:
@@ -477,11 +503,24 @@ def queue_memory(settings: Settings, root: Path, frames: int) -> dict:
     return measured
 
 
-def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
-                    as_json: bool, queue_frames: int = 1000) -> int:
+def reliability_report(settings: Settings, scenarios: list[str], flood_frames: int = 10_000,
+                       queue_frames: int = 1000, scale: dict | None = None) -> dict:
+    """Run ``scenarios`` against a daemon of their own; the report with its ``bounds``
+    (peak RSS per role against its limit) and ``failures`` (empty: all passed). ``scale``:
+    keyword arguments per scenario (the tests run small ones)."""
+    from daemon.cli.reliability_bounds import bounds, failures
+    from daemon.cli.reliability_kill import poison, worker_kill
+    from daemon.cli.reliability_push import push_hostile
+
+    scale = scale or {}
     report: dict = {"machine": f"{os.cpu_count()} cpus", "scenarios": scenarios}
     with tempfile.TemporaryDirectory(prefix="leukoscope-reliability-") as tmp:
-        runs = {"hostile": hostile, "redis-kill": redis_kill,
+        runs = {"hostile": lambda d: hostile(d, **scale.get("hostile", {})),
+                "push-hostile": lambda d: push_hostile(d, **scale.get("push-hostile", {})),
+                "worker-kill": lambda d: worker_kill(d, **scale.get("worker-kill", {})),
+                "poison": lambda d: poison(d, settings.queue.max_deliveries,
+                                           **scale.get("poison", {})),
+                "redis-kill": redis_kill,
                 "flood": lambda d: flood(d, flood_frames),
                 "slow-clients": lambda d: slow_clients(d, settings)}
         if not set(runs) & set(scenarios):  # no daemon needed (audit-week, queue-memory)
@@ -507,8 +546,17 @@ def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
             report["audit-week"] = audit_week(settings, Path(tmp))
         if "queue-memory" in scenarios:
             report["queue-memory"] = queue_memory(settings, Path(tmp), queue_frames)
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=2))
+    report["bounds"] = bounds(report, settings)
+    report["failures"] = failures(report)
+    return report
+
+
+def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
+                    as_json: bool, queue_frames: int = 1000) -> int:
+    """Print the report; exit code 1 when a frame-outcome check or a memory bound failed."""
+    report = reliability_report(settings, scenarios, flood_frames, queue_frames)
+    print(json.dumps(report) if as_json else json.dumps(report, indent=2))
+    if report["failures"]:
+        print("reliability: FAILED: " + "; ".join(report["failures"]), file=sys.stderr)
+        return 1
     return 0

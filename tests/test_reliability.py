@@ -1,0 +1,55 @@
+"""`leukoscope reliability` at a small scale (issue 16): a real `leukoscope run` (embedded
+Redis, capture, a worker, the API), hostile input pushed over HTTP beside good frames, and
+the report's verdict: outcomes and every role's peak RSS against its bound."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.cli.reliability import reliability_report
+from daemon.cli.reliability_bounds import GB, bounds, failures, rss_limits
+from daemon.settings import Settings, load_settings
+from tests.conftest import settings_dict
+
+SMALL = {"push-hostile": {"good": 3, "uhd": 2, "tiff_pages": 3, "tiff_side": 5000,
+                          "sharp_side": 4200}}
+
+
+def test_pushed_hostile_input_leaves_good_frames_done_and_every_process_in_bounds(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    settings = load_settings(None, **settings_dict(tmp_path, tiny_models))
+    report = reliability_report(settings, ["push-hostile"], scale=SMALL)
+    push = report["push-hostile"]
+    assert report["failures"] == [], report
+    answers = push["answers"]
+    assert answers["jpeg bomb 20000x20000"].startswith("422 too_large")
+    assert answers["png bomb 20000x20000"].startswith("422 too_large")
+    assert answers["tiff 3 pages of 5000x5000"].startswith("422 too_large")
+    assert answers["tiff 400 pages of 64x64"].startswith("413")
+    assert answers["jpeg with 2 KB of random bytes"].startswith("422 undecodable")
+    for label in ("um_per_pixel=inf", "specimen_id with a trailing line feed",
+                  "rig_id with a trailing line feed", "name with a trailing line feed"):
+        assert answers[label].startswith("400"), (label, answers[label])
+    assert push["good_done"] == push["good_frames"] == 5 and push["duplicates"] == 0
+    assert push["api_pid_before"] == push["api_pid_after"]
+    limits = report["bounds"]
+    for role in ("capture", "worker", "api", "supervisor"):  # each sampled, each judged
+        assert limits[role]["ok"] is True, (role, limits[role])
+    assert rss_limits(settings)["capture"] == 1 * GB  # the issue's "capture RSS < 1 GB"
+    assert rss_limits(settings)["worker"] == 3 * GB  # and "worker RSS < 3 GB"
+
+
+def test_a_role_over_its_bound_or_a_failed_check_fails_the_run() -> None:
+    """The verdict is computed, not printed: one role 1 MiB over, or one false check, and
+    `leukoscope reliability` exits 1 (run_reliability returns 1 when failures is not empty)."""
+    report: dict = {"hostile": {"peak_rss_mib": {"capture": 900.0, "worker": 2861.0},
+                                "checks": {"every good file done": True}},
+                    "flood": {"peak_rss_mib": {"worker": 2862.1}}}
+    report["bounds"] = bounds(report, Settings())
+    assert report["bounds"]["capture"]["ok"] is True
+    assert report["bounds"]["worker"] == {"limit_mib": 2861.0, "peak_mib": 2862.1,
+                                          "scenario": "flood", "ok": False}
+    assert failures(report) == ["bounds: worker peak 2862.1 MiB (in flood) over 2861.0 MiB"]
+    report["bounds"]["worker"]["ok"] = True
+    report["hostile"]["checks"]["every good file done"] = False
+    assert failures(report) == ["hostile: every good file done"]
