@@ -4,7 +4,8 @@
   each time while it holds frames delivered to it for the first time (read from XPENDING
   with the worker frozen by SIGSTOP, so the kill is known to take them with it), as soon as
   the restarted worker has taken new ones. Every field must end ``done``, stored once.
-* ``poison``: ordinary fields and one 3840x2160 field that "no worker survives". Nothing in
+* ``poison``: ordinary fields and one 3840x2160 field that "no worker survives", all queued
+  while the worker waits (SIGSTOP), so the poison is read in a batch with neighbours. Nothing in
   the daemon is changed for it: this scenario plays the kernel's OOM killer (a cgroup memory
   limit that the frame's analysis crosses) and SIGKILLs whichever worker is analysing that
   frame: first in its batch, then each time a worker starts it alone (its count in
@@ -153,19 +154,30 @@ def poison(daemon: Daemon, settings_max_deliveries: int, good: int = 15) -> dict
     from daemon.cli.reliability import _big_field, _deliver, _field
 
     folder = "POISON"
-    name = "poison-3840x2160.jpg"
+    name = "field-03-poison-3840x2160.jpg"  # sorts among its neighbours
     client = daemon.redis()
     queue = FrameQueue(client)
     before = len(daemon.results())
     restarts_before = daemon.restarts()
     inbox = daemon.root / "inbox" / folder
     data = _big_field(7000, 3840, 2160)
+    # The workers wait (SIGSTOP) until every file is queued, as busy workers would: the
+    # poison is then read in a batch with neighbours, which its first crash takes down too.
+    frozen = list(_workers(daemon))
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
     started = time.monotonic()
-    for i in range(good // 2):
-        _deliver(inbox, f"good-{i:02d}.jpg", _field(7100 + i))
-    _deliver(inbox, name, data)
-    for i in range(good // 2, good):
-        _deliver(inbox, f"good-{i:02d}.jpg", _field(7100 + i))
+    try:
+        for i in range(good):
+            _deliver(inbox, f"field-{i:02d}.jpg", _field(7100 + i))
+            if i == 2:
+                _deliver(inbox, name, data)
+        deadline = time.monotonic() + 120
+        while queue.backlog() < good + 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
     poison_id: list[str] = []
     seen_attempts: list[int] = []  # empty until the first kill
 
