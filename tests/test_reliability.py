@@ -53,3 +53,15 @@ def test_a_role_over_its_bound_or_a_failed_check_fails_the_run() -> None:
     report["bounds"]["worker"]["ok"] = True
     report["hostile"]["checks"]["every good file done"] = False
     assert failures(report) == ["hostile: every good file done"]
+
+
+def test_reliability_exits_1_when_the_report_has_a_failure(monkeypatch, capsys) -> None:
+    from daemon.cli import reliability
+
+    verdicts = iter([[], ["poison: poison failed, alone"]])
+    monkeypatch.setattr(reliability, "reliability_report",
+                        lambda *a, **k: {"failures": next(verdicts)})
+    assert reliability.run_reliability(Settings(), ["poison"], 0, True) == 0
+    assert reliability.run_reliability(Settings(), ["poison"], 0, True) == 1
+    assert "poison failed, alone" in capsys.readouterr().err
+    assert failures({"exit_code": -9}) == ["the daemon exited -9 on SIGTERM"]

@@ -53,8 +53,8 @@ def bounds(report: dict, settings: Settings) -> dict[str, dict]:
 
 
 def failures(report: dict) -> list[str]:
-    """What failed: a scenario's error or false check, or a role above its bound. Empty: the
-    run passed (exit code 0)."""
+    """What failed: a scenario's error or false check, a role above its bound, or a daemon
+    that did not stop cleanly. Empty: the run passed (exit code 0)."""
     found = []
     for name, section in report.items():
         if not isinstance(section, dict) or name == "bounds":
@@ -64,6 +64,8 @@ def failures(report: dict) -> list[str]:
         for check, ok in (section.get("checks") or {}).items():
             if not ok:
                 found.append(f"{name}: {check}")
+    if report.get("exit_code") not in (None, 0):  # SIGTERM must stop the daemon cleanly
+        found.append(f"the daemon exited {report['exit_code']} on SIGTERM")
     for role, bound in (report.get("bounds") or {}).items():
         if bound["ok"] is False:
             found.append(f"bounds: {role} peak {bound['peak_mib']} MiB "

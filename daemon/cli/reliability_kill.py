@@ -22,13 +22,17 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from daemon.cli.reliability_daemon import (
+    Daemon,
+    camera_jpeg,
+    child_pids,
+    deliver,
+    role_of,
+    smear_jpeg,
+)
 from daemon.store import heartbeats, keys
 from daemon.store.queue import FrameQueue, Held
-
-if TYPE_CHECKING:
-    from daemon.cli.reliability import Daemon
 
 POLL_SECONDS = 0.02
 
@@ -36,9 +40,7 @@ POLL_SECONDS = 0.02
 def _workers(daemon: Daemon) -> dict[int, str | None]:
     """Live worker pids (children of the supervisor) -> their consumer name, from the
     heartbeat each worker writes (None until a restarted worker has beaten)."""
-    from daemon.cli.reliability import _role, child_pids
-
-    live = [pid for pid in child_pids(daemon.process.pid) if _role(pid) == "worker"]
+    live = [pid for pid in child_pids(daemon.process.pid) if role_of(pid) == "worker"]
     client = daemon.redis()
     try:
         beats = {int(m["pid"]): str(m["id"]) for m in heartbeats.members(client, keys.WORKERS_KEY)
@@ -92,8 +94,6 @@ def _outcomes(items: list[dict], folder: str) -> tuple[dict[str, list[dict]], in
 
 
 def worker_kill(daemon: Daemon, frames: int = 120, kills: int = 4) -> dict:
-    from daemon.cli.reliability import _deliver, _field
-
     folder = "WORKER-KILL"
     client = daemon.redis()
     queue = FrameQueue(client)
@@ -101,7 +101,7 @@ def worker_kill(daemon: Daemon, frames: int = 120, kills: int = 4) -> dict:
     restarts_before = daemon.restarts()
     started = time.monotonic()
     for i in range(frames):
-        _deliver(daemon.root / "inbox" / folder, f"f-{i:03d}.jpg", _field(20_000 + i))
+        deliver(daemon.root / "inbox" / folder, f"f-{i:03d}.jpg", smear_jpeg(20_000 + i))
 
     killed_with: set[str] = set()
 
@@ -151,8 +151,6 @@ def worker_kill(daemon: Daemon, frames: int = 120, kills: int = 4) -> dict:
 
 
 def poison(daemon: Daemon, settings_max_deliveries: int, good: int = 15) -> dict:
-    from daemon.cli.reliability import _big_field, _deliver, _field
-
     folder = "POISON"
     name = "field-03-poison-3840x2160.jpg"  # sorts among its neighbours
     client = daemon.redis()
@@ -160,7 +158,7 @@ def poison(daemon: Daemon, settings_max_deliveries: int, good: int = 15) -> dict
     before = len(daemon.results())
     restarts_before = daemon.restarts()
     inbox = daemon.root / "inbox" / folder
-    data = _big_field(7000, 3840, 2160)
+    data = camera_jpeg(7000, 3840, 2160)
     # The workers wait (SIGSTOP) until every file is queued, as busy workers would: the
     # poison is then read in a batch with neighbours, which its first crash takes down too.
     frozen = list(_workers(daemon))
@@ -169,9 +167,9 @@ def poison(daemon: Daemon, settings_max_deliveries: int, good: int = 15) -> dict
     started = time.monotonic()
     try:
         for i in range(good):
-            _deliver(inbox, f"field-{i:02d}.jpg", _field(7100 + i))
+            deliver(inbox, f"field-{i:02d}.jpg", smear_jpeg(7100 + i))
             if i == 2:
-                _deliver(inbox, name, data)
+                deliver(inbox, name, data)
         deadline = time.monotonic() + 120
         while queue.backlog() < good + 1 and time.monotonic() < deadline:
             time.sleep(0.05)

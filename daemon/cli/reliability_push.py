@@ -17,14 +17,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from daemon.cli.reliability_daemon import Daemon, camera_jpeg, pages_tiff, smear_jpeg
 from daemon.imaging.synthetic import jpeg_bomb, png_bomb
-
-if TYPE_CHECKING:
-    from daemon.cli.reliability import Daemon
 
 SPECIMEN = "PUSH-HOSTILE"
 
@@ -59,35 +56,33 @@ def push_hostile(daemon: Daemon, good: int = 10, uhd: int = 9, tiff_pages: int =
                  tiff_side: int = 10000, sharp_side: int = 8064) -> dict:
     """``good`` ordinary fields and ``uhd`` 3840x2160 fields (pushed all at once) must end
     ``done``; every hostile push gets a 4xx with its reason; the API is the same process."""
-    from daemon.cli.reliability import _big_field, _field, _tiff_pages
-
     base = daemon.base
     api_before = daemon.api_pid()
     rss_before = daemon.rss(api_before)
     restarts_before = daemon.restarts()
     rng = np.random.default_rng(1616)
-    corrupt = bytearray(_field(8000))
+    corrupt = bytearray(smear_jpeg(8000))
     corrupt[len(corrupt) // 3 : len(corrupt) // 3 + 2048] = rng.integers(
         0, 256, 2048, dtype=np.uint8).tobytes()
-    field = _field(8001)
+    good_field = smear_jpeg(8001)
     hostile: dict[str, tuple[bytes, dict[str, str]]] = {
         "jpeg bomb 20000x20000": (jpeg_bomb(20000, 20000), {"name": "bomb.jpg"}),
         "png bomb 20000x20000": (png_bomb(20000, 20000), {"name": "bomb.png"}),
         f"tiff {tiff_pages} pages of {tiff_side}x{tiff_side}":
-            (_tiff_pages(tiff_pages, tiff_side), {"name": "pages.tif"}),
-        "tiff 400 pages of 64x64": (_tiff_pages(400, 64), {"name": "pages-400.tif"}),
+            (pages_tiff(tiff_pages, tiff_side), {"name": "pages.tif"}),
+        "tiff 400 pages of 64x64": (pages_tiff(400, 64), {"name": "pages-400.tif"}),
         f"sharp {sharp_side}x{sharp_side} jpeg":
-            (_big_field(8002, sharp_side, sharp_side), {"name": "sharp.jpg"}),
+            (camera_jpeg(8002, sharp_side, sharp_side), {"name": "sharp.jpg"}),
         "jpeg with 2 KB of random bytes": (bytes(corrupt), {"name": "corrupt.jpg"}),
-        "um_per_pixel=inf": (field, {"name": "inf.jpg", "um_per_pixel": "inf"}),
-        "um_per_pixel=nan": (field, {"name": "nan.jpg", "um_per_pixel": "nan"}),
-        "specimen_id with a trailing line feed": (field, {"name": "nl.jpg",
+        "um_per_pixel=inf": (good_field, {"name": "inf.jpg", "um_per_pixel": "inf"}),
+        "um_per_pixel=nan": (good_field, {"name": "nan.jpg", "um_per_pixel": "nan"}),
+        "specimen_id with a trailing line feed": (good_field, {"name": "nl.jpg",
                                                           "specimen_id": f"{SPECIMEN}\n"}),
-        "rig_id with a trailing line feed": (field, {"name": "nl-rig.jpg", "rig_id": "rig-1\n"}),
-        "name with a trailing line feed": (field, {"name": "nl-name.jpg\n"}),
+        "rig_id with a trailing line feed": (good_field, {"name": "nl-rig.jpg", "rig_id": "rig-1\n"}),
+        "name with a trailing line feed": (good_field, {"name": "nl-name.jpg\n"}),
     }
-    goods = {f"good-{i:02d}.jpg": _field(8100 + i) for i in range(good)}
-    uhds = {f"uhd-{i}.jpg": _big_field(8200 + i, 3840, 2160) for i in range(uhd)}
+    goods = {f"good-{i:02d}.jpg": smear_jpeg(8100 + i) for i in range(good)}
+    uhds = {f"uhd-{i}.jpg": camera_jpeg(8200 + i, 3840, 2160) for i in range(uhd)}
     answers: dict[str, str] = {}
     bad_codes: dict[str, int] = {}
     started = time.monotonic()
