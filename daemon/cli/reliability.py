@@ -114,6 +114,7 @@ def hostile(daemon: Daemon, good_frames: int = 10, uhd: int = 4, tiff_pages: int
 def redis_kill(daemon: Daemon) -> dict:
     folder = daemon.root / "inbox" / "REDIS-KILL"
     before = len(daemon.results())
+    restarts_before = daemon.restarts()
     for i in range(20):
         deliver(folder, f"f-{i:02d}.jpg", smear_jpeg(6000 + i))
     time.sleep(1.0)  # some queued, some analysed, some stored: frames in flight
@@ -131,7 +132,7 @@ def redis_kill(daemon: Daemon) -> dict:
     done = sum(i["status"] == "done" for i in mine)
     return {"seconds_to_ready": round(ready, 1), "frames": 20, "stored": len(set(names)),
             "duplicates": len(names) - len(set(names)),
-            "done": done, "restarts": daemon.restarts(),
+            "done": done, "restarts": daemon.restarts() - restarts_before,
             "checks": {"ready again within 30 s": ready < 30, "every frame done": done == 20,
                        "none stored twice": len(names) == len(set(names))}}
 
@@ -140,6 +141,7 @@ def flood(daemon: Daemon, count: int) -> dict:
     client = daemon.redis()
     folder = daemon.root / "inbox" / "FLOOD"
     before_results = len(daemon.results())
+    restarts_before = daemon.restarts()
     memory_before = used_memory_bytes(client)
     keys_before = memory_by_key(client)
     started = time.monotonic()
@@ -162,7 +164,8 @@ def flood(daemon: Daemon, count: int) -> dict:
             "redis_bytes_per_result_by_key": {k: v for k, v in by_key.items() if v},
             "data_dir_mib": {k: round(v / 2**20, 1)
                              for k, v in (storage.get("data_dir_bytes") or {}).items()},
-            "restarts": daemon.restarts()}
+            "restarts": daemon.restarts() - restarts_before,
+            "checks": {"no process restarted": daemon.restarts() == restarts_before}}
 
 
 def slow_clients(daemon: Daemon, settings: Settings, count: int = 2000) -> dict:
