@@ -65,3 +65,19 @@ def test_reliability_exits_1_when_the_report_has_a_failure(monkeypatch, capsys) 
     assert reliability.run_reliability(Settings(), ["poison"], 0, True) == 1
     assert "poison failed, alone" in capsys.readouterr().err
     assert failures({"exit_code": -9}) == ["the daemon exited -9 on SIGTERM"]
+
+
+def test_workers_killed_holding_frames_lose_none_and_fail_none(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    """`worker-kill` at a small scale: 40 fields queued, the worker SIGKILLed 3 times, each
+    time holding frames delivered to it for the first time (read from XPENDING with the
+    worker frozen); every field ends done, once, and the supervisor restarted it each time."""
+    settings = load_settings(None, **settings_dict(tmp_path, tiny_models))
+    report = reliability_report(settings, ["worker-kill"],
+                                scale={"worker-kill": {"frames": 40, "kills": 3}})
+    kill = report["worker-kill"]
+    assert report["failures"] == [], report
+    assert kill["kills"] == 3 and all(k["held_first_delivery"] > 0 for k in kill["killed"])
+    assert (kill["done"], kill["failed"], kill["duplicates"]) == (40, 0, 0)
+    assert kill["worker_restarts"] >= 3
+    assert report["bounds"]["worker"]["ok"] is True

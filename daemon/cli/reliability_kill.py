@@ -1,6 +1,7 @@
 """``leukoscope reliability`` scenarios that kill workers holding frames (issue 16).
 
-* ``worker-kill``: N ordinary fields dropped at once; the worker is SIGKILLed several times,
+* ``worker-kill``: N ordinary fields queued at once (the worker held with SIGSTOP until they
+  are, as a busy worker would be); the worker is SIGKILLed several times,
   each time while it holds frames delivered to it for the first time (read from XPENDING
   with the worker frozen by SIGSTOP, so the kill is known to take them with it), as soon as
   the restarted worker has taken new ones. Every field must end ``done``, stored once.
@@ -87,6 +88,24 @@ def kill_holding(daemon: Daemon, queue: FrameQueue, want: Callable[[list[Held]],
     raise TimeoutError(f"no worker held what was wanted within {timeout:.0f} s")
 
 
+def queued_while_frozen(daemon: Daemon, queue: FrameQueue, count: int,
+                        deliver_all: Callable[[], None], timeout: float = 120) -> None:
+    """Run ``deliver_all`` with the workers held (SIGSTOP) until ``count`` more frames are
+    queued, as busy workers would be: the first read then takes a full batch."""
+    frozen = list(_workers(daemon))
+    backlog = queue.backlog()
+    for pid in frozen:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        deliver_all()
+        deadline = time.monotonic() + timeout
+        while queue.backlog() < backlog + count and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        for pid in frozen:
+            os.kill(pid, signal.SIGCONT)
+
+
 def _outcomes(items: list[dict], folder: str) -> tuple[dict[str, list[dict]], int]:
     """Results of ``folder``'s files by file name, and how many names were stored twice."""
     by_name: dict[str, list[dict]] = {}
@@ -103,8 +122,9 @@ def worker_kill(daemon: Daemon, frames: int = 120, kills: int = 4) -> dict:
     before = len(daemon.results())
     restarts_before = daemon.restarts()
     started = time.monotonic()
-    for i in range(frames):
+    queued_while_frozen(daemon, queue, frames, lambda: [
         deliver(daemon.root / "inbox" / folder, f"f-{i:03d}.jpg", smear_jpeg(20_000 + i))
+        for i in range(frames)])
 
     killed_with: set[str] = set()
 
@@ -162,23 +182,16 @@ def poison(daemon: Daemon, settings_max_deliveries: int, good: int = 15) -> dict
     restarts_before = daemon.restarts()
     inbox = daemon.root / "inbox" / folder
     data = camera_jpeg(7000, 3840, 2160)
-    # The workers wait (SIGSTOP) until every file is queued, as busy workers would: the
-    # poison is then read in a batch with neighbours, which its first crash takes down too.
-    frozen = list(_workers(daemon))
-    for pid in frozen:
-        os.kill(pid, signal.SIGSTOP)
-    started = time.monotonic()
-    try:
+    def deliver_all() -> None:
         for i in range(good):
             deliver(inbox, f"field-{i:02d}.jpg", smear_jpeg(7100 + i))
             if i == 2:
                 deliver(inbox, name, data)
-        deadline = time.monotonic() + 120
-        while queue.backlog() < good + 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        for pid in frozen:
-            os.kill(pid, signal.SIGCONT)
+
+    # Every file queued before the worker reads: the poison is read in a batch with
+    # neighbours, which its first crash takes down too.
+    started = time.monotonic()
+    queued_while_frozen(daemon, queue, good + 1, deliver_all)
     poison_id: list[str] = []
     seen_attempts: list[int] = []  # empty until the first kill
 
