@@ -91,7 +91,8 @@ def kill_holding(daemon: Daemon, queue: FrameQueue, want: Callable[[list[Held]],
 def queued_while_frozen(daemon: Daemon, queue: FrameQueue, count: int,
                         deliver_all: Callable[[], None], timeout: float = 120) -> None:
     """Run ``deliver_all`` with the workers held (SIGSTOP) until ``count`` more frames are
-    queued, as busy workers would be: the first read then takes a full batch."""
+    queued, as busy workers would be: their next reads take full batches (a read a worker
+    was blocked in when frozen may already have been handed the first frame by Redis)."""
     frozen = list(_workers(daemon))
     backlog = queue.backlog()
     for pid in frozen:
