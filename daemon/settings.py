@@ -426,6 +426,20 @@ class ResultsSettings(_Section):
     )
 
 
+class ArchiveSettings(_Section):
+    """The originals kept under <data_dir>/archive/<specimen>/ once analysed (issue 16)."""
+
+    retention_days: float | None = Field(
+        default=None, gt=0, description="originals archived longer ago than this (file "
+        "mtime) are deleted, oldest first, only once their result is stored (logged, "
+        "leukoscope_archive_originals_deleted_total); null: kept for ever"
+    )
+    max_bytes: int | None = Field(
+        default=None, gt=0, description="the archive holds at most this many bytes: the "
+        "oldest originals whose result is stored are deleted first; null: no limit"
+    )
+
+
 class AuditSettings(_Section):
     """The audit trail in Redis is bounded; what is trimmed goes to files first."""
 
@@ -439,6 +453,15 @@ class AuditSettings(_Section):
     archive: bool = Field(
         default=True, description="append trimmed entries to <data_dir>/audit/audit-<UTC "
         "day>.jsonl (one JSON object per line, fsynced) before they leave Redis"
+    )
+    files_retention_days: float | None = Field(
+        default=None, gt=0, description="audit files (<data_dir>/audit/audit-<day>.jsonl) of "
+        "days that ended longer ago than this are deleted, oldest first (logged, "
+        "leukoscope_audit_files_deleted_total); null: kept for ever (archive them yourself)"
+    )
+    files_max_bytes: int | None = Field(
+        default=None, gt=0, description="the audit files hold at most this many bytes: the "
+        "oldest days' files are deleted first (today's is kept); null: no limit"
     )
     refused_per_client_per_minute: int = Field(
         default=30, gt=0, description="refused requests (401/403) audited per client address "
@@ -550,6 +573,7 @@ class Settings(BaseSettings):
     specimens: SpecimenSettings = SpecimenSettings()
     results: ResultsSettings = ResultsSettings()
     audit: AuditSettings = AuditSettings()
+    archive: ArchiveSettings = ArchiveSettings()
     review: ReviewSettings = ReviewSettings()
     metrics: MetricsSettings = MetricsSettings()
 

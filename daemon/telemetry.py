@@ -96,6 +96,15 @@ CATALOGUE: dict[str, LocalMetric] = {
                     "(audit.refused_*_per_minute), by reason.", ("reason",),
                     known={"reason": ("missing", "malformed", "unknown_key", "session",
                                       "ui_login", "role", "csrf")}),
+        LocalMetric("leukoscope_archive_originals_deleted_total", "counter",
+                    "Archived originals deleted by the housekeeping leader to keep the archive "
+                    "within archive.retention_days (reason age) or archive.max_bytes (size).",
+                    ("reason",), known={"reason": ("age", "size")}),
+        LocalMetric("leukoscope_audit_files_deleted_total", "counter",
+                    "Daily audit files (audit-<day>.jsonl) deleted by the housekeeping leader "
+                    "to keep them within audit.files_retention_days (reason age) or "
+                    "audit.files_max_bytes (size).", ("reason",),
+                    known={"reason": ("age", "size")}),
         LocalMetric("leukoscope_orders_received_total", "counter",
                     "Orders from the LIS, by source (hl7-oml, hl7-orm, fhir) and outcome "
                     "(accepted, refused).", ("source", "outcome"),

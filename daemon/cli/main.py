@@ -243,12 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--timeout", type=float, default=600,
                        help="seconds to wait for a round's results before counting the rest missing")
     reliability = command("reliability", cmd_reliability,
-                          "hostile input, Redis killed, a flood: outcomes, memory, bounds")
+                          "hostile input (dropped and pushed), workers and Redis killed, a poison "
+                          "frame, a flood: outcomes, memory bounds (exit 1 when one fails)")
     reliability.add_argument(
         "--scenarios", nargs="+",
-        default=["hostile", "redis-kill", "flood", "slow-clients", "audit-week"],
-        choices=["hostile", "redis-kill", "flood", "slow-clients", "audit-week",
-                 "queue-memory"])
+        default=["hostile", "push-hostile", "worker-kill", "poison", "redis-kill", "flood",
+                 "slow-clients", "audit-week"],
+        choices=["hostile", "push-hostile", "worker-kill", "poison", "redis-kill", "flood",
+                 "slow-clients", "audit-week", "queue-memory"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
     reliability.add_argument("--queue-frames", type=int, default=1000,
                              help="queue-memory: 1920x1280 camera frames queued with no worker")

@@ -9,6 +9,10 @@ second, and runs:
   40 pages of 10000x10000, a JPEG with 2 KB of random bytes inside, a file name that is not
   UTF-8, and four 3840x2160 fields; every file must end with a result (good ones ``done``)
   and no process may be restarted.
+* ``push-hostile``: the same kinds of hostile input pushed over ``POST /frames``, with ids
+  ending in a line feed and ``um_per_pixel=inf`` (reliability_push.py).
+* ``worker-kill`` and ``poison``: workers SIGKILLed while they hold frames, and a frame no
+  worker survives (reliability_kill.py).
 * ``redis-kill``: SIGKILL of the embedded Redis with frames in flight; seconds until
   ``/readyz`` answers 200 again (the supervisor restarts Redis), and every frame stored once.
 * ``flood``: N synthetic fields at once; Redis memory and data_dir bytes before and after.
@@ -20,8 +24,9 @@ second, and runs:
   straight to Redis), then the housekeeping trim with the configured ``audit.*``: Redis
   bytes per entry and the bound.
 
-Prints one JSON object (``--json``) or a table. Numbers in README's "Reliability" section
-come from this command.
+Prints one JSON object (``--json``) or an indented one, with ``bounds`` (every role's peak
+RSS against its limit, reliability_bounds.py) and ``failures``; exits 1 when a scenario's
+check or a bound failed. Numbers in README's "Reliability" section come from this command.
 """
 
 from __future__ import annotations
@@ -29,239 +34,60 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
-import cv2
 import numpy as np
-import redis
 
-from daemon.cli.sandbox import clean_env, write_config
-from daemon.imaging.synthetic import encode, jpeg_bomb, png_bomb, smear_field
+from daemon.cli.reliability_bounds import bounds, failures
+from daemon.cli.reliability_daemon import (
+    Daemon,
+    camera_jpeg,
+    child_pids,
+    deliver,
+    get_json,
+    pages_tiff,
+    smear_jpeg,
+)
+from daemon.cli.reliability_kill import poison, worker_kill
+from daemon.cli.reliability_push import push_hostile
+from daemon.imaging.synthetic import jpeg_bomb, png_bomb
 from daemon.settings import Settings
 from daemon.store import audit
 from daemon.store.connection import (
-    SOCKET_NAME,
     embedded_pid,
     memory_by_key,
     socket_client,
     used_memory_bytes,
 )
 
-ROLES = ("run", "capture", "worker", "api")
+__all__ = ["Daemon", "child_pids", "reliability_report", "run_reliability"]
 
 
-def _get(url: str, timeout: float = 5) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-    except OSError:
-        return 0, {}
-
-
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def child_pids(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
-def _role(pid: int) -> str | None:
-    try:
-        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return None
-    words = [a.decode(errors="replace") for a in args]
-    for role in ROLES:
-        if role in words:
-            return "supervisor" if role == "run" else role
-    return None
-
-
-class Sampler(threading.Thread):
-    """Peak VmRSS per role (supervisor, capture, worker, api, redis), 5 times a second."""
-
-    def __init__(self, supervisor: int, redis_dir: Path) -> None:
-        super().__init__(daemon=True)
-        self.supervisor = supervisor
-        self.redis_dir = redis_dir
-        self.peak: dict[str, int] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        while not self.stopping.is_set():
-            pids = {self.supervisor: "supervisor"}
-            for child in child_pids(self.supervisor):
-                role = _role(child)
-                if role:
-                    pids[child] = role
-            redis_pid = embedded_pid(self.redis_dir)
-            if redis_pid:
-                pids[redis_pid] = "redis"
-            for pid, role in pids.items():
-                self.peak[role] = max(self.peak.get(role, 0), _rss(pid))
-            self.stopping.wait(0.2)
-
-    def mib(self) -> dict[str, float]:
-        return {role: round(value / 2**20, 1) for role, value in sorted(self.peak.items())}
-
-    def take(self) -> dict[str, float]:
-        """The peaks since the last take (one scenario's), then start afresh."""
-        peaks = self.mib()
-        self.peak = {}
-        return peaks
-
-
-class Daemon:
-    def __init__(self, settings: Settings, root: Path) -> None:
-        self.root = root
-        self.config, port = write_config(settings, root, "INFO")
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = root / "daemon.log"
-        env = clean_env()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daemon", "run", "--config", str(self.config)], env=env,
-            stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
-        self.redis_dir = root / "var" / "redis"
-        self.sampler = Sampler(self.process.pid, self.redis_dir)
-        self.sampler.start()
-        self.wait_ready(180)
-
-    def wait_ready(self, timeout: float) -> float:
-        started = time.monotonic()
-        while _get(f"{self.base}/readyz?scope=installation", 2)[0] != 200:
-            if time.monotonic() - started > timeout or self.process.poll() is not None:
-                raise RuntimeError(f"the daemon did not become ready; see {self.log}")
-            time.sleep(0.1)
-        return time.monotonic() - started
-
-    def redis(self) -> redis.Redis:
-        return socket_client(self.redis_dir / SOCKET_NAME)
-
-    def results(self) -> list[dict]:
-        items: list[dict] = []
-        cursor = None
-        while True:
-            query = "?limit=1000" + (f"&after={cursor}" if cursor else "")
-            code, page = _get(f"{self.base}/results{query}", 30)
-            if code != 200:
-                time.sleep(0.5)
-                continue
-            items += page["items"]
-            if not page["items"]:
-                return items
-            cursor = page["next"]
-
-    def wait_results(self, count: int, timeout: float) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while True:
-            items = self.results()
-            if len(items) >= count:
-                return items
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only {len(items)} of {count} results in {timeout:.0f} s")
-            time.sleep(1.0)
-
-    def restarts(self) -> int:
-        return self.log.read_text(errors="replace").count("child exited")
-
-    def stop(self) -> int:
-        self.sampler.stopping.set()
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return -9
-        finally:
-            from daemon.store.connection import stop_embedded
-
-            stop_embedded(self.redis_dir)
-
-
-def _deliver(folder: Path, name: str | bytes, data: bytes) -> None:
-    """Write-then-rename, with bytes names allowed (a name that is not UTF-8)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    raw = name if isinstance(name, bytes) else name.encode()
-    target = os.fsencode(folder) + b"/" + raw
-    with open(target + b".part", "wb") as out:
-        out.write(data)
-    os.rename(target + b".part", target)
-
-
-def _field(seed: int, size: int = 224) -> bytes:
-    image, _ = smear_field(np.random.default_rng(seed), white_cells=2)
-    if size != image.shape[0]:
-        image = cv2.resize(image, (size, size))
-    return encode(image)
-
-
-def _big_field(seed: int, width: int, height: int) -> bytes:
-    """A sharp, ordinary-looking field at camera size (tiled synthetic smear + noise)."""
-    tile, _ = smear_field(np.random.default_rng(seed), white_cells=3)
-    reps = (height // tile.shape[0] + 1, width // tile.shape[1] + 1, 1)
-    image = np.tile(tile, reps)[:height, :width]
-    noise = np.random.default_rng(seed).integers(-6, 7, image.shape, dtype=np.int16)
-    return encode(np.clip(image.astype(np.int16) + noise, 0, 255).astype(np.uint8))
-
-
-def _tiff_pages(pages: int, side: int) -> bytes:
-    """A deflate TIFF of ``pages`` black pages of side x side: about 0.1 % of its decoded
-    size (40 pages of 10000x10000: 3.9 MB on disk, 4 GB decoded)."""
-    import io
-
-    import tifffile
-
-    black = np.zeros((side, side), np.uint8)
-    out = io.BytesIO()
-    with tifffile.TiffWriter(out) as tif:
-        for _ in range(pages):
-            tif.write(black, compression="zlib", rowsperstrip=side)
-    return out.getvalue()
-
-
-def hostile(daemon: Daemon) -> dict:
+def hostile(daemon: Daemon, good_frames: int = 10, uhd: int = 4, tiff_pages: int = 40,
+            tiff_side: int = 10000, sharp_side: int = 8064) -> dict:
     folder = daemon.root / "inbox" / "HOSTILE"
     rng = np.random.default_rng(16)
-    good = {f"good-{i:02d}.jpg": _field(1000 + i) for i in range(10)}
-    corrupt = bytearray(_field(2000))
+    good = {f"good-{i:02d}.jpg": smear_jpeg(1000 + i) for i in range(good_frames)}
+    corrupt = bytearray(smear_jpeg(2000))
     corrupt[len(corrupt) // 3 : len(corrupt) // 3 + 2048] = rng.integers(
         0, 256, 2048, dtype=np.uint8).tobytes()
     bad: dict[str | bytes, bytes] = {
         "bomb-20000.jpg": jpeg_bomb(20000, 20000),
         "bomb-20000.png": png_bomb(20000, 20000),
-        "sharp-8064.jpg": _big_field(3000, 8064, 8064),
-        "pages-40x10000.tif": _tiff_pages(40, 10000),
+        f"sharp-{sharp_side}.jpg": camera_jpeg(3000, sharp_side, sharp_side),
+        f"pages-{tiff_pages}x{tiff_side}.tif": pages_tiff(tiff_pages, tiff_side),
         "corrupt.jpg": bytes(corrupt),
     }
-    fourk = {f"uhd-{i}.jpg": _big_field(4000 + i, 3840, 2160) for i in range(4)}
+    fourk = {f"uhd-{i}.jpg": camera_jpeg(4000 + i, 3840, 2160) for i in range(uhd)}
     odd_name = b"field-\xff\xfe.jpg"
+    restarts_before = daemon.restarts()
     started = time.monotonic()
     for name, data in {**good, **bad, **fourk}.items():
-        _deliver(folder, name, data)
-    _deliver(folder, odd_name, _field(5000))
+        deliver(folder, name, data)
+    deliver(folder, odd_name, smear_jpeg(5000))
     expected = len(good) + len(bad) + len(fourk) + 1
     items = daemon.wait_results(expected, 600)
     elapsed = time.monotonic() - started
@@ -269,18 +95,28 @@ def hostile(daemon: Daemon) -> dict:
     for item in items:
         name = item["source"].rsplit("/", 1)[-1]
         outcome[name] = item["status"] + (f" ({item['reason']})" if item.get("reason") else "")
+    good_done = sum(outcome.get(n) == "done" for n in (*good, *fourk))
+    names = [item["source"].rsplit("/", 1)[-1] for item in items if "/HOSTILE/" in item["source"]]
     return {"files": expected, "seconds_to_all_outcomes": round(elapsed, 1),
             "outcomes": dict(sorted(outcome.items())),
-            "good_done": sum(outcome.get(n) == "done" for n in (*good, *fourk)),
-            "good_files": len(good) + len(fourk),
-            "restarts": daemon.restarts()}
+            "good_done": good_done, "good_files": len(good) + len(fourk),
+            "restarts": daemon.restarts() - restarts_before,
+            "checks": {
+                "every good file done": good_done == len(good) + len(fourk),
+                "every bad file rejected": sum(
+                    v.startswith("rejected") for n, v in outcome.items()
+                    if n not in good and n not in fourk) == len(bad) + 1,
+                "none stored twice": len(names) == len(set(names)),
+                "no process restarted": daemon.restarts() == restarts_before,
+            }}
 
 
 def redis_kill(daemon: Daemon) -> dict:
     folder = daemon.root / "inbox" / "REDIS-KILL"
     before = len(daemon.results())
+    restarts_before = daemon.restarts()
     for i in range(20):
-        _deliver(folder, f"f-{i:02d}.jpg", _field(6000 + i))
+        deliver(folder, f"f-{i:02d}.jpg", smear_jpeg(6000 + i))
     time.sleep(1.0)  # some queued, some analysed, some stored: frames in flight
     pid = embedded_pid(daemon.redis_dir)
     assert pid is not None
@@ -293,27 +129,31 @@ def redis_kill(daemon: Daemon) -> dict:
     items = daemon.wait_results(before + 20, 300)
     mine = [i for i in items if "/REDIS-KILL/" in i["source"]]
     names = [i["source"].rsplit("/", 1)[-1] for i in mine]
+    done = sum(i["status"] == "done" for i in mine)
     return {"seconds_to_ready": round(ready, 1), "frames": 20, "stored": len(set(names)),
             "duplicates": len(names) - len(set(names)),
-            "done": sum(i["status"] == "done" for i in mine), "restarts": daemon.restarts()}
+            "done": done, "restarts": daemon.restarts() - restarts_before,
+            "checks": {"ready again within 30 s": ready < 30, "every frame done": done == 20,
+                       "none stored twice": len(names) == len(set(names))}}
 
 
 def flood(daemon: Daemon, count: int) -> dict:
     client = daemon.redis()
     folder = daemon.root / "inbox" / "FLOOD"
     before_results = len(daemon.results())
+    restarts_before = daemon.restarts()
     memory_before = used_memory_bytes(client)
     keys_before = memory_by_key(client)
     started = time.monotonic()
     for i in range(count):
-        _deliver(folder, f"f-{i:05d}.jpg", _field(10_000 + i))
+        deliver(folder, f"f-{i:05d}.jpg", smear_jpeg(10_000 + i))
     daemon.wait_results(before_results + count, 3600)
     elapsed = time.monotonic() - started
     memory_after = used_memory_bytes(client)
     keys_after = memory_by_key(client)
     by_key = {name: round((keys_after.get(name, 0) - keys_before.get(name, 0)) / count, 1)
               for name in sorted(set(keys_before) | set(keys_after))}
-    _, status = _get(f"{daemon.base}/status", 30)
+    _, status = get_json(f"{daemon.base}/status", 30)
     storage = status.get("storage") or {}
     return {"frames": count, "seconds": round(elapsed, 1),
             "frames_per_second": round(count / elapsed, 1),
@@ -324,7 +164,8 @@ def flood(daemon: Daemon, count: int) -> dict:
             "redis_bytes_per_result_by_key": {k: v for k, v in by_key.items() if v},
             "data_dir_mib": {k: round(v / 2**20, 1)
                              for k, v in (storage.get("data_dir_bytes") or {}).items()},
-            "restarts": daemon.restarts()}
+            "restarts": daemon.restarts() - restarts_before,
+            "checks": {"no process restarted": daemon.restarts() == restarts_before}}
 
 
 def slow_clients(daemon: Daemon, settings: Settings, count: int = 2000) -> dict:
@@ -360,7 +201,7 @@ def slow_clients(daemon: Daemon, settings: Settings, count: int = 2000) -> dict:
     while selector.get_map() and time.monotonic() - opened < limit:
         if time.monotonic() >= next_probe:
             asked = time.monotonic()
-            code, _ = _get(f"{daemon.base}/healthz", 30)
+            code, _ = get_json(f"{daemon.base}/healthz", 30)
             health.append((code, time.monotonic() - asked))
             next_probe = asked + 1.0
         for key, _ in selector.select(timeout=0.2):
@@ -393,7 +234,9 @@ def slow_clients(daemon: Daemon, settings: Settings, count: int = 2000) -> dict:
             "healthz_seconds_median": round(seconds[len(seconds) // 2], 3) if seconds else None,
             "healthz_seconds_max": round(seconds[-1], 3) if seconds else None,
             "configured": {k: getattr(settings.api, k) for k in (
-                "header_timeout_seconds", "body_timeout_seconds", "max_connections")}}
+                "header_timeout_seconds", "body_timeout_seconds", "max_connections")},
+            "checks": {"every slow connection closed by the API": still_open == 0,
+                       "/healthz answered": any(c == 200 for c, _ in health)}}
 
 
 def audit_week(settings: Settings, root: Path, polls: int = 7 * 86400) -> dict:
@@ -477,11 +320,20 @@ def queue_memory(settings: Settings, root: Path, frames: int) -> dict:
     return measured
 
 
-def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
-                    as_json: bool, queue_frames: int = 1000) -> int:
+def reliability_report(settings: Settings, scenarios: list[str], flood_frames: int = 10_000,
+                       queue_frames: int = 1000, scale: dict | None = None) -> dict:
+    """Run ``scenarios`` against a daemon of their own; the report with its ``bounds``
+    (peak RSS per role against its limit) and ``failures`` (empty: all passed). ``scale``:
+    keyword arguments per scenario (the tests run small ones)."""
+    scale = scale or {}
     report: dict = {"machine": f"{os.cpu_count()} cpus", "scenarios": scenarios}
     with tempfile.TemporaryDirectory(prefix="leukoscope-reliability-") as tmp:
-        runs = {"hostile": hostile, "redis-kill": redis_kill,
+        runs = {"hostile": lambda d: hostile(d, **scale.get("hostile", {})),
+                "push-hostile": lambda d: push_hostile(d, **scale.get("push-hostile", {})),
+                "worker-kill": lambda d: worker_kill(d, **scale.get("worker-kill", {})),
+                "poison": lambda d: poison(d, settings.queue.max_deliveries,
+                                           **scale.get("poison", {})),
+                "redis-kill": redis_kill,
                 "flood": lambda d: flood(d, flood_frames),
                 "slow-clients": lambda d: slow_clients(d, settings)}
         if not set(runs) & set(scenarios):  # no daemon needed (audit-week, queue-memory)
@@ -507,8 +359,17 @@ def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
             report["audit-week"] = audit_week(settings, Path(tmp))
         if "queue-memory" in scenarios:
             report["queue-memory"] = queue_memory(settings, Path(tmp), queue_frames)
-    if as_json:
-        print(json.dumps(report))
-    else:
-        print(json.dumps(report, indent=2))
+    report["bounds"] = bounds(report, settings)
+    report["failures"] = failures(report)
+    return report
+
+
+def run_reliability(settings: Settings, scenarios: list[str], flood_frames: int,
+                    as_json: bool, queue_frames: int = 1000) -> int:
+    """Print the report; exit code 1 when a frame-outcome check or a memory bound failed."""
+    report = reliability_report(settings, scenarios, flood_frames, queue_frames)
+    print(json.dumps(report) if as_json else json.dumps(report, indent=2))
+    if report["failures"]:
+        print("reliability: FAILED: " + "; ".join(report["failures"]), file=sys.stderr)
+        return 1
     return 0

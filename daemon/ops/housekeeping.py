@@ -22,6 +22,7 @@ import redis
 from redis.exceptions import LockError
 
 from daemon.lis.mllp import Outbox
+from daemon.ops import disk_bounds
 from daemon.settings import Settings
 from daemon.store import audit, frames
 from daemon.store.connection import Outage, housekeeper_lease
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 10.0
 RETENTION_EVERY_SECONDS = 600.0
+DISK_BOUNDS_EVERY_SECONDS = 600.0  # walks the archive: not more often
 JANITOR_EVERY_SECONDS = 60.0
 #: an in-flight record whose result is this old is an orphan: the capture or API process
 #: that made it would have archived the original and forgotten it within seconds
@@ -115,6 +117,7 @@ class Housekeeper:
         self.stopping = threading.Event()
         self._next_retention = 0.0
         self._next_janitor = 0.0
+        self._next_disk = 0.0
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -170,6 +173,7 @@ class Housekeeper:
             spec.idle_complete_seconds, spec.complete_grace_seconds))
         self._part("LIS outbox", lambda: self.outbox.deliver_due(still_leader=self.holds_lease))
         self._part("retention", self._retention)
+        self._part("disk bounds", self._disk_bounds)
 
     def _part(self, what: str, work) -> None:
         try:
@@ -202,6 +206,27 @@ class Housekeeper:
             if swept:
                 log.warning("orphaned frames deleted from the frame store",
                             extra={"count": swept, "directory": str(self.settings.frames_dir)})
+
+    def _disk_bounds(self) -> None:
+        """Keep the archive and the audit files within their configured bounds."""
+        if time.monotonic() < self._next_disk:
+            return
+        self._next_disk = time.monotonic() + DISK_BOUNDS_EVERY_SECONDS
+        archive, trail = self.settings.archive, self.settings.audit
+        if archive.retention_days is not None or archive.max_bytes is not None:
+            # specimens with a frame in flight keep every original: a pushed frame's copy is
+            # archived before its result is stored
+            busy = {record.specimen_id for record in FrameQueue(self.client).inflight()}
+            pruned = disk_bounds.prune_archive(self.settings.archive_dir, archive.retention_days,
+                                               archive.max_bytes, busy)
+            if pruned.files:
+                log.info("archived originals deleted to stay within bounds", extra={
+                    "files": pruned.files, "bytes": pruned.bytes})
+        pruned = disk_bounds.prune_audit_files(self.settings.audit_dir, trail.files_retention_days,
+                                               trail.files_max_bytes)
+        if pruned.files:
+            log.info("audit files deleted to stay within bounds", extra={
+                "files": pruned.files, "bytes": pruned.bytes})
 
     def run(self) -> None:
         Outage("housekeeping").run(self.stopping, self._tick)

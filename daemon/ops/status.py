@@ -121,6 +121,9 @@ class Storage(BaseModel):
     data_dir: str
     data_dir_bytes: dict[str, int]  # archive, quarantine, redis, audit, frames, other
     data_dir_scanned_at: float
+    # parts with a configured byte bound (archive.max_bytes, audit.files_max_bytes): the
+    # housekeeping leader deletes the oldest files above it (daemon/ops/disk_bounds.py)
+    data_dir_limit_bytes: dict[str, int] = Field(default_factory=dict)
     filesystem_free_bytes: int
     filesystem_total_bytes: int
     redis_zset_compaction: ZsetCompaction | None = None
@@ -207,6 +210,9 @@ class StatusReader:
             data_dir=str(self.settings.data_dir),
             data_dir_bytes=parts,
             data_dir_scanned_at=scanned_at,
+            data_dir_limit_bytes={part: limit for part, limit in (
+                ("archive", self.settings.archive.max_bytes),
+                ("audit", self.settings.audit.files_max_bytes)) if limit is not None},
             filesystem_free_bytes=free,
             filesystem_total_bytes=total,
             redis_zset_compaction=self.zsets.report(),
@@ -372,6 +378,12 @@ class StatusReader:
             yield gauge("leukoscope_data_dir_bytes",
                         "Disk bytes under data_dir, by part (walked at most once a minute).",
                         ["part"], [([part], n) for part, n in sorted(store.data_dir_bytes.items())])
+            if store.data_dir_limit_bytes:
+                yield gauge("leukoscope_data_dir_limit_bytes",
+                            "Configured byte bound of a part of data_dir (archive.max_bytes, "
+                            "audit.files_max_bytes); the oldest files above it are deleted.",
+                            ["part"], [([part], n) for part, n in
+                                       sorted(store.data_dir_limit_bytes.items())])
         yield gauge(
             "leukoscope_build_info", "leukoscope version.", ["version"], [([__version__], 1.0)]
         )

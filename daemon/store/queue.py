@@ -66,6 +66,16 @@ class Inflight:
     specimen_id: str
 
 
+@dataclass(frozen=True)
+class Held:
+    """A delivered, unacknowledged entry: who holds it and how often it was delivered."""
+
+    frame_id: str
+    source: str
+    consumer: str
+    deliveries: int
+
+
 class FrameQueue:
     def __init__(self, client: redis.Redis, frames: FrameStore | None = None,
                  inline_max_bytes: int | None = None) -> None:
@@ -326,6 +336,30 @@ class FrameQueue:
     def clear_solo(self, frame_ids: list[str]) -> None:
         if frame_ids:
             self.client.hdel(SOLO_KEY, *frame_ids)
+
+    def solo_attempts(self, frame_id: str) -> int:
+        """How often ``frame_id`` was analysed alone so far (read only)."""
+        return int(self.client.hget(SOLO_KEY, frame_id) or 0)
+
+    def held(self, count: int = 10_000) -> list[Held]:
+        """Entries delivered to a worker and not acknowledged (XPENDING), oldest first, with
+        their frame and holder: what ``leukoscope reliability`` checks before it kills a
+        worker, so a kill is known to take frames with it."""
+        try:
+            pending = self.client.xpending_range(STREAM_KEY, GROUP, min="-", max="+",
+                                                 count=count)
+        except redis.ResponseError:  # no group yet
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for p in pending:
+            pipe.xrange(STREAM_KEY, min=p["message_id"], max=p["message_id"], count=1)
+        held = []
+        for p, entry in zip(pending, pipe.execute() if pending else [], strict=True):
+            fields = entry[0][1] if entry else {}
+            held.append(Held(fields.get(b"frame_id", b"").decode(),
+                             fields.get(b"source", b"").decode(), p["consumer"].decode(),
+                             int(p["times_delivered"])))
+        return held
 
     def consumers(self) -> list[dict]:
         try:

@@ -29,7 +29,7 @@ GAUGES = {m.name for m in EVERY if m.kind == "gauge"} | {
     "leukoscope_gpu_memory_used_bytes",
     # storage (issue 16)
     "leukoscope_redis_memory_used_bytes", "leukoscope_redis_memory_budget_bytes",
-    "leukoscope_audit_entries", "leukoscope_data_dir_bytes",
+    "leukoscope_audit_entries", "leukoscope_data_dir_bytes", "leukoscope_data_dir_limit_bytes",
     "leukoscope_data_dir_filesystem_free_bytes", "leukoscope_data_dir_filesystem_size_bytes",
     "leukoscope_redis_zset_compact",
 }
