@@ -35,6 +35,7 @@ from daemon.imaging.quality import Quality, Thresholds, assess
 from daemon.imaging.scale import Rescaler
 from daemon.settings import Settings
 from daemon.store import counters
+from daemon.store.disk import IntakeRoom
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 
@@ -186,6 +187,8 @@ class Intake:
         self.client = client
         self.queue = queue or FrameQueue.for_settings(client, settings)
         self.results = results or ResultStore(client)
+        # Free space on the data disk: pushes and capture stop before Redis cannot write.
+        self.room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
         self.rig_id = rig_id or settings.capture.rig_id
         self._scale: Rescaler | None = None
 

@@ -39,6 +39,7 @@ from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import Outage, connect, server_run_id
+from daemon.store.disk import IntakeRoom
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
@@ -61,6 +62,7 @@ class CaptureService:
         self.inbox = Path(os.path.abspath(settings.capture.directory))
         self.client = client if client is not None else connect(settings)
         self.queue = FrameQueue.for_settings(self.client, settings)
+        self.room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
         self.results = ResultStore(self.client)
         self.watcher = InboxWatcher(
             self.inbox,
@@ -160,12 +162,16 @@ class CaptureService:
         if backlog >= bound:
             self._set_state("paused_backpressure", backlog)
             return False
+        if not self._room_on_disk(backlog):
+            return False
         self._set_state("watching", backlog)
         for ready in self.watcher.ready():
             if self.stopping.is_set():
                 break
             if backlog >= bound:
                 self._set_state("paused_backpressure", backlog)
+                return False
+            if not self._room_on_disk(backlog):
                 return False
             outcome = self.take_safely(ready)
             if outcome == FULL:  # HTTP pushes hold the room left (admission, see take)
@@ -196,6 +202,17 @@ class CaptureService:
                 log.exception("could not reject a file either; it is skipped until it changes")
                 self.watcher.taken(ready, "skipped")
                 return None
+
+    def _room_on_disk(self, backlog: int) -> bool:
+        """False (and paused, said once) while the data disk is under queue.min_free_bytes:
+        the files wait in the inbox, nothing is taken that could not be stored."""
+        room = self.room.check()
+        if not room.ok and self.state != "paused_disk_low":
+            log.warning("capture paused: " + room.reason(), extra={
+                "free_bytes": room.free_bytes, "min_free_bytes": room.min_free_bytes})
+        if not room.ok:
+            self._set_state("paused_disk_low", backlog)
+        return room.ok
 
     def _set_state(self, state: str, backlog: int) -> None:
         if state != self.state:

@@ -234,6 +234,12 @@ class QueueSettings(_Section):
         "(<data_dir>/frames/) and the queue entry carries a reference; null: every frame "
         "inline in Redis (as before issue 15)",
     )
+    min_free_bytes: int | None = Field(
+        default=1 << 30, gt=0,
+        description="intake stops while the data_dir filesystem has less free than this "
+        "(capture pauses, live frames are not queued, POST /frames answers 507) so Redis and "
+        "the frames already queued keep room to store their results; null: no floor",
+    )
     frame_store_orphan_seconds: float = Field(
         default=600.0, gt=0,
         description="a stored frame this old whose frame has a result, or is no longer in "

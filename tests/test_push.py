@@ -19,6 +19,7 @@ import redis
 import uvicorn
 
 from daemon.api.app import create_app
+from daemon.store.keys import STREAM_KEY
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore
 from tests.capture.conftest import complete, entries
@@ -577,3 +578,32 @@ def test_a_page_that_cannot_be_read_after_good_ones_is_its_own_rejected_frame(ap
     stored = ResultStore(redis_client).get(parts["p1"]["frame_id"])
     assert stored is not None and stored.status == "rejected"
     assert stored.source.endswith("stack.tif#p1")
+
+
+def test_a_nearly_full_data_disk_answers_507_and_keeps_nothing(make_settings, redis_client):
+    """Below queue.min_free_bytes nothing is queued, archived or quarantined: 507 with
+    Retry-After and the setting named; a push succeeds again once there is room."""
+    import shutil
+
+    import numpy as np
+
+    from daemon.imaging.synthetic import smear_field
+
+    settings = make_settings(api={"max_upload_bytes": LIMIT})
+    free = shutil.disk_usage(settings.data_dir.parent).free
+    settings.queue.min_free_bytes = free * 4
+    field, _ = smear_field(np.random.default_rng(9), size=(224, 224))
+    with _serve(settings) as url:
+        request = urllib.request.Request(f"{url}/frames?specimen_id=D-1&name=a.png",
+                                         data=png(field), method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=60)
+        assert refused.value.code == 507
+        assert refused.value.headers["Retry-After"] == "30"
+        assert "queue.min_free_bytes" in json.loads(refused.value.read())["detail"]
+        assert redis_client.xlen(STREAM_KEY) == 0
+        assert not any(settings.data_dir.rglob("*.png"))  # neither archived nor quarantined
+    settings.queue.min_free_bytes = 1
+    with _serve(settings) as url:
+        code, body = post(f"{url}/frames?specimen_id=D-1&name=a.png", png(field))
+        assert code == 202 and body["status"] == "new", body

@@ -368,6 +368,9 @@ class StatusReader:
                  "Free bytes on data_dir's filesystem.", store.filesystem_free_bytes),
                 ("leukoscope_data_dir_filesystem_size_bytes", "Size of data_dir's filesystem.",
                  store.filesystem_total_bytes),
+                ("leukoscope_intake_min_free_bytes",
+                 "Intake stops below this many free bytes on data_dir's filesystem "
+                 "(queue.min_free_bytes; 0: no floor).", self.settings.queue.min_free_bytes or 0),
             ):
                 yield gauge(name, help_text, samples=[([], value)])
             if store.redis_zset_compaction is not None:

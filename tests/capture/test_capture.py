@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,6 +219,28 @@ def test_backpressure_pauses_and_resumes(client, inbox, make_settings, running):
         for path in paths:
             wait_for(lambda p=path: (settings.archive_dir / "S6" / p.name).exists(),
                      what=f"{path.name} archived")
+
+
+def test_a_nearly_full_data_disk_pauses_capture_and_loses_nothing(client, inbox, make_settings,
+                                                                   running, caplog):
+    """Below queue.min_free_bytes free on the data disk capture takes nothing (the file waits
+    in the inbox, with a warning that names the setting) and resumes once there is room."""
+    from daemon.store.disk import IntakeRoom
+
+    settings = make_settings()
+    free = shutil.disk_usage(settings.data_dir.parent).free
+    settings.queue.min_free_bytes = free * 4  # more than this disk will ever have free
+    path = drop(inbox / "S7", "f.jpg", frame_bytes(40))
+    with caplog.at_level(logging.WARNING, logger="capture.service"), running(settings) as service:
+        wait_for(lambda: heartbeat(client).get("state") == "paused_disk_low", what="pause")
+        after_passes(service)
+        assert entries(client) == [] and path.exists()
+        assert any("queue.min_free_bytes" in r.getMessage() for r in caplog.records)
+        service.room = IntakeRoom(settings.data_dir, 1)  # room again (as if files were moved)
+        wait_for(lambda: len(entries(client)) == 1, what="the frame queued once there is room")
+        wait_for(lambda: heartbeat(client).get("state") == "watching", what="resume")
+        complete(client)
+        wait_for(lambda: (settings.archive_dir / "S7" / "f.jpg").exists(), what="archived")
 
 
 def test_a_burst_is_queued_once_in_order_and_archived_with_its_paths(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -200,3 +201,24 @@ def test_live_capture_and_pushes_together_never_pass_max_backlog(client, make_se
             for i in range(2):  # the push's frames, as intake.offer queues them
                 push.enqueue(f"push-{i}", "P-1", f"upload:P-1/p{i}.jpg", "rig-push", b"x")
     assert len(entries(client)) == 3
+
+
+def test_a_nearly_full_data_disk_stops_live_frames_being_queued(client, make_settings,
+                                                                 tmp_path):
+    """Below queue.min_free_bytes the camera's frames are not queued (state
+    paused_disk_low); with room again they are."""
+    import shutil
+
+    from daemon.store.disk import IntakeRoom
+
+    uri = write_sequence(tmp_path / "seq", still(4, 8))
+    settings = make_settings(source="opencv", opencv={
+        "uri": uri, "reconnect_min_seconds": 0.05, "reconnect_max_seconds": 0.1},
+        gating={"mode": "every"}, qc={"enabled": False})
+    settings.queue.min_free_bytes = shutil.disk_usage(tmp_path).free * 4
+    with streaming(settings) as service:
+        wait_for(lambda: service.state == "paused_disk_low", what="capture pauses")
+        time.sleep(0.5)  # several ticks while paused: a frame would have been queued by now
+        assert entries(client) == []
+        service.room = IntakeRoom(settings.data_dir, 1)
+        wait_for(lambda: len(entries(client)) >= 1, what="frames queued with room again")

@@ -31,7 +31,7 @@ GAUGES = {m.name for m in EVERY if m.kind == "gauge"} | {
     "leukoscope_redis_memory_used_bytes", "leukoscope_redis_memory_budget_bytes",
     "leukoscope_audit_entries", "leukoscope_data_dir_bytes", "leukoscope_data_dir_limit_bytes",
     "leukoscope_data_dir_filesystem_free_bytes", "leukoscope_data_dir_filesystem_size_bytes",
-    "leukoscope_redis_zset_compact",
+    "leukoscope_redis_zset_compact", "leukoscope_intake_min_free_bytes",
 }
 KNOWN = COUNTERS | GAUGES | {h + s for h in HISTOGRAMS for s in ("_bucket", "_sum", "_count")}
 

@@ -13,7 +13,8 @@ TIFF holds several); 413 for a body above ``api.max_upload_bytes``; 415 for a bo
 not an image; 422 for a truncated or undecodable image, one needing more memory to decode
 than ``api.decode_memory_bytes`` (``too_large``) or one failing quality control (its
 ``rejected`` result is stored, with the measured values); 400 for bad parameters; 503 while
-the queue is over ``queue.max_backlog``. Refused bodies (415/422) are kept under
+the queue is over ``queue.max_backlog``; 507 while the data disk has less free than
+``queue.min_free_bytes`` (daemon/store/disk.py). Refused bodies (415/422) are kept under
 ``<data_dir>/quarantine/<specimen_id>/`` beside a ``.reason.txt``, and accepted originals
 under ``<data_dir>/archive/<specimen_id>/``, as for the folder. The same frame (specimen,
 name, bytes) pushed twice gets the same ``frame_id``, is queued once and gets one result.
@@ -183,6 +184,9 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
         intake = Intake(settings, intake.client, intake.queue, intake.results, rig)
     source = f"{UPLOAD_PREFIX}{specimen}/{name}"
     file_id = frame_id_for(specimen, name, data)
+    room = intake.room.check()
+    if not room.ok:  # nothing is queued or quarantined that the disk could not hold
+        raise Refused(507, room.reason(), retry_after=30)
     # Backpressure counts frames (a multi-page TIFF its pages), admitted atomically in
     # Redis against queue.max_backlog, so concurrent pushes cannot overshoot it.
     count = frame_count(data, settings)
@@ -359,6 +363,13 @@ def _err(description: str, detail: str) -> dict:
               "headers": {"Retry-After": {"schema": {"type": "integer"}}},
               "content": {"application/json": {"example": {
                   "detail": "the frame queue is full; retry later", "retry_after": 1}}}},
+        507: {"description": "the data disk has less free than queue.min_free_bytes: nothing "
+              "is queued or stored; retry after Retry-After seconds",
+              "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+              "content": {"application/json": {"example": {
+                  "detail": "the data disk is nearly full: 52428800 bytes free, "
+                  "queue.min_free_bytes is 1073741824; intake resumes when there is room "
+                  "(move archive/ or audit/ files away, or bound them)", "retry_after": 30}}}},
     },
     dependencies=[Depends(require("ingest", "frame.ingest"))],  # issue 5: keys and audit
 )
@@ -397,5 +408,6 @@ async def post_frame(request: Request) -> JSONResponse:
             # A Redis round trip (and its retries during an outage): in the thread pool.
             await run_in_threadpool(counters.record, request.app.state.client, counters.counter(
                 "leukoscope_frames_rejected_total", {"rig": rig, "reason": "too_large"}))
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        retry = exc.body.get("retry_after")
+        headers = {"Retry-After": str(retry)} if retry else None
         return JSONResponse(status_code=exc.status, content=exc.body, headers=headers)
