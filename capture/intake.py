@@ -188,7 +188,7 @@ class Intake:
         self.queue = queue or FrameQueue.for_settings(client, settings)
         self.results = results or ResultStore(client)
         # Free space on the data disk: pushes and capture stop before Redis cannot write.
-        self.room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
+        self.disk_room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
         self.rig_id = rig_id or settings.capture.rig_id
         self._scale: Rescaler | None = None
 

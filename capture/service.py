@@ -39,7 +39,6 @@ from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import Outage, connect, server_run_id
-from daemon.store.disk import IntakeRoom
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import ResultStore
 from daemon.store.specimens import SpecimenStore
@@ -62,7 +61,6 @@ class CaptureService:
         self.inbox = Path(os.path.abspath(settings.capture.directory))
         self.client = client if client is not None else connect(settings)
         self.queue = FrameQueue.for_settings(self.client, settings)
-        self.room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
         self.results = ResultStore(self.client)
         self.watcher = InboxWatcher(
             self.inbox,
@@ -204,15 +202,12 @@ class CaptureService:
                 return None
 
     def _room_on_disk(self, backlog: int) -> bool:
-        """False (and paused, said once) while the data disk is under queue.min_free_bytes:
-        the files wait in the inbox, nothing is taken that could not be stored."""
-        room = self.room.check()
-        if not room.ok and self.state != "paused_disk_low":
-            log.warning("capture paused: " + room.reason(), extra={
-                "free_bytes": room.free_bytes, "min_free_bytes": room.min_free_bytes})
-        if not room.ok:
+        """False (and paused) while the data disk is under queue.min_free_bytes: the files
+        wait in the inbox, nothing is taken that could not be stored."""
+        ok = self.intake.disk_room.check().ok
+        if not ok:
             self._set_state("paused_disk_low", backlog)
-        return room.ok
+        return ok
 
     def _set_state(self, state: str, backlog: int) -> None:
         if state != self.state:

@@ -28,7 +28,6 @@ from daemon.settings import Settings
 from daemon.shutdown import on_stop_signals
 from daemon.store import counters, heartbeats, keys
 from daemon.store.connection import Outage, connect
-from daemon.store.disk import IntakeRoom
 from daemon.store.queue import FrameQueue
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ class StreamCapture:
         self.config = settings.capture.opencv
         self.client = client if client is not None else connect(settings)
         self.queue = FrameQueue.for_settings(self.client, settings)
-        self.room = IntakeRoom(settings.data_dir, settings.queue.min_free_bytes)
         self.intake = Intake(settings, self.client, self.queue)
         self.camera = Camera(self.config)
         min_focus = settings.capture.qc.min_focus
@@ -89,15 +87,11 @@ class StreamCapture:
         """One turn of the loop: heartbeat, metrics, then one frame (or a pause)."""
         self.heartbeat()
         self.flush()
-        # Room for the next frame, reserved by the script HTTP pushes use (queue.admission)
-        # while it is grabbed, gated and queued, so camera and pushes never pass the bound.
-        room = self.room.check()
-        if not room.ok:  # a camera cannot wait: its frames go by unqueued, as when full
-            if self.state != "paused_disk_low":
-                log.warning("capture paused: " + room.reason(), extra={
-                    "free_bytes": room.free_bytes, "min_free_bytes": room.min_free_bytes})
+        if not self.intake.disk_room.check().ok:  # a camera cannot wait: frames go unqueued
             self._set_state("paused_disk_low")
             return 0.25
+        # Room for the next frame, reserved by the script HTTP pushes use (queue.admission)
+        # while it is grabbed, gated and queued, so camera and pushes never pass the bound.
         with self.queue.admission(1, self.settings.queue.max_backlog) as (admitted, _):
             if not admitted:
                 self._set_state("paused_backpressure")

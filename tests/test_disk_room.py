@@ -43,3 +43,14 @@ def test_the_setting_is_validated_and_may_be_null() -> None:
     assert Settings(queue={"min_free_bytes": None}).queue.min_free_bytes is None
     with pytest.raises(ValidationError, match="min_free_bytes"):
         Settings(queue={"min_free_bytes": 0})
+
+
+def test_a_change_of_room_is_logged_once_each_way(tmp_path: Path, monkeypatch, caplog) -> None:
+    room = IntakeRoom(tmp_path, 1000)
+    free = iter([0, 0, 5000])
+    monkeypatch.setattr(disk, "free_bytes", lambda path: next(free))
+    with caplog.at_level("INFO", logger="daemon.store.disk"):
+        for _ in range(3):
+            room._checked_at -= disk.CHECK_EVERY_SECONDS
+            room.check()
+    assert [r.getMessage()[:15] for r in caplog.records] == ["intake stopped:", "intake resumed:"]

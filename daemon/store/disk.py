@@ -11,10 +11,13 @@ room: that is ``archive.max_bytes`` and ``audit.files_max_bytes``, a lab's own c
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 #: statvfs is cheap, but capture asks before every file: an answer is reused this long.
 CHECK_EVERY_SECONDS = 1.0
@@ -54,14 +57,19 @@ class IntakeRoom:
         self._checked_at = float("-inf")
 
     def check(self) -> Room:
-        """The room now (at most ``CHECK_EVERY_SECONDS`` old). A filesystem that cannot be
-        read does not stop intake: the writes themselves will say what is wrong."""
+        """The room now (at most ``CHECK_EVERY_SECONDS`` old), logged when it changes (a
+        warning naming the setting, then an info line when there is room again). A
+        filesystem that cannot be read does not stop intake: the writes will say why."""
         if self.min_free_bytes is None:
             return self._room
         now = time.monotonic()
         if now - self._checked_at >= CHECK_EVERY_SECONDS:
             free = free_bytes(self.data_dir)
-            self._room = Room(free is None or free >= self.min_free_bytes, free,
-                              self.min_free_bytes)
-            self._checked_at = now
+            room = Room(free is None or free >= self.min_free_bytes, free, self.min_free_bytes)
+            extra = {"free_bytes": free, "min_free_bytes": self.min_free_bytes}
+            if self._room.ok and not room.ok:
+                log.warning("intake stopped: " + room.reason(), extra=extra)
+            elif room.ok and not self._room.ok:
+                log.info("intake resumed: the data disk has room again", extra=extra)
+            self._room, self._checked_at = room, now
         return self._room

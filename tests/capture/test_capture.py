@@ -231,16 +231,18 @@ def test_a_nearly_full_data_disk_pauses_capture_and_loses_nothing(client, inbox,
     free = shutil.disk_usage(settings.data_dir.parent).free
     settings.queue.min_free_bytes = free * 4  # more than this disk will ever have free
     path = drop(inbox / "S7", "f.jpg", frame_bytes(40))
-    with caplog.at_level(logging.WARNING, logger="capture.service"), running(settings) as service:
+    with caplog.at_level(logging.INFO, logger="daemon.store.disk"), running(settings) as service:
         wait_for(lambda: heartbeat(client).get("state") == "paused_disk_low", what="pause")
         after_passes(service)
         assert entries(client) == [] and path.exists()
         assert any("queue.min_free_bytes" in r.getMessage() for r in caplog.records)
-        service.room = IntakeRoom(settings.data_dir, 1)  # room again (as if files were moved)
+        service.intake.disk_room = IntakeRoom(settings.data_dir, 1)  # room again
         wait_for(lambda: len(entries(client)) == 1, what="the frame queued once there is room")
         wait_for(lambda: heartbeat(client).get("state") == "watching", what="resume")
         complete(client)
         wait_for(lambda: (settings.archive_dir / "S7" / "f.jpg").exists(), what="archived")
+    stopped = [r for r in caplog.records if r.getMessage().startswith("intake stopped")]
+    assert len(stopped) == 1  # said once, however many passes it stayed paused
 
 
 def test_a_burst_is_queued_once_in_order_and_archived_with_its_paths(

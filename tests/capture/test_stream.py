@@ -220,5 +220,5 @@ def test_a_nearly_full_data_disk_stops_live_frames_being_queued(client, make_set
         wait_for(lambda: service.state == "paused_disk_low", what="capture pauses")
         time.sleep(0.5)  # several ticks while paused: a frame would have been queued by now
         assert entries(client) == []
-        service.room = IntakeRoom(settings.data_dir, 1)
+        service.intake.disk_room = IntakeRoom(settings.data_dir, 1)
         wait_for(lambda: len(entries(client)) >= 1, what="frames queued with room again")

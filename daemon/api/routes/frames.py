@@ -184,7 +184,7 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
         intake = Intake(settings, intake.client, intake.queue, intake.results, rig)
     source = f"{UPLOAD_PREFIX}{specimen}/{name}"
     file_id = frame_id_for(specimen, name, data)
-    room = intake.room.check()
+    room = intake.disk_room.check()
     if not room.ok:  # nothing is queued or quarantined that the disk could not hold
         raise Refused(507, room.reason(), retry_after=30)
     # Backpressure counts frames (a multi-page TIFF its pages), admitted atomically in
