@@ -352,8 +352,11 @@ def test_two_replicas_never_push_the_same_message_twice(
     settings = mllp_settings(make_settings, listener.port)
     mllp = {**settings.lis.mllp.model_dump(), "ack_timeout_seconds": 10.0}
     settings = make_settings(lis={"hold_unordered": False, "mllp": mllp})
-    listener.ack_delay = 1.0  # each ACK takes over three lease lifetimes
-    keepers = [Housekeeper(settings, redis_client, interval=0.05, lease_seconds=0.3)
+    # Each ACK takes 2.5 lease lifetimes: without renewal the lease lapses mid-delivery. The
+    # lease is 1 s, not shorter: renewal runs every third of it, and a 0.3 s lease failed
+    # once on a loaded 2-core CI box (a renewal thread starved 0.2 s), not for want of one.
+    listener.ack_delay = 2.5
+    keepers = [Housekeeper(settings, redis_client, interval=0.05, lease_seconds=1.0)
                for _ in range(2)]
     for keeper in keepers:
         keeper.start()
