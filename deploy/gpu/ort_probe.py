@@ -4,7 +4,9 @@ Not the daemon (no Redis, decode or storage): the models alone, random inputs, f
 so that a GPU machine without the daemon's dependencies still gives the models' ceiling.
 Prints one JSON line per (model, precision, provider, batch): inferences per second.
 
-    python3 deploy/gpu/ort_probe.py [SECONDS_PER_CASE]
+    python3 deploy/gpu/ort_probe.py [SECONDS_PER_CASE [MODELS_DIR]]
+
+MODELS_DIR (default: the shipped ``models/``) compares another set, e.g. an older classifier.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ CASES = {  # model file -> (input side px, batches)
 }
 
 
-def main(seconds: float) -> None:
+def main(seconds: float, models: Path = MODELS) -> None:
     providers = ort.get_available_providers()
     print(json.dumps({"onnxruntime": ort.__version__, "providers": providers}), flush=True)
     wanted = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in providers]
@@ -32,7 +34,10 @@ def main(seconds: float) -> None:
     for name, (side, batches) in CASES.items():
         for suffix in ("", "_fp16"):
             for provider in wanted:
-                session = ort.InferenceSession(str(MODELS / f"{name}{suffix}.onnx"),
+                path = models / f"{name}{suffix}.onnx"
+                if not path.exists():
+                    continue
+                session = ort.InferenceSession(str(path),
                                                providers=[provider])
                 used = session.get_providers()[0]
                 feed = session.get_inputs()[0]
@@ -52,4 +57,5 @@ def main(seconds: float) -> None:
 
 
 if __name__ == "__main__":
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 2.0)
+    main(float(sys.argv[1]) if len(sys.argv) > 1 else 2.0,
+         Path(sys.argv[2]) if len(sys.argv) > 2 else MODELS)
