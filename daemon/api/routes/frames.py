@@ -180,13 +180,15 @@ def push(settings: Settings, intake: Intake, data: bytes, fields: dict[str, str 
     name = fields.get("name") or f"upload.{EXTENSIONS.get(kind or '', 'bin')}"
     if not valid_upload_name(name):
         raise Refused(400, "name: letters, digits, '.', '_', '-'; at most 128")
+    # The process's own intake's room (once a second), before an intake for another rig is
+    # made: nothing is queued or quarantined that the disk could not hold.
+    room = intake.disk_room.check()
+    if not room.ok:
+        raise Refused(507, room.reason(), retry_after=30)
     if rig != intake.rig_id:
         intake = Intake(settings, intake.client, intake.queue, intake.results, rig)
     source = f"{UPLOAD_PREFIX}{specimen}/{name}"
     file_id = frame_id_for(specimen, name, data)
-    room = intake.disk_room.check()
-    if not room.ok:  # nothing is queued or quarantined that the disk could not hold
-        raise Refused(507, room.reason(), retry_after=30)
     # Backpressure counts frames (a multi-page TIFF its pages), admitted atomically in
     # Redis against queue.max_backlog, so concurrent pushes cannot overshoot it.
     count = frame_count(data, settings)
