@@ -517,6 +517,11 @@ class WorkerSettings(_Section):
         "scaling, several times faster) when its factor to the models' scale is known before "
         "decoding (a given um_per_pixel, or the rig's running red-cell estimate) and the frame "
         "would be shrunk at least that much anyway; false: always decode in full")
+    cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        default="EXHAUSTIVE", description="how the CUDA provider picks cuDNN convolution "
+        "kernels for each new input shape (ONNX Runtime's option): EXHAUSTIVE times them all "
+        "once per shape, which the first batches of every new batch size pay for; HEURISTIC "
+        "asks cuDNN's heuristics and pays nothing up front")
     max_queue_delay_ms: float = Field(
         default=0.0, ge=0, le=10_000, description="dynamic batching across frames: after the "
         "first frame, wait at most this long for up to batch_frames to arrive (as Triton's "

@@ -33,6 +33,29 @@ def test_cpu_asked_for_is_cpu_without_a_word() -> None:
     assert select_providers("cpu", tensorrt=True, fp16=True)[0] == ["CPUExecutionProvider"]
 
 
+def test_cuda_chain_carries_the_conv_search_and_falls_back_to_the_cpu(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where a GPU is usable (here: said to be), CUDA comes first with cuDNN's kernel search as
+    # configured, and the CPU stays behind it for operators CUDA lacks.
+    monkeypatch.setattr(sessions, "_cuda_missing", lambda: None)
+    chain, why = select_providers("cuda", conv_algo_search="HEURISTIC")
+    assert why is None
+    assert chain == [("CUDAExecutionProvider", {"cudnn_conv_algo_search": "HEURISTIC"}),
+                     "CPUExecutionProvider"]
+    assert select_providers("auto")[0][0] == (
+        "CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE"})
+
+
+def test_conv_search_setting_names_its_key_when_wrong() -> None:
+    from pydantic import ValidationError
+
+    from daemon.settings import WorkerSettings
+
+    assert WorkerSettings().cudnn_conv_algo_search == "EXHAUSTIVE"
+    with pytest.raises(ValidationError, match="cudnn_conv_algo_search"):
+        WorkerSettings(cudnn_conv_algo_search="FASTEST")
+
+
 @NO_GPU
 def test_auto_without_a_gpu_falls_back_to_the_cpu_and_says_why() -> None:
     chain, why = select_providers("auto", tensorrt=True, engine_cache=Path("/tmp/x"))

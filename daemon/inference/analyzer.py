@@ -75,7 +75,8 @@ class Analyzer:
     def from_settings(cls, settings: Settings) -> Analyzer:
         w = settings.workers
         gpu = {"tensorrt": w.tensorrt, "engine_cache": settings.trt_engine_dir if w.tensorrt
-               else None, "io_binding": w.io_binding}
+               else None, "io_binding": w.io_binding,
+               "conv_algo_search": w.cudnn_conv_algo_search}
         return cls(
             Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
                       max_pixels=w.max_batch_pixels, **gpu),

@@ -58,7 +58,8 @@ def _cuda_missing() -> str | None:
 
 
 def select_providers(device: Device, tensorrt: bool = False, engine_cache: Path | None = None,
-                     fp16: bool = False) -> tuple[list[ProviderSpec], str | None]:
+                     fp16: bool = False, conv_algo_search: str = "EXHAUSTIVE",
+                     ) -> tuple[list[ProviderSpec], str | None]:
     """The providers to ask ONNX Runtime for, best first, and why a better one is not used.
 
     ``device`` auto or cuda with a usable GPU: CUDA, then CPU; with ``tensorrt`` the
@@ -85,7 +86,8 @@ def select_providers(device: Device, tensorrt: bool = False, engine_cache: Path 
             chain.append(("TensorrtExecutionProvider", options))
         else:
             why = "running on CUDA without TensorRT: this ONNX Runtime has no TensorRT provider"
-    chain += ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    chain += [("CUDAExecutionProvider", {"cudnn_conv_algo_search": conv_algo_search}),
+              "CPUExecutionProvider"]
     return chain, why
 
 
@@ -110,12 +112,13 @@ class OnnxModel:
     def __init__(
         self, path: Path, device: Device = "auto", threads: int = 0, fp16: bool = False,
         tensorrt: bool = False, engine_cache: Path | None = None,
-        io_binding: bool | None = None,
+        io_binding: bool | None = None, conv_algo_search: str = "EXHAUSTIVE",
     ) -> None:
         self.manifest: ModelManifest = load_manifest(path)
         if tensorrt and engine_cache is not None:
             Path(engine_cache).mkdir(parents=True, exist_ok=True)
-        providers, why = select_providers(device, tensorrt, engine_cache, fp16)
+        providers, why = select_providers(device, tensorrt, engine_cache, fp16,
+                                          conv_algo_search)
         if why:
             _say_once(why)
         first = providers[0] if isinstance(providers[0], str) else providers[0][0]

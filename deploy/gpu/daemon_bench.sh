@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The daemon's GPU path measured on a lent GPU machine (issue 15): ONNX Runtime's CUDA
+# provider, fp16 models, I/O binding, dynamic batching, several workers on one card.
+#
+#   deploy/gpu/daemon_bench.sh STAGE OUT [CONFIG]
+#
+# STAGE: a folder made by deploy/gpu/stage_ort.sh: onnxruntime-gpu unpacked (CUDA 13 build,
+# whose cuBLAS, cuDNN and runtime the machine's PyTorch already brings) and wheels of the
+# daemon's packages that the machine's Python lacks. OUT: where the reports go, step by step
+# (a machine lent for minutes may be taken back mid-run).
+# Steps: the provider really runs on CUDA; the models' ceiling (ort_probe.py); leukoscope
+# bench on 224x224 fields; on 1920x1280 camera fields (cells 3x the models' scale, no um/px)
+# with cuDNN's EXHAUSTIVE and HEURISTIC kernel search; open loop at 80 % of the better rate.
+set -u
+STAGE=$1 OUT=$2 CONFIG=${3:-deploy/gpu/h100.yaml}
+PY=${PY:-python3}
+mkdir -p "$OUT" /tmp/lk-site
+"$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/lk-site "$STAGE"/whl/*.whl || exit 1
+cp -r "$STAGE"/onnxruntime "$STAGE"/onnxruntime_gpu-*.dist-info /tmp/lk-site/ || exit 1
+export PYTHONPATH=/tmp/lk-site:$PWD PYTHONUNBUFFERED=1
+# cuBLAS, cuDNN, cuFFT and the CUDA runtime as the machine's PyTorch installed them (pip).
+NV=$("$PY" -c 'import nvidia; print(list(nvidia.__path__)[0])')
+LD_LIBRARY_PATH=$(find "$NV" -name 'lib*.so*' -printf '%h\n' | sort -u | paste -sd:):${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH
+step() { echo "== $1 $(date -u +%T)"; }
+
+step machine
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; nproc
+  grep -m1 'model name' /proc/cpuinfo; } | tee "$OUT/machine.txt"
+step providers
+timeout 120 "$PY" - <<'PY' 2>&1 | tee "$OUT/providers.txt"
+import numpy as np, onnxruntime as ort
+print(ort.__file__, ort.__version__, ort.get_available_providers())
+for name in ("segmenter_fp16", "classifier_fp16"):
+    s = ort.InferenceSession(f"models/{name}.onnx", providers=["CUDAExecutionProvider"])
+    shape = [1 if isinstance(d, str) else d for d in s.get_inputs()[0].shape]
+    shape[-1] = shape[-2] = 64 if name.startswith("classifier") else 224
+    out = s.run(None, {s.get_inputs()[0].name: np.random.rand(*shape).astype(np.float16)})
+    print(name, s.get_providers(), [o.shape for o in out], bool(np.isfinite(out[0]).all()))
+PY
+grep -q "'CUDAExecutionProvider'" "$OUT/providers.txt" || { echo "CUDA provider not running"; exit 1; }
+
+step probe
+timeout 150 "$PY" deploy/gpu/ort_probe.py 1.0 >"$OUT/probe.jsonl" 2>&1; tail -n +1 "$OUT/probe.jsonl" | grep -v CPUExec | cut -c1-200
+
+bench() {  # NAME ARGS...
+  local name=$1; shift
+  step "bench $name"
+  timeout 240 "$PY" -m daemon bench --device cuda --rounds 1 --json "$@" \
+    >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.err"
+  echo "exit $?"; cat "$OUT/bench-$name.json"; tail -3 "$OUT/bench-$name.err"
+}
+bench 224 --config "$CONFIG" --frames 4000
+
+step "camera frames"  # made once, in parallel: 0.1 s each on one core
+timeout 120 "$PY" - <<'PY'
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+import numpy as np
+from daemon.imaging.synthetic import encode, smear_field
+from daemon.cli.bench import RED_CELLS_PER_FIELD
+def one(i):
+    rng = np.random.default_rng(i)
+    fields = 1280 * 1920 / (224 * 224 * 9)
+    image = smear_field(rng, (1280, 1920), white_cells=max(1, round(int(rng.integers(1, 4)) * fields)),
+                        red_cells=max(1, round(RED_CELLS_PER_FIELD * fields)), enlargement=3.0)[0]
+    Path(f"/tmp/cam/{i:04d}.jpg").write_bytes(encode(image))
+Path("/tmp/cam").mkdir(exist_ok=True)
+with ProcessPoolExecutor() as pool:
+    list(pool.map(one, range(400)))
+PY
+ls /tmp/cam | wc -l
+bench camera-exhaustive --config "$CONFIG" --images /tmp/cam --frames 1600
+sed 's/cudnn_conv_algo_search: EXHAUSTIVE/cudnn_conv_algo_search: HEURISTIC/' "$CONFIG" >/tmp/heuristic.yaml
+bench camera-heuristic --config /tmp/heuristic.yaml --images /tmp/cam --frames 1600
+RATE=$("$PY" - "$OUT" <<'PY'
+import json, sys
+best = max(json.load(open(f"{sys.argv[1]}/bench-{n}.json")).get("daemon_fps", 0) or 0
+           for n in ("camera-exhaustive", "camera-heuristic"))
+print(round(0.8 * best))
+PY
+)
+BETTER=$CONFIG
+"$PY" -c "import json,sys; a,b=(json.load(open(f'$OUT/bench-camera-{n}.json'))['daemon_fps'] for n in ('exhaustive','heuristic')); sys.exit(0 if b>a else 1)" 2>/dev/null && BETTER=/tmp/heuristic.yaml
+echo "open loop at $RATE fields/s with $BETTER"
+bench camera-open-loop --config "$BETTER" --images /tmp/cam --frames $((RATE * 6)) --rate "$RATE"
+step done
