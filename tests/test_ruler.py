@@ -69,7 +69,7 @@ def overexpose(image: np.ndarray, factor: float = 1.25) -> np.ndarray:
 
 def test_an_overexposed_field_gives_no_reliable_scale():
     """Clipping at 255 cuts the pale rims off the red cells, so the ruler reads their cores
-    (25 % over-exposure: 12 % of the validation fields read within 10 %, median 0.77x): such a
+    (25 % over-exposure: 10 % of validation fields read within 10 %, median 0.77x): such a
     field must not set the scale, while the same field lit right still does."""
     field, _ = smear_field(np.random.default_rng(3), red_cells=40)
     ruler = measure_red_cells(field)
