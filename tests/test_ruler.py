@@ -60,3 +60,28 @@ def test_sensor_noise_does_not_answer_as_small_red_cells():
     noise = np.random.default_rng(8).normal(0, 0.03 * 255, field.shape)
     noisy = np.clip(field + noise, 0, 255).astype(np.uint8)
     assert measure_red_cells(noisy).diameter_px == pytest.approx(base, rel=0.10)
+
+
+def overexpose(image: np.ndarray, factor: float = 1.25) -> np.ndarray:
+    """A brighter lamp: every channel times ``factor``, clipped at 255 (shifts.exposure)."""
+    return np.clip(image.astype(np.float32) * factor, 0, 255).round().astype(np.uint8)
+
+
+def test_an_overexposed_field_gives_no_reliable_scale():
+    """Clipping at 255 cuts the pale rims off the red cells, so the ruler reads their cores
+    (25 % over-exposure: 10 % of validation fields read within 10 %, median 0.77x): such a
+    field must not set the scale, while the same field lit right still does."""
+    field, _ = smear_field(np.random.default_rng(3), red_cells=40)
+    ruler = measure_red_cells(field)
+    assert ruler.reliable and not ruler.overexposed, ruler
+    bright = measure_red_cells(overexpose(field))
+    assert bright.overexposed and not bright.reliable, bright
+    assert bright.clipped > ruler.clipped
+
+
+def test_a_white_glass_rim_alone_is_not_overexposure():
+    """A field whose glass is clipped white over less than a quarter of it still measures."""
+    field, _ = smear_field(np.random.default_rng(4), red_cells=40)
+    field[:40] = 255  # a bright strip: 18 % of the field
+    ruler = measure_red_cells(field)
+    assert not ruler.overexposed and ruler.reliable, ruler

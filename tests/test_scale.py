@@ -69,6 +69,24 @@ def test_a_rig_keeps_a_running_estimate_and_an_odd_frame_goes_to_review():
     assert (unknown.source, unknown.factor, unknown.reliable) == ("assumed", 1.0, False)
 
 
+def test_an_overexposed_frame_neither_sets_nor_moves_the_scale():
+    """A clipped-white frame's red cells read short (their pale rims are cut off): it takes
+    its rig's running estimate without adding to it, and alone it is analysed as captured and
+    goes to review, rather than being enlarged by its misreading."""
+    image = field(2)
+    model = measure_red_cells(image).diameter_px
+    rescaler = Rescaler(RedCellScale(rbc_diameter_px=model))
+    for seed in range(3, 8):
+        rescaler.resolve(enlarge(field(seed), 2.0), None, rig="A")
+    history = rescaler.diameters("A")
+    bright = np.clip(enlarge(image, 2.0).astype(np.float32) * 1.3, 0, 255).astype(np.uint8)
+    scale = rescaler.resolve(bright, None, rig="A")
+    assert scale.factor == pytest.approx(0.5, rel=0.12) and scale.reliable
+    assert rescaler.diameters("A") == history
+    alone = Rescaler(RedCellScale(rbc_diameter_px=model)).resolve(bright, None)
+    assert (alone.source, alone.factor, alone.reliable) == ("assumed", 1.0, False)
+
+
 def test_bad_configured_values_fall_back_to_the_red_cells():
     image = field(3)
     rescaler = Rescaler(RedCellScale(rbc_diameter_px=measure_red_cells(image).diameter_px))

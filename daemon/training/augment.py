@@ -40,6 +40,15 @@ class AugmentParams:
     #: A camera compresses at its own resolution, before the daemon enlarges the frame to the
     #: models' scale: when a sample is both resampled and JPEG-coded, code it while small.
     jpeg_before_upscale: bool = False
+    #: Exposure at the camera, before its own degradations, undone after them by the
+    #: daemon's background gain: the crop times a factor drawn log-uniformly in this range
+    #: (clipped at 255 per channel, as a sensor saturates), then resampled, blurred, noised
+    #: and JPEG-coded, then times 1 / min(factor, 1) (the glass of a training crop is at the
+    #: reference, so an over-exposed field's glass clips and gets a gain of about 1). A dim
+    #: field's JPEG blocks and quantisation come out amplified, which ``brightness`` (applied
+    #: to normalised crops, with no gain after the JPEG) never shows ...
+    camera_exposure: tuple[float, float] = (0.7, 1.3)
+    camera_exposure_p: float = 0.0  # ... on this share of samples (0: off)
 
 
 #: The segmenter sees whole fields: the residual scale error is a zoom of 0.5-2x.
@@ -157,11 +166,15 @@ def stain_mix(
 def random_degrade(
     images: torch.Tensor, params: AugmentParams, generator: torch.Generator
 ) -> torch.Tensor:
-    """Per sample, each with its probability: lost detail (downsample and back), defocus
-    blur, sensor noise, JPEG re-encoding. (N,3,H,W) in [0,1] -> same (via uint8, as a camera
+    """Per sample, each with its probability: exposure at the camera (undone after the rest,
+    as the daemon's background gain does), lost detail (downsample and back), defocus blur,
+    sensor noise, JPEG re-encoding. (N,3,H,W) in [0,1] -> same (via uint8, as a camera
     delivers)."""
     n, _, height, width = images.shape
     draws = torch.rand(n, 8, generator=generator).numpy()
+    # Drawn only when on, so recipes without it keep their random stream (and batches).
+    exposures = (camera_exposures(n, params, generator) if params.camera_exposure_p > 0
+                 else np.ones(n))
     batch = (images.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
     lo_q, hi_q = params.jpeg_quality
 
@@ -172,6 +185,8 @@ def random_degrade(
 
     for i in range(n):
         image = batch[i]
+        if exposures[i] != 1.0:
+            image = _gain(image, exposures[i])
         coded = draws[i, 6] < params.jpeg_p
         if draws[i, 0] < params.resample_p:
             lo, hi = params.resample
@@ -189,8 +204,25 @@ def random_degrade(
             image = np.clip(image + noise, 0, 255).astype(np.uint8)
         if coded:
             image = jpeg(image, draws[i, 7])
+        if exposures[i] != 1.0:
+            image = _gain(image, 1.0 / min(exposures[i], 1.0))
         batch[i] = image
     return torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def camera_exposures(n: int, params: AugmentParams, generator: torch.Generator) -> np.ndarray:
+    """(n,) exposure factors of ``random_degrade``: log-uniform in ``params.camera_exposure`` on
+    a ``camera_exposure_p`` share of samples, 1 on the rest."""
+    draws = torch.rand(n, 2, generator=generator).numpy().astype(np.float64)
+    lo, hi = (math.log(v) for v in params.camera_exposure)
+    factors = np.exp(lo + draws[:, 1] * (hi - lo))
+    return np.where(draws[:, 0] < params.camera_exposure_p, factors, 1.0)
+
+
+def _gain(image: np.ndarray, gain: float) -> np.ndarray:
+    """(H, W, 3) uint8 times ``gain``, rounded and clipped at 255 per channel (one LUT)."""
+    table = np.clip(np.rint(np.arange(256, dtype=np.float64) * gain), 0, 255).astype(np.uint8)
+    return cv2.LUT(image, table)
 
 
 def normalize(images: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:

@@ -92,3 +92,65 @@ def test_jpeg_before_upscale_codes_the_small_image() -> None:
         out = random_degrade(images, params_now, torch.Generator().manual_seed(0))
         got = (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         assert np.array_equal(got, expected)
+
+
+def _smooth_crop(seed: int) -> np.ndarray:
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(60, 256, (64, 64, 3)).astype(np.uint8), (0, 0), 1.5)
+
+
+def _degrade(crop: np.ndarray, **changes) -> np.ndarray:
+    from daemon.training.augment import AugmentParams, random_degrade
+
+    params = AugmentParams(**{**AugmentParams(blur_p=0.0, noise_p=0.0, jpeg_p=0.0).__dict__,
+                              **changes})
+    images = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255.0
+    out = random_degrade(images, params, torch.Generator().manual_seed(0))
+    return (out[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def test_camera_exposure_clips_like_an_overexposed_field() -> None:
+    """Over-exposure at the camera clips per channel at 255, as the shift suite's
+    ``exposure_x1.25`` does to a raw field, and the glass-led gain after it is about 1."""
+    from daemon.training.shifts import exposure
+
+    crop = (_smooth_crop(1).astype(int) + 40).clip(0, 255).astype(np.uint8)  # pale (200-250), as cytoplasm and red cells in a smear are
+    got = _degrade(crop, camera_exposure=(1.25, 1.25), camera_exposure_p=1.0)
+    assert np.array_equal(got, exposure(1.25)(crop))
+    assert (got == 255).mean() > (crop == 255).mean() + 0.2
+
+
+def test_camera_exposure_codes_the_dim_field_and_amplifies_its_artefacts() -> None:
+    """A dim field is JPEG-coded by the camera, then brought back by the daemon's gain: the
+    JPEG sits between the two, and its error comes out larger than on the field lit right."""
+    import cv2
+
+    def jpeg(image: np.ndarray) -> np.ndarray:
+        _, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 30])
+        return cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED)
+
+    def gain(image: np.ndarray, g: float) -> np.ndarray:
+        return np.clip(np.rint(image.astype(np.float64) * g), 0, 255).astype(np.uint8)
+
+    crop = _smooth_crop(2)
+    coded = {"jpeg_quality": (30, 30), "jpeg_p": 1.0}
+    got = _degrade(crop, camera_exposure=(0.7, 0.7), camera_exposure_p=1.0, **coded)
+    assert np.array_equal(got, gain(jpeg(gain(crop, 0.7)), 1 / 0.7))
+    lit = _degrade(crop, **coded)
+    error = np.abs(got.astype(int) - crop).mean()
+    assert error > 1.1 * np.abs(lit.astype(int) - crop).mean()
+
+
+def test_camera_exposure_off_leaves_the_random_stream_alone() -> None:
+    """Off by default: recipes without it draw the same numbers, so their batches repeat."""
+    from daemon.training.augment import AugmentParams, random_degrade
+
+    images = torch.rand(4, 3, 16, 16)
+    generator = torch.Generator().manual_seed(5)
+    random_degrade(images, AugmentParams(), generator)
+    reference = torch.Generator().manual_seed(5)
+    torch.rand(4, 8, generator=reference)
+    assert torch.equal(torch.rand(3, generator=generator), torch.rand(3, generator=reference))
+    assert AugmentParams().camera_exposure_p == 0.0

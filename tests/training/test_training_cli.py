@@ -14,6 +14,8 @@ def test_augment_overrides_parse_numbers_ranges_and_switches() -> None:
                                "jpeg_before_upscale=true"]) == {
         "blur_p": 0.5, "resample": (0.35, 1.0), "jpeg_quality": (20, 95),
         "jpeg_before_upscale": True}
+    assert _augment_overrides(["camera_exposure=0.7,1.3", "camera_exposure_p=0.5"]) == {
+        "camera_exposure": (0.7, 1.3), "camera_exposure_p": 0.5}
 
 
 @pytest.mark.parametrize(("item", "message"), [
