@@ -5,6 +5,7 @@ cpu device), the TensorRT and batching settings, and dynamic batching across fra
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -154,3 +155,37 @@ def test_dynamic_batching_waits_for_frames_up_to_the_delay(
     assert eager.step(block_ms=100) == 1
     thread.join()
     assert eager.step(block_ms=1000) == 1
+
+
+def _fatbin_tool():  # noqa: ANN202 - the module deploy/gpu/fatbin_keep_arch.py
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "gpu" / "fatbin_keep_arch.py"
+    spec = importlib.util.spec_from_file_location("fatbin_keep_arch", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _entry(arch: int, payload: bytes) -> bytes:
+    header = bytearray(64)
+    struct.pack_into("<HHIQ", header, 0, 2, 0x101, 64, len(payload))
+    struct.pack_into("<I", header, 28, arch)
+    return bytes(header) + payload
+
+
+def test_fatbin_tool_zeroes_other_architectures_and_keeps_the_named_one() -> None:
+    # The lent machine's 64 MiB a call: onnxruntime-gpu's CUDA kernels for other cards are
+    # zeroed so the library compresses; the named card's kernels must survive byte for byte.
+    tool = _fatbin_tool()
+    entries = _entry(80, b"\x11" * 300) + _entry(90, b"\x22" * 200) + _entry(120, b"\x33" * 100)
+    fatbin = struct.pack("<IHHQ", 0xBA55ED50, 1, 16, len(entries)) + entries
+    data = bytearray(b"host code" + fatbin + b"\xba\x55\xed\x50 not a fatbin header" + fatbin)
+    size = len(data)
+    per_arch, zeroed, kept = tool.keep_arch(data, 90)
+    assert per_arch == {80: 600, 90: 400, 120: 200}
+    assert (zeroed, kept) == (800, 400)
+    assert len(data) == size  # zeroed in place: every offset in the library still holds
+    assert data.count(b"\x22" * 200) == 2 and b"\x11" not in data and b"\x33" not in data
+    assert data.startswith(b"host code")
