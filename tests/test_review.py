@@ -86,6 +86,23 @@ def test_acquisition_outside_the_validated_range_is_flagged(analyzer: Analyzer):
         analyzer.acquisition = saved
 
 
+def test_an_overexposed_frame_of_unknown_scale_says_so(analyzer: Analyzer):
+    # scale_unknown alone sends the lab after the scale; the cause is the lamp.
+    from daemon.domain.results import ScaleInfo
+
+    image, _ = smear_field(np.random.default_rng(6), white_cells=1)
+    (analysis,) = analyzer.analyze([image])
+    bright = ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0, reliable=False,
+                       overexposed=True)
+    dim = bright.model_copy(update={"overexposed": False})
+    assert analyzer.describe(analysis, bright)["review_reasons"][:2] == [
+        "scale_unknown", "overexposed"]
+    assert "overexposed" not in analyzer.describe(analysis, dim)["review_reasons"]
+    # with a scale (the rig's estimate), a bright frame is analysed as any other
+    known = bright.model_copy(update={"source": "estimated", "reliable": True})
+    assert "overexposed" not in analyzer.describe(analysis, known)["review_reasons"]
+
+
 def cell(class_: str, p: float, reasons: list[str]) -> CellResult:
     probs = {c: (1 - p) / 4 for c in ("benign", "early_pre_b", "pre_b", "pro_b", "unidentified")}
     probs[class_] = p

@@ -85,6 +85,8 @@ def test_an_overexposed_frame_neither_sets_nor_moves_the_scale():
     assert rescaler.diameters("A") == history
     alone = Rescaler(RedCellScale(rbc_diameter_px=model)).resolve(bright, None)
     assert (alone.source, alone.factor, alone.reliable) == ("assumed", 1.0, False)
+    assert alone.overexposed and not scale.overexposed  # the rig's estimate answered for it
+    assert "overexposed" not in alone.model_dump()  # said in the review reasons, not stored
 
 
 def test_bad_configured_values_fall_back_to_the_red_cells():

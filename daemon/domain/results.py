@@ -20,9 +20,12 @@ NO_CELLS = "no_cells"
 SCALE_UNCERTAIN = "scale_uncertain"
 SCALE_UNKNOWN = "scale_unknown"
 ACQUISITION_OUT_OF_RANGE = "acquisition_out_of_range"
+#: A quarter or more of the field clipped white: its red cells cannot be measured, so with no
+#: rig estimate its scale is unknown (the lamp or exposure time is the fix, or a set um/px).
+OVEREXPOSED = "overexposed"
 CELL_REVIEW_REASONS = (LOW_CONFIDENCE, UNIDENTIFIED_CELL, CUT_OFF)
 FRAME_REVIEW_REASONS = (LOW_CONFIDENCE, UNIDENTIFIED_CELLS, NO_CELLS, SCALE_UNCERTAIN,
-                        SCALE_UNKNOWN, ACQUISITION_OUT_OF_RANGE)
+                        SCALE_UNKNOWN, ACQUISITION_OUT_OF_RANGE, OVEREXPOSED)
 
 
 class ModelRef(BaseModel):
@@ -46,6 +49,8 @@ class ScaleInfo(BaseModel):
                                      "null when the scale was given (no ruler run)")
     reliable: bool = Field(
         default=True, description="false when the estimate rests on too few red cells")
+    # Not stored: said once in the frame's review reasons (overexposed) where it mattered.
+    overexposed: bool = Field(default=False, exclude=True)
 
 
 class AcquisitionInfo(BaseModel):
@@ -110,7 +115,7 @@ class FrameResult(BaseModel):
         default=False, description="a person must look at this frame before it is reported")
     review_reasons: list[str] = Field(
         default=[], description="low_confidence, unidentified_cells, no_cells, scale_uncertain, "
-                                "scale_unknown, acquisition_out_of_range")
+                                "scale_unknown, acquisition_out_of_range, overexposed")
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True)

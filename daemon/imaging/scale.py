@@ -134,7 +134,8 @@ class Rescaler:
         # Too few red cells and no rig estimate: a weak guess could enlarge a frame 5x; analyse
         # it as captured and say so (the frame goes to review as scale_unknown).
         return ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0,
-                         rbc_diameter_px=measured, reliable=False)
+                         rbc_diameter_px=measured, reliable=False,
+                         overexposed=ruler.overexposed)
 
     def _estimated(self, diameter: float, measured: float | None, reliable: bool) -> ScaleInfo:
         assert self.model_scale is not None

@@ -14,6 +14,7 @@ from daemon.domain.results import (
     ACQUISITION_OUT_OF_RANGE,
     CUT_OFF,
     LOW_CONFIDENCE,
+    OVEREXPOSED,
     SCALE_UNCERTAIN,
     SCALE_UNKNOWN,
     UNIDENTIFIED_CELL,
@@ -206,6 +207,8 @@ class Analyzer:
         frame_reasons = []
         if scale is not None and scale.source == "assumed":
             frame_reasons.append(SCALE_UNKNOWN)
+            if scale.overexposed:  # say why, so the rig is fixed rather than each frame read
+                frame_reasons.append(OVEREXPOSED)
         elif scale is not None and not scale.reliable:
             frame_reasons.append(SCALE_UNCERTAIN)
         if acquisition is not None and self.acquisition is not None and (
