@@ -47,7 +47,7 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
         cuda_usable()
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).random((8, 3, 64, 64)).astype(np.float16)
+    x = np.random.default_rng(0).random((8, 3, 64, 64)).astype(np.float32)  # fp16 file, fp32 input
     if how.get("daemon"):
         from daemon.inference.sessions import Classifier
 
@@ -56,6 +56,7 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
                                                   classifier.crop_size, 3)) * 255)
         crops = crops.astype(np.uint8)
         call = lambda: classifier.compute(crops)  # noqa: E731
+        used = classifier.provider
     else:
         options = ort.SessionOptions()
         if how.get("options"):
@@ -68,6 +69,7 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
         providers = [cuda, "CPUExecutionProvider"] if how.get("cpu_listed") else [cuda]
         session = ort.InferenceSession(str(MODELS / model), options, providers=providers)
         feed = session.get_inputs()[0].name
+        used = session.get_providers()[0]
         outputs = ["probabilities"] if how.get("one_output") else None
 
         def call() -> object:
@@ -85,7 +87,7 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1000)
-    queue.put({"case": name, "median_ms": round(statistics.median(times), 2),
+    queue.put({"case": name, "provider": used, "median_ms": round(statistics.median(times), 2),
                "ms": [round(t, 1) for t in times]})
 
 
