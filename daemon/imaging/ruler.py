@@ -25,7 +25,7 @@ cells whole) have been cut off at 255, so the blobs that remain are their darker
 the diameter reads short (a 25 % brighter lamp on 115 of the validation fields: median 0.77x
 the same field's reading lit right, p10 0.33x, 10 % within 10 %), which enlarges the frame
 by up to 3x. Such a frame takes the rig's running estimate, or goes to review as
-``scale_unknown`` (``daemon.imaging.scale``).
+``scale_unknown`` and ``overexposed`` (``daemon.imaging.scale``, ``daemon.inference.analyzer``).
 """
 
 from __future__ import annotations
