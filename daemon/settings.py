@@ -517,6 +517,10 @@ class WorkerSettings(_Section):
         "scaling, several times faster) when its factor to the models' scale is known before "
         "decoding (a given um_per_pixel, or the rig's running red-cell estimate) and the frame "
         "would be shrunk at least that much anyway; false: always decode in full")
+    overlap_analysis: bool = Field(
+        default=True, description="analyse a batch in two halves, the first while the "
+        "second is prepared (decode, red-cell ruler, rescale, QC: single-threaded), so the "
+        "models use the core preparing leaves free; false: prepare all, then analyse all")
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
         default="EXHAUSTIVE", description="how the CUDA provider picks cuDNN convolution "
         "kernels for each new input shape (ONNX Runtime's option): EXHAUSTIVE times them all "

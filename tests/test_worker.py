@@ -234,3 +234,59 @@ def test_a_decompression_bomb_is_rejected_from_its_header(settings: Settings) ->
     bomb = store.get("bomb")
     assert (bomb.status, bomb.reason) == ("rejected", "too_large")
     assert "20000x20000" in bomb.error
+
+
+def test_a_batchs_first_half_is_analysed_while_its_second_half_is_prepared(
+        settings: Settings) -> None:
+    # workers.overlap_analysis: preparing is single-threaded, so the models run the first
+    # half on the analysis thread meanwhile. The results must be those of the plain order.
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings.workers.batch_frames = 6
+    plain = Worker(settings, "t-plain")
+    enqueue(plain.queue, 6)
+    plain.step(block_ms=100)
+    plain.flush()
+    store = ResultStore(plain.client)
+    expected = {f"frame{i:04d}": store.get(f"frame{i:04d}") for i in range(6)}
+    store.client.flushdb()
+
+    worker = Worker(settings, "t-overlap")
+    events: list[tuple[str, str, float]] = []
+    analyze, prepare = worker.analyzer.analyze, worker._prepare
+
+    def slow_analyze(images: list) -> list:
+        events.append(("analyse", threading.current_thread().name, time.perf_counter()))
+        time.sleep(0.3)  # the models, slowly: the main thread must not wait for them
+        out = analyze(images)
+        events.append(("analysed", str(len(images)), time.perf_counter()))
+        return out
+
+    def noted_prepare(d, decoded=None):  # noqa: ANN001, ANN202 - the wrapped method's own
+        events.append(("prepare", d.frame_id, time.perf_counter()))
+        return prepare(d, decoded)
+
+    worker.analyzer.analyze = slow_analyze  # type: ignore[method-assign]
+    worker._prepare = noted_prepare  # type: ignore[method-assign]
+    worker._analyser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyse")
+    try:
+        enqueue(worker.queue, 6)
+        assert worker.step(block_ms=100) == 6
+        worker.flush()
+    finally:
+        worker._analyser.shutdown(wait=True)
+    kinds = [e[0] for e in events]
+    assert kinds.count("analyse") == 2  # two halves of three
+    assert all(e[1].startswith("analyse") for e in events if e[0] == "analyse")
+    first_start = next(e[2] for e in events if e[0] == "analyse")
+    first_end = next(e[2] for e in events if e[0] == "analysed")
+    during = [e[1] for e in events if e[0] == "prepare" and first_start < e[2] < first_end]
+    assert during == ["frame0003", "frame0004", "frame0005"]
+    for frame_id, want in expected.items():
+        got = ResultStore(worker.client).get(frame_id)
+        assert got is not None and got.status == "done"
+        assert (got.frame_class, got.frame_probabilities) == (
+            want.frame_class, want.frame_probabilities)
+        assert [c.bbox for c in got.cells] == [c.bbox for c in want.cells]

@@ -93,6 +93,7 @@ class Worker:
         self._storer: ThreadPoolExecutor | None = None
         self._storing: Future | None = None
         self._decoder: ThreadPoolExecutor | None = None  # workers.decode_threads
+        self._analyser: ThreadPoolExecutor | None = None  # workers.overlap_analysis
         self._last_claim = 0.0
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -120,6 +121,8 @@ class Worker:
         self.drain_own()
         # From here on a batch's results are stored while the next batch is analysed.
         self._storer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        if self.settings.workers.overlap_analysis:
+            self._analyser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="analyse")
         outage = Outage("worker", worker=self.id)
         try:
             while not self.stopping.is_set():
@@ -146,6 +149,9 @@ class Worker:
                 if self._decoder is not None:
                     self._decoder.shutdown(wait=True)
                     self._decoder = None
+                if self._analyser is not None:
+                    self._analyser.shutdown(wait=True)
+                    self._analyser = None
         try:
             self.heart.leave()
         except redis.RedisError as exc:
@@ -378,8 +384,17 @@ class Worker:
         return prepared, scale, acquisition, timings
 
     def _process_group(self, group: list[Delivery], started: float) -> None:
-        """Decode, analyse (in chunks bounded in pixels) and store ``group``."""
+        """Decode, analyse (in chunks bounded in pixels) and store ``group``.
+
+        With ``workers.overlap_analysis`` (and the worker running) the group is analysed in
+        two halves, the first on the analysis thread while the second is prepared here:
+        preparing (decode, red-cell ruler, rescale, quality control) is single-threaded and
+        about a third of a frame's time, so the models had a core to spare meanwhile. The
+        frames are still prepared one after the other, in order, so the rigs' scale
+        histories grow as before; at most one chunk is in analysis at a time."""
         budget = self.settings.workers.max_batch_pixels
+        split = (len(group) + 1) // 2 if self._analyser is not None else len(group)
+        analysing: Future | None = None
         outcomes: list[Outcome] = []
         images: list[np.ndarray] = []
         ready: list[Delivery] = []
@@ -389,10 +404,16 @@ class Worker:
         pixels = 0
 
         def analyse_chunk() -> None:
-            nonlocal pixels
+            nonlocal pixels, analysing
             if ready:
-                outcomes.extend(self._analyse(list(ready), list(images), list(prep_ms),
-                                              list(scales), list(acquisitions), started))
+                chunk = (list(ready), list(images), list(prep_ms), list(scales),
+                         list(acquisitions), started)
+                if self._analyser is None:
+                    outcomes.extend(self._analyse(*chunk))
+                else:
+                    if analysing is not None:
+                        outcomes.extend(analysing.result())
+                    analysing = self._analyser.submit(self._analyse, *chunk)
             for held in (images, ready, prep_ms, scales, acquisitions):
                 held.clear()
             if pixels >= TRIM_AFTER_PIXELS:
@@ -421,7 +442,11 @@ class Worker:
             acquisitions.append(acquisition)
             ready.append(d)
             pixels += size
+            if len(ready) >= split:  # the first half: to the models while the rest prepares
+                analyse_chunk()
         analyse_chunk()
+        if analysing is not None:
+            outcomes.extend(analysing.result())
         if outcomes:
             self._submit(outcomes)
 
