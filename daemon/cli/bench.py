@@ -61,7 +61,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def bench_frames(count: int, images: str | None, size: tuple[int, int] | None = None,
-                 enlargement: float = 1.0) -> list[bytes]:
+                 enlargement: float = 1.0, seed: int = 0) -> list[bytes]:
     """``count`` encoded frames: from ``images`` (cycled), else synthetic smear fields of
     ``size`` (H, W; default 224x224) whose cells are ``enlargement`` times the models' scale,
     with as many cells per area at the models' scale as a 224x224 field has."""
@@ -72,7 +72,7 @@ def bench_frames(count: int, images: str | None, size: tuple[int, int] | None = 
         return [files[i % len(files)].read_bytes() for i in range(count)]
     height, width = size or (224, 224)
     fields = height * width / (224 * 224 * enlargement**2)  # 224x224 fields at models' scale
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)  # another seed: other fields (made in parallel)
     frames = []
     for _ in range(count):
         white = max(1, round(int(rng.integers(1, 4)) * fields))
