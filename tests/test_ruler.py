@@ -6,8 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.imaging.ruler import measure_red_cells
+from daemon.imaging.ruler import NUCLEUS_VIOLET, measure_red_cells, nucleus_threshold, violet_score
 from daemon.imaging.synthetic import red_cell_field, smear_field
+from daemon.training.shifts import chroma
 
 ENLARGEMENTS = (0.5, 1.0, 2.0, 4.0, 8.0)
 
@@ -85,3 +86,34 @@ def test_a_white_glass_rim_alone_is_not_overexposure():
     field[:40] = 255  # a bright strip: 18 % of the field
     ruler = measure_red_cells(field)
     assert not ruler.overexposed and ruler.reliable, ruler
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_a_stain_shift_does_not_change_the_reading(seed):
+    """The synthetic red cells score 31 on the violet scale, just under the fixed nucleus
+    level of 35, like the pre-B fields' red cells: 8 degrees of hue or 35 % more saturation
+    pushed them over it and the ruler read fragments (0.58-0.79x). The field's own nucleus
+    level follows the stain."""
+    field, _ = smear_field(np.random.default_rng(seed), red_cells=40, white_cells=3)
+    base = measure_red_cells(field).diameter_px
+    for hue, saturation in [(-8, 1.0), (8, 1.0), (0, 1.35), (0, 0.65), (-6, 1.25)]:
+        shifted = measure_red_cells(chroma(hue, saturation)(field))
+        assert shifted.diameter_px == pytest.approx(base, rel=0.10), (hue, saturation, shifted)
+
+
+def _background_darkness(image: np.ndarray) -> np.ndarray:
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    return np.clip(np.percentile(grey, 95) - grey, 0, None)
+
+
+def test_the_nucleus_level_moves_with_the_stain_only_when_nuclei_are_there():
+    def level(image: np.ndarray) -> float:
+        return nucleus_threshold(violet_score(image), _background_darkness(image))
+
+    with_cells, _ = smear_field(np.random.default_rng(5), red_cells=40, white_cells=3)
+    # red cells score 31, nuclei 70-82: the split sits between them, above the red cells
+    assert 31 < level(with_cells) < 70
+    assert level(chroma(8, 1.0)(with_cells)) != level(with_cells)
+    # red cells alone: no second mode, so the fixed level (a split would cut red cells in two)
+    red_only, _ = smear_field(np.random.default_rng(5), red_cells=40, white_cells=0)
+    assert level(red_only) == NUCLEUS_VIOLET

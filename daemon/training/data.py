@@ -24,7 +24,7 @@ import numpy as np
 from daemon.domain.manifest import CellFilter, CropSpec
 from daemon.imaging.acquisition import background_rgb, normalise_background
 from daemon.imaging.pipeline import CellBox, crop_cells, find_cells
-from daemon.imaging.ruler import measure_red_cells
+from daemon.imaging.ruler import measure_red_cells, violet_score
 
 #: Class codes in the classifier's output order, their display names and data-set folders.
 CLASS_DISPLAY: tuple[str, ...] = (
@@ -145,16 +145,6 @@ class CleaningParams:
     close_px: int = 5  # closing kernel (bridges granular nuclei)
     min_area_px: int = 100  # components smaller than this are platelets / debris
     max_area_px: int = 6000  # larger than this: stain blotch, not a cell cluster
-
-
-def violet_score(image_rgb: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 RGB -> (H, W) float32 ``(R + B) / 2 - G``: high on violet-stained nuclei.
-
-    Red cells in these May-Grünwald-Giemsa fields are grey-blue (score ~0-25 on their rims),
-    white cells and blasts violet to magenta (score ~40-110).
-    """
-    rgb = image_rgb.astype(np.float32)
-    return (rgb[..., 0] + rgb[..., 2]) * 0.5 - rgb[..., 1]
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
