@@ -83,7 +83,7 @@ def test_folder_frames_failing_qc_get_rejected_results_and_are_counted(
             name = f"{kind}.png"
             frame_id = frame_id_for("QC1", name, files[name])
             result = wait_for(lambda fid=frame_id: store.get(fid), what=f"{kind} result")
-            assert result.status == "rejected" and result.reason == reason
+            assert result.status == "rejected" and result.reason == reason, result
             assert result.quality and result.quality["focus"] >= 0
             assert result.error
             note = settings.quarantine_dir / "QC1" / f"{name}.reason.txt"
