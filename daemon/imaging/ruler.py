@@ -129,9 +129,9 @@ def nucleus_threshold(violet: np.ndarray, dark: np.ndarray) -> float:
     low, high = candidates[candidates < split], candidates[candidates >= split]
     if low.size == 0 or high.size == 0:
         return NUCLEUS_VIOLET
-    between = low.size * high.size / candidates.size ** 2 * float(high.mean() - low.mean()) ** 2
-    if (between / float(candidates.var()) < _NUCLEUS_SEPARABILITY
-            or float(high.mean() - low.mean()) < _NUCLEUS_MODE_GAP):
+    gap = float(high.mean() - low.mean())
+    between = low.size * high.size / candidates.size ** 2 * gap ** 2  # Otsu's class variance
+    if between / float(candidates.var()) < _NUCLEUS_SEPARABILITY or gap < _NUCLEUS_MODE_GAP:
         return NUCLEUS_VIOLET
     return float(np.clip(split, _NUCLEUS_MIN, _NUCLEUS_MAX))
 
