@@ -93,6 +93,10 @@ def select_providers(device: Device, tensorrt: bool = False, engine_cache: Path 
 
 _said: set[str] = set()
 
+#: ONNX Runtime's ``session.intra_op.allow_spinning`` for every session (see ``OnnxModel``);
+#: a module constant so that deploy/gpu/session_diag.py can time the other choice.
+INTRA_OP_SPINNING = "0"
+
 
 def _say_once(message: str) -> None:
     """One log line per reason and process (a worker's two models must not say it twice)."""
@@ -132,7 +136,7 @@ class OnnxModel:
         # Idle intra-op threads spin by default. With two sessions per worker (and capture,
         # Redis and the API beside it on few cores) the spinning pool of one model steals the
         # CPU the other model needs: turning it off measured 61 -> 93 frames/s bare on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", INTRA_OP_SPINNING)
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1

@@ -8,8 +8,11 @@ does not stop the others:
 
     python3 deploy/gpu/session_diag.py [SECONDS_PER_CASE]
 
-Prints one JSON line per case: the median ms of five calls on a batch of 8 crops (after one
-warm-up call), or why the case did not finish.
+Prints one JSON line per case: the median ms of three calls on a batch of 8 crops (after one
+warm-up call), or why the case did not finish. The cases run side by side (a lease is minutes;
+a 2 ms case and a 5 s one stay apart even so). The ``daemon_*`` variants are the daemon's
+``Classifier`` with one setting changed each, so the one that is fast names the configuration
+deploy/gpu/daemon_bench.sh benches with.
 """
 
 from __future__ import annotations
@@ -35,6 +38,12 @@ CASES = {
     "all_of_the_daemon": {"options": True, "provider_options": True, "io_binding": True,
                           "one_output": True, "cuinit": True, "cpu_listed": True},
     "daemon_classifier": {"daemon": True},
+    # the daemon's Classifier with one of workers.* changed (or the spinning constant)
+    "daemon_no_io_binding": {"daemon": True, "io_binding": False},
+    "daemon_threads_auto": {"daemon": True, "threads": 0},
+    "daemon_heuristic": {"daemon": True, "search": "HEURISTIC"},
+    "daemon_fp32": {"daemon": True, "fp16": False},
+    "daemon_spinning": {"daemon": True, "spinning": True},
 }
 
 
@@ -49,9 +58,13 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
 
     x = np.random.default_rng(0).random((8, 3, 64, 64)).astype(np.float32)  # fp16 file, fp32 input
     if how.get("daemon"):
-        from daemon.inference.sessions import Classifier
+        from daemon.inference import sessions
 
-        classifier = Classifier(MODELS / "classifier.json", "cuda", 2, True)
+        if how.get("spinning"):
+            sessions.INTRA_OP_SPINNING = "1"
+        classifier = sessions.Classifier(
+            MODELS / "classifier.json", "cuda", how.get("threads", 2), how.get("fp16", True),
+            io_binding=how.get("io_binding"), conv_algo_search=how.get("search", "EXHAUSTIVE"))
         crops = (np.random.default_rng(0).random((8, classifier.crop_size,
                                                   classifier.crop_size, 3)) * 255)
         crops = crops.astype(np.uint8)
@@ -83,7 +96,7 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
             return binding.copy_outputs_to_cpu()
     call()
     times = []
-    for _ in range(5):
+    for _ in range(3):
         start = time.perf_counter()
         call()
         times.append((time.perf_counter() - start) * 1000)
@@ -93,18 +106,25 @@ def case(name: str, how: dict, model: str, queue: mp.Queue) -> None:
 
 def main(seconds: float) -> None:
     ctx = mp.get_context("spawn")
-    for name, how in CASES.items():
-        queue = ctx.Queue()
-        process = ctx.Process(target=case, args=(name, how, "classifier_fp16.onnx", queue))
+    queue = ctx.Queue()
+    processes = {name: ctx.Process(target=case, args=(name, how, "classifier_fp16.onnx", queue))
+                 for name, how in CASES.items()}
+    for process in processes.values():
         process.start()
-        process.join(seconds)
+    deadline = time.monotonic() + seconds
+    for process in processes.values():
+        process.join(max(0.0, deadline - time.monotonic()))
+    done = {}
+    while not queue.empty():
+        line = queue.get()
+        done[line["case"]] = line
+    for name, process in processes.items():
         if process.is_alive():
             process.kill()
-            print(json.dumps({"case": name, "error": f"not done in {seconds:g} s"}), flush=True)
-        elif queue.empty():
-            print(json.dumps({"case": name, "error": f"exit {process.exitcode}"}), flush=True)
-        else:
-            print(json.dumps(queue.get()), flush=True)
+        line = done.get(name) or {"case": name, "error": (
+            f"not done in {seconds:g} s" if process.exitcode is None
+            else f"exit {process.exitcode}")}
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":
