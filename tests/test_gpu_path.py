@@ -189,3 +189,43 @@ def test_fatbin_tool_zeroes_other_architectures_and_keeps_the_named_one() -> Non
     assert len(data) == size  # zeroed in place: every offset in the library still holds
     assert data.count(b"\x22" * 200) == 2 and b"\x11" not in data and b"\x33" not in data
     assert data.startswith(b"host code")
+
+
+def _shapes_seen(model: Segmenter | Classifier) -> list[tuple[int, ...]]:
+    """Wrap ``model.run`` so each call's input shape is recorded (the real run still runs)."""
+    seen: list[tuple[int, ...]] = []
+    run = model.run
+
+    def recording(output: str, tensor: np.ndarray) -> np.ndarray:
+        seen.append(tensor.shape)
+        return run(output, tensor)
+
+    model.run = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_fixed_batches_give_the_gpu_few_shapes_and_the_same_answers() -> None:
+    """On CUDA every new batch size costs seconds of kernel planning: with fixed batches the
+    classifier runs one shape whatever the number of cells, the segmenter powers of two, and
+    the padding changes no answer."""
+    rng = np.random.default_rng(1)
+    crops = rng.integers(0, 255, (11, 64, 64, 3), np.uint8)
+    plain = Classifier(SHIPPED_MODELS / "classifier.json", "cpu", 1)
+    fixed = Classifier(SHIPPED_MODELS / "classifier.json", "cpu", 1, fixed_batches=True)
+    assert not plain.fixed_batches  # the CPU has no per-shape cost: unpadded by default
+    seen = _shapes_seen(fixed)
+    for count in (1, 3, 11):
+        probs = fixed.compute(crops[:count], max_batch=8)
+        assert probs.shape == (count, len(fixed.classes))
+        assert np.abs(plain.compute(crops[:count]) - probs).max() < 1e-5
+    assert {shape[0] for shape in seen} == {8}
+
+    seg_plain = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1)
+    seg_fixed = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, fixed_batches=True)
+    seen = _shapes_seen(seg_fixed)
+    images = [rng.integers(0, 255, (64, 96, 3), np.uint8) for _ in range(3)]
+    for a, b in zip(seg_plain.compute(images), seg_fixed.compute(images), strict=True):
+        assert a.shape == b.shape == (64, 96)
+        assert np.abs(a - b).max() < 1e-4
+    seg_fixed.compute(images[:1])
+    assert [shape[0] for shape in seen] == [4, 1]

@@ -102,7 +102,7 @@ class Analyzer:
         height, width = self.segmenter.manifest.input.size
         self.analyze([np.full((height, width, 3), 230, dtype=np.uint8)])
         size = self.classifier.crop_size
-        self.classifier.compute(np.zeros((1, size, size, 3), dtype=np.uint8))
+        self.classifier.compute(np.zeros((1, size, size, 3), dtype=np.uint8), self.max_batch_cells)
 
     def prepare(self, image: np.ndarray, scale: ScaleInfo
                 ) -> tuple[np.ndarray, AcquisitionInfo | None]:

@@ -111,12 +111,19 @@ class OnnxModel:
     With ``io_binding`` the input is handed to ONNX Runtime as an ``OrtValue`` on the
     session's device and the output is bound there too, so a GPU call copies once each way
     (null: on for CUDA/TensorRT, off on the CPU, where there is nothing to copy).
+
+    With ``fixed_batches`` (null: on for CUDA/TensorRT) a call's batch is padded to one of few
+    sizes (see ``Classifier.compute`` and ``Segmenter.compute``). The CUDA provider plans
+    cuDNN's kernels per input shape, seconds for a network, each time a new batch size comes;
+    on a lent H100 a classifier call took 5-7 s whenever the number of cells was new, and
+    2-5 ms once its shape had been seen. The CPU has no such cost, so there it runs unpadded.
     """
 
     def __init__(
         self, path: Path, device: Device = "auto", threads: int = 0, fp16: bool = False,
         tensorrt: bool = False, engine_cache: Path | None = None,
         io_binding: bool | None = None, conv_algo_search: str = "EXHAUSTIVE",
+        fixed_batches: bool | None = None,
     ) -> None:
         self.manifest: ModelManifest = load_manifest(path)
         if tensorrt and engine_cache is not None:
@@ -149,6 +156,8 @@ class OnnxModel:
                       "(its libraries or the device failed; see ONNX Runtime's log)")
         self.device_type = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
         self.io_binding = self.device_type == "cuda" if io_binding is None else io_binding
+        self.fixed_batches = (self.device_type == "cuda" if fixed_batches is None
+                              else fixed_batches)
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         log.info(
@@ -181,6 +190,20 @@ class OnnxModel:
         self.session.run_with_iobinding(binding)
         (result,) = binding.copy_outputs_to_cpu()
         return result
+
+
+def pad_batch(tensor: np.ndarray, size: int) -> np.ndarray:
+    """(N, ...) -> (size, ...): zero items appended (N <= size), so a call has that shape."""
+    if tensor.shape[0] == size:
+        return tensor
+    padded = np.zeros((size, *tensor.shape[1:]), dtype=tensor.dtype)
+    padded[: tensor.shape[0]] = tensor
+    return padded
+
+
+def power_of_two_at_least(count: int) -> int:
+    """The smallest power of two >= ``count`` (>= 1)."""
+    return 1 << max(0, count - 1).bit_length()
 
 
 def tile_spans(length: int, tile: int, margin: int) -> list[tuple[int, int]]:
@@ -232,6 +255,7 @@ class Segmenter(OnnxModel):
         """images: list of (H, W, 3) uint8 RGB -> list of (H, W) float32 in [0, 1].
 
         Frames of equal size run as one batch; each is padded to the model's size multiple.
+        With ``fixed_batches`` the batch is filled with blank frames up to a power of two.
         A frame above ``max_pixels`` runs alone, in tiles.
 
         Afterwards ``last_ms[i]`` is frame i's share of the time (ms): a frame run alone (tiled)
@@ -252,7 +276,10 @@ class Segmenter(OnnxModel):
             height, width = shape[:2]
             started = time.perf_counter()
             batch = np.stack([pad_to_multiple(images[i], spec.size_multiple) for i in indices])
-            mask = self.run("mask", to_tensor(batch, spec))
+            tensor = to_tensor(batch, spec)
+            if self.fixed_batches:  # 1, 2, 4, ... frames: a few shapes per frame size
+                tensor = pad_batch(tensor, power_of_two_at_least(len(indices)))
+            mask = self.run("mask", tensor)
             for position, index in enumerate(indices):
                 out[index] = mask[position, 0, :height, :width].astype(np.float32)
             share = (time.perf_counter() - started) * 1000 / len(indices)
@@ -273,12 +300,19 @@ class Classifier(OnnxModel):
         return self.manifest.input.size[0]
 
     def compute(self, crops: np.ndarray, max_batch: int = 64) -> np.ndarray:
-        """crops: (N, S, S, 3) uint8 RGB -> (N, C) float32 probabilities (rows sum to 1)."""
+        """crops: (N, S, S, 3) uint8 RGB -> (N, C) float32 probabilities (rows sum to 1).
+
+        Runs in calls of at most ``max_batch`` crops; with ``fixed_batches`` every call has
+        exactly ``max_batch`` (blank crops fill the last), so the GPU sees one shape only.
+        """
         if crops.shape[0] == 0:
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         parts = []
         for start in range(0, crops.shape[0], max_batch):
             tensor = to_tensor(crops[start : start + max_batch], self.manifest.input)
-            probs = self.run("probabilities", tensor)
+            count = tensor.shape[0]
+            if self.fixed_batches:
+                tensor = pad_batch(tensor, max_batch)
+            probs = self.run("probabilities", tensor)[:count]
             parts.append(probs.astype(np.float32))
         return np.concatenate(parts)
