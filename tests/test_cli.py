@@ -122,6 +122,9 @@ def test_bench_reports_both_paths(tmp_path: Path, tiny_models: tuple[Path, Path]
     # the queueing share of that latency, from each result's own timings
     assert report["queue_wait_p99_ms"] >= report["queue_wait_p50_ms"] >= 0
     assert report["queue_wait_p50_ms"] <= report["p50_ms"]
+    # and where the rest of it went, stage by stage
+    assert {"decode", "segment", "classify"} <= set(report["stage_p50_ms"])
+    assert all(ms >= 0 for ms in report["stage_p50_ms"].values())
     # every frame offered is accounted for, and all were analysed
     assert report["offered"] == report["done"] == 12
     assert report["rejected"] == report["failed"] == report["missing"] == 0

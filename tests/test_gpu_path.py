@@ -223,9 +223,36 @@ def test_fixed_batches_give_the_gpu_few_shapes_and_the_same_answers() -> None:
     seg_plain = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1)
     seg_fixed = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, fixed_batches=True)
     seen = _shapes_seen(seg_fixed)
-    images = [rng.integers(0, 255, (64, 96, 3), np.uint8) for _ in range(3)]
+    images = [rng.integers(0, 255, (64, 128, 3), np.uint8) for _ in range(3)]
     for a, b in zip(seg_plain.compute(images), seg_fixed.compute(images), strict=True):
-        assert a.shape == b.shape == (64, 96)
+        assert a.shape == b.shape == (64, 128)
         assert np.abs(a - b).max() < 1e-4
     seg_fixed.compute(images[:1])
     assert [shape[0] for shape in seen] == [4, 1]
+    # the worker's batch size fills a batch, within its pixel budget (the memory bound)
+    for budget, expected in ((None, 8), (5 * 64 * 128, 5)):
+        capped = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, fixed_batches=True,
+                           max_batch_frames=8, max_pixels=budget)
+        seen = _shapes_seen(capped)
+        capped.compute(images)
+        assert [shape[0] for shape in seen] == [expected]
+
+
+def test_fixed_batches_pad_frames_a_few_pixels_apart_to_one_shape() -> None:
+    """Rescaled camera frames differ by a few pixels (each frame's own scale estimate): on
+    CUDA they share one padded shape and one call, each mask cut back to its own frame and
+    matching the unpadded one away from the padded edge."""
+    from daemon.imaging.synthetic import smear_field
+
+    plain = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1)
+    fixed = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, fixed_batches=True)
+    seen = _shapes_seen(fixed)
+    field, _ = smear_field(np.random.default_rng(2), (160, 224), white_cells=3)
+    images = [field[:150, :210], field[:157, :200], field[:160, :224]]
+    masks = fixed.compute(images)
+    assert seen == [(4, 3, 192, 256)]  # one call: three frames and one blank
+    for image, mask, reference in zip(images, masks, plain.compute(images), strict=True):
+        assert mask.shape == image.shape[:2]
+        inner = (slice(0, image.shape[0] - 32), slice(0, image.shape[1] - 32))
+        agree = ((mask[inner] > 0.5) == (reference[inner] > 0.5)).mean()
+        assert agree > 0.99

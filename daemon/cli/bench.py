@@ -156,7 +156,7 @@ def bench_daemon(
     settings: Settings, frames: list[bytes], timeout: float = 600, rate: float | None = None
 ) -> tuple[float, list[float], Counter, list[float]]:
     """Returns (frames/s, capture-to-result latencies in seconds of the analysed frames,
-    frames per outcome: done / rejected / failed / missing, their queue waits in seconds)."""
+    frames per outcome: done / rejected / failed / missing, their ``timings_ms``)."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
         config_file, port = write_config(settings, root, "WARNING")
@@ -196,8 +196,8 @@ def bench_daemon(
             done = [r for r in results if r["status"] == "done"]
             last = max((r["completed_at"] for r in results), default=time.time())
             latencies = [r["completed_at"] - r["captured_at"] for r in done]
-            waits = [(r.get("timings_ms") or {}).get("queue_wait", 0.0) / 1000 for r in done]
-            return len(frames) / max(last - first, 1e-9), latencies, outcomes, waits
+            timings = [r.get("timings_ms") or {} for r in done]
+            return len(frames) / max(last - first, 1e-9), latencies, outcomes, timings
         finally:
             daemon.send_signal(signal.SIGTERM)
             try:
@@ -239,13 +239,13 @@ def run_bench(
     daemons: list[float] = []
     latencies: list[float] = []
     outcomes: Counter = Counter()
-    waits: list[float] = []
+    timings: list[dict[str, float]] = []
     for _ in range(rounds):
-        fps, round_latencies, round_outcomes, round_waits = bench_daemon(
+        fps, round_latencies, round_outcomes, round_timings = bench_daemon(
             settings, frames, timeout, rate)
         daemons.append(fps)
         latencies += round_latencies
-        waits += round_waits
+        timings += round_timings
         outcomes += round_outcomes
         bares.append(bench_bare(settings, frames))
     offered = count * rounds
@@ -257,6 +257,8 @@ def run_bench(
                    + ", ".join(f"{counts[s]} {s}" for s in STATUSES[1:]) + ")")
     ratios = [d / ((bares[i] + bares[i + 1]) / 2) for i, d in enumerate(daemons)]
     mp_per_frame = megapixels / count
+    waits = [t.get("queue_wait", 0.0) / 1000 for t in timings]
+    stages = sorted({stage for t in timings for stage in t} - {"queue_wait"})
     source = images or f"synthetic {width}x{height}, cells x{enlargement:g}"
     report: dict = {
         "frames": count,
@@ -279,6 +281,9 @@ def run_bench(
         # capture to the worker taking the frame: the queueing share of the latency
         "queue_wait_p50_ms": round(float(np.percentile(waits, 50)) * 1000, 1) if waits else None,
         "queue_wait_p99_ms": round(float(np.percentile(waits, 99)) * 1000, 1) if waits else None,
+        # where an analysed frame's time went, stage by stage (each result's timings_ms)
+        "stage_p50_ms": {stage: round(float(np.median([t[stage] for t in timings if stage in t])),
+                                      2) for stage in stages},
         "refused": refused,
     }
     if as_json:
@@ -307,6 +312,8 @@ def run_bench(
                   + (f"offered at {rate:g} frames/s)" if rate else "all delivered at once)"))
             print(f"queue wait p50/p99 {report['queue_wait_p50_ms']:.0f} ms / "
                   f"{report['queue_wait_p99_ms']:.0f} ms (capture to a worker taking it)")
+            print("stages p50        " + ", ".join(
+                f"{stage} {ms:g} ms" for stage, ms in report["stage_p50_ms"].items()))
     if refused:
         print(refused, file=sys.stderr)
         return NOT_ALL_ANALYSED

@@ -80,7 +80,7 @@ class Analyzer:
                "conv_algo_search": w.cudnn_conv_algo_search}
         return cls(
             Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
-                      max_pixels=w.max_batch_pixels, **gpu),
+                      max_pixels=w.max_batch_pixels, max_batch_frames=w.batch_frames, **gpu),
             Classifier(settings.models.classifier, w.device, w.threads, w.fp16, **gpu),
             w.max_batch_cells,
         )

@@ -76,7 +76,7 @@ bench() {  # NAME ARGS...
     >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.err"
   echo "exit $?"; cat "$OUT/bench-$name.json"; tail -3 "$OUT/bench-$name.err"
 }
-bench 224 --config /tmp/chosen.yaml --frames 2000
+bench 224 --config /tmp/chosen.yaml --frames 1000
 
 step "camera frames"  # made once, in parallel: 0.1 s each on one core
 timeout 120 "$PY" - <<'PY'
@@ -91,7 +91,7 @@ with ProcessPoolExecutor() as pool:
     list(pool.map(part, range(8)))
 PY
 ls /tmp/cam | wc -l
-bench camera --config /tmp/chosen.yaml --images /tmp/cam --frames 800
+bench camera --config /tmp/chosen.yaml --images /tmp/cam --frames 300
 RATE=$("$PY" -c "import json; print(round(0.8 * (json.load(open('$OUT/bench-camera.json')).get('daemon_fps') or 0)))" 2>/dev/null)
 [ "${RATE:-0}" -gt 0 ] || exit 0
 echo "open loop at $RATE fields/s"
