@@ -42,6 +42,7 @@ def _train(args: argparse.Namespace) -> int:
             colour_norm=args.colour_norm,
             negatives=args.negatives,
             init=args.init,
+            extra_crops=args.extra_crops,
             stain_mix=args.stain_mix,
             augment=_augment_overrides(args.augment),
             time_budget_s=args.time_budget,
@@ -54,6 +55,28 @@ def _train(args: argparse.Namespace) -> int:
         if args.lr is not None:
             cfg_c.lr = args.lr
         T.train_classifier(cfg_c)
+    return 0
+
+
+def _daemon_crops(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from daemon.inference.analyzer import Analyzer
+    from daemon.inference.sessions import Classifier, Segmenter
+    from daemon.training.daemon_crops import daemon_crops
+    from daemon.training.data import load_splits, read_rgb
+
+    train = load_splits(args.data, args.block_size, args.split_seed,
+                        cache_dir=Path("runs/cache"))["train"]
+    models = Path(args.models)
+    analyzer = Analyzer(Segmenter(models / "segmenter.json", "cpu", 0),
+                        Classifier(models / "classifier.json", "cpu", 0))
+    images = [read_rgb(record.image) for record in train["records"]]
+    crops, labels = daemon_crops(analyzer, images, train["masks"], train["labels"],
+                                 args.views, args.seed)
+    np.savez_compressed(args.out, crops=crops, labels=labels)
+    print(json.dumps({"fields": len(images), "views": args.views, "crops": len(crops),
+                      "per_class": np.bincount(labels, minlength=4).tolist(), "out": args.out}))
     return 0
 
 
@@ -218,6 +241,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--size", type=int, default=64, help="classifier: crop side px")
     train.add_argument("--colour-norm", default="none", choices=["none", "reinhard"])
     train.add_argument("--init", default="", help="classifier: fine-tune from this checkpoint")
+    train.add_argument("--extra-crops", default="",
+                       help="classifier: an .npz of crops and labels added to the training "
+                            "crops (leukoscope daemon-crops)")
     train.add_argument("--stain-mix", type=float, default=0.0,
                        help="classifier: share of crops given a random training field's stain "
                             "(breaks the data set's class-linked stain batches; 0: off)")
@@ -233,6 +259,18 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                             "classifier 'unidentified' and the segmenter their red cells "
                             "('' for none)")
     train.set_defaults(func=_train)
+
+    crops = subparsers.add_parser(
+        "daemon-crops", help="training crops cut by the daemon's own path (scale, smoothing, "
+        "rescale, gain, segmenter) from the train blocks under random acquisition shifts")
+    crops.add_argument("--data", default=DEFAULT_DATA)
+    crops.add_argument("--models", default="models", help="the segmenter and crop geometry")
+    crops.add_argument("--views", type=int, default=3, help="shifted copies per field")
+    crops.add_argument("--seed", type=int, default=0, help="the shifts' seed")
+    crops.add_argument("--block-size", type=int, default=40)
+    crops.add_argument("--split-seed", type=int, default=0)
+    crops.add_argument("--out", required=True, help=".npz with crops and labels")
+    crops.set_defaults(func=_daemon_crops)
 
     pack = subparsers.add_parser(
         "train-pack", help="the train and val blocks (and foreign cells' train and val parts) "

@@ -87,6 +87,9 @@ class ClassifierConfig:
     negatives: str = ""
     negatives_repeat: int = 3  # the foreign crops are few: each is seen this often per epoch
     init: str = ""  # start from this checkpoint's weights (fine-tuning); "" for random
+    #: An ``.npz`` of ``crops`` (N, size, size, 3) uint8 and ``labels`` (N,) added to the
+    #: training crops: cut by the daemon's own path from shifted fields (``daemon_crops``).
+    extra_crops: str = ""
     #: Share of crops given the stain of a random training field of any class
     #: (``augment.stain_mix``): 0 leaves the data set's class-linked stain batches as a cue.
     stain_mix: float = 0.0
@@ -487,10 +490,24 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
                                              scale["rbc_diameter_px"], reference, crop_spec,
                                              cfg.size)
     negatives_all = np.concatenate(negatives)
+    if cfg.extra_crops:  # they take the stain features of their own pixels, as negatives do
+        extra = np.load(cfg.extra_crops)
+        if extra["crops"].shape[1:] != (cfg.size, cfg.size, 3):
+            raise ValueError(f"{cfg.extra_crops}: crops of {extra['crops'].shape[1:]}, "
+                             f"not ({cfg.size}, {cfg.size}, 3)")
+        negatives_all = np.concatenate([extra["crops"], negatives_all])
+        negative_labels = np.concatenate([extra["labels"].astype(np.int64), np.full(
+            len(negatives_all) - len(extra["labels"]), D.UNIDENTIFIED_LABEL, np.int64)])
+    else:
+        negative_labels = np.full(len(negatives_all), D.UNIDENTIFIED_LABEL, np.int64)
     tr_crops = np.concatenate([tr_crops, negatives_all])
-    tr_labels = np.concatenate(
-        [tr_labels, np.full(len(negatives_all), D.UNIDENTIFIED_LABEL, np.int64)])
+    tr_labels = np.concatenate([tr_labels, negative_labels])
     mean, std = _channel_stats(tr_crops)
+    init = torch.load(cfg.init, map_location="cpu", weights_only=False) if cfg.init else None
+    if init is not None and "mean" in init.get("meta", {}):
+        # a fine-tuned network keeps the input normalisation it learned with (and an
+        # ensemble of fine-tuned members keeps one input spec)
+        mean, std = init["meta"]["mean"], init["meta"]["std"]
     field_stain = np.stack([stain_features(im) for im in tr_images])
     crop_stain = torch.from_numpy(np.concatenate(
         [field_stain[tr_owner], np.stack([stain_features(c) for c in negatives_all])]
@@ -506,8 +523,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         np.clip(counts.sum() / (n_out * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
     )
     model = MobileNetV2(num_classes=n_out, width=cfg.width).to(device)
-    if cfg.init:
-        model.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=False)["model"])
+    if init is not None:
+        model.load_state_dict(init["model"])
     optimizer, scheduler, steps_per_epoch, start, progress = _optimiser(
         cfg, model, run_dir, len(tr_crops))
     meta = {
