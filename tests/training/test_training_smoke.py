@@ -94,3 +94,34 @@ def test_smoke_train_export_parity_evaluate(
     assert cls_manifest.aggregation in {"mean", "log_mean"}
     assert cls_manifest.metrics["test_field"]["n"] == report["n_fields"]["test"]
     assert len(cls_manifest.training_data_sha256 or "") == 64
+
+
+def test_fine_tune_adds_extra_crops_and_keeps_its_input_normalisation(
+    synthetic_data: Path, tmp_path: Path
+) -> None:
+    import pytest
+    import torch
+
+    from daemon.training.train import ClassifierConfig, train_classifier
+
+    common = dict(data=str(synthetic_data), epochs=1, block_size=3, threads=1, device="cpu",
+                  batch=32, size=48)
+    base = train_classifier(ClassifierConfig(out=str(tmp_path / "base"), **common))
+    extra = tmp_path / "extra.npz"
+    rng = np.random.default_rng(0)
+    np.savez(extra, crops=rng.integers(0, 60, (10, 48, 48, 3), np.uint8),  # dark: other stats
+             labels=np.full(10, 2))
+    tuned = train_classifier(ClassifierConfig(out=str(tmp_path / "tuned"), init=str(base / "best.pt"),
+                                              extra_crops=str(extra), **common))
+    first = [json.loads(line) for line in (base / "log.jsonl").read_text().splitlines()][0]
+    then = [json.loads(line) for line in (tuned / "log.jsonl").read_text().splitlines()][0]
+    assert then["train_crops"] == first["train_crops"] + 10
+    assert then["per_class"][2] == first["per_class"][2] + 10
+    meta = torch.load(tuned / "best.pt", map_location="cpu", weights_only=False)["meta"]
+    # ten dark crops would move the channel statistics: the fine-tune keeps its checkpoint's
+    assert meta["mean"] == then["mean"] == first["mean"]
+    assert meta["std"] == first["std"]
+    np.savez(extra, crops=np.zeros((2, 64, 64, 3), np.uint8), labels=np.zeros(2))
+    with pytest.raises(ValueError, match="not \\(48, 48, 3\\)"):
+        train_classifier(ClassifierConfig(out=str(tmp_path / "wrong"), extra_crops=str(extra),
+                                          **common))
