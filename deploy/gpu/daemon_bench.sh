@@ -42,8 +42,8 @@ for name in ("segmenter_fp16", "classifier_fp16"):
 PY
 grep -q "'CUDAExecutionProvider'" "$OUT/providers.txt" || { echo "CUDA provider not running"; exit 1; }
 
-# On the first lease (H100, 2026-11-26) the daemon's classifier call took 5-7 s where a plain
-# session took 2 ms: time each difference alone first, side by side (a minute at most).
+# Each session difference alone, side by side (a minute at most): on the third lease none was
+# slow (the seconds were cuDNN planning new shapes, now fixed); kept to catch another card's.
 step "session differences"
 timeout 120 "$PY" deploy/gpu/session_diag.py 75 2>&1 | grep '^{' | tee "$OUT/session_diag.jsonl"
 

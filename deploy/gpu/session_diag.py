@@ -13,6 +13,12 @@ warm-up call), or why the case did not finish. The cases run side by side (a lea
 a 2 ms case and a 5 s one stay apart even so). The ``daemon_*`` variants are the daemon's
 ``Classifier`` with one setting changed each, so the one that is fast names the configuration
 deploy/gpu/daemon_bench.sh benches with.
+
+What it found on the third lease (H100, 2026-11-26, deploy/gpu/lease-2026-11-26c/): no option
+is slow (every case 2.3-7.7 ms on a repeated shape). The seconds were cuDNN planning each new
+input shape, which the daemon's changing batch sizes met on nearly every call; model calls on
+CUDA now run at fixed shapes (``fixed_batches`` in daemon/inference/sessions.py). It stays as
+the first step of a lease, to catch a session option that turns slow on another card or build.
 """
 
 from __future__ import annotations
