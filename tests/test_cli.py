@@ -131,6 +131,23 @@ def test_bench_reports_both_paths(tmp_path: Path, tiny_models: tuple[Path, Path]
     assert report["refused"] is None and report["ratio"] > 0 and report["machine"]
 
 
+def test_bench_warmup_frames_are_analysed_first_and_not_counted(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({
+        "models": {"segmenter": str(tiny_models[0]), "classifier": str(tiny_models[1])},
+        "workers": {"device": "cpu"}, "logging": {"level": "WARNING"},
+    }))
+    out = run_cli("bench", "--config", str(config), "--frames", "6", "--rounds", "1",
+                  "--warmup", "5", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["warmup"] == 5 and report["warmup_analysed"] == 5
+    # the 5 warm-up frames were analysed too, but only the 6 offered ones are counted
+    assert report["offered"] == report["done"] == 6 and report["missing"] == 0
+    assert report["refused"] is None and report["ratio"] > 0
+
+
 def test_bench_refuses_a_ratio_when_a_frame_is_not_analysed(
     tmp_path: Path, tiny_models: tuple[Path, Path]
 ) -> None:

@@ -82,7 +82,7 @@ def bench_frames(count: int, images: str | None, size: tuple[int, int] | None = 
     return frames
 
 
-def bench_bare(settings: Settings, frames: list[bytes]) -> float:
+def bench_bare(settings: Settings, frames: list[bytes], warmup: int = 0) -> float:
     analyzer = Analyzer.from_settings(settings)
     analyzer.warm_up()
     # Decoded beforehand (decoding is excluded), as the worker decodes them: reduced where the
@@ -102,15 +102,19 @@ def bench_bare(settings: Settings, frames: list[bytes]) -> float:
         decoded.append((data, frame))
     rescaler = analyzer.rescaler
     batch = settings.workers.batch_frames
+
+    def prepare(data: bytes, frame: Decoded) -> np.ndarray:
+        rescaled, scale = rescaler.to_models(frame, None, "configured", "bench")
+        if rescaled is None:  # the worker decodes such a frame again in full, too
+            rescaled = rescaler.apply(decode_rgb(data), scale.factor)
+        return analyzer.balance(rescaled)[0]
+
+    # untimed, as the daemon's warm-up frames: each input shape is met once before the clock
+    for start in range(0, min(warmup, len(decoded)), batch):
+        analyzer.analyze([prepare(*item) for item in decoded[start : start + batch]])
     started = time.perf_counter()
     for start in range(0, len(decoded), batch):
-        prepared = []
-        for data, frame in decoded[start : start + batch]:
-            rescaled, scale = rescaler.to_models(frame, None, "configured", "bench")
-            if rescaled is None:  # the worker decodes such a frame again in full, too
-                rescaled = rescaler.apply(decode_rgb(data), scale.factor)
-            prepared.append(analyzer.balance(rescaled)[0])
-        analyzer.analyze(prepared)
+        analyzer.analyze([prepare(*item) for item in decoded[start : start + batch]])
     return len(decoded) / (time.perf_counter() - started)
 
 
@@ -152,11 +156,23 @@ def _get(url: str) -> tuple[int, dict]:
         return 0, {}
 
 
+def _offer(inbox: Path, name: str, data: bytes) -> None:
+    part = inbox / f"{name}.jpg.part"
+    part.write_bytes(data)
+    part.rename(inbox / f"{name}.jpg")
+
+
 def bench_daemon(
-    settings: Settings, frames: list[bytes], timeout: float = 600, rate: float | None = None
-) -> tuple[float, list[float], Counter, list[float]]:
+    settings: Settings, frames: list[bytes], timeout: float = 600, rate: float | None = None,
+    warmup: list[bytes] | None = None,
+) -> tuple[float, list[float], Counter, list[dict]]:
     """Returns (frames/s, capture-to-result latencies in seconds of the analysed frames,
-    frames per outcome: done / rejected / failed / missing, their ``timings_ms``)."""
+    frames per outcome: done / rejected / failed / missing / warmup (warm-up frames with a
+    result), their ``timings_ms``).
+
+    ``warmup`` frames are offered first and waited for, uncounted: a worker on CUDA plans
+    cuDNN's kernels for each input shape it meets first (seconds on the H100), a one-time
+    cost per process that a burst of a few hundred frames would otherwise report as speed."""
     with tempfile.TemporaryDirectory(prefix="leukoscope-bench-") as tmp:
         root = Path(tmp)
         config_file, port = write_config(settings, root, "WARNING")
@@ -173,26 +189,39 @@ def bench_daemon(
                 time.sleep(0.2)
             inbox = root / "inbox" / "bench"
             inbox.mkdir(parents=True)
+            cursor = None
+            seen = 0
+            if warmup:
+                for i, data in enumerate(warmup):
+                    _offer(inbox, f"warmup-{i:05d}", data)
+                deadline = time.time() + timeout
+                while seen < len(warmup) and time.time() < deadline:
+                    code, page = _get(f"{base}/results?limit=1000"
+                                      + (f"&after={cursor}" if cursor else ""))
+                    if code == 200:
+                        seen += len(page["items"])
+                        cursor = page["next"]
+                    if seen < len(warmup):
+                        time.sleep(0.2)
             first = time.time()
             for i, data in enumerate(frames):
                 if rate:  # open loop: frame i is offered at first + i / rate, come what may
                     time.sleep(max(0.0, first + i / rate - time.time()))
-                part = inbox / f"frame-{i:05d}.jpg.part"
-                part.write_bytes(data)
-                part.rename(inbox / f"frame-{i:05d}.jpg")
+                _offer(inbox, f"frame-{i:05d}", data)
             results: list[dict] = []
-            cursor = None
             deadline = time.time() + timeout
             while len(results) < len(frames) and time.time() < deadline:
                 query = "?limit=1000" + (f"&after={cursor}" if cursor else "")
                 code, page = _get(f"{base}/results{query}")
-                if code == 200:
-                    results += page["items"]
+                if code == 200:  # a warm-up frame late past its wait is not counted
+                    results += [r for r in page["items"]
+                                if "warmup-" not in Path(r.get("source") or "").name]
                     cursor = page["next"]
                 if len(results) < len(frames):
                     time.sleep(0.2)
             outcomes = Counter(r["status"] for r in results)
             outcomes["missing"] = max(0, len(frames) - len(results))
+            outcomes["warmup"] = seen
             done = [r for r in results if r["status"] == "done"]
             last = max((r["completed_at"] for r in results), default=time.time())
             latencies = [r["completed_at"] - r["captured_at"] for r in done]
@@ -218,6 +247,7 @@ def run_bench(
     device: str | None = None,
     rate: float | None = None,
     timeout: float = 600,
+    warmup: int = 0,
 ) -> int:
     """Alternate bare and daemon runs: bare, daemon, bare, daemon, ..., bare.
 
@@ -235,19 +265,20 @@ def run_bench(
     if images:
         pixels = [_shape(f) for f in frames]
     megapixels = sum(h * w for h, w in pixels) / 1e6
-    bares = [bench_bare(settings, frames)]
+    warm = [frames[i % len(frames)] for i in range(warmup)]  # offered under other names
+    bares = [bench_bare(settings, frames, warmup)]
     daemons: list[float] = []
     latencies: list[float] = []
     outcomes: Counter = Counter()
     timings: list[dict[str, float]] = []
     for _ in range(rounds):
         fps, round_latencies, round_outcomes, round_timings = bench_daemon(
-            settings, frames, timeout, rate)
+            settings, frames, timeout, rate, warm)
         daemons.append(fps)
         latencies += round_latencies
         timings += round_timings
         outcomes += round_outcomes
-        bares.append(bench_bare(settings, frames))
+        bares.append(bench_bare(settings, frames, warmup))
     offered = count * rounds
     counts = {status: outcomes.get(status, 0) for status in STATUSES}
     refused = None
@@ -262,6 +293,8 @@ def run_bench(
     source = images or f"synthetic {width}x{height}, cells x{enlargement:g}"
     report: dict = {
         "frames": count,
+        "warmup": warmup,
+        "warmup_analysed": outcomes.get("warmup", 0),
         "source": source,
         "rounds": rounds,
         "workers": settings.workers.count,
@@ -289,7 +322,8 @@ def run_bench(
     if as_json:
         print(json.dumps(report))
     else:
-        print(f"frames            {count} ({source}), {rounds} rounds")
+        print(f"frames            {count} ({source}), {rounds} rounds"
+              + (f", after {warmup} warm-up frames" if warmup else ""))
         print(f"machine           {report['machine']} (device {report['device']})")
         print(f"outcomes          {offered} offered: "
               + ", ".join(f"{counts[s]} {s}" for s in STATUSES))

@@ -91,7 +91,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     return run_bench(
         _settings(args, "bench"), args.config, args.frames, args.json, args.images, args.rounds,
-        args.size, args.enlargement, args.device, args.rate, args.timeout,
+        args.size, args.enlargement, args.device, args.rate, args.timeout, args.warmup,
     )
 
 
@@ -240,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="workers' device (default: from config)")
     bench.add_argument("--rate", type=float, default=None,
                        help="open loop: offer frames at this many per second")
+    bench.add_argument("--warmup", type=int, default=0,
+                       help="frames analysed first and not counted, in the bare loop and "
+                            "through the daemon (on CUDA each new input shape costs seconds "
+                            "once per worker)")
     bench.add_argument("--timeout", type=float, default=600,
                        help="seconds to wait for a round's results before counting the rest missing")
     reliability = command("reliability", cmd_reliability,

@@ -72,7 +72,7 @@ cp /tmp/chosen.yaml "$OUT/chosen.yaml"
 bench() {  # NAME ARGS...
   local name=$1; shift
   step "bench $name"
-  timeout "${BENCH_LIMIT:-150}" "$PY" -m daemon bench --device cuda --rounds 1 --json "$@" \
+  timeout "${BENCH_LIMIT:-150}" "$PY" -m daemon bench --device cuda --rounds 1 --warmup 256 --json "$@" \
     >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.err"
   echo "exit $?"; cat "$OUT/bench-$name.json"; tail -3 "$OUT/bench-$name.err"
 }
