@@ -483,8 +483,12 @@ class AuditSettings(_Section):
 class WorkerSettings(_Section):
     count: int = Field(default=1, ge=0, le=64)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch")
-    max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call")
+    batch_frames: int = Field(default=8, gt=0, le=256, description="frames read per batch "
+                              "(on CUDA a segmenter call of several frames is filled to this "
+                              "many, so the card meets few input shapes)")
+    max_batch_cells: int = Field(default=64, gt=0, description="crops per classifier call (on "
+                                 "CUDA every call runs exactly this many, blank crops filling "
+                                 "the last: each new shape costs cuDNN planning)")
     max_batch_pixels: int = Field(
         default=4_194_304,
         ge=65_536,
