@@ -489,19 +489,19 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         va_foreign, _ = D.foreign_cell_crops([p for p, _ in pbc["val"]],
                                              scale["rbc_diameter_px"], reference, crop_spec,
                                              cfg.size)
-    negatives_all = np.concatenate(negatives)
-    if cfg.extra_crops:  # they take the stain features of their own pixels, as negatives do
+    # Crops not cut from a field's cleaned mask (negatives; extra crops): each takes the stain
+    # features of its own pixels, and its own label.
+    loose = np.concatenate(negatives)
+    loose_labels = np.full(len(loose), D.UNIDENTIFIED_LABEL, np.int64)
+    if cfg.extra_crops:
         extra = np.load(cfg.extra_crops)
         if extra["crops"].shape[1:] != (cfg.size, cfg.size, 3):
             raise ValueError(f"{cfg.extra_crops}: crops of {extra['crops'].shape[1:]}, "
                              f"not ({cfg.size}, {cfg.size}, 3)")
-        negatives_all = np.concatenate([extra["crops"], negatives_all])
-        negative_labels = np.concatenate([extra["labels"].astype(np.int64), np.full(
-            len(negatives_all) - len(extra["labels"]), D.UNIDENTIFIED_LABEL, np.int64)])
-    else:
-        negative_labels = np.full(len(negatives_all), D.UNIDENTIFIED_LABEL, np.int64)
-    tr_crops = np.concatenate([tr_crops, negatives_all])
-    tr_labels = np.concatenate([tr_labels, negative_labels])
+        loose = np.concatenate([extra["crops"], loose])
+        loose_labels = np.concatenate([extra["labels"].astype(np.int64), loose_labels])
+    tr_crops = np.concatenate([tr_crops, loose])
+    tr_labels = np.concatenate([tr_labels, loose_labels])
     mean, std = _channel_stats(tr_crops)
     init = torch.load(cfg.init, map_location="cpu", weights_only=False) if cfg.init else None
     if init is not None and "mean" in init.get("meta", {}):
@@ -510,8 +510,8 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         mean, std = init["meta"]["mean"], init["meta"]["std"]
     field_stain = np.stack([stain_features(im) for im in tr_images])
     crop_stain = torch.from_numpy(np.concatenate(
-        [field_stain[tr_owner], np.stack([stain_features(c) for c in negatives_all])]
-        if len(negatives_all) else [field_stain[tr_owner]]))
+        [field_stain[tr_owner], np.stack([stain_features(c) for c in loose])]
+        if len(loose) else [field_stain[tr_owner]]))
     # Targets drawn equally per class, so that no class's stain is the common one.
     field_labels = train["labels"]
     per_class = np.bincount(field_labels, minlength=4).astype(np.float64)
