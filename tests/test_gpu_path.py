@@ -256,3 +256,16 @@ def test_fixed_batches_pad_frames_a_few_pixels_apart_to_one_shape() -> None:
         inner = (slice(0, image.shape[0] - 32), slice(0, image.shape[1] - 32))
         agree = ((mask[inner] > 0.5) == (reference[inner] > 0.5)).mean()
         assert agree > 0.99
+
+
+def test_warm_up_with_fixed_batches_plans_the_shapes_a_stream_meets() -> None:
+    from daemon.inference.analyzer import Analyzer
+
+    segmenter = Segmenter(SHIPPED_MODELS / "segmenter.json", "cpu", 1, fixed_batches=True,
+                          max_batch_frames=4)
+    classifier = Classifier(SHIPPED_MODELS / "classifier.json", "cpu", 1, fixed_batches=True)
+    seg_seen, cls_seen = _shapes_seen(segmenter), _shapes_seen(classifier)
+    Analyzer(segmenter, classifier, max_batch_cells=16).warm_up()
+    side = -(-segmenter.manifest.input.size[0] // 64) * 64
+    assert sorted(set(seg_seen)) == [(1, 3, side, side), (4, 3, side, side)]
+    assert {shape[0] for shape in cls_seen} == {16}  # the one classifier shape

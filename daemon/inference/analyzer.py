@@ -98,9 +98,16 @@ class Analyzer:
         }
 
     def warm_up(self) -> None:
-        """One pass on a blank frame so the first real frame does not pay for allocation."""
+        """One pass on a blank frame so the first real frame does not pay for allocation.
+
+        With fixed batches (CUDA) also the shapes a stream of fields at the models' input size
+        meets: a full batch of frames and the classifier's one batch size, each planned by
+        cuDNN here rather than on the first frames."""
         height, width = self.segmenter.manifest.input.size
-        self.analyze([np.full((height, width, 3), 230, dtype=np.uint8)])
+        blank = np.full((height, width, 3), 230, dtype=np.uint8)
+        self.analyze([blank])
+        if self.segmenter.fixed_batches and (self.segmenter.max_batch_frames or 1) > 1:
+            self.segmenter.compute([blank] * (self.segmenter.max_batch_frames or 1))
         size = self.classifier.crop_size
         self.classifier.compute(np.zeros((1, size, size, 3), dtype=np.uint8), self.max_batch_cells)
 
