@@ -12,6 +12,9 @@
 # configuration they point to; leukoscope bench on 224x224 fields; on 1920x1280 camera fields
 # (cells 3x the models' scale, no um/px); open loop at 80 % of that rate. The models' ceiling
 # alone: deploy/gpu/ort_probe.py (measured on the second lease, README).
+# CAMERA_ONLY=1 (environment): CONFIG as it is, camera fields only (no session differences, no
+# 224x224 bench); with a CONFIG that sets capture.um_per_pixel it measures a rig whose scale is
+# configured, so the red-cell ruler is skipped (the fourth lease: the ruler was the limit).
 set -u
 STAGE=$1 OUT=$2 CONFIG=${3:-deploy/gpu/h100.yaml}
 PY=${PY:-python3}
@@ -42,6 +45,15 @@ for name in ("segmenter_fp16", "classifier_fp16"):
 PY
 grep -q "'CUDAExecutionProvider'" "$OUT/providers.txt" || { echo "CUDA provider not running"; exit 1; }
 
+bench() {  # NAME ARGS...
+  local name=$1; shift
+  step "bench $name"
+  timeout "${BENCH_LIMIT:-150}" "$PY" -m daemon bench --device cuda --rounds 1 --warmup 256 --json "$@" \
+    >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.err"
+  echo "exit $?"; cat "$OUT/bench-$name.json"; tail -3 "$OUT/bench-$name.err"
+}
+
+if [ "${CAMERA_ONLY:-0}" = 1 ]; then cp "$CONFIG" /tmp/chosen.yaml; else
 # Each session difference alone, side by side (a minute at most): on the third lease none was
 # slow (the seconds were cuDNN planning new shapes, now fixed); kept to catch another card's.
 step "session differences"
@@ -67,16 +79,9 @@ yaml.safe_dump(config, open(sys.argv[3], "w"))
 print(chosen, changes[chosen])
 PY
 [ -s /tmp/chosen.yaml ] || exit 0
-cp /tmp/chosen.yaml "$OUT/chosen.yaml"
-
-bench() {  # NAME ARGS...
-  local name=$1; shift
-  step "bench $name"
-  timeout "${BENCH_LIMIT:-150}" "$PY" -m daemon bench --device cuda --rounds 1 --warmup 256 --json "$@" \
-    >"$OUT/bench-$name.json" 2>"$OUT/bench-$name.err"
-  echo "exit $?"; cat "$OUT/bench-$name.json"; tail -3 "$OUT/bench-$name.err"
-}
 bench 224 --config /tmp/chosen.yaml --frames 1000
+fi
+cp /tmp/chosen.yaml "$OUT/chosen.yaml"
 
 step "camera frames"  # made once, in parallel: 0.1 s each on one core
 timeout 120 "$PY" - <<'PY'
