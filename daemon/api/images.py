@@ -32,6 +32,7 @@ from daemon.domain.classes import UNIDENTIFIED
 from daemon.domain.results import FrameResult, ScaleInfo
 from daemon.imaging.frames import FrameRejected, decode_rgb
 from daemon.imaging.pipeline import CellBox, crop_cells
+from daemon.imaging.stain import turn_hue
 from daemon.settings import Settings
 
 UPLOAD_PREFIX = "upload:"
@@ -160,6 +161,9 @@ class FrameImages:
         cell = result.cells[index]
         scale = result.scale or ScaleInfo(um_per_pixel=None, source="assumed", factor=1.0)
         prepared, _ = analyzer.prepare(self.original(result), scale)
+        turned = result.acquisition.stain_turned_deg if result.acquisition else 0.0
+        if turned:  # the rig's stain calibration turned the frame the models saw: so here
+            prepared = turn_hue(prepared, turned)
         f = scale.factor
         x, y, w, h = cell.bbox
         box = CellBox(round(x * f), round(y * f), max(1, round(w * f)), max(1, round(h * f)),

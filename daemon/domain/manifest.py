@@ -82,6 +82,9 @@ class AcquisitionSpec(BaseModel):
     background_rgb: tuple[float, float, float]
     min_brightness: float = 170.0  # background grey below this: outside the validated range
     max_chroma: float = 25.0  # background colour cast (CIELAB chroma) above this: outside
+    #: The training fields' median stain hue (YIQ chroma angle of stained pixels, degrees,
+    #: ``daemon.imaging.stain``); None: rigs' stain hue is not calibrated.
+    stain_hue_deg: float | None = None
 
 
 class ReviewSpec(BaseModel):

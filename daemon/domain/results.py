@@ -62,6 +62,15 @@ class AcquisitionInfo(BaseModel):
     chroma: float = Field(description="background chroma in CIELAB (0: neutral grey/white)")
     gain: list[float] = Field(description="per-channel gain applied to reach the models' "
                                           "reference background")
+    stain_hue_deg: float | None = Field(
+        default=None, description="the frame's stain hue: YIQ chroma angle of its stained "
+        "pixels after the gain (degrees); null: too few stained pixels")
+    rig_stain_offset_deg: float | None = Field(
+        default=None, description="the models' reference stain hue minus the rig's running "
+        "median (degrees); null: no rig, or the rig's first frames")
+    stain_turned_deg: float = Field(
+        default=0.0, description="what the frame's chroma was turned by to the models' stain "
+        "hue (stain calibration per rig; 0: not turned)")
 
 
 class CellResult(BaseModel):

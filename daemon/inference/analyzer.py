@@ -36,6 +36,7 @@ from daemon.imaging.pipeline import (
     with_views,
 )
 from daemon.imaging.scale import Rescaler
+from daemon.imaging.stain import MAX_CORRECTION_DEG, StainCalibrator
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.settings import Settings
 
@@ -71,6 +72,8 @@ class Analyzer:
         # Outputs that are one of the four classes (a model without ``unidentified`` has 4).
         self.known = [i for i, c in enumerate(self.classes) if c != UNIDENTIFIED]
         self.rescaler = Rescaler(segmenter.manifest.scale or classifier.manifest.scale)
+        self.stain = StainCalibrator(self.acquisition.stain_hue_deg if self.acquisition
+                                     else None)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Analyzer:
@@ -111,29 +114,37 @@ class Analyzer:
         size = self.classifier.crop_size
         self.classifier.compute(np.zeros((1, size, size, 3), dtype=np.uint8), self.max_batch_cells)
 
-    def prepare(self, image: np.ndarray, scale: ScaleInfo
+    def prepare(self, image: np.ndarray, scale: ScaleInfo, rig: str | None = None
                 ) -> tuple[np.ndarray, AcquisitionInfo | None]:
-        """A frame as captured -> the frame at the models' scale and background.
+        """A frame as captured -> the frame at the models' scale, background and stain hue.
 
         image: (H, W, 3) uint8 RGB. The background is measured after rescaling (fewer pixels
         when shrinking) and brought to the models' reference by a per-channel gain.
         """
-        return self.balance(self.rescaler.apply(image, scale.factor))
+        return self.balance(self.rescaler.apply(image, scale.factor), rig)
 
-    def balance(self, image: np.ndarray) -> tuple[np.ndarray, AcquisitionInfo | None]:
-        """A frame already at the models' scale -> at the models' background (gain), and what
-        was measured. Apart from :meth:`prepare` so that quality control can measure the
-        frame between the two (its thresholds are for frames as lit, at the models' scale)."""
+    def balance(self, image: np.ndarray, rig: str | None = None
+                ) -> tuple[np.ndarray, AcquisitionInfo | None]:
+        """A frame already at the models' scale -> at the models' background (gain) and, for a
+        rig whose stain hue is off the models' (``daemon.imaging.stain``), turned to theirs;
+        and what was measured. Apart from :meth:`prepare` so that quality control can measure
+        the frame between the two (its thresholds are for frames as lit, at the models'
+        scale)."""
         if self.acquisition is None:
             return image, None
         background = background_rgb(image)
         reference = np.asarray(self.acquisition.background_rgb, np.float32)
         gain = np.clip(reference / np.maximum(background, 1.0), 0.6, 3.0)
         brightness, hue, chroma = describe_background(background)
+        balanced = apply_gain(image, gain)
+        reference_grey = float(reference @ np.array([0.299, 0.587, 0.114], np.float32))
+        turned, stain = self.stain.calibrate(balanced, reference_grey, rig)
         info = AcquisitionInfo(
             background_rgb=[round(float(v), 1) for v in background], brightness=brightness,
-            hue_deg=hue, chroma=chroma, gain=[round(float(g), 4) for g in gain])
-        return apply_gain(image, gain), info
+            hue_deg=hue, chroma=chroma, gain=[round(float(g), 4) for g in gain],
+            stain_hue_deg=None if stain.hue_deg is None else round(stain.hue_deg, 2),
+            rig_stain_offset_deg=stain.rig_offset_deg, stain_turned_deg=stain.turned_deg)
+        return turned, info
 
     def analyze(self, images: list[np.ndarray]) -> list[FrameAnalysis]:
         """images: (H, W, 3) uint8 RGB frames at the models' scale (``prepare``). Crops of all
@@ -220,7 +231,8 @@ class Analyzer:
             frame_reasons.append(SCALE_UNCERTAIN)
         if acquisition is not None and self.acquisition is not None and (
                 acquisition.brightness < self.acquisition.min_brightness
-                or acquisition.chroma > self.acquisition.max_chroma):
+                or acquisition.chroma > self.acquisition.max_chroma
+                or abs(acquisition.rig_stain_offset_deg or 0.0) > MAX_CORRECTION_DEG):
             frame_reasons.append(ACQUISITION_OUT_OF_RANGE)
         # Cells cut by the edge are left out by rule, not doubt: the share is of whole cells.
         whole = [c for c, cut in zip(cells, cut_off, strict=True) if not cut]

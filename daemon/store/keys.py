@@ -61,6 +61,9 @@ RBC_HISTORY_KEY = "lks:rigs:rbc"  # hash: rig id -> its last red-cell diameters 
 #   and the workers' rescaling (store/rigs.py, worker/rigs.py; bounded per rig)
 RBC_RIGS_KEY = "lks:rigs:rbc:used"  # zset: rig id -> when its diameters last grew; past
 #   the cap the least recent rig leaves both keys (scripts/remember_diameters.lua)
+STAIN_HISTORY_KEY = "lks:rigs:stain"  # hash: rig id -> its last frames' stain hues (degrees,
+#   space-separated, oldest first): the workers' stain calibration (imaging/stain.py)
+STAIN_RIGS_KEY = "lks:rigs:stain:used"  # zset: rig id -> when its hues last grew (capped alike)
 
 # --- orders from the LIS (store/orders.py) -----------------------------------------------
 ORDER_KEY = "lks:order:{}"  # string: an Order's JSON, by placer order number

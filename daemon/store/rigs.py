@@ -1,4 +1,5 @@
-"""Each rig's running red-cell diameters, shared by every API process and worker through Redis.
+"""Each rig's running red-cell diameters and stain hues, shared by every API process and
+worker through Redis.
 
 A frame with no scale of its own is quality-checked (API) and rescaled (worker) at its rig's
 running red-cell estimate (``daemon.imaging.scale``: the median of the rig's last
@@ -8,7 +9,9 @@ models' scale, by which process took them. Here the history is one hash field pe
 (``keys.RBC_HISTORY_KEY``), appended to by one script (``scripts/remember_diameters.lua``):
 concurrent pushes of one rig all land, in at most ``history`` diameters a rig and
 ``max_rigs`` rigs (the least recently measured rig's history goes first), so a client
-naming new rig ids cannot grow Redis.
+naming new rig ids cannot grow Redis. The workers' stain calibration
+(``daemon.imaging.stain``) keeps each rig's recent stain hues the same way, under its own keys
+(``keys.STAIN_HISTORY_KEY``): one rig's frames are turned alike whichever worker takes them.
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ from collections.abc import Iterable, Mapping
 import redis
 
 from daemon.store import scripts
-from daemon.store.keys import RBC_HISTORY_KEY, RBC_RIGS_KEY
+from daemon.store.keys import (
+    RBC_HISTORY_KEY,
+    RBC_RIGS_KEY,
+    STAIN_HISTORY_KEY,
+    STAIN_RIGS_KEY,
+)
 
 
-class RedCellHistory:
-    """Rigs' red-cell diameters (frame pixels, oldest first), bounded, in Redis."""
+class RigHistory:
+    """Rigs' recent values of one measure (oldest first), bounded, in Redis."""
+
+    HISTORY_KEY: str
+    RIGS_KEY: str
 
     def __init__(self, client: redis.Redis, history: int, max_rigs: int) -> None:
         """``history``, ``max_rigs``: the rigs' running estimate's own bounds
@@ -34,7 +45,7 @@ class RedCellHistory:
 
     def diameters(self, rig: str) -> list[float]:
         """The rig's recent diameters, oldest first ([] for a rig never measured)."""
-        return _parse(self.client.hget(RBC_HISTORY_KEY, rig))
+        return _parse(self.client.hget(self.HISTORY_KEY, rig))
 
     def remember(self, rig: str, diameters: Iterable[float]) -> list[float]:
         """Append ``diameters`` to the rig's history (atomically, whoever else appends);
@@ -42,7 +53,7 @@ class RedCellHistory:
         new = [repr(float(d)) for d in diameters]
         if not new:
             return self.diameters(rig)
-        kept = self._remember(keys=[RBC_HISTORY_KEY, RBC_RIGS_KEY],
+        kept = self._remember(keys=[self.HISTORY_KEY, self.RIGS_KEY],
                               args=[rig, self.history, self.max_rigs, *new])
         return _parse(kept)
 
@@ -52,7 +63,7 @@ class RedCellHistory:
         names = list(dict.fromkeys(rigs))
         if not names:
             return {}
-        values = self.client.hmget(RBC_HISTORY_KEY, names)
+        values = self.client.hmget(self.HISTORY_KEY, names)
         return {rig: _parse(value) for rig, value in zip(names, values, strict=True)}
 
     def remember_many(self, diameters: Mapping[str, Iterable[float]]) -> None:
@@ -62,9 +73,21 @@ class RedCellHistory:
         for rig, values in diameters.items():
             new = [repr(float(d)) for d in values]
             if new:
-                calls.append((self._remember, [RBC_HISTORY_KEY, RBC_RIGS_KEY],
+                calls.append((self._remember, [self.HISTORY_KEY, self.RIGS_KEY],
                               [rig, self.history, self.max_rigs, *new]))
         scripts.run_many(self.client, calls)
+
+
+class RedCellHistory(RigHistory):
+    """Rigs' red-cell diameters (frame pixels, oldest first)."""
+
+    HISTORY_KEY, RIGS_KEY = RBC_HISTORY_KEY, RBC_RIGS_KEY
+
+
+class StainHueHistory(RigHistory):
+    """Rigs' stain hues (degrees, oldest first)."""
+
+    HISTORY_KEY, RIGS_KEY = STAIN_HISTORY_KEY, STAIN_RIGS_KEY
 
 
 def _parse(value: bytes | str | None) -> list[float]:

@@ -205,6 +205,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rig_suite(args: argparse.Namespace) -> int:
+    from daemon.training.evaluate import run_rig_suite  # onnxruntime only
+
+    report = run_rig_suite(args.data, Path(args.models), args.split, stain=not args.no_stain,
+                           into=Path(args.into) if args.into else None,
+                           update_manifest=args.update, block_size=args.block_size,
+                           seed=args.seed, threads=args.threads)
+    print(f"stain reference {report['stain_reference_deg']} deg, calibration "
+          f"{'on' if report['stain_calibration'] else 'off'}, {args.split} blocks, "
+          "each row one rig")
+    for name, row in report["rows"].items():
+        print(f"{args.split} rig {name:18s} accuracy {row['accuracy']:.4f} review "
+              f"{row['review_share']:.3f} stain offset {row['rig_stain_offset_deg']} "
+              f"turned {row['turned_share']:.2f}")
+    return 0
+
+
 def _evaluate_decode(args: argparse.Namespace) -> int:
     from daemon.settings import load_settings
     from daemon.training.decode_check import check_reduced_decode
@@ -324,6 +341,21 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--views-min-gain-fields", type=int, default=2,
                           help="validation fields the mirror view must win by (0: any gain)")
     evaluate.set_defaults(func=_evaluate)
+
+    rigs = subparsers.add_parser(
+        "rig-suite", help="the shift suite with each row's fields as one rig's frames (running "
+        "scale and stain calibration build up), on the val or test blocks")
+    rigs.add_argument("--data", default=DEFAULT_DATA)
+    rigs.add_argument("--models", default="models")
+    rigs.add_argument("--split", choices=("val", "test"), default="val")
+    rigs.add_argument("--no-stain", action="store_true", help="stain calibration off")
+    rigs.add_argument("--into", default="", help="add the rows to this eval.json")
+    rigs.add_argument("--update", action="store_true",
+                      help="write the stain reference into the segmenter manifest")
+    rigs.add_argument("--block-size", type=int, default=40)
+    rigs.add_argument("--seed", type=int, default=0)
+    rigs.add_argument("--threads", type=int, default=0)
+    rigs.set_defaults(func=_rig_suite)
 
     check = subparsers.add_parser(
         "evaluate-decode", help="full vs reduced JPEG decode on enlarged test fields: field "

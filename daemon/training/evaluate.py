@@ -47,6 +47,7 @@ from daemon.imaging.pipeline import (
     with_views,
 )
 from daemon.imaging.scale import Rescaler
+from daemon.imaging.stain import StainCalibrator, reference_hue
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training import metrics as M
@@ -240,25 +241,53 @@ def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None
                    ) -> list[dict]:
     """Describe each (H, W, 3) uint8 RGB field as a worker would, with no µm/px given.
 
-    ``rig=None``: every field stands alone (no running estimate to lean on); a rig name: the
-    fields share one running red-cell estimate, in order, as frames of one rig do. ``shift``
-    is applied to each field as it is analysed (an 8x field is 64x the pixels: a batch at a
-    time, never the whole set in memory).
+    ``rig=None``: every field stands alone (no running estimate to lean on, no stain
+    calibration); a rig name: the fields share one running red-cell estimate and one running
+    stain hue, in order, as frames of one rig do (both start empty here). ``shift`` is applied
+    to each field as it is analysed (an 8x field is 64x the pixels: a batch at a time, never
+    the whole set in memory).
     """
     out: list[dict] = []
     shared = Rescaler(analyzer.rescaler.model_scale)
+    analyzer.stain = StainCalibrator(analyzer.stain.reference_deg)  # this rig's own history
     for start in range(0, len(images), batch):
         prepared, infos = [], []
         for image in images[start : start + batch]:
             image = shift(image) if shift is not None else image
             rescaler = shared if rig is not None else Rescaler(analyzer.rescaler.model_scale)
             scale = rescaler.resolve(image, None, rig=rig)
-            frame, acquisition = analyzer.prepare(image, scale)
+            frame, acquisition = analyzer.prepare(image, scale, rig)
             prepared.append(frame)
             infos.append((scale, acquisition))
         for analysis, (scale, acquisition) in zip(analyzer.analyze(prepared), infos, strict=True):
             out.append(analyzer.describe(analysis, scale, acquisition))
     return out
+
+
+def stain_reference(train_images: np.ndarray, acquisition) -> float:
+    """The models' stain hue (degrees): the median over the (background-balanced) training
+    fields, measured as the daemon measures a frame's (``daemon.imaging.stain``)."""
+    grey = float(np.asarray(acquisition.background_rgb, np.float32)
+                 @ np.array([0.299, 0.587, 0.114], np.float32))
+    return reference_hue(train_images, grey)
+
+
+def rig_suite(analyzer: Analyzer, raw_fields: list[np.ndarray], labels: np.ndarray) -> dict:
+    """The shift suite with each row's fields as the frames of one rig, in file order: the
+    rig's running red-cell scale and (when the analyzer has a stain reference) its stain
+    calibration build up as the fields come. Per row: ``suite_row`` plus the rig's stain
+    offset at its last frame and the share of fields turned."""
+    rows = {}
+    for name, shift in SUITE.items():
+        results = daemon_results(analyzer, raw_fields, rig=name,
+                                 shift=None if name == "none" else shift)
+        acquisitions = [r["acquisition"] for r in results if r["acquisition"] is not None]
+        last = acquisitions[-1].rig_stain_offset_deg if acquisitions else None
+        rows[name] = {**suite_row(results, labels), "rig_stain_offset_deg": last,
+                      "turned_share": float(np.mean([a.stain_turned_deg != 0.0
+                                                     for a in acquisitions]))
+                      if acquisitions else 0.0}
+    return rows
 
 
 def ruler_agreement(results: list[dict], reference: list[dict], magnification: float,
@@ -377,6 +406,11 @@ def evaluate(
         manifest.um_per_pixel = report["model_scale"]["um_per_pixel"]
     model_rbc = scale.rbc_diameter_px
     reference = seg_manifest.acquisition.background_rgb if seg_manifest.acquisition else None
+    # The models' stain hue, for the rigs' stain calibration (daemon.imaging.stain).
+    if seg_manifest.acquisition is not None:
+        seg_manifest.acquisition.stain_hue_deg = stain_reference(splits["train"]["images"],
+                                                                 seg_manifest.acquisition)
+        report["stain_reference_deg"] = seg_manifest.acquisition.stain_hue_deg
 
     # --- validation: cell filter, aggregation, temperature (fields as loaded: model scale)
     val_probs = segment(seg, seg_manifest, val["images"])
@@ -503,6 +537,9 @@ def evaluate(
     analyzer.temperature, analyzer.review = temperature, review
     analyzer.views = views
     analyzer.rescaler = Rescaler(scale)
+    if seg_manifest.acquisition is not None:
+        analyzer.acquisition = seg_manifest.acquisition
+        analyzer.stain = StainCalibrator(seg_manifest.acquisition.stain_hue_deg)
 
     # --- validation through the daemon's path under each shift: for choosing between models
     if val_shifts:
@@ -583,3 +620,35 @@ def evaluate(
         write_manifest(seg_manifest, seg_path.with_suffix(".json"))
         write_manifest(cls_manifest, cls_path.with_suffix(".json"))
     return report
+
+
+def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
+                  into: Path | None = None, update_manifest: bool = False, block_size: int = 40,
+                  seed: int = 0, threads: int = 0) -> dict:
+    """``rig_suite`` on one split's blocks (``val`` to decide, ``test`` to report) with the
+    shipped models as their manifests set them, stain calibration on (the models' reference
+    measured on the training blocks) or off. ``into``: an eval.json to add the rows to (key
+    ``<split>_rig_suite``, or ``..._uncalibrated``); ``update_manifest``: write the reference
+    into the segmenter manifest (``acquisition.stain_hue_deg``)."""
+    if split not in ("val", "test"):
+        raise ValueError(f"split must be val or test, not {split!r}")
+    seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
+    seg_manifest = load_manifest(seg_path)
+    if seg_manifest.acquisition is None:
+        raise ValueError(f"{seg_path}: no acquisition reference in its manifest")
+    splits = load_splits(data, block_size, seed)
+    reference = stain_reference(splits["train"]["images"], seg_manifest.acquisition)
+    analyzer = Analyzer(Segmenter(seg_path, "cpu", threads), Classifier(cls_path, "cpu", threads))
+    analyzer.stain = StainCalibrator(reference if stain else None)
+    part = splits[split]
+    rows = rig_suite(analyzer, [read_rgb(r.image) for r in part["records"]], part["labels"])
+    report = {"stain_reference_deg": reference, "stain_calibration": stain, "rows": rows}
+    if into is not None:
+        merged = json.loads(into.read_text()) if into.is_file() else {}
+        merged["stain_reference_deg"] = reference
+        merged[f"{split}_rig_suite" + ("" if stain else "_uncalibrated")] = _round(rows)
+        into.write_text(json.dumps(merged, indent=2) + "\n")
+    if update_manifest:
+        seg_manifest.acquisition.stain_hue_deg = reference
+        write_manifest(seg_manifest, seg_path.with_suffix(".json"))
+    return _round(report)

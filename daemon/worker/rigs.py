@@ -27,7 +27,8 @@ import redis
 
 from daemon import telemetry
 from daemon.imaging.scale import Rescaler
-from daemon.store.rigs import RedCellHistory
+from daemon.imaging.stain import StainCalibrator
+from daemon.store.rigs import RedCellHistory, RigHistory, StainHueHistory
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,14 @@ ERRORS = "leukoscope_rig_history_errors_total"
 
 
 class SharedRigScales:
-    """Connects a worker's ``Rescaler`` (imaging) with the rigs' histories in Redis (store)."""
+    """Connects a worker's ``Rescaler`` (imaging) with the rigs' histories in Redis (store).
+    Also serves the stain calibration's hues (``for_stain``): the same protocol, its own keys."""
 
-    def __init__(self, rescaler: Rescaler, history: RedCellHistory) -> None:
-        self.rescaler = rescaler
+    def __init__(self, holder: Rescaler | StainCalibrator, history: RigHistory,
+                 what: str = "red-cell") -> None:
+        self.holder = holder
         self.history = history
+        self.what = what
         self.failing = False  # a read or append failed and none has succeeded since
 
     @classmethod
@@ -47,12 +51,25 @@ class SharedRigScales:
         """Redis's bounds are the rescaler's own (``scale.HISTORY``, ``MAX_RIGS``)."""
         return cls(rescaler, RedCellHistory(client, rescaler.history, rescaler.max_rigs))
 
-    def load(self, rigs: Iterable[str]) -> None:
-        """Before a batch: each of ``rigs`` (those with frames of no given µm/px) takes its
-        history from Redis, and the rescaler starts noting what the batch measures."""
-        self.rescaler.learned = {}
-        names = list(dict.fromkeys(rigs))
-        if not names or self.rescaler.model_scale is None:
+    @classmethod
+    def for_stain(cls, stain: StainCalibrator, client: redis.Redis) -> SharedRigScales:
+        """The rigs' stain hues (``stain.HISTORY``, ``MAX_RIGS``), as for the scale."""
+        return cls(stain, StainHueHistory(client, stain.history, stain.max_rigs), "stain hue")
+
+    @property
+    def active(self) -> bool:
+        """Whether the holder estimates anything (models with a scale / a stain reference)."""
+        if isinstance(self.holder, StainCalibrator):
+            return self.holder.reference_deg is not None
+        return self.holder.model_scale is not None
+
+    def load(self, rigs: Iterable[str | None]) -> None:
+        """Before a batch: each of ``rigs`` (those with frames of no given µm/px; for the
+        stain, every frame's rig) takes its history from Redis, and the holder starts noting
+        what the batch measures."""
+        self.holder.learned = {}
+        names = [r for r in dict.fromkeys(rigs) if r is not None]
+        if not names or not self.active:
             return  # nothing will be estimated: no round trip
         try:
             shared = self.history.many(names)
@@ -64,11 +81,11 @@ class SharedRigScales:
             # A rig Redis does not hold (never measured, or past the rigs' bound) has no
             # estimate for any worker; keeping this worker's own would make its frames
             # depend on which worker took them again.
-            self.rescaler.adopt(rig, diameters)
+            self.holder.adopt(rig, diameters)
 
     def save(self) -> None:
         """After a batch: append what it measured, each rig's in one atomic script call."""
-        learned, self.rescaler.learned = self.rescaler.learned or {}, {}
+        learned, self.holder.learned = self.holder.learned or {}, {}
         if not any(learned.values()):
             return
         try:
@@ -81,12 +98,12 @@ class SharedRigScales:
     def _failed(self, op: str, exc: redis.RedisError) -> None:
         telemetry.count(ERRORS, {"op": op})
         if not self.failing:
-            log.warning("the rigs' shared red-cell history is unavailable; rescaling with "
-                        "this worker's own until it is back",
+            log.warning(f"the rigs' shared {self.what} history is unavailable; going on "
+                        "with this worker's own until it is back",
                         extra={"op": op, "error": f"{type(exc).__name__}: {exc}"})
         self.failing = True
 
     def _ok(self) -> None:
         if self.failing:
-            log.info("the rigs' shared red-cell history is back")
+            log.info(f"the rigs' shared {self.what} history is back")
         self.failing = False

@@ -84,6 +84,8 @@ class Worker:
         self.analyzer = analyzer or Analyzer.from_settings(settings)
         # Rigs' running red-cell estimates: one per rig for every worker, kept in Redis.
         self.rig_scales = SharedRigScales.for_client(self.analyzer.rescaler, self.client)
+        # ... and their stain hues (stain calibration), likewise.
+        self.rig_stains = SharedRigScales.for_stain(self.analyzer.stain, self.client)
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
@@ -256,6 +258,7 @@ class Worker:
         # Before any frame decodes (planned factors) or is measured: the rigs' shared
         # estimates, in one round trip; the frames' diameters go back in one after the batch.
         self.rig_scales.load(d.rig_id for d in fresh + suspects if d.um_per_pixel is None)
+        self.rig_stains.load(d.rig_id for d in fresh + suspects)
         if fresh:
             self._process_group(fresh, started)
         limit = self.settings.queue.max_deliveries
@@ -274,6 +277,7 @@ class Worker:
                 "frame_id": d.frame_id, "deliveries": d.deliveries, "attempt": attempts})
             self._process_group([d], started)
         self.rig_scales.save()
+        self.rig_stains.save()
 
     def _submit(self, outcomes: list[Outcome]) -> None:
         self.flush()  # one batch in flight at most: results are stored in order
@@ -370,7 +374,7 @@ class Worker:
                 if not quality.ok:
                     assert quality.reason is not None and quality.message is not None
                     raise QcRejected(quality.reason, quality.message, quality.values)
-            prepared, acquisition = self.analyzer.balance(rescaled)
+            prepared, acquisition = self.analyzer.balance(rescaled, d.rig_id)
         except FrameRejected:
             raise
         except Exception as exc:  # noqa: BLE001 - one frame's problem is its own result
