@@ -151,3 +151,37 @@ def test_workers_share_a_rigs_hues_through_redis(redis_client):
     assert not idle.active
     idle.load(["rig-C"])
     assert idle.holder.hues("rig-C") == []
+
+
+def test_the_setting_switches_calibration_off_and_a_manifest_reference_switches_it_on(
+        tiny_models: tuple[Path, Path], tmp_path: Path):
+    import shutil
+
+    from daemon.domain.manifest import load_manifest, write_manifest
+    from daemon.settings import load_settings
+    from tests.conftest import settings_dict
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for path in tiny_models:
+        for name in (path.name, path.with_suffix(".json").name):
+            shutil.copy2(path.parent / name, folder / name)
+    segmenter = folder / tiny_models[0].name
+    manifest = load_manifest(segmenter)
+    manifest.acquisition = AcquisitionSpec(background_rgb=(GREY, GREY, GREY), stain_hue_deg=150.0)
+    write_manifest(manifest, segmenter.with_suffix(".json"))
+    models = (segmenter, folder / tiny_models[1].name)
+    workers = {"count": 1, "device": "cpu", "threads": 1}
+    on = Analyzer.from_settings(load_settings(None, **settings_dict(tmp_path, models)))
+    off = Analyzer.from_settings(load_settings(None, **settings_dict(
+        tmp_path, models, workers={**workers, "stain_calibration": False})))
+    assert on.stain.reference_deg == 150.0 and off.stain.reference_deg is None
+    image = turn_hue(field(5), 25.0)
+    for _ in range(MIN_FRAMES):
+        _, with_it = on.prepare(image, ScaleInfo(um_per_pixel=None, source="assumed",
+                                                 factor=1.0), "rig-1")
+        _, without = off.prepare(image, ScaleInfo(um_per_pixel=None, source="assumed",
+                                                  factor=1.0), "rig-1")
+    assert with_it is not None and with_it.rig_stain_offset_deg is not None
+    assert without is not None and without.stain_turned_deg == 0.0
+    assert without.rig_stain_offset_deg is None and without.stain_hue_deg is not None

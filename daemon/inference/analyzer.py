@@ -81,12 +81,15 @@ class Analyzer:
         gpu = {"tensorrt": w.tensorrt, "engine_cache": settings.trt_engine_dir if w.tensorrt
                else None, "io_binding": w.io_binding,
                "conv_algo_search": w.cudnn_conv_algo_search}
-        return cls(
+        analyzer = cls(
             Segmenter(settings.models.segmenter, w.device, w.threads, w.fp16,
                       max_pixels=w.max_batch_pixels, max_batch_frames=w.batch_frames, **gpu),
             Classifier(settings.models.classifier, w.device, w.threads, w.fp16, **gpu),
             w.max_batch_cells,
         )
+        if not w.stain_calibration:
+            analyzer.stain = StainCalibrator(None)
+        return analyzer
 
     @property
     def provider(self) -> str:
