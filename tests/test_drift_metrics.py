@@ -52,7 +52,8 @@ def drifting_frame(frame_id: str = "f1", rig: str | None = "rig-1") -> FrameResu
         frame_id, rig,
         scale=ScaleInfo(um_per_pixel=0.1, source="estimated", factor=1.4, reliable=True),
         acquisition=AcquisitionInfo(background_rgb=[230, 220, 235], brightness=224.0,
-                                    hue_deg=90.0, chroma=6.0, gain=[1.0, 1.0, 1.0]),
+                                    hue_deg=90.0, chroma=6.0, gain=[1.0, 1.0, 1.0],
+                                    stain_hue_deg=-158.0),
         cells=[cell("pre_b", 0.93), cell("unidentified", 0.55), cell("benign", None)],
         reasons=["unidentified_cells", "scale_uncertain", "unidentified_cells"],
     )
@@ -84,6 +85,9 @@ def test_drift_increments_land_in_their_buckets_and_labels() -> None:
     assert inc[field("leukoscope_frame_background_brightness", "le=230.0", **rig)] == 1
     assert inc[field("leukoscope_frame_background_brightness", "sum", **rig)] == 224.0
     assert inc[field("leukoscope_frame_background_hue_degrees", "le=90.0", **rig)] == 1
+    # Stain hue -158 is 202 degrees: le=210, and the sum stays positive (an angle on 0-360).
+    assert inc[field("leukoscope_frame_stain_hue_degrees", "le=210.0", **rig)] == 1
+    assert inc[field("leukoscope_frame_stain_hue_degrees", "sum", **rig)] == 202.0
     ab = "leukoscope_frame_background_chromaticity"
     assert inc[field(ab, "sum", rig="rig-1", axis="a")] == 128.0
     assert inc[field(ab, "le=128.0", rig="rig-1", axis="a")] == 1
@@ -142,6 +146,7 @@ def test_collector_exposes_the_drift_families(redis_client: redis.Redis) -> None
         "leukoscope_frame_scale_um_per_pixel": 2, "leukoscope_frame_scale_factor": 2,
         "leukoscope_frame_background_brightness": 2, "leukoscope_frame_background_hue_degrees": 2,
         "leukoscope_frame_background_chromaticity": 2,  # per axis
+        "leukoscope_frame_stain_hue_degrees": 2,
         "leukoscope_cell_confidence": 4,  # two frames, two cells with a confidence each
     }
     for name, expected in counts.items():

@@ -51,6 +51,11 @@ BRIGHTNESS_BUCKETS = (100.0, 125.0, 150.0, 160.0, 170.0, 180.0, 190.0, 200.0, 21
 # Background hue angle (CIELAB, degrees): 30-degree sectors, for the distribution only (an
 # angle has no arithmetic mean; the mean colour comes from the a*/b* histogram).
 HUE_BUCKETS = tuple(float(d) for d in range(30, 361, 30))
+# Stain hue (YIQ chroma angle of the stained pixels after the gain, degrees, 0-360): the
+# training fields lie around 155 (p10-p90 145-166); 2.5-degree steps where rigs work, so a rig
+# 8 degrees off its usual shows in the mean (exact: rate(_sum)/rate(_count)) and quantiles.
+STAIN_HUE_BUCKETS = tuple(float(d) for d in (90, 110, 120, 130, 135, 140)) + tuple(
+    142.5 + 2.5 * k for k in range(15)) + (185.0, 195.0, 210.0, 240.0, 360.0)
 # Background CIELAB a* (green-red) and b* (blue-yellow) in 8-bit encoding (value + 128, as
 # OpenCV stores them; 128: neutral): observations must not be negative, or rate() of _sum
 # breaks (and prometheus_client drops _sum for negative buckets).
@@ -154,6 +159,15 @@ CATALOGUE: dict[str, MetricDef] = {
             "(distribution only: average the chromaticity histogram for the mean colour).",
             ("rig",),
             HUE_BUCKETS,
+        ),
+        MetricDef(
+            "leukoscope_frame_stain_hue_degrees",
+            "histogram",
+            "Stain hue of analysed frames (YIQ chroma angle of the stained pixels after the "
+            "background gain, degrees 0-360; the models' reference is the segmenter manifest's "
+            "acquisition.stain_hue_deg), by rig, before any stain calibration turns the frame.",
+            ("rig",),
+            STAIN_HUE_BUCKETS,
         ),
         MetricDef(
             "leukoscope_frame_background_chromaticity",

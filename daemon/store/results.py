@@ -90,6 +90,9 @@ def outcome_increments(result: FrameResult) -> list[counters.Increment]:
                                   background.brightness, by_rig)
         inc += counters.histogram("leukoscope_frame_background_hue_degrees",
                                   background.hue_deg, by_rig)
+        if background.stain_hue_deg is not None:
+            inc += counters.histogram("leukoscope_frame_stain_hue_degrees",
+                                      background.stain_hue_deg % 360.0, by_rig)
         a, b = counters.chromaticity(background.hue_deg, background.chroma)
         for axis, value in (("a", a), ("b", b)):
             inc += counters.histogram("leukoscope_frame_background_chromaticity", value,
