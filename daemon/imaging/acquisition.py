@@ -5,8 +5,10 @@ white reference of that acquisition: a darker lamp, another camera's white balan
 yellower bulb all show there first. :func:`background_rgb` measures it (the median colour of
 the brightest few per cent of pixels, on a subsampled copy) and :func:`normalise_background`
 applies a per-channel gain (von Kries) that brings it to the models' reference background,
-stated in the manifests (``acquisition.background_rgb``). Stain colour (hue, saturation) is
-not touched: it is covered by training augmentation and watched by the drift metrics.
+stated in the manifests (``acquisition.background_rgb``). A field's stain colour is not
+touched here: one field's hue says too little about its rig; a rig's running stain hue is
+brought to the models' by ``daemon.imaging.stain``, saturation is left to training
+augmentation, and both are watched by the drift metrics.
 """
 
 from __future__ import annotations
