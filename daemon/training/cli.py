@@ -211,7 +211,14 @@ def _rig_suite(args: argparse.Namespace) -> int:
     report = run_rig_suite(args.data, Path(args.models), args.split, stain=not args.no_stain,
                            into=Path(args.into) if args.into else None,
                            update_manifest=args.update, block_size=args.block_size,
-                           seed=args.seed, threads=args.threads)
+                           seed=args.seed, threads=args.threads, foreign=args.foreign or None)
+    if "foreign_normal_one_rig" in report:
+        total = report["foreign_normal_one_rig"]["total"]
+        print(f"normal cells of another lab as one rig, calibration "
+              f"{'on' if report['stain_calibration'] else 'off'}: leukemic "
+              f"{total['leukemic_share']:.3f}, leukemic without review "
+              f"{total['leukemic_not_flagged_share']:.3f}")
+        return 0
     print(f"stain reference {report['stain_reference_deg']} deg, calibration "
           f"{'on' if report['stain_calibration'] else 'off'}, {args.split} blocks, "
           "each row one rig")
@@ -350,6 +357,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     rigs.add_argument("--split", choices=("val", "test"), default="val")
     rigs.add_argument("--no-stain", action="store_true", help="stain calibration off")
     rigs.add_argument("--into", default="", help="add the rows to this eval.json")
+    rigs.add_argument("--foreign", default="",
+                      help="instead of the suite: the held-out normal cells of another lab in "
+                           "this folder (e.g. ../shared/data/pbc-normal) as one rig")
     rigs.add_argument("--update", action="store_true",
                       help="write the stain reference into the segmenter manifest")
     rigs.add_argument("--block-size", type=int, default=40)

@@ -624,12 +624,14 @@ def evaluate(
 
 def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
                   into: Path | None = None, update_manifest: bool = False, block_size: int = 40,
-                  seed: int = 0, threads: int = 0) -> dict:
+                  seed: int = 0, threads: int = 0, foreign: str | None = None) -> dict:
     """``rig_suite`` on one split's blocks (``val`` to decide, ``test`` to report) with the
     shipped models as their manifests set them, stain calibration on (the models' reference
     measured on the training blocks) or off. ``into``: an eval.json to add the rows to (key
     ``<split>_rig_suite``, or ``..._uncalibrated``); ``update_manifest``: write the reference
-    into the segmenter manifest (``acquisition.stain_hue_deg``)."""
+    into the segmenter manifest (``acquisition.stain_hue_deg``). ``foreign``: instead of the
+    suite, the held-out normal cells of another lab (that folder's test part) as one rig
+    (key ``foreign_normal_one_rig``, or ``..._uncalibrated``)."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, not {split!r}")
     seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
@@ -640,13 +642,23 @@ def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
     reference = stain_reference(splits["train"]["images"], seg_manifest.acquisition)
     analyzer = Analyzer(Segmenter(seg_path, "cpu", threads), Classifier(cls_path, "cpu", threads))
     analyzer.stain = StainCalibrator(reference if stain else None)
-    part = splits[split]
-    rows = rig_suite(analyzer, [read_rgb(r.image) for r in part["records"]], part["labels"])
-    report = {"stain_reference_deg": reference, "stain_calibration": stain, "rows": rows}
+    report: dict = {"stain_reference_deg": reference, "stain_calibration": stain}
+    if foreign:
+        held_out = pbc_split(Path(foreign), seed)["test"]
+        images = [read_rgb(p) for p, _ in held_out]
+        key = "foreign_normal_one_rig"
+        report[key] = foreign_report(daemon_results(analyzer, images, rig="foreign"),
+                                     [c for _, c in held_out])
+    else:
+        part = splits[split]
+        key = f"{split}_rig_suite"
+        report["rows"] = rig_suite(analyzer, [read_rgb(r.image) for r in part["records"]],
+                                   part["labels"])
     if into is not None:
         merged = json.loads(into.read_text()) if into.is_file() else {}
         merged["stain_reference_deg"] = reference
-        merged[f"{split}_rig_suite" + ("" if stain else "_uncalibrated")] = _round(rows)
+        merged[key + ("" if stain else "_uncalibrated")] = _round(report.get("rows")
+                                                                  or report[key])
         into.write_text(json.dumps(merged, indent=2) + "\n")
     if update_manifest:
         seg_manifest.acquisition.stain_hue_deg = reference
