@@ -1,0 +1,15 @@
+"""Review reasons of the unshifted test fields, as one rig and each alone (model card, "Stain calibration per rig").
+Run from the repository root: .venv/bin/python docs/experiments/review_reasons_as_rig.py"""
+from collections import Counter
+from pathlib import Path
+from daemon.training.data import list_fields, block_split, read_rgb
+from daemon.training.evaluate import daemon_results
+from daemon.inference.analyzer import Analyzer
+from daemon.inference.sessions import Segmenter, Classifier
+recs = block_split(list_fields(Path('../shared/data/all-taleqani')))['test']
+an = Analyzer(Segmenter(Path('models/segmenter.onnx'), 'cpu', 0), Classifier(Path('models/classifier.onnx'), 'cpu', 0))
+raw = [read_rgb(r.image) for r in recs]
+for rig in ("none", None):
+    res = daemon_results(an, raw, rig=rig)
+    c = Counter(x for r in res for x in r["review_reasons"])
+    print(rig, sum(r["needs_review"] for r in res), dict(c))
