@@ -2,10 +2,12 @@
 Run from the repository root: .venv/bin/python docs/experiments/review_reasons_as_rig.py"""
 from collections import Counter
 from pathlib import Path
-from daemon.training.data import list_fields, block_split, read_rgb
-from daemon.training.evaluate import daemon_results
+
 from daemon.inference.analyzer import Analyzer
-from daemon.inference.sessions import Segmenter, Classifier
+from daemon.inference.sessions import Classifier, Segmenter
+from daemon.training.data import block_split, list_fields, read_rgb
+from daemon.training.evaluate import daemon_results
+
 recs = block_split(list_fields(Path('../shared/data/all-taleqani')))['test']
 an = Analyzer(Segmenter(Path('models/segmenter.onnx'), 'cpu', 0), Classifier(Path('models/classifier.onnx'), 'cpu', 0))
 raw = [read_rgb(r.image) for r in recs]
