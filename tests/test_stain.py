@@ -27,7 +27,7 @@ from daemon.imaging.synthetic import smear_field
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.store.rigs import StainHueHistory
-from daemon.worker.rigs import SharedRigScales
+from daemon.worker.rigs import SharedRigHistory
 
 GREY = 240.0  # the synthetic fields' background grey level, about
 
@@ -134,8 +134,8 @@ def test_a_rig_far_off_is_not_turned_but_reported_out_of_range(tiny_models: tupl
 def test_workers_share_a_rigs_hues_through_redis(redis_client):
     reference = reference_hue([field(10 + i) for i in range(MIN_FRAMES)], GREY)
     first, second = StainCalibrator(reference), StainCalibrator(reference)
-    shared_first = SharedRigScales.for_stain(first, redis_client)
-    shared_second = SharedRigScales.for_stain(second, redis_client)
+    shared_first = SharedRigHistory.for_stain(first, redis_client)
+    shared_second = SharedRigHistory.for_stain(second, redis_client)
     shared_first.load(["rig-C"])
     for image in rig_frames(MIN_FRAMES, -8.0):
         first.calibrate(image, GREY, "rig-C")
@@ -147,7 +147,7 @@ def test_workers_share_a_rigs_hues_through_redis(redis_client):
     _, reading = second.calibrate(turn_hue(field(99), -8.0), GREY, "rig-C")
     assert reading.turned_deg == pytest.approx(8.0, abs=2.0)
     # models without a stain reference cost no round trip and learn nothing
-    idle = SharedRigScales.for_stain(StainCalibrator(None), redis_client)
+    idle = SharedRigHistory.for_stain(StainCalibrator(None), redis_client)
     assert not idle.active
     idle.load(["rig-C"])
     assert idle.holder.hues("rig-C") == []

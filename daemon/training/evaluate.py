@@ -27,6 +27,7 @@ import numpy as np
 
 from daemon.domain.classes import CLASS_CODES, UNIDENTIFIED
 from daemon.domain.manifest import (
+    AcquisitionSpec,
     CellFilter,
     CropSpec,
     ModelManifest,
@@ -264,7 +265,7 @@ def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None
     return out
 
 
-def stain_reference(train_images: np.ndarray, acquisition) -> float:
+def stain_reference(train_images: np.ndarray, acquisition: AcquisitionSpec) -> float:
     """The models' stain hue (degrees): the median over the (background-balanced) training
     fields, measured as the daemon measures a frame's (``daemon.imaging.stain``)."""
     grey = float(np.asarray(acquisition.background_rgb, np.float32)
@@ -406,11 +407,12 @@ def evaluate(
         manifest.um_per_pixel = report["model_scale"]["um_per_pixel"]
     model_rbc = scale.rbc_diameter_px
     reference = seg_manifest.acquisition.background_rgb if seg_manifest.acquisition else None
-    # The models' stain hue, for the rigs' stain calibration (daemon.imaging.stain).
+    # The models' stain hue, reported; written into the manifest only by ``rig-suite
+    # --update`` (stain calibration was measured to cost accuracy, model card), so what this
+    # evaluates is the daemon as shipped: no rig's frames turned.
     if seg_manifest.acquisition is not None:
-        seg_manifest.acquisition.stain_hue_deg = stain_reference(splits["train"]["images"],
-                                                                 seg_manifest.acquisition)
-        report["stain_reference_deg"] = seg_manifest.acquisition.stain_hue_deg
+        report["stain_reference_deg"] = stain_reference(splits["train"]["images"],
+                                                        seg_manifest.acquisition)
 
     # --- validation: cell filter, aggregation, temperature (fields as loaded: model scale)
     val_probs = segment(seg, seg_manifest, val["images"])
@@ -537,9 +539,6 @@ def evaluate(
     analyzer.temperature, analyzer.review = temperature, review
     analyzer.views = views
     analyzer.rescaler = Rescaler(scale)
-    if seg_manifest.acquisition is not None:
-        analyzer.acquisition = seg_manifest.acquisition
-        analyzer.stain = StainCalibrator(seg_manifest.acquisition.stain_hue_deg)
 
     # --- validation through the daemon's path under each shift: for choosing between models
     if val_shifts:

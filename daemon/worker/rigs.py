@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 ERRORS = "leukoscope_rig_history_errors_total"
 
 
-class SharedRigScales:
+class SharedRigHistory:
     """Connects a worker's ``Rescaler`` (imaging) with the rigs' histories in Redis (store).
     Also serves the stain calibration's hues (``for_stain``): the same protocol, its own keys."""
 
@@ -47,12 +47,12 @@ class SharedRigScales:
         self.failing = False  # a read or append failed and none has succeeded since
 
     @classmethod
-    def for_client(cls, rescaler: Rescaler, client: redis.Redis) -> SharedRigScales:
+    def for_client(cls, rescaler: Rescaler, client: redis.Redis) -> SharedRigHistory:
         """Redis's bounds are the rescaler's own (``scale.HISTORY``, ``MAX_RIGS``)."""
         return cls(rescaler, RedCellHistory(client, rescaler.history, rescaler.max_rigs))
 
     @classmethod
-    def for_stain(cls, stain: StainCalibrator, client: redis.Redis) -> SharedRigScales:
+    def for_stain(cls, stain: StainCalibrator, client: redis.Redis) -> SharedRigHistory:
         """The rigs' stain hues (``stain.HISTORY``, ``MAX_RIGS``), as for the scale."""
         return cls(stain, StainHueHistory(client, stain.history, stain.max_rigs), "stain hue")
 

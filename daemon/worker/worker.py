@@ -40,7 +40,7 @@ from daemon.store.connection import Outage, connect
 from daemon.store.frames import MissingFrame
 from daemon.store.queue import Delivery, FrameQueue
 from daemon.store.results import ResultStore
-from daemon.worker.rigs import SharedRigScales
+from daemon.worker.rigs import SharedRigHistory
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,9 @@ class Worker:
         )
         self.analyzer = analyzer or Analyzer.from_settings(settings)
         # Rigs' running red-cell estimates: one per rig for every worker, kept in Redis.
-        self.rig_scales = SharedRigScales.for_client(self.analyzer.rescaler, self.client)
+        self.rig_scales = SharedRigHistory.for_client(self.analyzer.rescaler, self.client)
         # ... and their stain hues (stain calibration), likewise.
-        self.rig_stains = SharedRigScales.for_stain(self.analyzer.stain, self.client)
+        self.rig_stains = SharedRigHistory.for_stain(self.analyzer.stain, self.client)
         self.stopping = threading.Event()
         self.frames_done = 0
         self.started_at = time.time()
