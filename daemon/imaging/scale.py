@@ -35,6 +35,7 @@ import numpy as np
 from daemon.domain.manifest import RedCellScale
 from daemon.domain.results import CellResult, ScaleInfo
 from daemon.imaging.frames import Decoded
+from daemon.imaging.rigs import rig_history
 from daemon.imaging.ruler import measure_red_cells
 
 TOLERANCE = 0.02
@@ -71,11 +72,7 @@ class Rescaler:
         self.learned: dict[str, list[float]] | None = None
 
     def _rig(self, rig: str) -> deque[float]:
-        diameters = self._rigs.pop(rig, None) or deque(maxlen=self.history)
-        self._rigs[rig] = diameters  # most recently used last
-        while len(self._rigs) > self.max_rigs:
-            self._rigs.popitem(last=False)
-        return diameters
+        return rig_history(self._rigs, rig, self.history, self.max_rigs)
 
     def diameters(self, rig: str | None) -> list[float]:
         """The rig's recent red-cell diameters (frame pixels), oldest first: a copy."""

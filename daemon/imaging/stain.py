@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from daemon.imaging.rigs import rig_history
+
 HISTORY = 64  # a rig's running hue: the median of its last HISTORY frames' hues
 MIN_FRAMES = 20  # frames of a rig before its hue is corrected
 DEAD_BAND_DEG = 3.0  # smaller offsets are left alone
@@ -105,11 +107,7 @@ class StainCalibrator:
         self.learned: dict[str, list[float]] | None = None
 
     def _rig(self, rig: str) -> deque[float]:
-        hues = self._rigs.pop(rig, None) or deque(maxlen=self.history)
-        self._rigs[rig] = hues  # most recently used last
-        while len(self._rigs) > self.max_rigs:
-            self._rigs.popitem(last=False)
-        return hues
+        return rig_history(self._rigs, rig, self.history, self.max_rigs)
 
     def hues(self, rig: str) -> list[float]:
         """The rig's recent hues, oldest first: a copy."""
