@@ -3,6 +3,7 @@ Run from the repository root: .venv/bin/python docs/experiments/review_reasons_a
 from collections import Counter
 from pathlib import Path
 
+from daemon.domain.classes import CLASS_CODES
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training.data import block_split, list_fields, read_rgb
@@ -14,4 +15,8 @@ raw = [read_rgb(r.image) for r in recs]
 for rig in ("none", None):
     res = daemon_results(an, raw, rig=rig)
     c = Counter(x for r in res for x in r["review_reasons"])
-    print(rig, sum(r["needs_review"] for r in res), dict(c))
+    wrong = [r["frame_class"] != CLASS_CODES[x.label] for r, x in zip(res, recs, strict=True)]
+    flagged = [r["needs_review"] for r in res]
+    print(rig, sum(flagged), dict(c), "flagged and wrong",
+          sum(f and w for f, w in zip(flagged, wrong, strict=True)), "wrong, not flagged",
+          sum(w and not f for f, w in zip(flagged, wrong, strict=True)))
