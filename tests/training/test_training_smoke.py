@@ -95,6 +95,28 @@ def test_smoke_train_export_parity_evaluate(
     assert cls_manifest.metrics["test_field"]["n"] == report["n_fields"]["test"]
     assert len(cls_manifest.training_data_sha256 or "") == 64
 
+    # The models' stain hue is reported; evaluate leaves it out of the manifest (calibration
+    # off, as shipped), and the rig suite runs every row as one rig's stream.
+    from daemon.training.evaluate import run_rig_suite
+
+    assert 0 <= report["stain_reference_deg"] % 360 < 360
+    assert seg_manifest.acquisition.stain_hue_deg is None
+    into = tmp_path / "eval.json"
+    rigs = run_rig_suite(str(synthetic_data), models, "val", into=into, block_size=3,
+                         update_manifest=True)
+    assert rigs["stain_reference_deg"] == pytest.approx(report["stain_reference_deg"], abs=0.01)
+    assert set(rigs["rows"]) == set(SUITE)
+    assert all(row["n"] == report["n_fields"]["val"] for row in rigs["rows"].values())
+    assert all(0 <= row["turned_share"] <= 1 for row in rigs["rows"].values())
+    stored = json.loads(into.read_text())
+    assert set(stored["val_rig_suite"]) == set(SUITE) and "shift_suite" in stored  # merged
+    assert load_manifest(models / "segmenter.onnx").acquisition.stain_hue_deg == pytest.approx(
+        rigs["stain_reference_deg"])
+    off = run_rig_suite(str(synthetic_data), models, "val", stain=False, block_size=3,
+                        foreign=str(synthetic_normal_cells))
+    total = off["foreign_normal_one_rig"]["total"]
+    assert total["n"] == foreign["total"]["n"] and "rows" not in off
+
 
 def test_fine_tune_adds_extra_crops_and_keeps_its_input_normalisation(
     synthetic_data: Path, tmp_path: Path
