@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +91,50 @@ def test_the_daemon_analyses_with_an_ensemble(tmp_path: Path, members: list[Path
     described = analyzer.describe(analysis)
     assert described["frame_class"] in analyzer.classes
     assert analyzer.classifier.manifest.version == "9.9.9"
+
+
+def test_an_ensemble_member_is_flattened_so_every_network_counts_once(
+        tmp_path: Path, members: list[Path]) -> None:
+    pair = tmp_path / "pair"
+    build_ensemble(members[:2], pair, "9.9.8")
+    nested, flat = tmp_path / "nested", tmp_path / "flat"
+    build_ensemble([pair, members[2]], nested, "9.9.9")
+    build_ensemble(members, flat, "9.9.9")
+    crops = np.random.default_rng(2).normal(size=(4, 3, 32, 32)).astype(np.float32)
+    nested_probs, nested_cam = _run(nested / "classifier.onnx", crops)
+    flat_probs, flat_cam = _run(flat / "classifier.onnx", crops)
+    np.testing.assert_allclose(nested_cam, flat_cam, atol=1e-5)
+    np.testing.assert_allclose(nested_probs, flat_probs, atol=1e-6)
+    # Averaging the pair's mean with the third would weigh the third twice: not the same.
+    pair_cam = _run(pair / "classifier.onnx", crops)[1]
+    third_cam = _run(members[2] / "classifier.onnx", crops)[1]
+    assert np.abs((pair_cam + third_cam) / 2 - flat_cam).max() > 1e-3
+    manifest = load_manifest(nested / "classifier.json")
+    assert manifest.training["members"] == 3 and len(manifest.members) == 3
+    assert "ensemble of 3 classifiers" in manifest.architecture
+
+
+def test_a_member_with_its_own_normalisation_sees_its_own_input(
+        tmp_path: Path, members: list[Path]) -> None:
+    """Two seeds' crop statistics differ in the fourth decimal: the member's normalisation is
+    folded into the graph instead of refusing it or feeding it the first member's."""
+    other = members[1] / "classifier.json"
+    fields = json.loads(other.read_text())
+    fields["input"]["mean"], fields["input"]["std"] = [0.5, 0.25, -0.5], [2.0, 0.5, 1.0]
+    other.write_text(json.dumps(fields))
+    out = tmp_path / "ensemble"
+    build_ensemble(members[:2], out, "9.9.9")
+    crops = np.random.default_rng(4).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    # The first member's contract is the ensemble's: x = (p - 0) / 1; the second wants
+    # (p - mean) / std of the same pixels p.
+    mean = np.array([0.5, 0.25, -0.5], np.float32).reshape(1, 3, 1, 1)
+    std = np.array([2.0, 0.5, 1.0], np.float32).reshape(1, 3, 1, 1)
+    own = (crops - mean) / std
+    cam_a = _run(members[0] / "classifier.onnx", crops)[1]
+    cam_b = _run(members[1] / "classifier.onnx", own)[1]
+    _, cam = _run(out / "classifier.onnx", crops)
+    np.testing.assert_allclose(cam, (cam_a + cam_b) / 2, atol=1e-5)
+    # Fed the ensemble's crop unadapted, the second member would give another answer.
+    unadapted = _run(members[1] / "classifier.onnx", crops)[1]
+    assert np.abs((cam_a + unadapted) / 2 - cam).max() > 1e-3
+    assert load_manifest(out / "classifier.json").input.mean == (0.0, 0.0, 0.0)
