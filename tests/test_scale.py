@@ -93,6 +93,21 @@ def test_a_rig_keeps_a_running_estimate_and_an_odd_frame_goes_to_review():
     assert (unknown.source, unknown.factor, unknown.reliable) == ("assumed", 1.0, False)
 
 
+@pytest.mark.parametrize(("off_by", "flagged"), [(1.29, False), (1 / 1.29, False),
+                                               (1.45, True), (0.72, True)])
+def test_a_frame_is_flagged_only_beyond_the_scale_error_the_models_tolerate(off_by, flagged):
+    """JUMP (0.33): a reading up to 1.33 times larger or smaller than the rig's median is what
+    a patient's red cells and the models both allow; beyond it, either way, it is flagged.
+    0.72 would pass a one-sided |ratio - 1| <= 0.33 test: the bound is a factor both ways."""
+    image = field(6)
+    rescaler = Rescaler(RedCellScale(rbc_diameter_px=measure_red_cells(image).diameter_px))
+    for _ in range(5):  # the rig's optics: 2x
+        rescaler.resolve(enlarge(image, 2.0), None, rig="A")
+    frame = rescaler.resolve(enlarge(image, 2.0 * off_by), None, rig="A")
+    assert frame.reliable is not flagged
+    assert frame.factor == pytest.approx(0.5, rel=0.05)  # analysed at the rig's scale
+
+
 def test_an_overexposed_frame_neither_sets_nor_moves_the_scale():
     """A clipped-white frame's red cells read short (their pale rims are cut off): it takes
     its rig's running estimate without adding to it, and alone it is analysed as captured and

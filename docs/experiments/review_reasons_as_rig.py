@@ -1,5 +1,7 @@
-"""Review reasons of the unshifted test fields, as one rig and each alone (model card, "Stain calibration per rig").
-Run from the repository root: .venv/bin/python docs/experiments/review_reasons_as_rig.py"""
+"""Review reasons of the unshifted test (or validation) fields, as one rig and each alone (model card, "Stain
+calibration per rig" and "The scale flag follows the models' tolerance").
+Run from the repository root: .venv/bin/python docs/experiments/review_reasons_as_rig.py [test|val]"""
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training.data import block_split, list_fields, read_rgb
 from daemon.training.evaluate import daemon_results
 
-recs = block_split(list_fields(Path('../shared/data/all-taleqani')))['test']
+recs = block_split(list_fields(Path('../shared/data/all-taleqani')))[sys.argv[1] if len(sys.argv) > 1 else 'test']
 an = Analyzer(Segmenter(Path('models/segmenter.onnx'), 'cpu', 0), Classifier(Path('models/classifier.onnx'), 'cpu', 0))
 raw = [read_rgb(r.image) for r in recs]
 for rig in ("none", None):
