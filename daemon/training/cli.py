@@ -211,7 +211,8 @@ def _rig_suite(args: argparse.Namespace) -> int:
     report = run_rig_suite(args.data, Path(args.models), args.split, stain=not args.no_stain,
                            into=Path(args.into) if args.into else None,
                            update_manifest=args.update, block_size=args.block_size,
-                           seed=args.seed, threads=args.threads, foreign=args.foreign or None)
+                           seed=args.seed, threads=args.threads, foreign=args.foreign or None,
+                           order=args.order)
     if "foreign_normal_one_rig" in report:
         total = report["foreign_normal_one_rig"]["total"]
         print(f"normal cells of another lab as one rig, calibration "
@@ -362,6 +363,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                            "this folder (e.g. ../shared/data/pbc-normal) as one rig")
     rigs.add_argument("--update", action="store_true",
                       help="write the stain reference into the segmenter manifest")
+    rigs.add_argument("--order", choices=("slides", "file"), default="slides",
+                      help="slides: the split's slides in a seeded random order, as a rig "
+                           "meets specimens (default); file: sorted by class, as before")
     rigs.add_argument("--block-size", type=int, default=40)
     rigs.add_argument("--seed", type=int, default=0)
     rigs.add_argument("--threads", type=int, default=0)

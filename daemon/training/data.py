@@ -123,6 +123,22 @@ def block_split(
     return out
 
 
+def slide_order(records: list[FieldRecord], block_size: int = 40, seed: int = 0) -> list[int]:
+    """Indices of ``records`` as a rig would meet them: slides one after another in a seeded
+    random order, each slide's fields in file order. A slide is a block of ``block_size`` file
+    numbers of one class (neighbours in file order share a slide, as ``block_split`` assumes).
+
+    File order is sorted by class (every benign field, then every early pre-B ...), and this
+    data set's classes were stained in different batches, so a stream in file order lets any
+    running per-rig estimate follow the diagnosis; no lab's rig sees its specimens sorted so."""
+    blocks: dict[tuple[int, int], list[int]] = {}
+    for index, record in enumerate(records):
+        blocks.setdefault((record.label, record.number // block_size), []).append(index)
+    keys = sorted(blocks)
+    random.Random(seed).shuffle(keys)
+    return [index for key in keys for index in blocks[key]]
+
+
 def read_rgb(path: Path) -> np.ndarray:
     """Read an image file as (H, W, 3) uint8 RGB."""
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)

@@ -60,6 +60,7 @@ from daemon.training.data import (
     read_rgb,
     red_cell_scale,
     reinhard_normalize,
+    slide_order,
 )
 from daemon.training.shifts import MAGNIFICATION, SUITE
 
@@ -623,16 +624,21 @@ def evaluate(
 
 def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
                   into: Path | None = None, update_manifest: bool = False, block_size: int = 40,
-                  seed: int = 0, threads: int = 0, foreign: str | None = None) -> dict:
+                  seed: int = 0, threads: int = 0, foreign: str | None = None,
+                  order: str = "slides") -> dict:
     """``rig_suite`` on one split's blocks (``val`` to decide, ``test`` to report) with the
     shipped models as their manifests set them, stain calibration on (the models' reference
     measured on the training blocks) or off. ``into``: an eval.json to add the rows to (key
     ``<split>_rig_suite``, or ``..._uncalibrated``); ``update_manifest``: write the reference
     into the segmenter manifest (``acquisition.stain_hue_deg``). ``foreign``: instead of the
     suite, the held-out normal cells of another lab (that folder's test part) as one rig
-    (key ``foreign_normal_one_rig``, or ``..._uncalibrated``)."""
+    (key ``foreign_normal_one_rig``, or ``..._uncalibrated``). ``order``: ``slides`` (the
+    split's slides in a seeded random order, as a rig meets specimens: ``data.slide_order``)
+    or ``file`` (sorted by class, as measured before 2026-11-27; keys gain ``_file_order``)."""
     if split not in ("val", "test"):
         raise ValueError(f"split must be val or test, not {split!r}")
+    if order not in ("slides", "file"):
+        raise ValueError(f"order must be slides or file, not {order!r}")
     seg_path, cls_path = models_dir / "segmenter.onnx", models_dir / "classifier.onnx"
     seg_manifest = load_manifest(seg_path)
     if seg_manifest.acquisition is None:
@@ -641,7 +647,8 @@ def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
     reference = stain_reference(splits["train"]["images"], seg_manifest.acquisition)
     analyzer = Analyzer(Segmenter(seg_path, "cpu", threads), Classifier(cls_path, "cpu", threads))
     analyzer.stain = StainCalibrator(reference if stain else None)
-    report: dict = {"stain_reference_deg": reference, "stain_calibration": stain}
+    report: dict = {"stain_reference_deg": reference, "stain_calibration": stain,
+                    "order": order}
     if foreign:
         held_out = pbc_split(Path(foreign), seed)["test"]
         images = [read_rgb(p) for p, _ in held_out]
@@ -650,9 +657,11 @@ def run_rig_suite(data: str, models_dir: Path, split: str, stain: bool = True,
                                      [c for _, c in held_out])
     else:
         part = splits[split]
-        key = f"{split}_rig_suite"
-        report["rows"] = rig_suite(analyzer, [read_rgb(r.image) for r in part["records"]],
-                                   part["labels"])
+        key = f"{split}_rig_suite" + ("_file_order" if order == "file" else "")
+        indices = (slide_order(part["records"], block_size, seed) if order == "slides"
+                   else list(range(len(part["records"]))))
+        report["rows"] = rig_suite(analyzer, [read_rgb(part["records"][i].image)
+                                              for i in indices], part["labels"][indices])
     if into is not None:
         merged = json.loads(into.read_text()) if into.is_file() else {}
         merged["stain_reference_deg"] = reference

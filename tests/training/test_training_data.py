@@ -12,6 +12,7 @@ from daemon.training.data import (
     clean_mask,
     fill_holes,
     list_fields,
+    slide_order,
     training_data_sha256,
 )
 from daemon.training.synthetic import make_dataset, synthetic_field
@@ -84,6 +85,29 @@ def test_block_split_keeps_blocks_and_neighbours_together() -> None:
             assert 0.15 <= share <= 0.15 + 40 / n + 1e-9
     assert block_split(records, block_size=40, seed=7) == splits
     assert block_split(records, block_size=40, seed=8) != splits
+
+
+def test_slide_order_mixes_classes_and_keeps_each_slide_together() -> None:
+    rng = np.random.default_rng(1)
+    classes = {k: sorted(rng.choice(400, 120, replace=False).tolist()) for k in range(4)}
+    records = sorted(_records(classes), key=lambda r: (r.label, r.number))
+    order = slide_order(records, block_size=40, seed=0)
+    assert sorted(order) == list(range(len(records)))  # every field once
+    stream = [records[i] for i in order]
+    # each slide's fields come one after another, in file order
+    runs: list[tuple[int, int]] = []
+    for record in stream:
+        slide = (record.label, record.number // 40)
+        if not runs or runs[-1] != slide:
+            runs.append(slide)
+    assert len(runs) == len(set(runs))
+    for a, b in zip(stream, stream[1:], strict=False):
+        if (a.label, a.number // 40) == (b.label, b.number // 40):
+            assert a.number < b.number
+    # not sorted by class: the first quarter of the stream already holds several classes
+    assert len({r.label for r in stream[: len(stream) // 4]}) >= 3
+    assert slide_order(records, 40, seed=0) == order
+    assert slide_order(records, 40, seed=1) != order
 
 
 def test_list_fields_and_training_hash(tmp_path: Path) -> None:
