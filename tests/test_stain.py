@@ -186,3 +186,32 @@ def test_calibration_is_off_by_default_and_on_with_the_setting_and_a_manifest_re
     assert with_it is not None and with_it.rig_stain_offset_deg is not None
     assert without is not None and without.stain_turned_deg == 0.0
     assert without.rig_stain_offset_deg is None and without.stain_hue_deg is not None
+
+
+def test_an_over_exposed_frame_is_measured_but_stays_out_of_its_rigs_history(
+        tiny_models: tuple[Path, Path]):
+    """A clipped frame's hue is bent by the clipping: it must not move its rig's median, and
+    it is still turned by the offset the rig's other frames give."""
+    reference = reference_hue([field(10 + i) for i in range(MIN_FRAMES)], GREY)
+    calibrator = StainCalibrator(reference)
+    image = turn_hue(field(3), 40.0)
+    _, reading = calibrator.calibrate(image, GREY, "rig-C", overexposed=True)
+    assert reading.hue_deg is not None and calibrator.hues("rig-C") == []
+    calibrator.calibrate(image, GREY, "rig-C")
+    assert len(calibrator.hues("rig-C")) == 1
+    # Through the analyzer: a frame a quarter clipped white before its gain is kept out.
+    analyzer = Analyzer(Segmenter(tiny_models[0], "cpu"), Classifier(tiny_models[1], "cpu"))
+    white = tuple(float(v) for v in background_rgb(field(10)))
+    analyzer.acquisition = AcquisitionSpec(background_rgb=white, stain_hue_deg=reference)
+    analyzer.stain = StainCalibrator(reference)
+    scale = ScaleInfo(um_per_pixel=0.43, source="estimated", factor=1.0, reliable=True)
+    bright = np.clip(field(4).astype(np.float32) * 1.4, 0, 255).astype(np.uint8)
+    assert (bright.min(axis=2) >= 254).mean() > 0.25
+    for _ in range(MIN_FRAMES):
+        _, acquisition = analyzer.prepare(bright, scale, "rig-bright")
+    assert acquisition is not None and acquisition.stain_hue_deg is not None
+    assert analyzer.stain.hues("rig-bright") == [] and acquisition.stain_turned_deg == 0.0
+    for _ in range(MIN_FRAMES):
+        analyzer.prepare(rig_frames(1, -8.0)[0], scale, "rig-bright")
+    _, acquisition = analyzer.prepare(bright, scale, "rig-bright")
+    assert acquisition is not None and acquisition.stain_turned_deg == pytest.approx(8.0, abs=2)

@@ -17,6 +17,13 @@ the models' reference hue (the training fields' median, the segmenter manifest's
 training lab's is left untouched) and at most ``MAX_CORRECTION_DEG`` (beyond, it is not a
 stain offset; the frame's acquisition is reported out of the validated range instead).
 A frame without a rig is never turned: there is no history to say what its rig does.
+
+The constants are a third try (``deploy/gpu/decision-2026-11-27e.txt``). The first kept 64
+frames, turned from the 20th and left offsets under 3 degrees alone; judged on fields sorted by
+class (this data set's classes were stained in different batches) its median followed the
+diagnosis. Now a rig remembers several slides (``HISTORY``), the dead band is what such a
+memory still wanders on the models' own training slides met in random order, and an
+over-exposed frame, whose clipping bends its hue, does not join the history.
 """
 
 from __future__ import annotations
@@ -30,9 +37,12 @@ import numpy as np
 
 from daemon.imaging.rigs import rig_history
 
-HISTORY = 64  # a rig's running hue: the median of its last HISTORY frames' hues
-MIN_FRAMES = 20  # frames of a rig before its hue is corrected
-DEAD_BAND_DEG = 3.0  # smaller offsets are left alone
+HISTORY = 256  # a rig's running hue: the median of its last HISTORY frames' hues
+MIN_FRAMES = 64  # frames of a rig before its hue is corrected
+#: Smaller offsets are left alone: the 99th percentile of what a rig's running median wanders
+#: from the reference on the models' own training slides, met in random order as one rig's
+#: stream (p50 1.6, p90 3.2, p99 6.3; docs/experiments/stain_dead_band.py --order slides).
+DEAD_BAND_DEG = 6.5
 MAX_CORRECTION_DEG = 20.0  # larger offsets are not turned (and are reported)
 MAX_RIGS = 256  # rigs whose histories are kept (the least recently used goes first)
 #: Stained pixels: grey below this share of the background, chroma above MIN_CHROMA.
@@ -119,16 +129,18 @@ class StainCalibrator:
         kept.clear()
         kept.extend(hues)
 
-    def calibrate(self, image_rgb: np.ndarray, background_grey: float, rig: str | None
-                  ) -> tuple[np.ndarray, StainReading]:
+    def calibrate(self, image_rgb: np.ndarray, background_grey: float, rig: str | None,
+                  overexposed: bool = False) -> tuple[np.ndarray, StainReading]:
         """A background-balanced (H, W, 3) uint8 RGB frame -> the frame turned by its rig's
         offset (or as it is), and what was measured. The frame's hue joins its rig's history
-        before the offset is taken (this frame included, as the red-cell scale does)."""
+        before the offset is taken (this frame included, as the red-cell scale does), unless
+        the frame was ``overexposed`` before its gain (its hue is still measured and reported,
+        and it is turned by its rig's offset like any other)."""
         hue = stain_hue(image_rgb, background_grey)
         if rig is None or self.reference_deg is None:
             return image_rgb, StainReading(hue, None, 0.0, False)
         hues = self._rig(rig)
-        if hue is not None:
+        if hue is not None and not overexposed:
             hues.append(hue)
             if self.learned is not None:
                 self.learned.setdefault(rig, []).append(hue)

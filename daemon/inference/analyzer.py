@@ -35,6 +35,7 @@ from daemon.imaging.pipeline import (
     touches_border,
     with_views,
 )
+from daemon.imaging.ruler import MAX_CLIPPED_SHARE, clipped_share
 from daemon.imaging.scale import Rescaler
 from daemon.imaging.stain import MAX_CORRECTION_DEG, StainCalibrator
 from daemon.inference.sessions import Classifier, Segmenter
@@ -141,7 +142,10 @@ class Analyzer:
         brightness, hue, chroma = describe_background(background)
         balanced = apply_gain(image, gain)
         reference_grey = float(reference @ np.array([0.299, 0.587, 0.114], np.float32))
-        turned, stain = self.stain.calibrate(balanced, reference_grey, rig)
+        # Clipped before the gain: its hue is bent, so it stays out of its rig's history.
+        overexposed = (self.stain.reference_deg is not None and rig is not None
+                       and clipped_share(image) >= MAX_CLIPPED_SHARE)
+        turned, stain = self.stain.calibrate(balanced, reference_grey, rig, overexposed)
         info = AcquisitionInfo(
             background_rgb=[round(float(v), 1) for v in background], brightness=brightness,
             hue_deg=hue, chroma=chroma, gain=[round(float(g), 4) for g in gain],
