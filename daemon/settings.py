@@ -526,13 +526,13 @@ class WorkerSettings(_Section):
         "second is prepared (decode, red-cell ruler, rescale, QC: single-threaded), so the "
         "models use the core preparing leaves free; false: prepare all, then analyse all")
     stain_calibration: bool = Field(
-        default=False, description="turn each rig's frames to the models' stain hue once the "
-        "rig's running median hue (last 64 frames, from its 20th) is 3-20 degrees off it "
-        "(daemon/imaging/stain.py); acts only with models whose segmenter manifest states "
-        "acquisition.stain_hue_deg (the shipped ones do not). Off by default: on the "
-        "validation blocks it cost 28 field calls over the shift suite, since a rig's recent "
-        "frames are one slide's and its median follows that slide's stain (model card, "
-        "'Stain calibration per rig'); false: measure and report the hue, turn nothing")
+        default=True, description="turn each rig's frames to the models' stain hue once the "
+        "rig's running median hue (last 256 frames, from its 64th; over-exposed frames left "
+        "out) is 6.5-20 degrees off it (daemon/imaging/stain.py); acts only with models whose "
+        "segmenter manifest states acquisition.stain_hue_deg (the shipped ones do). Chosen on "
+        "the validation blocks met slide by slide as one rig: +17 field calls over the shift "
+        "suite, none lost (model card, 'Stain calibration per rig'); false: measure and "
+        "report the hue, turn nothing")
     cudnn_conv_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
         default="EXHAUSTIVE", description="how the CUDA provider picks cuDNN convolution "
         "kernels for each new input shape (ONNX Runtime's option): EXHAUSTIVE times them all "

@@ -408,12 +408,13 @@ def evaluate(
         manifest.um_per_pixel = report["model_scale"]["um_per_pixel"]
     model_rbc = scale.rbc_diameter_px
     reference = seg_manifest.acquisition.background_rgb if seg_manifest.acquisition else None
-    # The models' stain hue, reported; written into the manifest only by ``rig-suite
-    # --update`` (stain calibration was measured to cost accuracy, model card), so what this
-    # evaluates is the daemon as shipped: no rig's frames turned.
+    # The models' stain hue: into the segmenter manifest with the rest, so a retrained model
+    # keeps per-rig stain calibration (on by default, chosen on validation, model card). The
+    # fields here stand alone, so none is turned; ``rig-suite`` measures it rig by rig.
     if seg_manifest.acquisition is not None:
         report["stain_reference_deg"] = stain_reference(splits["train"]["images"],
                                                         seg_manifest.acquisition)
+        seg_manifest.acquisition.stain_hue_deg = report["stain_reference_deg"]
 
     # --- validation: cell filter, aggregation, temperature (fields as loaded: model scale)
     val_probs = segment(seg, seg_manifest, val["images"])

@@ -95,12 +95,12 @@ def test_smoke_train_export_parity_evaluate(
     assert cls_manifest.metrics["test_field"]["n"] == report["n_fields"]["test"]
     assert len(cls_manifest.training_data_sha256 or "") == 64
 
-    # The models' stain hue is reported; evaluate leaves it out of the manifest (calibration
-    # off, as shipped), and the rig suite runs every row as one rig's stream.
+    # The models' stain hue is reported and written into the segmenter manifest (calibration
+    # is on by default), and the rig suite runs every row as one rig's stream.
     from daemon.training.evaluate import run_rig_suite
 
     assert 0 <= report["stain_reference_deg"] % 360 < 360
-    assert seg_manifest.acquisition.stain_hue_deg is None
+    assert seg_manifest.acquisition.stain_hue_deg == pytest.approx(report["stain_reference_deg"])
     into = tmp_path / "eval.json"
     rigs = run_rig_suite(str(synthetic_data), models, "val", into=into, block_size=3,
                          update_manifest=True)
