@@ -47,8 +47,8 @@ HISTORY = 25  # a rig's running estimate: the median of its last HISTORY reliabl
 #: Validation blocks, each field analysed with a configured µm/px wrong by f
 #: (docs/experiments/scale_tolerance.py): 97.8 % at f = 1; 97.2 % at 1/1.33, 1/1.25, 1.25 and
 #: 1.33; 96.1 % at 1/1.4, so 0.33 by the rule in deploy/gpu/decision-2026-11-27c.txt (was
-#: 0.25, set by hand: patients' red cells differ by about +-17 %, so a rig's stream flagged
-#: 6.8 % of its validation fields for a spread the models do not mind).
+#: 0.25, set by hand). The training data's own slides differ in red-cell size by up to 1.7x
+#: (model card), so a stream of them is still flagged where its slides' scales differ.
 JUMP = 0.33
 MAX_RIGS = 256  # rigs whose histories are kept (the least recently used goes first)
 #: Enlarging by more than this, the frame is first smoothed by a bilateral filter (edges kept):
