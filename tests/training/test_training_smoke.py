@@ -112,6 +112,15 @@ def test_smoke_train_export_parity_evaluate(
     assert set(stored["val_rig_suite"]) == set(SUITE) and "shift_suite" in stored  # merged
     assert load_manifest(models / "segmenter.onnx").acquisition.stain_hue_deg == pytest.approx(
         rigs["stain_reference_deg"])
+    # The fields in file order (sorted by class) go under their own key, beside slide order's.
+    by_file = run_rig_suite(str(synthetic_data), models, "val", stain=False, into=into,
+                            block_size=3, order="file")
+    stored = json.loads(into.read_text())
+    assert by_file["order"] == "file" and rigs["order"] == "slides"
+    assert set(stored["val_rig_suite_file_order_uncalibrated"]) == set(SUITE)
+    assert set(stored["val_rig_suite"]) == set(SUITE)  # slide order's rows kept
+    with pytest.raises(ValueError, match="order"):
+        run_rig_suite(str(synthetic_data), models, "val", order="alphabetical")
     off = run_rig_suite(str(synthetic_data), models, "val", stain=False, block_size=3,
                         foreign=str(synthetic_normal_cells))
     total = off["foreign_normal_one_rig"]["total"]
