@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from daemon.domain.classes import CLASS_CODES
-from daemon.imaging.acquisition import apply_gain, background_rgb
+from daemon.imaging.acquisition import apply_gain, background_gain
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training.data import block_split, list_fields, read_rgb
@@ -24,14 +24,10 @@ records = block_split(list_fields(Path("../shared/data/all-taleqani")))[split]
 analyzer = Analyzer(Segmenter(Path("models/segmenter.onnx"), "cpu", 1),
                     Classifier(Path("models/classifier.onnx"), "cpu", 1))
 assert analyzer.acquisition is not None
-reference = np.asarray(analyzer.acquisition.background_rgb, np.float32)
+reference = analyzer.acquisition.background_rgb
 truth = [CLASS_CODES[r.label] for r in records]
 fields = [read_rgb(r.image) for r in records]
 over = exposure(1.25)
-
-
-def gain(image: np.ndarray) -> np.ndarray:
-    return np.clip(reference / np.maximum(background_rgb(image), 1.0), 0.6, 3.0)
 
 
 def variant(name: str, image: np.ndarray) -> np.ndarray:
@@ -41,7 +37,8 @@ def variant(name: str, image: np.ndarray) -> np.ndarray:
     balanced = analyzer.balance(shifted)[0]
     if name == "x1.25":
         return balanced
-    undone = apply_gain(balanced, gain(image) / (1.25 * gain(shifted)))
+    undone = apply_gain(balanced, background_gain(image, reference)
+                        / (1.25 * background_gain(shifted, reference)))
     if name == "x1.25_undone":
         return undone
     clipped = (shifted == 255).all(axis=2)  # white glass stays the reference white
