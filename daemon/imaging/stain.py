@@ -50,8 +50,10 @@ STAINED_BELOW = 0.9
 MIN_CHROMA = 4.0
 MIN_PIXELS = 50  # stained pixels (of the subsample) needed for a hue
 
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
+#: RGB -> YIQ (NTSC; Y is the luma): hue and saturation of a stain are the angle and radius
+#: of its (I, Q) chroma. The shift suite, the augmentation and this module share it.
+RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+YIQ2RGB = np.linalg.inv(RGB2YIQ)
 
 
 def stain_hue(image_rgb: np.ndarray, background_grey: float) -> float | None:
@@ -60,7 +62,7 @@ def stain_hue(image_rgb: np.ndarray, background_grey: float) -> float | None:
     ``background_grey``: the field's background grey level (0-255)."""
     step = max(1, int(max(image_rgb.shape[:2]) // 256))
     sample = image_rgb[::step, ::step].reshape(-1, 3).astype(np.float32)
-    yiq = sample @ _RGB2YIQ.T.astype(np.float32)
+    yiq = sample @ RGB2YIQ.T.astype(np.float32)
     stained = yiq[:, 0] < STAINED_BELOW * background_grey
     i, q = yiq[stained, 1], yiq[stained, 2]
     chromatic = np.hypot(i, q) > MIN_CHROMA
@@ -74,7 +76,7 @@ def turn_hue(image_rgb: np.ndarray, degrees: float) -> np.ndarray:
     angle = np.radians(degrees)
     rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
                          [0, np.sin(angle), np.cos(angle)]])
-    matrix = (_YIQ2RGB @ rotation @ _RGB2YIQ).astype(np.float32)
+    matrix = (YIQ2RGB @ rotation @ RGB2YIQ).astype(np.float32)
     # On uint8 directly: OpenCV rounds and saturates, the same result within one grey level
     # as a float round trip, and 0.2 ms instead of 7.6 ms for a 640x430 frame.
     return cv2.transform(np.ascontiguousarray(image_rgb), matrix)

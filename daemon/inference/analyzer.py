@@ -24,7 +24,13 @@ from daemon.domain.results import (
     ModelRef,
     ScaleInfo,
 )
-from daemon.imaging.acquisition import apply_gain, background_rgb, describe_background
+from daemon.imaging.acquisition import (
+    LUMA,
+    apply_gain,
+    background_rgb,
+    describe_background,
+    gain_for,
+)
 from daemon.imaging.pipeline import (
     CellBox,
     aggregate,
@@ -138,10 +144,10 @@ class Analyzer:
             return image, None
         background = background_rgb(image)
         reference = np.asarray(self.acquisition.background_rgb, np.float32)
-        gain = np.clip(reference / np.maximum(background, 1.0), 0.6, 3.0)
+        gain = gain_for(background, reference)
         brightness, hue, chroma = describe_background(background)
         balanced = apply_gain(image, gain)
-        reference_grey = float(reference @ np.array([0.299, 0.587, 0.114], np.float32))
+        reference_grey = float(reference @ LUMA)
         # Clipped before the gain: its hue is bent, so it stays out of its rig's history.
         # Counted on a copy about 256 px across, as the background is (a share, not a count:
         # the whole camera frame cost 2 ms on this hot path).

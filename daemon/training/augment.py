@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from daemon.imaging.stain import RGB2YIQ
+
 
 @dataclass(frozen=True)
 class AugmentParams:
@@ -89,7 +91,7 @@ def random_geometry(
     return images, masks
 
 
-_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB2YIQ = torch.tensor(RGB2YIQ, dtype=torch.float32)
 _YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from daemon.imaging.stain import RGB2YIQ as YIQ_MATRIX
+
 #: RGB -> YIQ (the same space as the shift suite's hue and saturation shifts).
-RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                   np.float32)
+RGB2YIQ = YIQ_MATRIX.astype(np.float32)
 #: Grey levels below the background from which a pixel counts as stained.
 STAINED_BELOW_BACKGROUND = 15.0
 #: (R + B) / 2 - G at or above this: violet (a white-cell nucleus), left out.

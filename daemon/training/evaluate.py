@@ -36,6 +36,7 @@ from daemon.domain.manifest import (
     load_manifest,
     write_manifest,
 )
+from daemon.imaging.acquisition import LUMA
 from daemon.imaging.pipeline import (
     MAX_VIEWS,
     aggregate,
@@ -269,8 +270,7 @@ def daemon_results(analyzer: Analyzer, images: list[np.ndarray], rig: str | None
 def stain_reference(train_images: np.ndarray, acquisition: AcquisitionSpec) -> float:
     """The models' stain hue (degrees): the median over the (background-balanced) training
     fields, measured as the daemon measures a frame's (``daemon.imaging.stain``)."""
-    grey = float(np.asarray(acquisition.background_rgb, np.float32)
-                 @ np.array([0.299, 0.587, 0.114], np.float32))
+    grey = float(np.asarray(acquisition.background_rgb, np.float32) @ LUMA)
     return reference_hue(train_images, grey)
 
 

@@ -12,10 +12,10 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from daemon.imaging.stain import RGB2YIQ, YIQ2RGB
+
 Shift = Callable[[np.ndarray], np.ndarray]
 
-_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ2RGB = np.linalg.inv(_RGB2YIQ)
 
 
 def exposure(factor: float) -> Shift:
@@ -29,7 +29,7 @@ def chroma(hue_deg: float = 0.0, saturation: float = 1.0) -> Shift:
     rot = np.array([[1, 0, 0],
                     [0, np.cos(angle) * saturation, -np.sin(angle) * saturation],
                     [0, np.sin(angle) * saturation, np.cos(angle) * saturation]])
-    matrix = (_YIQ2RGB @ rot @ _RGB2YIQ).astype(np.float32)
+    matrix = (YIQ2RGB @ rot @ RGB2YIQ).astype(np.float32)
     return lambda im: np.clip(im.astype(np.float32) @ matrix.T, 0, 255).round().astype(np.uint8)
 
 

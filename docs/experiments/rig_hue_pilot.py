@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from daemon.imaging.acquisition import normalise_background
+from daemon.imaging.stain import RGB2YIQ
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
 from daemon.training.data import block_split, list_fields, read_rgb
 from daemon.training.evaluate import daemon_results, suite_row
-from daemon.training.shifts import _RGB2YIQ, SUITE, chain, chroma
+from daemon.training.shifts import SUITE, chain, chroma
 
-M = _RGB2YIQ.astype(np.float32)
+M = RGB2YIQ.astype(np.float32)
 REF = (252., 255., 253.)
 def angle(im, ref_grey=253.9, tau=0.9, minchroma=4):
     s = im[::2, ::2].reshape(-1,3).astype(np.float32) @ M.T

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from daemon.imaging.acquisition import normalise_background
+from daemon.imaging.stain import RGB2YIQ
 from daemon.training.data import block_split, list_fields, read_rgb
-from daemon.training.shifts import _RGB2YIQ, chroma
+from daemon.training.shifts import chroma
 
 recs = block_split(list_fields(Path('../shared/data/all-taleqani')))
-M = _RGB2YIQ.astype(np.float32)
+M = RGB2YIQ.astype(np.float32)
 def angle(im, ref_grey=253.9, tau=0.9, minchroma=4):
     s = im[::2, ::2].reshape(-1,3).astype(np.float32) @ M.T
     sel = (s[:,0] < tau*ref_grey)
