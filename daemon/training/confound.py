@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.imaging.stain import RGB2YIQ as YIQ_MATRIX
+from daemon.imaging.stain import RGB2YIQ
 
-#: RGB -> YIQ (the same space as the shift suite's hue and saturation shifts).
-RGB2YIQ = YIQ_MATRIX.astype(np.float32)
+#: RGB -> YIQ in float32, as the fields are (the space of the shift suite's hue and saturation).
+_RGB2YIQ = RGB2YIQ.astype(np.float32)
 #: Grey levels below the background from which a pixel counts as stained.
 STAINED_BELOW_BACKGROUND = 15.0
 #: (R + B) / 2 - G at or above this: violet (a white-cell nucleus), left out.
@@ -30,12 +30,12 @@ def stain_features(image_rgb: np.ndarray) -> np.ndarray:
     pixels and its background grey (95th percentile). A field with no stained pixel gives
     the background's own colour for Y, I, Q."""
     rgb = image_rgb.reshape(-1, 3).astype(np.float32)
-    grey = rgb @ RGB2YIQ[0]
+    grey = rgb @ _RGB2YIQ[0]
     background = float(np.percentile(grey, 95))
     violet = (rgb[:, 0] + rgb[:, 2]) * 0.5 - rgb[:, 1] >= NUCLEUS_VIOLET
     stained = (background - grey > STAINED_BELOW_BACKGROUND) & ~violet
     chosen = rgb[stained] if stained.any() else rgb[grey >= background]
-    yiq = np.median(chosen @ RGB2YIQ.T, axis=0)
+    yiq = np.median(chosen @ _RGB2YIQ.T, axis=0)
     return np.asarray([*yiq, background], np.float32)
 
 

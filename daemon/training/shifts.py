@@ -17,7 +17,6 @@ from daemon.imaging.stain import RGB2YIQ, YIQ2RGB
 Shift = Callable[[np.ndarray], np.ndarray]
 
 
-
 def exposure(factor: float) -> Shift:
     """Lamp or exposure time: every channel times ``factor`` (clipped)."""
     return lambda im: np.clip(im.astype(np.float32) * factor, 0, 255).round().astype(np.uint8)
