@@ -16,15 +16,5 @@ for n in 96 64; do
     > runs/m_s3ft$n/evaluate.log 2>&1 &
 done
 wait
-# validation only (test figures are read after the verdict)
-.venv/bin/python - <<'PY'
-import json, numpy as np
-for n in (96, 64):
-    e = json.load(open(f"runs/m_s3ft{n}/eval.json"))
-    acc = {k: r["accuracy"] for k, r in e["val_shift_suite"].items()}
-    print(n, json.dumps(acc))
-    print(n, "mean", round(float(np.mean(list(acc.values()))), 4), "lowest", min(acc.items(), key=lambda kv: kv[1]),
-          "unshifted", acc["none"], "val_field_accuracy", e.get("val_field_accuracy"))
-    f = e["foreign_normal_test"]["each_alone"]
-    print(n, "foreign each alone", json.dumps({k: v for k, v in f.items() if k != "per_class"}))
-PY
+# validation only (test figures are read after the decision)
+.venv/bin/python deploy/gpu/val_summary.py runs/m_s3ft96 runs/m_s3ft64
