@@ -152,6 +152,36 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refit_head(args: argparse.Namespace) -> int:
+    import shutil
+
+    from daemon.domain.manifest import load_manifest
+    from daemon.training.head import RefitConfig, refit_heads  # torch
+    from daemon.training.train import ClassifierConfig
+
+    models, out = Path(args.models), Path(args.out)
+    source = load_manifest(models / "classifier.json")
+    crop = source.crop
+    train_cfg = ClassifierConfig(
+        data=args.data, negatives=args.negatives, size=source.input.size[0],
+        margin=crop.margin, min_side_px=crop.min_side_px, seed=args.split_seed,
+        block_size=args.block_size)
+    cfg = RefitConfig(views=args.views, stain_mix=args.stain_mix,
+                      augment=_augment_overrides(args.augment), l2=args.l2,
+                      max_iter=args.max_iter, seed=args.seed)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    report = refit_heads(models, out, args.version, train_cfg, cfg, fp16=not args.no_fp16,
+                         threads=args.threads)
+    for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
+        if (models / name).exists():  # a complete models folder, ready for evaluate
+            shutil.copy2(models / name, out / name)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from daemon.training.evaluate import evaluate  # onnxruntime only
 
@@ -328,6 +358,29 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                           help="copy this folder's segmenter beside it (a complete models folder)")
     ensemble.add_argument("--no-fp16", action="store_true")
     ensemble.set_defaults(func=_ensemble)
+
+    refit = subparsers.add_parser(
+        "refit-head", help="refit only the last layer of an exported classifier (each network's "
+        "head of an ensemble) on augmented views of its training crops; backbone unchanged")
+    refit.add_argument("models", help="folder with classifier.onnx + .json (and the segmenter)")
+    refit.add_argument("--out", required=True)
+    refit.add_argument("--version", required=True, help="the refitted classifier's version")
+    refit.add_argument("--data", default=DEFAULT_DATA)
+    refit.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
+    refit.add_argument("--split-seed", type=int, default=0, help="the block split's seed")
+    refit.add_argument("--block-size", type=int, default=40)
+    refit.add_argument("--views", type=int, default=8, help="augmented views of each crop")
+    refit.add_argument("--stain-mix", type=float, default=0.0,
+                       help="share of views given a random training field's stain")
+    refit.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one augmentation range of the training's; repeatable")
+    refit.add_argument("--l2", type=float, default=1e-3,
+                       help="pull towards the shipped head: (l2 / 2) ||W - W0||^2")
+    refit.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations")
+    refit.add_argument("--seed", type=int, default=0, help="the views' seed")
+    refit.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    refit.add_argument("--no-fp16", action="store_true")
+    refit.set_defaults(func=_refit_head)
 
     evaluate = subparsers.add_parser(
         "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics"

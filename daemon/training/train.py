@@ -453,15 +453,37 @@ def batch_loader(dataset: EpochBatches, batch: int, workers: int,
     return loader, sampler
 
 
-def train_classifier(cfg: ClassifierConfig) -> Path:
-    """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory.
+@dataclass
+class ClassifierCrops:
+    """What a classifier trains on, as ``train_classifier`` builds it from a split.
 
-    With ``cfg.workers == 0`` (the default) the batches are prepared inline, each augmented
-    from the epoch's generator after it drew the order, exactly as before workers existed, so
-    earlier recipes train as they did. With ``cfg.workers > 0`` ``DataLoader`` workers prepare
-    them (``EpochBatches``), each batch from its own generator (``batch_seed``): the batches
-    are then the same for any number of workers, but differ from the inline ones."""
-    device, run_dir, train, val = _start_run(cfg)
+    crops (M, S, S, 3) uint8 and labels (M,) int64 (cells of the train blocks, labelled by
+    their field, then the loose crops: negatives labelled ``unidentified`` and any extra
+    crops); crop_stain (M, 4), stain_targets (F, 4) and stain_weights (F,) feed
+    ``augment.stain_mix``; class_weight (K,) the cross-entropy; counts (K,) crops per class;
+    the validation crops, their owners (field index) and the held-out foreign crops; the
+    crop geometry, LAB target (or None), red-cell scale and reference background."""
+
+    crops: np.ndarray
+    labels: np.ndarray
+    counts: np.ndarray
+    crop_stain: torch.Tensor
+    stain_targets: torch.Tensor
+    stain_weights: torch.Tensor
+    class_weight: torch.Tensor
+    val_crops: np.ndarray
+    val_owner: np.ndarray
+    val_foreign: np.ndarray
+    crop_spec: CropSpec
+    lab: tuple | None
+    scale: dict
+    reference: tuple
+
+
+def classifier_crops(cfg: ClassifierConfig, train: dict, val: dict) -> ClassifierCrops:
+    """The classifier's training and validation crops from the ``train`` and ``val`` splits
+    (``load_splits``), with the negatives, stain features and class weights of ``cfg``.
+    ``train_classifier`` trains on exactly these; ``head.refit_heads`` refits on them."""
     lab = None
     if cfg.colour_norm == "reinhard":
         lab = D.lab_stats(train["images"])
@@ -502,12 +524,6 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         loose_labels = np.concatenate([extra["labels"].astype(np.int64), loose_labels])
     tr_crops = np.concatenate([tr_crops, loose])
     tr_labels = np.concatenate([tr_labels, loose_labels])
-    mean, std = _channel_stats(tr_crops)
-    init = torch.load(cfg.init, map_location="cpu", weights_only=False) if cfg.init else None
-    if init is not None and "mean" in init.get("meta", {}):
-        # a fine-tuned network keeps the input normalisation it learned with (and an
-        # ensemble of fine-tuned members keeps one input spec)
-        mean, std = init["meta"]["mean"], init["meta"]["std"]
     field_stain = np.stack([stain_features(im) for im in tr_images])
     crop_stain = torch.from_numpy(np.concatenate(
         [field_stain[tr_owner], np.stack([stain_features(c) for c in loose])]
@@ -522,6 +538,33 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     class_weight = torch.tensor(
         np.clip(counts.sum() / (n_out * np.maximum(counts, 1)), 0.2, 5.0), dtype=torch.float32
     )
+    return ClassifierCrops(
+        crops=tr_crops, labels=tr_labels, counts=counts, crop_stain=crop_stain,
+        stain_targets=stain_targets, stain_weights=stain_weights, class_weight=class_weight,
+        val_crops=va_crops, val_owner=va_owner, val_foreign=va_foreign, crop_spec=crop_spec,
+        lab=lab, scale=scale, reference=reference)
+
+
+def train_classifier(cfg: ClassifierConfig) -> Path:
+    """Train MobileNetV2 on crops cut from the cleaned masks; returns the run directory.
+
+    With ``cfg.workers == 0`` (the default) the batches are prepared inline, each augmented
+    from the epoch's generator after it drew the order, exactly as before workers existed, so
+    earlier recipes train as they did. With ``cfg.workers > 0`` ``DataLoader`` workers prepare
+    them (``EpochBatches``), each batch from its own generator (``batch_seed``): the batches
+    are then the same for any number of workers, but differ from the inline ones."""
+    device, run_dir, train, val = _start_run(cfg)
+    crops = classifier_crops(cfg, train, val)
+    lab, crop_spec, scale, reference = crops.lab, crops.crop_spec, crops.scale, crops.reference
+    tr_crops, tr_labels, counts = crops.crops, crops.labels, crops.counts
+    va_crops, va_owner, va_foreign = crops.val_crops, crops.val_owner, crops.val_foreign
+    mean, std = _channel_stats(tr_crops)
+    init = torch.load(cfg.init, map_location="cpu", weights_only=False) if cfg.init else None
+    if init is not None and "mean" in init.get("meta", {}):
+        # a fine-tuned network keeps the input normalisation it learned with (and an
+        # ensemble of fine-tuned members keeps one input spec)
+        mean, std = init["meta"]["mean"], init["meta"]["std"]
+    class_weight, n_out = crops.class_weight, len(CELL_OUTCOMES)
     model = MobileNetV2(num_classes=n_out, width=cfg.width).to(device)
     if init is not None:
         model.load_state_dict(init["model"])
@@ -559,7 +602,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
         scheduler.lr_lambdas[0].steps / steps_per_epoch))
     augment = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(
         **{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
-    stain = (crop_stain, stain_targets, stain_weights, cfg.stain_mix)
+    stain = (crops.crop_stain, crops.stain_targets, crops.stain_weights, cfg.stain_mix)
     loader = sampler = None
     if cfg.workers > 0:
         loader, sampler = batch_loader(
