@@ -15,6 +15,8 @@ onnx, onnxruntime and torch (training only): the fit is full-batch L-BFGS in tor
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -205,12 +207,15 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg, cfg: Refit
     n = len(crops.crops)
     features = [np.empty((cfg.views * n, w.shape[1]), np.float32)
                 for w, _ in (head_weights(model, head) for head in heads)]
-    row = 0
+    row, started = 0, time.monotonic()
     for idx, x in augmented_views(crops.crops, crops.crop_stain, crops.stain_targets,
                                   crops.stain_weights, cfg, source.input.mean, source.input.std):
         for store, part in zip(features, read(x), strict=True):
             store[row : row + len(idx)] = part
         row += len(idx)
+        if row % n == 0:  # a view done: minutes of work, so say where it stands
+            print(f"refit-head: view {row // n}/{cfg.views} of {n} crops read "
+                  f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
     labels = np.tile(crops.labels, cfg.views)
     fitted, fits = [], []
     for head, store in zip(heads, features, strict=True):
@@ -219,6 +224,8 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg, cfg: Refit
                                 cfg.max_iter, cfg.label_smoothing)
         report.update(head=head.node, weight_change=round(
             float(np.linalg.norm(w - w0) / np.linalg.norm(w0)), 4))
+        print(f"refit-head: {head.node} fitted, loss {report['loss_before']} -> "
+              f"{report['loss_after']}", file=sys.stderr, flush=True)
         fitted.append((w, b))
         fits.append(report)
     out.mkdir(parents=True, exist_ok=True)
