@@ -165,7 +165,9 @@ def _refit_head(args: argparse.Namespace) -> int:
     train_cfg = ClassifierConfig(
         data=args.data, negatives=args.negatives, size=source.input.size[0],
         margin=crop.margin, min_side_px=crop.min_side_px, seed=args.split_seed,
-        block_size=args.block_size)
+        block_size=args.block_size,
+        # the crops the network saw: a Reinhard-trained one saw them normalised
+        colour_norm=getattr(source, "colour_norm", None) or "none")
     cfg = RefitConfig(views=args.views, stain_mix=args.stain_mix,
                       augment=_augment_overrides(args.augment), l2=args.l2,
                       max_iter=args.max_iter, seed=args.seed)

@@ -242,6 +242,8 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg, cfg: Refit
         version=version, fp16_file=fp16_path.name if fp16_path else None,
         fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
         metrics={}, temperature=None, aggregation=None, review=ReviewSpec().model_dump(),
+        architecture=f"{getattr(source, 'architecture', None) or 'classifier'}; last layer of "
+        f"each network refitted by leukoscope refit-head ({len(heads)} heads)",
         training={"method": "last layer refitted (leukoscope refit-head); backbone of "
                   f"{source.version} ({source.sha256[:12]}) unchanged",
                   "from": {"version": source.version, "sha256": source.sha256},

@@ -156,6 +156,7 @@ def test_refit_writes_a_complete_classifier_that_names_its_origin(
     assert manifest.training["from"] == {"version": "1.0.0",
                                          "sha256": load_manifest(source / "classifier.json").sha256}
     assert manifest.training["refit"]["stain_mix"] == 0.5
+    assert "refitted" in manifest.architecture
     # calibration belongs to the old head: left for evaluate to fit again
     assert manifest.temperature is None
     old, new = (onnx.load(str(d / "classifier.onnx")) for d in (source, out))
@@ -166,3 +167,22 @@ def test_refit_writes_a_complete_classifier_that_names_its_origin(
         np.random.default_rng(2).integers(0, 255, (4, SIZE, SIZE, 3), dtype=np.uint8))
     assert probs.shape == (4, K)
     assert json.loads((out / "classifier.json").read_text())["training"]["crops"] == report["crops"]
+
+
+def test_the_command_refits_and_leaves_a_models_folder_ready_for_evaluate(
+    synthetic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli.main import main
+    from tests.tiny_models import build_segmenter
+
+    source = _classifier(tmp_path / "models", _weights(0), version="1.0.0")
+    build_segmenter(source)
+    out = tmp_path / "runs" / "cli"
+    assert main(["refit-head", str(source), "--out", str(out), "--version", "1.2.0",
+                 "--data", str(synthetic_data), "--negatives", "", "--block-size", "3",
+                 "--views", "1", "--max-iter", "5", "--no-fp16"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["version"] == "1.2.0" and report["views"] == 1
+    assert load_manifest(out / "classifier.json").version == "1.2.0"
+    assert load_manifest(out / "segmenter.json").sha256 == load_manifest(
+        source / "segmenter.json").sha256
