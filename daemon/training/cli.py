@@ -175,8 +175,11 @@ def _refit_head(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    report = refit_heads(models, out, args.version, train_cfg, cfg, fp16=not args.no_fp16,
-                         threads=args.threads)
+    try:
+        report = refit_heads(models, out, args.version, train_cfg, cfg,
+                             fp16=not args.no_fp16, threads=args.threads)
+    except ValueError as exc:  # no head in the graph, or past the memory bound
+        raise SystemExit(f"leukoscope refit-head: {exc}") from None
     for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
         if (models / name).exists():  # a complete models folder, ready for evaluate
             shutil.copy2(models / name, out / name)

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
@@ -37,6 +38,13 @@ from daemon.training.augment import (
     random_geometry,
     stain_mix,
 )
+
+if TYPE_CHECKING:
+    from daemon.training.train import ClassifierConfig
+
+#: The features of every view are held in memory for the full-batch fit: 8 views of 17,446
+#: crops x 1,280 features x 2 networks is 1.4 GB. Past this, refuse with the way out.
+MAX_FEATURE_BYTES = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -188,8 +196,9 @@ def fit_head(features: np.ndarray, labels: np.ndarray, w0: np.ndarray, b0: np.nd
             {"loss_before": round(before, 5), "loss_after": round(after, 5)})
 
 
-def refit_heads(models_dir: Path, out: Path, version: str, train_cfg, cfg: RefitConfig,
-                fp16: bool = True, threads: int = 0) -> dict:
+def refit_heads(models_dir: Path, out: Path, version: str, train_cfg: ClassifierConfig,
+                cfg: RefitConfig, fp16: bool = True, threads: int = 0,
+                max_feature_bytes: int = MAX_FEATURE_BYTES) -> dict:
     """Refit every head of ``models_dir/classifier.onnx`` on views of the training crops that
     ``train_cfg`` (a ``train.ClassifierConfig``) describes, and write the new graph, its fp16
     copy and manifest to ``out``. Calibration and review thresholds are left for
@@ -205,8 +214,13 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg, cfg: Refit
     crops = classifier_crops(train_cfg, splits["train"], splits["val"])
     read = feature_reader(model, heads, threads)
     n = len(crops.crops)
-    features = [np.empty((cfg.views * n, w.shape[1]), np.float32)
-                for w, _ in (head_weights(model, head) for head in heads)]
+    widths = [head_weights(model, head)[0].shape[1] for head in heads]
+    needed = cfg.views * n * sum(widths) * 4
+    if needed > max_feature_bytes:
+        raise ValueError(f"{cfg.views} views of {n} crops need {needed / 2**30:.1f} GiB of "
+                         f"features, over the {max_feature_bytes / 2**30:.1f} GiB bound: "
+                         "use fewer --views")
+    features = [np.empty((cfg.views * n, width), np.float32) for width in widths]
     row, started = 0, time.monotonic()
     for idx, x in augmented_views(crops.crops, crops.crop_stain, crops.stain_targets,
                                   crops.stain_weights, cfg, source.input.mean, source.input.std):

@@ -169,6 +169,20 @@ def test_refit_writes_a_complete_classifier_that_names_its_origin(
     assert json.loads((out / "classifier.json").read_text())["training"]["crops"] == report["crops"]
 
 
+def test_a_refit_past_its_memory_bound_is_refused_before_the_work(
+    synthetic_data: Path, tmp_path: Path
+) -> None:
+    from daemon.training.train import ClassifierConfig
+
+    source = _classifier(tmp_path / "models", _weights(0))
+    train_cfg = ClassifierConfig(data=str(synthetic_data), size=SIZE, min_side_px=24,
+                                 block_size=3)
+    with pytest.raises(ValueError, match="use fewer --views"):
+        refit_heads(source, tmp_path / "runs" / "big", "1.1.0", train_cfg, RefitConfig(views=4),
+                    max_feature_bytes=1024)
+    assert not (tmp_path / "runs" / "big").exists()
+
+
 def test_the_command_refits_and_leaves_a_models_folder_ready_for_evaluate(
     synthetic_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
