@@ -160,7 +160,10 @@ def _refit_head(args: argparse.Namespace) -> int:
     from daemon.training.train import ClassifierConfig
 
     models, out = Path(args.models), Path(args.out)
-    source = load_manifest(models / "classifier.json")
+    try:
+        source = load_manifest(models / "classifier.json")
+    except ValueError as exc:  # ManifestError: missing, malformed or not matching its file
+        raise SystemExit(f"leukoscope refit-head: {exc}") from None
     crop = source.crop
     train_cfg = ClassifierConfig(
         data=args.data, negatives=args.negatives, size=source.input.size[0],
