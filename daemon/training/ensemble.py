@@ -26,14 +26,8 @@ import numpy as np
 import onnx
 from onnx import compose, helper, numpy_helper
 
-from daemon.domain.manifest import (
-    InputSpec,
-    ModelManifest,
-    ReviewSpec,
-    file_sha256,
-    load_manifest,
-    write_manifest_for,
-)
+from daemon.domain.manifest import InputSpec, ModelManifest, load_manifest
+from daemon.training.derived import write_derived_classifier
 
 # What every member's manifest must agree on, or averaging mixes different inputs or classes.
 SHARED_FIELDS = ("input", "classes", "crop", "scale", "um_per_pixel", "colour_norm")
@@ -143,24 +137,12 @@ def build_ensemble(member_dirs: list[Path], out: Path, version: str, fp16: bool 
     Metrics, temperature and review thresholds are left for ``leukoscope evaluate``."""
     manifests = [load_manifest(d / "classifier.json") for d in member_dirs]
     check_members(manifests)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "classifier.onnx"
     adapters = [renormalise(manifests[0].input, m.input) for m in manifests]
-    onnx.save(average_graphs([onnx.load(str(d / m.file))
-                              for d, m in zip(member_dirs, manifests, strict=True)], adapters),
-              str(path))
-    fp16_path = None
-    if fp16:
-        from daemon.training.export import convert_fp16
-
-        fp16_path = out / "classifier_fp16.onnx"
-        convert_fp16(path, fp16_path)
+    graph = average_graphs([onnx.load(str(d / m.file))
+                            for d, m in zip(member_dirs, manifests, strict=True)], adapters)
     members = [network for m in manifests for network in _networks(m)]
-    base = manifests[0].model_dump(exclude={"file", "sha256", "fp16_file", "fp16_sha256"})
-    base.update(
-        version=version, fp16_file=fp16_path.name if fp16_path else None,
-        fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
-        metrics={}, temperature=None, aggregation=None, review=ReviewSpec().model_dump(),
+    path = write_derived_classifier(
+        graph, manifests[0], out, version, fp16,
         architecture=f"ensemble of {len(members)} classifiers: softmax of the mean logit "
         "(cam = mean of the members' cams); members: " + "; ".join(
             f"{m['version']} {m['sha256'][:12]} ({m['architecture'].split(',')[0]})"
@@ -170,7 +152,6 @@ def build_ensemble(member_dirs: list[Path], out: Path, version: str, fp16: bool 
         training={"method": "softmax of the members' mean logit (leukoscope ensemble); "
                   "no training of its own", "members": len(members)},
     )
-    write_manifest_for(path, **base)
     return {"out": str(out), "members": [str(d) for d in member_dirs],
             "bytes": path.stat().st_size, "version": version}
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from onnx import helper, numpy_helper
 
-from daemon.domain.manifest import ReviewSpec, file_sha256, load_manifest, write_manifest_for
+from daemon.domain.manifest import load_manifest
 from daemon.training.augment import (
     CLASSIFIER_AUGMENT,
     AugmentParams,
@@ -38,6 +38,7 @@ from daemon.training.augment import (
     random_geometry,
     stain_mix,
 )
+from daemon.training.derived import write_derived_classifier
 
 if TYPE_CHECKING:
     from daemon.training.train import ClassifierConfig
@@ -242,20 +243,8 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg: Classifier
               f"{report['loss_after']}", file=sys.stderr, flush=True)
         fitted.append((w, b))
         fits.append(report)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "classifier.onnx"
-    onnx.save(with_heads(model, heads, fitted), str(path))
-    fp16_path = None
-    if fp16:
-        from daemon.training.export import convert_fp16
-
-        fp16_path = out / "classifier_fp16.onnx"
-        convert_fp16(path, fp16_path)
-    base = source.model_dump(exclude={"file", "sha256", "fp16_file", "fp16_sha256"})
-    base.update(
-        version=version, fp16_file=fp16_path.name if fp16_path else None,
-        fp16_sha256=file_sha256(fp16_path) if fp16_path else None,
-        metrics={}, temperature=None, aggregation=None, review=ReviewSpec().model_dump(),
+    write_derived_classifier(
+        with_heads(model, heads, fitted), source, out, version, fp16,
         architecture=f"{getattr(source, 'architecture', None) or 'classifier'}; last layer of "
         f"each network refitted by leukoscope refit-head ({len(heads)} heads)",
         training={"method": "last layer refitted (leukoscope refit-head); backbone of "
@@ -263,6 +252,5 @@ def refit_heads(models_dir: Path, out: Path, version: str, train_cfg: Classifier
                   "from": {"version": source.version, "sha256": source.sha256},
                   "refit": asdict(cfg), "crops": n, "heads": fits},
     )
-    write_manifest_for(path, **base)
     return {"out": str(out), "version": version, "crops": n, "views": cfg.views,
             "heads": fits}
