@@ -190,6 +190,39 @@ def _refit_head(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recalibrate_bn(args: argparse.Namespace) -> int:
+    import shutil
+
+    from daemon.domain.manifest import load_manifest
+    from daemon.training.batchnorm import recalibrate_models  # torch
+    from daemon.training.train import ClassifierConfig
+
+    models, out = Path(args.models), Path(args.out)
+    try:
+        source = load_manifest(models / "classifier.json")
+    except ValueError as exc:  # ManifestError: missing, malformed or not matching its file
+        raise SystemExit(f"leukoscope recalibrate-bn: {exc}") from None
+    crop = source.crop
+    train_cfg = ClassifierConfig(
+        data=args.data, negatives=args.negatives, size=source.input.size[0],
+        margin=crop.margin, min_side_px=crop.min_side_px, seed=args.split_seed,
+        block_size=args.block_size, augment=_augment_overrides(args.augment),
+        colour_norm=getattr(source, "colour_norm", None) or "none")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        report = recalibrate_models(models, out, args.version, train_cfg, fp16=not args.no_fp16)
+    except ValueError as exc:  # not a MobileNetV2 graph this project builds
+        raise SystemExit(f"leukoscope recalibrate-bn: {exc}") from None
+    for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
+        if (models / name).exists():  # a complete models folder, ready for evaluate
+            shutil.copy2(models / name, out / name)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from daemon.training.evaluate import evaluate  # onnxruntime only
 
@@ -389,6 +422,22 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     refit.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
     refit.add_argument("--no-fp16", action="store_true")
     refit.set_defaults(func=_refit_head)
+
+    recal = subparsers.add_parser(
+        "recalibrate-bn", help="re-estimate the BatchNorm statistics of an exported classifier "
+        "(each network of an ensemble) on its plain training crops; weights otherwise unchanged")
+    recal.add_argument("models", help="folder with classifier.onnx + .json (and the segmenter)")
+    recal.add_argument("--out", required=True)
+    recal.add_argument("--version", required=True, help="the recalibrated classifier's version")
+    recal.add_argument("--data", default=DEFAULT_DATA)
+    recal.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
+    recal.add_argument("--split-seed", type=int, default=0, help="the block split's seed")
+    recal.add_argument("--block-size", type=int, default=40)
+    recal.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
+                       help="the training's augmentation overrides, if it had any; repeatable")
+    recal.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    recal.add_argument("--no-fp16", action="store_true")
+    recal.set_defaults(func=_recalibrate_bn)
 
     evaluate = subparsers.add_parser(
         "evaluate", help="run the exported pipeline on the test blocks; fill manifest metrics"
