@@ -187,32 +187,38 @@ def fold_back(model: onnx.ModelProto, member: Member) -> None:
             model.graph.initializer[index[name]].CopyFrom(numpy_helper.from_array(array, name))
 
 
-def batches(crops: np.ndarray, mean, std, batch: int = 256, augment=None,
+def batches(crops: np.ndarray, mean, std, batch: int = 256, augment=None, share: float = 1.0,
             seed: int = 0) -> Iterator[torch.Tensor]:
-    """(M, S, S, 3) uint8 crops -> normalized (B, 3, S, S) batches in a seeded order; through
-    ``augment(idx, generator)`` (the training's augmentation) when given."""
+    """(M, S, S, 3) uint8 crops -> normalized (B, 3, S, S) batches in a seeded order. With
+    ``augment(idx, generator)`` (the training's augmentation), a ``share`` of each batch's
+    crops go through it and the rest stay plain, so one batch holds both (its variance then
+    includes the shift between them)."""
     from daemon.training.augment import normalize
 
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(crops), generator=generator).numpy()
     for i in range(0, len(order), batch):
         idx = order[i : i + batch]
-        if augment is not None:
-            yield augment(idx, generator)
-        else:
-            x = torch.from_numpy(np.ascontiguousarray(crops[idx])).permute(0, 3, 1, 2).float()
-            yield normalize(x / 255.0, mean, std)
+        n_augmented = int(round(share * len(idx))) if augment is not None else 0
+        parts = [augment(idx[:n_augmented], generator)] if n_augmented else []
+        if n_augmented < len(idx):
+            plain = np.ascontiguousarray(crops[idx[n_augmented:]])
+            x = torch.from_numpy(plain).permute(0, 3, 1, 2).float()
+            parts.append(normalize(x / 255.0, mean, std))
+        yield torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 def recalibrate_graph(model: onnx.ModelProto, n_out: int, crops: np.ndarray, mean, std,
-                      augment, log=sys.stderr) -> list[dict]:
+                      augment, augmented_share: float = 0.0, log=sys.stderr) -> list[dict]:
     """Every member of ``model`` recalibrated (see the module's docstring) and folded back in
     place. ``augment(idx, generator)``: a normalized batch of augmented crops ``idx``, as the
-    training made them. Returns per member how far its running statistics moved."""
+    training made them; ``augmented_share``: the share of them in the batches the new
+    statistics are taken on (0: plain crops only). Returns a line per member."""
     report = []
     for member in members(model, n_out):
         started = time.monotonic()
-        recalibrate(member, batches(crops, mean, std, augment=augment), batches(crops, mean, std))
+        recalibrate(member, batches(crops, mean, std, augment=augment),
+                    batches(crops, mean, std, augment=augment, share=augmented_share, seed=1))
         fold_back(model, member)
         report.append({"member": member.prefix or "net", "batchnorms": len(member.pairs),
                        "seconds": round(time.monotonic() - started, 1)})
@@ -221,8 +227,8 @@ def recalibrate_graph(model: onnx.ModelProto, n_out: int, crops: np.ndarray, mea
     return report
 
 
-def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp16: bool = True
-                       ) -> dict:
+def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp16: bool = True,
+                       augmented_share: float = 0.0) -> dict:
     """``models_dir/classifier.onnx`` with every member's BatchNorm statistics re-estimated on
     the plain training crops that ``train_cfg`` (a ``train.ClassifierConfig``) describes,
     written to ``out`` (graph, fp16 copy, manifest naming its origin). Calibration and review
@@ -247,7 +253,8 @@ def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp1
     def augmented(idx: np.ndarray, generator: torch.Generator) -> torch.Tensor:
         return augment_batch(crops.crops, idx, *stain, augment, mean, std, generator)
 
-    report = recalibrate_graph(model, len(source.classes), crops.crops, mean, std, augmented)
+    report = recalibrate_graph(model, len(source.classes), crops.crops, mean, std, augmented,
+                               augmented_share)
     write_derived_classifier(
         model, source, Path(out), version, fp16,
         architecture=f"{getattr(source, 'architecture', None) or 'classifier'}; BatchNorm "
@@ -256,7 +263,9 @@ def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp1
                   f"crops (leukoscope recalibrate-bn); weights of {source.version} "
                   f"({source.sha256[:12]}) otherwise unchanged",
                   "from": {"version": source.version, "sha256": source.sha256},
-                  "crops": len(crops.crops), "members": report},
+                  "crops": len(crops.crops), "augmented_share": augmented_share,
+                  "members": report},
     )
     return {"out": str(out), "version": version, "crops": len(crops.crops),
+            "augmented_share": augmented_share,
             "members": report}

@@ -213,8 +213,11 @@ def _recalibrate_bn(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
-        report = recalibrate_models(models, out, args.version, train_cfg, fp16=not args.no_fp16)
-    except ValueError as exc:  # not a MobileNetV2 graph this project builds
+        if not 0.0 <= args.augmented_share <= 1.0:
+            raise ValueError(f"--augmented-share {args.augmented_share}: a share, 0 to 1")
+        report = recalibrate_models(models, out, args.version, train_cfg, fp16=not args.no_fp16,
+                                    augmented_share=args.augmented_share)
+    except ValueError as exc:  # not a MobileNetV2 graph this project builds, or a bad share
         raise SystemExit(f"leukoscope recalibrate-bn: {exc}") from None
     for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
         if (models / name).exists():  # a complete models folder, ready for evaluate
@@ -435,6 +438,9 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     recal.add_argument("--block-size", type=int, default=40)
     recal.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
                        help="the training's augmentation overrides, if it had any; repeatable")
+    recal.add_argument("--augmented-share", type=float, default=0.0,
+                       help="share of augmented crops in the batches the new statistics are "
+                       "taken on (0: plain crops only)")
     recal.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
     recal.add_argument("--no-fp16", action="store_true")
     recal.set_defaults(func=_recalibrate_bn)

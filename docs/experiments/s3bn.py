@@ -1,5 +1,7 @@
 """S3bn (deploy/gpu/decision-2026-11-27i.txt, step 1): seed 3's best.pt with its BatchNorm running statistics
-re-estimated on the un-augmented training crops; written as a checkpoint that leukoscope export reads."""
+re-estimated on the un-augmented training crops; written as a checkpoint that leukoscope export reads.
+With --mix P (decision-2026-11-27j.txt): each batch of 256 is (1 - P) plain and P augmented crops.
+    python docs/experiments/s3bn.py SRC.pt OUT.pt [--mix P]"""
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -11,6 +13,7 @@ from daemon.training.nets import MobileNetV2
 from daemon.training.augment import normalize
 
 src, out = Path(sys.argv[1]), Path(sys.argv[2])
+mix = float(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[3] == "--mix" else 0.0
 torch.set_num_threads(2)
 ck = torch.load(src, map_location="cpu", weights_only=False)
 c = ck["meta"]["config"]
@@ -25,9 +28,18 @@ for m in model.modules():
 model.train()
 mean, std = ck["meta"]["mean"], ck["meta"]["std"]
 order = torch.randperm(len(crops.crops), generator=torch.Generator().manual_seed(0)).numpy()
+from daemon.training.augment import CLASSIFIER_AUGMENT
+aug = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(**{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+stain = (crops.crop_stain, crops.stain_targets, crops.stain_weights, cfg.stain_mix)
+gen = torch.Generator().manual_seed(1)
 with torch.no_grad():
     for i in range(0, len(order), 256):
-        model(normalize(T._to_float(crops.crops[order[i:i + 256]], torch.device("cpu")), mean, std))
+        idx = order[i:i + 256]
+        n_aug = int(round(mix * len(idx)))
+        x = normalize(T._to_float(crops.crops[idx[n_aug:]], torch.device("cpu")), mean, std)
+        if n_aug:
+            x = torch.cat([T.augment_batch(crops.crops, idx[:n_aug], *stain, aug, mean, std, gen), x])
+        model(x)
 model.eval()
 out.parent.mkdir(parents=True, exist_ok=True)
 torch.save({**ck, "model": model.state_dict()}, out)

@@ -129,13 +129,21 @@ def test_the_folded_graph_is_recalibrated_as_torch_recalibrates_the_unfolded_net
     assert gap(after, expected) < 0.03  # 0.010
 
 
-def test_batches_cover_every_crop_once_in_a_seeded_order() -> None:
+def test_batches_cover_every_crop_once_in_a_seeded_order_with_the_augmented_share() -> None:
     crops = np.arange(10 * 4 * 4 * 3, dtype=np.uint8).reshape(10, 4, 4, 3)
-    seen = []
-    augment = lambda idx, _g: seen.extend(idx.tolist()) or torch.zeros(len(idx))  # noqa: E731
-    assert [len(b) for b in batches(crops, (0, 0, 0), (1, 1, 1), batch=4, augment=augment)] \
-        == [4, 4, 2]
-    assert sorted(seen) == list(range(10))
+    seen: list[int] = []
+
+    def augment(idx: np.ndarray, _generator) -> torch.Tensor:
+        seen.extend(idx.tolist())
+        return torch.full((len(idx), 3, 4, 4), -1.0)  # plain crops normalize to >= 0 here
+
+    every = list(batches(crops, (0, 0, 0), (1, 1, 1), batch=4, augment=augment))
+    assert [len(b) for b in every] == [4, 4, 2] and sorted(seen) == list(range(10))
+    seen.clear()
+    half = list(batches(crops, (0, 0, 0), (1, 1, 1), batch=4, augment=augment, share=0.5))
+    assert [int((b[:, 0, 0, 0] < 0).sum()) for b in half] == [2, 2, 1] and len(seen) == 5
+    plain = list(batches(crops, (0, 0, 0), (1, 1, 1), batch=4, augment=augment, share=0.0))
+    assert all(bool((b >= 0).all()) for b in plain) and len(seen) == 5
     first = next(iter(batches(crops, (0, 0, 0), (1, 1, 1), batch=4)))
     again = next(iter(batches(crops, (0, 0, 0), (1, 1, 1), batch=4)))
     assert first.shape == (4, 3, 4, 4) and torch.equal(first, again)
@@ -153,9 +161,10 @@ def test_the_command_writes_a_classifier_that_names_its_origin_and_changes_only_
     out = tmp_path / "runs" / "bn"
     assert main(["recalibrate-bn", str(source), "--out", str(out), "--version", "1.0.1",
                  "--data", str(synthetic_data), "--negatives", "", "--block-size", "3",
-                 "--no-fp16"]) == 0
+                 "--augmented-share", "0.5", "--no-fp16"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["version"] == "1.0.1" and report["crops"] > 0
+    assert report["augmented_share"] == 0.5
     assert [m["member"] for m in report["members"]] == ["net"]
     manifest = load_manifest(out / "classifier.json")  # sha256 checked
     assert manifest.training["from"] == {"version": "1.0.0",
@@ -178,9 +187,14 @@ def test_the_command_writes_a_classifier_that_names_its_origin_and_changes_only_
     assert probs.shape == (4, K)
 
 
-def test_a_folder_without_a_manifest_is_one_line(tmp_path: Path) -> None:
+def test_a_folder_without_a_manifest_or_a_share_past_one_is_one_line(tmp_path: Path) -> None:
     from daemon.cli.main import main
 
     with pytest.raises(SystemExit, match="leukoscope recalibrate-bn: "):
         main(["recalibrate-bn", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"),
               "--version", "1"])
+    source = _exported(tmp_path / "models", _net(1, _data(0)))
+    with pytest.raises(SystemExit, match="--augmented-share 1.5: a share, 0 to 1"):
+        main(["recalibrate-bn", str(source), "--out", str(tmp_path / "o"), "--version", "1",
+              "--augmented-share", "1.5"])
+    assert not (tmp_path / "o").exists()
