@@ -152,78 +152,83 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refit_head(args: argparse.Namespace) -> int:
-    import shutil
-
+def _derived_from(args: argparse.Namespace, command: str, augment: dict | None = None):
+    """What ``refit-head`` and ``recalibrate-bn`` start from: the exported classifier's
+    manifest (one line if it is missing or broken) and the training crops it was made on, as
+    a ``train.ClassifierConfig``. Sets the CPU threads asked for."""
     from daemon.domain.manifest import load_manifest
-    from daemon.training.head import RefitConfig, refit_heads  # torch
     from daemon.training.train import ClassifierConfig
 
-    models, out = Path(args.models), Path(args.out)
     try:
-        source = load_manifest(models / "classifier.json")
+        source = load_manifest(Path(args.models) / "classifier.json")
     except ValueError as exc:  # ManifestError: missing, malformed or not matching its file
-        raise SystemExit(f"leukoscope refit-head: {exc}") from None
+        raise SystemExit(f"leukoscope {command}: {exc}") from None
     crop = source.crop
-    train_cfg = ClassifierConfig(
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return ClassifierConfig(
         data=args.data, negatives=args.negatives, size=source.input.size[0],
         margin=crop.margin, min_side_px=crop.min_side_px, seed=args.split_seed,
-        block_size=args.block_size,
+        block_size=args.block_size, augment=augment or {},
         # the crops the network saw: a Reinhard-trained one saw them normalised
         colour_norm=getattr(source, "colour_norm", None) or "none")
+
+
+def _with_segmenter(models: Path, out: Path, report: dict) -> int:
+    """Copy the segmenter beside the derived classifier (a complete models folder, ready for
+    ``evaluate``) and print the report."""
+    import shutil
+
+    for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
+        if (models / name).exists():
+            shutil.copy2(models / name, out / name)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _derived_arguments(parser: argparse.ArgumentParser, made: str) -> None:
+    """The arguments of a command that derives a classifier from an exported one."""
+    parser.add_argument("models", help="folder with classifier.onnx + .json (and the segmenter)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--version", required=True, help=f"the {made} classifier's version")
+    parser.add_argument("--data", default=DEFAULT_DATA)
+    parser.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
+    parser.add_argument("--split-seed", type=int, default=0, help="the block split's seed")
+    parser.add_argument("--block-size", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument("--no-fp16", action="store_true")
+
+
+def _refit_head(args: argparse.Namespace) -> int:
+    from daemon.training.head import RefitConfig, refit_heads  # torch
+
+    train_cfg = _derived_from(args, "refit-head")
     cfg = RefitConfig(views=args.views, stain_mix=args.stain_mix,
                       augment=_augment_overrides(args.augment), l2=args.l2,
                       max_iter=args.max_iter, seed=args.seed)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
-        report = refit_heads(models, out, args.version, train_cfg, cfg,
+        report = refit_heads(Path(args.models), Path(args.out), args.version, train_cfg, cfg,
                              fp16=not args.no_fp16, threads=args.threads)
     except ValueError as exc:  # no head in the graph, or past the memory bound
         raise SystemExit(f"leukoscope refit-head: {exc}") from None
-    for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
-        if (models / name).exists():  # a complete models folder, ready for evaluate
-            shutil.copy2(models / name, out / name)
-    print(json.dumps(report, indent=2))
-    return 0
+    return _with_segmenter(Path(args.models), Path(args.out), report)
 
 
 def _recalibrate_bn(args: argparse.Namespace) -> int:
-    import shutil
-
-    from daemon.domain.manifest import load_manifest
     from daemon.training.batchnorm import recalibrate_models  # torch
-    from daemon.training.train import ClassifierConfig
 
-    models, out = Path(args.models), Path(args.out)
+    train_cfg = _derived_from(args, "recalibrate-bn", _augment_overrides(args.augment))
+    if not 0.0 <= args.augmented_share <= 1.0:
+        raise SystemExit(f"leukoscope recalibrate-bn: --augmented-share {args.augmented_share}:"
+                         " a share, 0 to 1")
     try:
-        source = load_manifest(models / "classifier.json")
-    except ValueError as exc:  # ManifestError: missing, malformed or not matching its file
+        report = recalibrate_models(Path(args.models), Path(args.out), args.version, train_cfg,
+                                    fp16=not args.no_fp16, augmented_share=args.augmented_share)
+    except ValueError as exc:  # not a MobileNetV2 graph this project builds
         raise SystemExit(f"leukoscope recalibrate-bn: {exc}") from None
-    crop = source.crop
-    train_cfg = ClassifierConfig(
-        data=args.data, negatives=args.negatives, size=source.input.size[0],
-        margin=crop.margin, min_side_px=crop.min_side_px, seed=args.split_seed,
-        block_size=args.block_size, augment=_augment_overrides(args.augment),
-        colour_norm=getattr(source, "colour_norm", None) or "none")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    try:
-        if not 0.0 <= args.augmented_share <= 1.0:
-            raise ValueError(f"--augmented-share {args.augmented_share}: a share, 0 to 1")
-        report = recalibrate_models(models, out, args.version, train_cfg, fp16=not args.no_fp16,
-                                    augmented_share=args.augmented_share)
-    except ValueError as exc:  # not a MobileNetV2 graph this project builds, or a bad share
-        raise SystemExit(f"leukoscope recalibrate-bn: {exc}") from None
-    for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
-        if (models / name).exists():  # a complete models folder, ready for evaluate
-            shutil.copy2(models / name, out / name)
-    print(json.dumps(report, indent=2))
-    return 0
+    return _with_segmenter(Path(args.models), Path(args.out), report)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -406,13 +411,7 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     refit = subparsers.add_parser(
         "refit-head", help="refit only the last layer of an exported classifier (each network's "
         "head of an ensemble) on augmented views of its training crops; backbone unchanged")
-    refit.add_argument("models", help="folder with classifier.onnx + .json (and the segmenter)")
-    refit.add_argument("--out", required=True)
-    refit.add_argument("--version", required=True, help="the refitted classifier's version")
-    refit.add_argument("--data", default=DEFAULT_DATA)
-    refit.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
-    refit.add_argument("--split-seed", type=int, default=0, help="the block split's seed")
-    refit.add_argument("--block-size", type=int, default=40)
+    _derived_arguments(refit, "refitted")
     refit.add_argument("--views", type=int, default=8, help="augmented views of each crop")
     refit.add_argument("--stain-mix", type=float, default=0.0,
                        help="share of views given a random training field's stain")
@@ -422,27 +421,17 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
                        help="pull towards the shipped head: (l2 / 2) ||W - W0||^2")
     refit.add_argument("--max-iter", type=int, default=200, help="L-BFGS iterations")
     refit.add_argument("--seed", type=int, default=0, help="the views' seed")
-    refit.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
-    refit.add_argument("--no-fp16", action="store_true")
     refit.set_defaults(func=_refit_head)
 
     recal = subparsers.add_parser(
         "recalibrate-bn", help="re-estimate the BatchNorm statistics of an exported classifier "
         "(each network of an ensemble) on its plain training crops; weights otherwise unchanged")
-    recal.add_argument("models", help="folder with classifier.onnx + .json (and the segmenter)")
-    recal.add_argument("--out", required=True)
-    recal.add_argument("--version", required=True, help="the recalibrated classifier's version")
-    recal.add_argument("--data", default=DEFAULT_DATA)
-    recal.add_argument("--negatives", default=DEFAULT_NEGATIVES, help="'' for none")
-    recal.add_argument("--split-seed", type=int, default=0, help="the block split's seed")
-    recal.add_argument("--block-size", type=int, default=40)
+    _derived_arguments(recal, "recalibrated")
     recal.add_argument("--augment", action="append", default=[], metavar="KEY=VALUE",
                        help="the training's augmentation overrides, if it had any; repeatable")
     recal.add_argument("--augmented-share", type=float, default=0.0,
                        help="share of augmented crops in the batches the new statistics are "
                        "taken on (0: plain crops only)")
-    recal.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
-    recal.add_argument("--no-fp16", action="store_true")
     recal.set_defaults(func=_recalibrate_bn)
 
     evaluate = subparsers.add_parser(
