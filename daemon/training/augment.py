@@ -11,7 +11,7 @@ and, for the segmenter, masks as (N, 1, H, W) float32 {0, 1} with the same geome
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -57,6 +57,11 @@ class AugmentParams:
 SEGMENTER_AUGMENT = AugmentParams(scale=(0.5, 2.0))
 #: The classifier sees crops sized to the cell: scale error shows as lost detail.
 CLASSIFIER_AUGMENT = AugmentParams(resample_p=0.4)
+
+
+def classifier_augment(overrides: dict) -> AugmentParams:
+    """The classifier's augmentation with a recipe's overrides (``--augment KEY=VALUE``)."""
+    return replace(CLASSIFIER_AUGMENT, **overrides)
 
 
 def random_geometry(

@@ -33,7 +33,7 @@ from torch import nn
 
 from daemon.training.nets import MobileNetV2
 
-#: Widths tried when rebuilding a member from its graph (the first conv's channels tell).
+#: Widths tried when rebuilding a member from its graph (every conv's shape must match).
 WIDTHS = (0.35, 0.5, 0.75, 1.0, 1.25, 1.4)
 
 
@@ -112,14 +112,13 @@ def ensemble_probabilities(nets: list[Member], x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(torch.stack([m.net(x) for m in nets]).mean(0), dim=1)
 
 
-def _output_moments(member: Member, batches: Iterator[torch.Tensor]) -> list[tuple]:
+def _output_moments(member: Member, batches: Iterator[torch.Tensor]
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per channel mean and standard deviation of every folded convolution's output (its
     BatchNorm's output) over ``batches``, the net in eval mode (its stored statistics)."""
     sums: dict[int, list] = {}
     hooks = []
     for i, (_, bn) in enumerate(member.pairs):
-        if bn is None:
-            continue
 
         def hook(_module, _inputs, output, i=i):
             var, mean = torch.var_mean(output.detach(), dim=(0, 2, 3), correction=0)
@@ -137,11 +136,7 @@ def _output_moments(member: Member, batches: Iterator[torch.Tensor]) -> list[tup
     for h in hooks:
         h.remove()
     moments = []
-    for i, (_, bn) in enumerate(member.pairs):
-        if bn is None:
-            moments.append(None)
-            continue
-        n, s1, s2 = sums[i]
+    for n, s1, s2 in (sums[i] for i in range(len(member.pairs))):
         mean = s1 / n
         std = torch.sqrt(torch.clamp(s2 / n - mean * mean, min=1e-12))
         moments.append((mean.float(), std.float()))
@@ -155,10 +150,7 @@ def recalibrate(member: Member, augmented: Iterator[torch.Tensor],
     pass, cumulative average, train mode as ``torch.optim.swa_utils.update_bn`` does)."""
     moments = _output_moments(member, augmented)
     with torch.no_grad():
-        for (_, bn), moment in zip(member.pairs, moments, strict=True):
-            if bn is None:
-                continue
-            mean, std = moment
+        for (_, bn), (mean, std) in zip(member.pairs, moments, strict=True):
             bn.bias.copy_(mean)
             bn.weight.copy_(std)
             bn.reset_running_stats()
@@ -175,8 +167,6 @@ def fold_back(model: onnx.ModelProto, member: Member) -> None:
     initializers (weight, and bias, which a folded Conv always has)."""
     index = {t.name: i for i, t in enumerate(model.graph.initializer)}
     for node, (conv, bn) in zip(member.nodes, member.pairs, strict=True):
-        if bn is None:
-            continue
         with torch.no_grad():
             scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
             weight = conv.weight * scale.reshape(-1, 1, 1, 1)
@@ -234,7 +224,7 @@ def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp1
     written to ``out`` (graph, fp16 copy, manifest naming its origin). Calibration and review
     thresholds are left for ``leukoscope evaluate``, as after ``export``."""
     from daemon.domain.manifest import load_manifest
-    from daemon.training.augment import CLASSIFIER_AUGMENT
+    from daemon.training.augment import classifier_augment
     from daemon.training.data import load_splits
     from daemon.training.derived import write_derived_classifier
     from daemon.training.train import augment_batch, classifier_crops
@@ -246,8 +236,7 @@ def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp1
                          Path(out).parent / "cache")
     crops = classifier_crops(train_cfg, splits["train"], splits["val"])
     mean, std = source.input.mean, source.input.std
-    augment = CLASSIFIER_AUGMENT if not train_cfg.augment else CLASSIFIER_AUGMENT.__class__(
-        **{**CLASSIFIER_AUGMENT.__dict__, **train_cfg.augment})
+    augment = classifier_augment(train_cfg.augment)
     stain = (crops.crop_stain, crops.stain_targets, crops.stain_weights, train_cfg.stain_mix)
 
     def augmented(idx: np.ndarray, generator: torch.Generator) -> torch.Tensor:
@@ -255,12 +244,14 @@ def recalibrate_models(models_dir: Path, out: Path, version: str, train_cfg, fp1
 
     report = recalibrate_graph(model, len(source.classes), crops.crops, mean, std, augmented,
                                augmented_share)
+    taken_on = ("the plain training crops" if not augmented_share else
+                f"training crops, {augmented_share:.0%} of each batch augmented")
     write_derived_classifier(
         model, source, Path(out), version, fp16,
         architecture=f"{getattr(source, 'architecture', None) or 'classifier'}; BatchNorm "
-        "statistics re-estimated on the plain training crops by leukoscope recalibrate-bn",
-        training={"method": "BatchNorm running statistics re-estimated on the plain training "
-                  f"crops (leukoscope recalibrate-bn); weights of {source.version} "
+        f"statistics re-estimated on {taken_on} by leukoscope recalibrate-bn",
+        training={"method": f"BatchNorm running statistics re-estimated on {taken_on} "
+                  f"(leukoscope recalibrate-bn); weights of {source.version} "
                   f"({source.sha256[:12]}) otherwise unchanged",
                   "from": {"version": source.version, "sha256": source.sha256},
                   "crops": len(crops.crops), "augmented_share": augmented_share,

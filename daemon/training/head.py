@@ -30,8 +30,7 @@ from onnx import helper, numpy_helper
 
 from daemon.domain.manifest import load_manifest
 from daemon.training.augment import (
-    CLASSIFIER_AUGMENT,
-    AugmentParams,
+    classifier_augment,
     normalize,
     random_colour,
     random_degrade,
@@ -147,7 +146,7 @@ def augmented_views(crops: np.ndarray, crop_stain: torch.Tensor, stain_targets: 
     """Yield (index (B,), normalised views (B, 3, S, S) float32) over ``cfg.views`` passes of
     (M, S, S, 3) uint8 ``crops``, augmented as in training (``train.augment_batch``) with
     ``cfg.stain_mix`` and ``cfg.augment``; pass v draws from a generator seeded (seed, v)."""
-    params = AugmentParams(**{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+    params = classifier_augment(cfg.augment)
     for view in range(cfg.views):
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + view)
         for start in range(0, len(crops), cfg.batch):

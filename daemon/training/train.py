@@ -23,9 +23,9 @@ from daemon.domain.manifest import CropSpec
 from daemon.imaging.pipeline import aggregate
 from daemon.training import data as D
 from daemon.training.augment import (
-    CLASSIFIER_AUGMENT,
     SEGMENTER_AUGMENT,
     AugmentParams,
+    classifier_augment,
     normalize,
     random_colour,
     random_degrade,
@@ -600,8 +600,7 @@ def train_classifier(cfg: ClassifierConfig) -> Path:
     # a resumed run keeps the schedule its time budget fitted (saved with the scheduler)
     meta["config"]["epochs"] = min(cfg.epochs, math.ceil(
         scheduler.lr_lambdas[0].steps / steps_per_epoch))
-    augment = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(
-        **{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+    augment = classifier_augment(cfg.augment)
     stain = (crops.crop_stain, crops.stain_targets, crops.stain_weights, cfg.stain_mix)
     loader = sampler = None
     if cfg.workers > 0:
