@@ -1,21 +1,24 @@
 """Diagnostic (deploy/gpu/decision-2026-11-27i.txt): is the classifier's per-epoch validation noise its BatchNorm running statistics?
-Validation split only. python bn_probe.py RUN_DIR"""
-import sys, time
+Validation split only. Run from the repository root: .venv/bin/python docs/experiments/bn_probe.py runs/classifier_s3"""
+import sys
+import time
 from dataclasses import fields
 from pathlib import Path
-import numpy as np, torch
-sys.path.insert(0, "/work/main")
+
+import numpy as np
+import torch
+
 from daemon.training import train as T
+from daemon.training.augment import classifier_augment, normalize
 from daemon.training.data import load_splits
 from daemon.training.nets import MobileNetV2
-from daemon.training.augment import CLASSIFIER_AUGMENT, normalize
 
 run = Path(sys.argv[1])
 torch.set_num_threads(2)
 best = torch.load(run / "best.pt", map_location="cpu", weights_only=False)
 c = best["meta"]["config"]
 cfg = T.ClassifierConfig(**{f.name: c[f.name] for f in fields(T.ClassifierConfig) if f.name in c})
-splits = load_splits(cfg.data, cfg.block_size, cfg.seed, 0, Path("/work/main/runs/cache"))
+splits = load_splits(cfg.data, cfg.block_size, cfg.seed, 0, Path("runs/cache"))
 crops = T.classifier_crops(cfg, splits["train"], splits["val"])
 val = splits["val"]
 mean, std = best["meta"]["mean"], best["meta"]["std"]
@@ -31,12 +34,13 @@ def score(model):
 def reestimate(model, augmented, seed=0):
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats(); m.momentum = None  # cumulative average
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average
     model.train()
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(crops.crops), generator=gen).numpy()
     stain = (crops.crop_stain, crops.stain_targets, crops.stain_weights, cfg.stain_mix)
-    aug = CLASSIFIER_AUGMENT if not cfg.augment else CLASSIFIER_AUGMENT.__class__(**{**CLASSIFIER_AUGMENT.__dict__, **cfg.augment})
+    aug = classifier_augment(cfg.augment)
     with torch.no_grad():
         for i in range(0, len(order), 256):
             idx = order[i:i + 256]
