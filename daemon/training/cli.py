@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from daemon.training.train import ClassifierConfig
 
 DEFAULT_DATA = "../shared/data/all-taleqani"
 DEFAULT_NEGATIVES = "../shared/data/pbc-normal"
@@ -152,7 +156,8 @@ def _ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
-def _derived_from(args: argparse.Namespace, command: str, augment: dict | None = None):
+def _derived_from(args: argparse.Namespace, command: str, augment: dict | None = None
+                  ) -> ClassifierConfig:
     """What ``refit-head`` and ``recalibrate-bn`` start from: the exported classifier's
     manifest (one line if it is missing or broken) and the training crops it was made on, as
     a ``train.ClassifierConfig``. Sets the CPU threads asked for."""
