@@ -203,7 +203,9 @@ def write_model_manifest(
             "the data set does not state the pixel scale (100x objective, Zeiss camera, fields "
             "resized to 224x224); um_per_pixel = 7.5 um (nominal red-cell diameter) / the "
             "median red-cell diameter measured on the training fields (scale.rbc_diameter_px); "
-            "red cells are 6.5-8.5 um, so the absolute value is uncertain by about +-13 %, "
+            "red cells are 6.5-8.5 um (+-13 %) and the ruler reads cells with central pallor "
+            "about 10 % larger than solid discs, so the absolute value is uncertain by about "
+            "+-15 %, "
             "while rescaling between frames and models uses the measured diameters only"),
         **specific,
     )
