@@ -14,6 +14,10 @@
 # WORKERS (environment): each candidate's --workers, the processes that augment its batches
 # (the single-threaded augmentation, not the GPU, limited an epoch); default: the cores
 # shared by the candidates, less one each for its main process, at least 1.
+# Carrying it to a lent machine (2026-11-27): the repository (33 MB, 30 of them models/*.onnx,
+# which training does not read), a pack (56 MB) and the wheels (3 MB) exceed the 64 MiB one
+# device call carries, so move models/*.onnx out of the tree for the call and back after;
+# carry [".pack", ".whl"] with both folders ignored in .git/info/exclude.
 set -u
 LIST=$1 PACK=$2 WHEELS=$3 OUT=$4 BUDGET=$5 LIMIT=${6:-0} DEVICE=${7:-cuda}
 PY=${PY:-python3}
