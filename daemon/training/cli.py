@@ -147,7 +147,7 @@ def _ensemble(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     report = build_ensemble([Path(m) for m in args.members], out, args.version,
-                            fp16=not args.no_fp16)
+                            fp16=not args.no_fp16, resample=args.resample_smaller)
     if args.segmenter:  # a complete models folder, ready for evaluate or the daemon
         for name in ("segmenter.onnx", "segmenter_fp16.onnx", "segmenter.json"):
             if (Path(args.segmenter) / name).exists():
@@ -411,6 +411,10 @@ def add_training_commands(subparsers: argparse._SubParsersAction) -> None:
     ensemble.add_argument("--segmenter", default="",
                           help="copy this folder's segmenter beside it (a complete models folder)")
     ensemble.add_argument("--no-fp16", action="store_true")
+    ensemble.add_argument("--resample-smaller", action="store_true",
+                          help="allow members trained on smaller crops: the first member's input "
+                          "size is the ensemble's, and each smaller member is fed the crop "
+                          "area-resampled to its own size inside the graph")
     ensemble.set_defaults(func=_ensemble)
 
     refit = subparsers.add_parser(

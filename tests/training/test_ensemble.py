@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -13,7 +14,7 @@ from daemon.domain.manifest import load_manifest
 from daemon.imaging.synthetic import smear_field
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
-from daemon.training.ensemble import build_ensemble
+from daemon.training.ensemble import area_matrix, build_ensemble
 from tests.tiny_models import TINY_WEIGHT, build_classifier, build_segmenter
 
 
@@ -74,10 +75,80 @@ def test_ensemble_manifest_names_its_members(tmp_path: Path, members: list[Path]
 
 def test_members_must_share_the_input_contract(tmp_path: Path, members: list[Path]) -> None:
     other = _member(tmp_path, "wide", TINY_WEIGHT, size=48)
-    with pytest.raises(ValueError, match="input differs"):
+    with pytest.raises(ValueError, match="input differs.*--resample-smaller"):
         build_ensemble([members[0], other], tmp_path / "bad", "9.9.9")
+    # Even with resampling, a crop is only ever shrunk: the largest member comes first.
+    with pytest.raises(ValueError, match="larger than.*list the member with the largest"):
+        build_ensemble([members[0], other], tmp_path / "bad", "9.9.9", resample=True)
+    bgr = members[1] / "classifier.json"
+    fields = json.loads(bgr.read_text())
+    fields["input"]["channel_order"] = "BGR"
+    bgr.write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match="input differs"):  # resampling adapts size only
+        build_ensemble([other, members[1]], tmp_path / "bad", "9.9.9", resample=True)
     with pytest.raises(ValueError, match="at least two"):
         build_ensemble(members[:1], tmp_path / "one", "9.9.9")
+
+
+def test_area_matrix_is_what_opencv_does() -> None:
+    image = np.random.default_rng(5).random((96, 96)).astype(np.float32)
+    shrink = area_matrix(96, 64)
+    assert shrink.shape == (64, 96)
+    np.testing.assert_allclose(shrink @ image @ shrink.T,
+                               cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA),
+                               atol=1e-5)
+    np.testing.assert_allclose(shrink.sum(axis=1), 1.0, atol=1e-6)  # keeps a flat field flat
+
+
+def test_a_smaller_member_is_fed_the_crop_shrunk(tmp_path: Path, members: list[Path]) -> None:
+    """A 48-px member first sets the ensemble's input; the 32-px ones see the crop shrunk as
+    OpenCV shrinks it. Their cams (48x48 and 32x32 here) are averaged on the 48 grid, and the
+    logits stay the mean of every network's own logit."""
+    rng = np.random.default_rng(6)
+    wide = _member(tmp_path, "wide", rng.normal(0, 3, (4, 3)), size=48)
+    pair = tmp_path / "pair"
+    build_ensemble(members[:2], pair, "9.9.8")
+    out = tmp_path / "mixed"
+    build_ensemble([wide, pair], out, "9.9.9", resample=True)
+    crops = rng.normal(size=(3, 3, 48, 48)).astype(np.float32)
+    small = np.stack([[cv2.resize(channel, (32, 32), interpolation=cv2.INTER_AREA)
+                       for channel in crop] for crop in crops])
+    cams = [_run(wide / "classifier.onnx", crops)[1]] + [
+        _run(m / "classifier.onnx", small)[1] for m in members[:2]]
+    logits = np.mean([c.mean(axis=(2, 3)) for c in cams], axis=0)  # each network counts once
+    expected = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected /= expected.sum(axis=1, keepdims=True)
+    probabilities, cam = _run(out / "classifier.onnx", crops)
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert cam.shape == (3, 4, 48, 48)
+    np.testing.assert_allclose(cam.mean(axis=(2, 3)), logits, atol=1e-4)
+    # The cam: the small members' cams enlarged as OpenCV enlarges, averaged with the wide
+    # one's, then shifted to the mean logit (enlarging changes a cam's mean slightly).
+    grown = [np.stack([[cv2.resize(k, (48, 48), interpolation=cv2.INTER_LINEAR) for k in c]
+                       for c in small_cam]) for small_cam in cams[1:]]
+    picture = np.mean([cams[0], *grown], axis=0)
+    picture += (logits - picture.mean(axis=(2, 3)))[:, :, None, None]
+    np.testing.assert_allclose(cam, picture, atol=1e-4)
+    # Fed the 48-px crop cropped (not shrunk) to 32, the answer would differ.
+    cut = [_run(m / "classifier.onnx", np.ascontiguousarray(crops[:, :, :32, :32]))[1]
+           for m in members[:2]]
+    wrong = np.mean([c.mean(axis=(2, 3)) for c in cams[:1] + cut], axis=0)
+    assert np.abs(wrong - logits).max() > 1e-3
+    half, _ = _run(out / "classifier_fp16.onnx", crops)
+    np.testing.assert_allclose(half, probabilities, atol=5e-3)
+    manifest = load_manifest(out / "classifier.json")
+    assert manifest.input.size == (48, 48)
+    assert [m["input_size"] for m in manifest.members] == [[48, 48], [32, 32], [32, 32]]
+    assert "trained at 32x32, fed the crop area-resampled" in manifest.architecture
+    # A mixed ensemble is not flattened into another one (its mean cam is resampled).
+    with pytest.raises(ValueError, match="mixed-size ensemble cannot be a member"):
+        build_ensemble([out, wide], tmp_path / "nested", "9.9.9", resample=True)
+    # The daemon runs it as any classifier of its input size.
+    segmenter = build_segmenter(out)
+    analyzer = Analyzer(Segmenter(segmenter, "cpu"), Classifier(out / "classifier.onnx", "cpu"))
+    image, truth = smear_field(np.random.default_rng(1), white_cells=3)
+    (analysis,) = analyzer.analyze([image])
+    assert len(analysis.cells) == len(truth)
 
 
 def test_the_daemon_analyses_with_an_ensemble(tmp_path: Path, members: list[Path]) -> None:
