@@ -165,7 +165,7 @@ def average_graphs(members: list[onnx.ModelProto],
                              name=_LOGITS),
         ]
     else:
-        nodes += _mixed_mean(cams, grids, members, initializers)
+        nodes += _mixed_mean(cams, grids, initializers)
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1,
                                   name=_SOFTMAX))
     first = members[0].graph
@@ -180,8 +180,7 @@ def average_graphs(members: list[onnx.ModelProto],
 
 
 def _mixed_mean(cams: list[str], grids: dict[int, tuple[int, int]],
-                members: list[onnx.ModelProto], initializers: list[onnx.TensorProto]
-                ) -> list[onnx.NodeProto]:
+                initializers: list[onnx.TensorProto]) -> list[onnx.NodeProto]:
     """Nodes for ``logits`` (N, K) = the mean of every network's own logit (its cam's spatial
     mean) and ``cam`` (N, K, h, w) on the first member's grid: the cams enlarged bilinearly to
     it, averaged, and shifted so that the mean cam's spatial mean is exactly ``logits``."""
