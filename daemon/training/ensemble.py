@@ -19,7 +19,7 @@ flattened: each of its networks counts once, as if listed here.
 
 Mixed input sizes (``resample=True``, asked for explicitly): the first member's size is the
 ensemble's; a member trained on smaller crops gets the crop area-resampled to its size inside
-the graph (:func:`area_matrix`: the linear map ``cv2.INTER_AREA`` applies), which is close to,
+the graph (:func:`resample_matrix`: the linear map ``cv2.INTER_AREA`` applies), which is close to,
 not the same as, the crop the daemon would cut for it directly. The members' cams then differ in
 grid; each is resampled bilinearly to the first member's grid and the mean cam is shifted so
 that its spatial mean is still exactly the mean logit.
@@ -74,18 +74,14 @@ def check_members(manifests: list[ModelManifest], resample: bool = False) -> Non
                              "member with the largest input first (crops are only shrunk)")
 
 
-def area_matrix(source: int, target: int) -> np.ndarray:
+def resample_matrix(source: int, target: int, interpolation: int = cv2.INTER_AREA
+                    ) -> np.ndarray:
     """(target, source) float32 matrix M with ``M @ X @ M.T == cv2.resize(X, (target, target),
-    interpolation=cv2.INTER_AREA)`` for a (source, source) float image X (area resampling is
-    separable). Taken from OpenCV itself, so the graph shrinks a crop as the daemon would."""
+    interpolation=interpolation)`` for a (source, source) float image X (OpenCV's area and
+    bilinear resampling are separable). Taken from OpenCV itself, so the graph shrinks a crop
+    as the daemon would (area) and enlarges a cam as a viewer would (bilinear)."""
     eye = np.eye(source, dtype=np.float64)
-    return cv2.resize(eye, (source, target), interpolation=cv2.INTER_AREA).astype(np.float32)
-
-
-def linear_matrix(source: int, target: int) -> np.ndarray:
-    """(target, source) float32 matrix of ``cv2.INTER_LINEAR`` resampling (enlarging a cam)."""
-    eye = np.eye(source, dtype=np.float64)
-    return cv2.resize(eye, (source, target), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    return cv2.resize(eye, (source, target), interpolation=interpolation).astype(np.float32)
 
 
 def renormalise(ensemble_input: InputSpec, member_input: InputSpec
@@ -130,8 +126,8 @@ def average_graphs(members: list[onnx.ModelProto],
         if own != size:
             if not resample:
                 raise ValueError(f"member {index}: input size {own} is not {size}")
-            fed = _two_sided(nodes, initializers, fed, area_matrix(size[0], own[0]),
-                             area_matrix(size[1], own[1]), prefix + "shrunk_" + input_name)
+            fed = _two_sided(nodes, initializers, fed, resample_matrix(size[0], own[0]),
+                             resample_matrix(size[1], own[1]), prefix + "shrunk_" + input_name)
         if adapter is not None:
             initializers += [numpy_helper.from_array(adapter[0], prefix + "adapt_scale"),
                              numpy_helper.from_array(adapter[1], prefix + "adapt_shift")]
@@ -196,8 +192,8 @@ def _mixed_mean(cams: list[str], grids: dict[int, tuple[int, int]],
         if grid == target:
             grown.append(cam)
             continue
-        grown.append(_two_sided(nodes, initializers, cam, linear_matrix(grid[0], target[0]),
-                                linear_matrix(grid[1], target[1]), cam + "_grown"))
+        grown.append(_two_sided(nodes, initializers, cam, resample_matrix(grid[0], target[0], cv2.INTER_LINEAR),
+                                resample_matrix(grid[1], target[1], cv2.INTER_LINEAR), cam + "_grown"))
     nodes += [
         helper.make_node("Mean", own_logits, ["ensemble_logits_4d"], name="ensemble_logits_4d"),
         helper.make_node("Flatten", ["ensemble_logits_4d"], ["logits"], axis=1, name=_LOGITS),

@@ -14,7 +14,7 @@ from daemon.domain.manifest import load_manifest
 from daemon.imaging.synthetic import smear_field
 from daemon.inference.analyzer import Analyzer
 from daemon.inference.sessions import Classifier, Segmenter
-from daemon.training.ensemble import area_matrix, build_ensemble
+from daemon.training.ensemble import build_ensemble, resample_matrix
 from tests.tiny_models import TINY_WEIGHT, build_classifier, build_segmenter
 
 
@@ -90,9 +90,9 @@ def test_members_must_share_the_input_contract(tmp_path: Path, members: list[Pat
         build_ensemble(members[:1], tmp_path / "one", "9.9.9")
 
 
-def test_area_matrix_is_what_opencv_does() -> None:
+def test_resample_matrix_is_what_opencv_does() -> None:
     image = np.random.default_rng(5).random((96, 96)).astype(np.float32)
-    shrink = area_matrix(96, 64)
+    shrink = resample_matrix(96, 64)
     assert shrink.shape == (64, 96)
     np.testing.assert_allclose(shrink @ image @ shrink.T,
                                cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA),
