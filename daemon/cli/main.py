@@ -11,6 +11,7 @@ from daemon import __version__, telemetry
 from daemon.domain.ids import valid_name
 from daemon.ops.logs import setup_logging
 from daemon.settings import ConfigError, Settings, load_settings
+from daemon.shutdown import stop_while_starting
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,10 @@ def _settings(args: argparse.Namespace, role: str) -> Settings:
 
 def _process(settings: Settings, role: str) -> Settings:
     """A long-running part starts: it counts itself alive and, alone on its host, serves its
-    own metrics (the API renders them on /metrics itself)."""
+    own metrics (the API renders them on /metrics itself). A stop signal before the part
+    installs its own stop ends it with status 0 (uvicorn, the API's server, has its own)."""
+    if role != "api":
+        stop_while_starting(role)
     telemetry.announce(role)
     if settings.metrics.port and role != "api":
         try:
