@@ -68,6 +68,7 @@ class CaptureService:
             poll_seconds=settings.capture.poll_seconds,
             native_events=settings.capture.native_events,
             exclude=[settings.data_dir],
+            empty_folder_seconds=settings.capture.empty_folder_seconds,
         )
         self.archiver = Archiver(
             self.queue, self.results, self.rig_id,

@@ -200,6 +200,13 @@ class CaptureSettings(_Section):
     )
     poll_seconds: float = Field(default=1.0, gt=0, description="rescan interval (network shares)")
     native_events: bool = Field(default=True, description="use inotify & co. where the OS has them")
+    empty_folder_seconds: float = Field(
+        default=86_400.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a folder in the inbox that stays empty this long (by its mtime) is removed, "
+        "so the inbox does not keep a folder per specimen for ever; 0: never",
+    )
     max_frame_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
     max_frame_pixels: int = Field(
         default=16_777_216,

@@ -74,6 +74,9 @@ CATALOGUE: dict[str, LocalMetric] = {
         LocalMetric("leukoscope_camera_reconnects_total", "counter",
                     "Live source reconnects, by reason (open_failed, read_failures, stalled, "
                     "ended).", ("rig", "reason")),
+        LocalMetric("leukoscope_inbox_folders_removed_total", "counter",
+                    "Inbox folders removed by capture after staying empty for "
+                    "capture.empty_folder_seconds."),
         LocalMetric("leukoscope_worker_restarts_total", "counter",
                     "Child processes restarted by the supervisor.", ("role",),
                     known={"role": ("capture", "worker", "api", "lis", "redis")}),

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from daemon import telemetry
 from daemon.domain.ids import UNASSIGNED
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import frame_id_for
@@ -439,3 +440,37 @@ def test_stopping_right_after_archiving_leaves_watchdog_quiet(client, inbox, mak
     noisy = [r for r in caplog.records
              if r.name.startswith("watchdog") and r.levelno >= logging.ERROR]
     assert not noisy, [r.getMessage() for r in noisy]
+
+
+def test_a_specimen_folder_left_empty_is_removed_once_idle(client, inbox, make_settings,
+                                                           running):
+    """The inbox does not keep a folder per specimen for ever: once its frame is archived, the
+    emptied folder goes after capture.empty_folder_seconds; a folder with a frame in it or
+    only a completion marker stays, and so does one emptied recently when the time is long."""
+    settings = make_settings(empty_folder_seconds=0.5)
+    data = frame_bytes(21)
+    path = drop(inbox / "S20", "a.jpg", data)
+    marker = drop(inbox / "S21", ".complete", b"")
+    os.utime(marker.parent, (time.time() - 3600,) * 2)
+    with running(settings) as service:
+        wait_for(lambda: len(entries(client)) == 1, what="queued")
+        complete(client)
+        archived = settings.archive_dir / "S20" / "a.jpg"
+        wait_for(lambda: archived.exists() and not path.exists(), what="archived")
+        wait_for(lambda: not path.parent.exists(), what="the emptied folder removed")
+        after_rescans(service)
+        assert marker.parent.is_dir() and inbox.is_dir()
+        assert service.watcher.folders_removed == 1
+    assert archived.read_bytes() == data
+    assert result_of(client, "S20", "a.jpg", data).status == "done"
+    removed = [s.value for f in telemetry.LOCAL.collect() for s in f.samples
+               if s.name == "leukoscope_inbox_folders_removed_total"]
+    assert removed == [1.0]
+    # With the default (a day), a folder emptied just now stays.
+    path = drop(inbox / "S22", "b.jpg", frame_bytes(22))
+    with running(make_settings()) as service:
+        wait_for(lambda: len(entries(client)) == 1, what="queued")
+        complete(client)
+        wait_for(lambda: not path.exists(), what="archived")
+        after_rescans(service)
+        assert path.parent.is_dir() and service.watcher.folders_removed == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from capture.watcher import InboxWatcher
@@ -64,3 +65,71 @@ def test_renamed_file_is_ready_at_once_and_excluded_dirs_are_skipped(tmp_path: P
     assert names(watcher) == ["b.jpg"]
     clock.now += 120
     assert names(watcher) == ["b.jpg"]  # the excluded archive is never offered
+
+
+def age(path: Path, seconds: float) -> None:
+    """Set ``path``'s mtime ``seconds`` into the past (the removal goes by the folder's own)."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+def test_only_folders_empty_for_long_enough_are_removed(tmp_path: Path) -> None:
+    clock = Clock()
+    watcher = InboxWatcher(tmp_path, settle_seconds=60, poll_seconds=0.01,
+                           native_events=False, clock=clock, empty_folder_seconds=3600)
+    folders = {name: tmp_path / name for name in
+               ("old_empty", "new_empty", "old_with_frame", "old_with_marker", "old_with_part")}
+    for folder in folders.values():
+        folder.mkdir()
+    (folders["old_with_frame"] / "a.jpg").write_bytes(b"x")
+    (folders["old_with_marker"] / ".complete").write_bytes(b"")
+    (folders["old_with_part"] / "b.jpg.part").write_bytes(b"half")  # still being delivered
+    for name, folder in folders.items():
+        age(folder, 60 if name == "new_empty" else 7200)
+    age(tmp_path, 7200)  # the inbox itself is never removed, empty or not
+    names(watcher)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "new_empty", "old_with_frame", "old_with_marker", "old_with_part"]
+    assert watcher.folders_removed == 1
+    # An emptied folder's clock restarts when its last file leaves (moving a file out of a
+    # folder changes the folder's mtime).
+    (folders["old_with_frame"] / "a.jpg").unlink()
+    clock.now += 1
+    names(watcher)
+    assert folders["old_with_frame"].is_dir()
+    age(folders["old_with_frame"], 3601)
+    age(folders["new_empty"], 3601)
+    clock.now += 1
+    names(watcher)
+    assert not folders["old_with_frame"].exists() and not folders["new_empty"].exists()
+    assert watcher.folders_removed == 3 and tmp_path.is_dir()
+
+
+def test_nested_empty_folders_go_one_level_per_idle_time_and_excluded_ones_stay(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    data_dir = tmp_path / "site" / "var"  # the data folder inside the inbox: excluded
+    data_dir.mkdir(parents=True)
+    nested = tmp_path / "S1" / "deeper"
+    nested.mkdir(parents=True)
+    for folder in (data_dir, data_dir.parent, nested, nested.parent):
+        age(folder, 7200)
+    watcher = InboxWatcher(tmp_path, settle_seconds=60, poll_seconds=0.01, native_events=False,
+                           exclude=[data_dir], clock=clock, empty_folder_seconds=3600)
+    names(watcher)
+    # The empty leaf goes; its parent was just changed by that, so it waits its own time.
+    assert not nested.exists() and nested.parent.is_dir()
+    assert data_dir.is_dir() and data_dir.parent.is_dir()  # neither the data folder nor its parent
+    age(nested.parent, 7200)
+    clock.now += 1
+    names(watcher)
+    assert not nested.parent.exists() and data_dir.is_dir()
+
+
+def test_no_folder_is_removed_when_disabled(tmp_path: Path) -> None:
+    watcher = InboxWatcher(tmp_path, settle_seconds=60, poll_seconds=0.01, native_events=False,
+                           clock=Clock(), empty_folder_seconds=0)
+    (tmp_path / "S1").mkdir()
+    age(tmp_path / "S1", 10 * 365 * 86400)
+    names(watcher)
+    assert (tmp_path / "S1").is_dir() and watcher.folders_removed == 0
