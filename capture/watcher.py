@@ -95,6 +95,8 @@ class InboxWatcher:
     def start(self) -> None:
         """Create the inbox if needed and start native events (when enabled and available)."""
         self.inbox.mkdir(parents=True, exist_ok=True)
+        if self.empty_folder_seconds > 0:  # exported at 0 from the start, not from a removal
+            telemetry.metric("leukoscope_inbox_folders_removed_total")
         if not self.native_events:
             log.info("watching by polling only", extra={"directory": str(self.inbox)})
             return
