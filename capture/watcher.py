@@ -72,7 +72,7 @@ class InboxWatcher:
         self.settle_seconds = settle_seconds
         self.poll_seconds = poll_seconds
         self.rescans = 0  # full rescans done: tests wait on it rather than sleep
-        self.folders_removed = 0
+        self.folders_removed = 0  # empty folders removed (as the metric): tests read it
         self.native_events = native_events
         self.exclude = {Path(os.path.abspath(p)) for p in exclude}
         self._exclude_prefixes = tuple(os.path.join(p, "") for p in map(str, self.exclude))

@@ -450,8 +450,8 @@ def test_stopping_right_after_archiving_leaves_watchdog_quiet(client, inbox, mak
 def test_a_specimen_folder_left_empty_is_removed_once_idle(client, inbox, make_settings,
                                                            running):
     """The inbox does not keep a folder per specimen for ever: once its frame is archived, the
-    emptied folder goes after capture.empty_folder_seconds; a folder with a frame in it or
-    only a completion marker stays, and so does one emptied recently when the time is long."""
+    emptied folder goes after capture.empty_folder_seconds; a folder holding only a completion
+    marker stays, and so does one emptied just now when the time is the default day."""
     settings = make_settings(empty_folder_seconds=0.5)
     removed = []
     data = frame_bytes(21)
