@@ -19,13 +19,12 @@ import redis
 from capture.mover import move_file, write_reason
 from daemon.domain.results import FrameResult
 from daemon.imaging.frames import frame_id_for
+from daemon.settings import REASON_SUFFIX
 from daemon.store.connection import Outage
 from daemon.store.queue import FrameQueue, Inflight
 from daemon.store.results import LogEntry, ResultStore
 
 log = logging.getLogger(__name__)
-
-REASON_SUFFIX = ".reason.txt"
 
 
 @dataclass(frozen=True)

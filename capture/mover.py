@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from daemon.imaging.frames import printable_name
+from daemon.settings import REASON_SUFFIX
 
 
 def free_name(directory: Path, name: str, companion: str = "") -> Path:
@@ -62,7 +63,7 @@ def move_file(
 def write_reason(target: Path, reason: str, message: str, source: str, frame_id: str) -> Path:
     """Write ``<target>.reason.txt`` saying why ``target`` was quarantined."""
     source, message = printable_name(source), printable_name(message)
-    note = target.with_name(target.name + ".reason.txt")
+    note = target.with_name(target.name + REASON_SUFFIX)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     partial = note.with_name(f".{note.name}.part")
     partial.write_text(

@@ -453,6 +453,20 @@ class ArchiveSettings(_Section):
     )
 
 
+class QuarantineSettings(_Section):
+    """The rejected files kept under <data_dir>/quarantine/<specimen>/ beside their reason."""
+
+    retention_days: float | None = Field(
+        default=None, gt=0, description="files quarantined longer ago than this (their "
+        "reason note's mtime) are deleted with the note, oldest first (logged, "
+        "leukoscope_quarantine_files_deleted_total); null: kept for ever"
+    )
+    max_bytes: int | None = Field(
+        default=None, gt=0, description="the quarantine holds at most this many bytes: the "
+        "oldest files and their notes are deleted first; null: no limit"
+    )
+
+
 class AuditSettings(_Section):
     """The audit trail in Redis is bounded; what is trimmed goes to files first."""
 
@@ -571,6 +585,11 @@ class MetricsSettings(_Section):
     host: str = Field(default="127.0.0.1", description="address of metrics.port")
 
 
+#: The note beside each file in ``quarantine_dir``: ``<name>.reason.txt`` says why (capture,
+#: the API and the housekeeping leader all name it from here).
+REASON_SUFFIX = ".reason.txt"
+
+
 class DataFolder:
     """A read-only ``Settings`` attribute ``<name>_dir``: the folder ``<name>`` under
     ``data_dir``."""
@@ -608,6 +627,7 @@ class Settings(BaseSettings):
     results: ResultsSettings = ResultsSettings()
     audit: AuditSettings = AuditSettings()
     archive: ArchiveSettings = ArchiveSettings()
+    quarantine: QuarantineSettings = QuarantineSettings()
     review: ReviewSettings = ReviewSettings()
     metrics: MetricsSettings = MetricsSettings()
 

@@ -103,6 +103,11 @@ CATALOGUE: dict[str, LocalMetric] = {
                     "Archived originals deleted by the housekeeping leader to keep the archive "
                     "within archive.retention_days (reason age) or archive.max_bytes (size).",
                     ("reason",), known={"reason": ("age", "size")}),
+        LocalMetric("leukoscope_quarantine_files_deleted_total", "counter",
+                    "Quarantined files (each with its reason note) deleted by the housekeeping "
+                    "leader to keep the quarantine within quarantine.retention_days (reason "
+                    "age) or quarantine.max_bytes (size).",
+                    ("reason",), known={"reason": ("age", "size")}),
         LocalMetric("leukoscope_audit_files_deleted_total", "counter",
                     "Daily audit files (audit-<day>.jsonl) deleted by the housekeeping leader "
                     "to keep them within audit.files_retention_days (reason age) or "

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from daemon import telemetry
-from daemon.ops.disk_bounds import prune_archive, prune_audit_files
+from daemon.ops.disk_bounds import prune_archive, prune_audit_files, prune_quarantine
 from daemon.ops.housekeeping import Housekeeper
 from daemon.ops.status import StatusReader
-from daemon.settings import ConfigError, Settings, load_settings
+from daemon.settings import REASON_SUFFIX, ConfigError, Settings, load_settings
 from daemon.store.queue import FrameQueue
 
 DAY = 86400.0
@@ -89,9 +89,49 @@ def test_archive_keeps_within_age_and_bytes_and_a_busy_specimen_keeps_all(
     assert prune_archive(archive, None, None, set(), now=NOW).files == 0
 
 
-def test_the_housekeeper_bounds_the_archive_but_not_a_specimen_in_flight(
+def quarantined(folder: Path, specimen: str, name: str, size: int, file_age_days: float,
+                note_age_days: float | None) -> tuple[Path, Path]:
+    """A quarantined file (mtime: the rig's) and, unless ``note_age_days`` is None, its
+    reason note (mtime: when it was quarantined)."""
+    path = original(folder, specimen, name, size, file_age_days)
+    note = path.with_name(path.name + REASON_SUFFIX)
+    if note_age_days is not None:
+        note.write_bytes(b"r" * 100)
+        os.utime(note, (NOW - note_age_days * DAY, NOW - note_age_days * DAY))
+    return path, note
+
+
+def test_quarantined_files_go_with_their_notes_by_quarantine_age_then_bytes(
+        tmp_path: Path) -> None:
+    folder = tmp_path / "quarantine"
+    old = quarantined(folder, "S-A", "blur.jpg", 900, 60, 40)
+    # written by the rig long ago, quarantined yesterday: the note's age counts
+    recent = quarantined(folder, "S-B", "late.jpg", 900, 60, 1)
+    lone_note = quarantined(folder, "S-C", "gone.jpg", 900, 50, 45)[1]
+    lone_note.with_name("gone.jpg").unlink()  # a note whose file is gone is its own unit
+    writing = folder / "S-C" / ".upload.jpg.123.part"
+    writing.write_bytes(b"x" * 5000)
+    os.utime(writing, (NOW - 90 * DAY, NOW - 90 * DAY))
+    mid = [quarantined(folder, "S-D", f"f{i}.jpg", 900, 30, 20 - i) for i in range(4)]
+    pruned = prune_quarantine(folder, 30.0, None, now=NOW)
+    assert not any(p.exists() for p in old) and not (folder / "S-A").exists()
+    assert not lone_note.exists() and writing.exists()  # a file being written is left alone
+    assert all(p.exists() for p in recent) and all(p.exists() for u in mid for p in u)
+    assert (pruned.files, pruned.bytes) == (2, 1000 + 100)
+    assert deleted("leukoscope_quarantine_files_deleted_total", "age") == 2
+    # 5 files of 1,000 bytes with their notes, 2,500 allowed: the 3 oldest pairs go
+    pruned = prune_quarantine(folder, None, 2500, now=NOW)
+    assert [p.exists() for u in mid for p in u] == [False] * 6 + [True] * 2
+    assert all(p.exists() for p in recent)
+    assert pruned.files == 3 and pruned.bytes == 3000
+    assert deleted("leukoscope_quarantine_files_deleted_total", "size") == 3
+    assert prune_quarantine(folder, None, None, now=NOW).files == 0
+
+
+def test_the_housekeeper_bounds_archive_and_quarantine_but_not_a_specimen_in_flight(
         make_settings: Callable[..., Settings], redis_client) -> None:
     settings = make_settings(archive={"retention_days": 1.0, "max_bytes": 50_000},
+                             quarantine={"retention_days": 1.0, "max_bytes": 20_000},
                              audit={"files_retention_days": 2.0})
     queue = FrameQueue(redis_client)
     # a pushed frame queued, its copy already archived (as POST /frames does): no result yet
@@ -103,6 +143,11 @@ def test_the_housekeeper_bounds_the_archive_but_not_a_specimen_in_flight(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x" * 1000)
         os.utime(path, (real_now - 3 * DAY, real_now - 3 * DAY))
+    rejected = settings.quarantine_dir / "S-BAD" / "a.jpg"
+    rejected.parent.mkdir(parents=True)
+    for path in (rejected, rejected.with_name("a.jpg" + REASON_SUFFIX)):
+        path.write_bytes(b"x" * 1000)
+        os.utime(path, (real_now - 3 * DAY, real_now - 3 * DAY))
     old_day = settings.audit_dir / "audit-2020-01-01.jsonl"
     old_day.parent.mkdir(parents=True, exist_ok=True)
     old_day.write_text("{}\n")
@@ -110,11 +155,13 @@ def test_the_housekeeper_bounds_the_archive_but_not_a_specimen_in_flight(
     assert (settings.archive_dir / "S-PUSHED" / "a.jpg").exists()
     assert not (settings.archive_dir / "S-DONE").exists()
     assert not old_day.exists()
+    assert not (settings.quarantine_dir / "S-BAD").exists()
     storage = StatusReader(redis_client, settings, real_now).storage()
-    assert storage.data_dir_limit_bytes == {"archive": 50_000}
+    assert storage.data_dir_limit_bytes == {"archive": 50_000, "quarantine": 20_000}
 
 
 @pytest.mark.parametrize("key", ["archive.max_bytes", "archive.retention_days",
+                                 "quarantine.max_bytes", "quarantine.retention_days",
                                  "audit.files_max_bytes", "audit.files_retention_days"])
 def test_a_disk_bound_of_zero_is_refused_naming_its_key(key: str) -> None:
     section, name = key.split(".")

@@ -1,17 +1,22 @@
-"""Disk bounds of ``data_dir`` (issue 16): the archive of originals and the audit files.
+"""Disk bounds of ``data_dir`` (issue 16): the archive of originals, the quarantine and the
+audit files.
 
-Both grow with every frame or request and nothing else removes them, so each may be
+Each grows with every frame or request and nothing else removes them, so each may be
 bounded by age and by bytes (``archive.retention_days``/``archive.max_bytes``,
+``quarantine.retention_days``/``quarantine.max_bytes``,
 ``audit.files_retention_days``/``audit.files_max_bytes``; null: no bound). The oldest go
 first; each deletion is logged and counted (``leukoscope_archive_originals_deleted_total``,
-``leukoscope_audit_files_deleted_total``, by reason ``age`` or ``size``).
+``leukoscope_quarantine_files_deleted_total``, ``leukoscope_audit_files_deleted_total``, by
+reason ``age`` or ``size``).
 
 An original is deleted only once its result is stored: capture moves a file into the
 archive after its result is stored, but ``POST /frames`` keeps its copy there when the
 frame is queued, so every specimen with a frame still in flight (an ``lks:inflight``
 record, capture's or a push's, which lives until the result is stored) keeps all its
-originals this time round. The audit file of the current day is never deleted: entries
-are still appended to it.
+originals this time round. A quarantined file already has its ``rejected`` result stored
+(capture and the archiver store it first), so it goes with its ``<name>.reason.txt``, the
+file first: a file is never seen without its note. The audit file of the current day is
+never deleted: entries are still appended to it.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemon import telemetry
+from daemon.settings import REASON_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ class _File:
     path: Path
     size: int
     age_key: float  # seconds since the epoch: the older, the sooner it goes
+    companions: tuple[Path, ...] = ()  # deleted with it, after it (size includes theirs)
 
 
 def _select(files: list[_File], retention_days: float | None, max_bytes: int | None,
@@ -81,6 +88,14 @@ def _delete(doomed: Iterable[tuple[_File, str]], metric: str, what: str) -> Prun
             log.warning(f"{what} could not be deleted", extra={"path": str(f.path),
                                                               "error": str(exc)})
             continue
+        for companion in f.companions:
+            try:
+                companion.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning(f"{what}'s companion could not be deleted", extra={
+                    "path": str(companion), "error": str(exc)})
         files += 1
         size += f.size
         telemetry.count(metric, {"reason": reason})
@@ -150,6 +165,50 @@ def prune_archive(folder: Path, retention_days: float | None, max_bytes: int | N
                 busy.add(item.path)
     doomed = _select(files, retention_days, max_bytes, now, frozenset(busy))
     pruned = _delete(doomed, "leukoscope_archive_originals_deleted_total", "archived original")
+    for parent in {f.path.parent for f, _ in doomed}:
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            pass
+    return pruned
+
+
+def prune_quarantine(folder: Path, retention_days: float | None, max_bytes: int | None,
+                     now: float | None = None) -> Pruned:
+    """Delete quarantined files (``<folder>/<specimen>/<file>``), each with its
+    ``<file>.reason.txt``, oldest first, quarantined longer ago than ``retention_days`` or
+    while the quarantine holds more than ``max_bytes``. A file's age is its note's mtime
+    (when it was quarantined; a moved file keeps the mtime the rig gave it); a note whose
+    file is gone is a unit of its own. Files being written (``.name.part``) are left alone.
+    Emptied specimen folders are removed."""
+    if retention_days is None and max_bytes is None:
+        return Pruned()
+    now = time.time() if now is None else now
+    units: list[_File] = []
+    for specimen in _entries(folder):
+        if not specimen.is_dir(follow_symlinks=False):
+            continue
+        stats: dict[str, os.stat_result] = {}
+        for entry in _entries(Path(specimen.path)):
+            try:
+                if entry.name.startswith(".") or not entry.is_file(follow_symlinks=False):
+                    continue
+                stats[entry.name] = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+        notes = {name for name in stats if name.endswith(REASON_SUFFIX)}
+        for name, stat in stats.items():
+            note = name + REASON_SUFFIX
+            if name in notes and name.removesuffix(REASON_SUFFIX) in stats:
+                continue  # deleted with its file
+            path = Path(specimen.path) / name
+            if note in stats:
+                units.append(_File(path, stat.st_size + stats[note].st_size,
+                                   stats[note].st_mtime, (path.with_name(note),)))
+            else:
+                units.append(_File(path, stat.st_size, stat.st_mtime))
+    doomed = _select(units, retention_days, max_bytes, now)
+    pruned = _delete(doomed, "leukoscope_quarantine_files_deleted_total", "quarantined file")
     for parent in {f.path.parent for f, _ in doomed}:
         try:
             parent.rmdir()  # only when empty

@@ -208,7 +208,7 @@ class Housekeeper:
                             extra={"count": swept, "directory": str(self.settings.frames_dir)})
 
     def _disk_bounds(self) -> None:
-        """Keep the archive and the audit files within their configured bounds."""
+        """Keep the archive, the quarantine and the audit files within their configured bounds."""
         if time.monotonic() < self._next_disk:
             return
         self._next_disk = time.monotonic() + DISK_BOUNDS_EVERY_SECONDS
@@ -222,6 +222,12 @@ class Housekeeper:
             if pruned.files:
                 log.info("archived originals deleted to stay within bounds", extra={
                     "files": pruned.files, "bytes": pruned.bytes})
+        quarantine = self.settings.quarantine
+        pruned = disk_bounds.prune_quarantine(self.settings.quarantine_dir,
+                                              quarantine.retention_days, quarantine.max_bytes)
+        if pruned.files:
+            log.info("quarantined files deleted to stay within bounds", extra={
+                "files": pruned.files, "bytes": pruned.bytes})
         pruned = disk_bounds.prune_audit_files(self.settings.audit_dir, trail.files_retention_days,
                                                trail.files_max_bytes)
         if pruned.files:

@@ -212,6 +212,7 @@ class StatusReader:
             data_dir_scanned_at=scanned_at,
             data_dir_limit_bytes={part: limit for part, limit in (
                 ("archive", self.settings.archive.max_bytes),
+                ("quarantine", self.settings.quarantine.max_bytes),
                 ("audit", self.settings.audit.files_max_bytes)) if limit is not None},
             filesystem_free_bytes=free,
             filesystem_total_bytes=total,

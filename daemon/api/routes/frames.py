@@ -48,7 +48,7 @@ from daemon.imaging.frames import (
     geometry,
     sniff_format,
 )
-from daemon.settings import Settings
+from daemon.settings import REASON_SUFFIX, Settings
 from daemon.store import counters
 from daemon.store.connection import Outage
 
@@ -102,7 +102,7 @@ def _metadata(raw: str | None) -> dict[str, str] | None:
 def _keep(directory: Path, name: str, data: bytes) -> Path:
     """Write ``data`` under a free name in ``directory`` (temp file, then rename)."""
     directory.mkdir(parents=True, exist_ok=True)
-    target = free_name(directory, name, companion=".reason.txt")
+    target = free_name(directory, name, companion=REASON_SUFFIX)
     partial = directory / f".{target.name}.{os.getpid()}.part"
     partial.write_bytes(data)
     os.replace(partial, target)
