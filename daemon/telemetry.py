@@ -12,7 +12,13 @@ multiprocess mode: ``leukoscope run`` points ``PROMETHEUS_MULTIPROC_DIR`` at
 ``<data_dir>/metrics`` (emptied at start) for itself and its children, each process writes
 its values to its own files there, the API's ``/metrics`` merges them
 (``MultiProcessCollector``), and the supervisor calls ``mark_process_dead`` for a child that
-exited, so its live gauges disappear while its counts stay. A worker, capture or LIS
+exited, so its live gauges disappear while its counts stay. Those counts are folded into one
+file per kind (``counter_exited.db``, ``histogram_exited.db``) and the child's own files
+deleted: prometheus_client keeps a file per process that ever lived and every scrape reads
+them all, so a child restarting every 30 s (the supervisor's longest backoff) would add
+2,880 files a day and slow each scrape without end (prometheus/client_python#275). A scrape
+and a fold exclude each other by a lock file in the folder, so no scrape sees a count twice
+or not at all. A worker, capture or LIS
 listener started alone (another host) serves its own metrics on ``metrics.port``
 (:func:`serve`). Metrics are created on first use, so a process that switches to
 multiprocess mode (the supervisor) can do so before its first observation.
@@ -20,14 +26,19 @@ multiprocess mode (the supervisor) can do so before its first observation.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import itertools
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess, start_http_server, values
+from prometheus_client.metrics_core import Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector, CollectorRegistry
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -191,12 +202,66 @@ def announce(role: str) -> None:
             metric(name)
 
 
+#: Kinds whose values add up across processes, so a dead process's can be folded into one
+#: file. Gauges are all ``livesum``: ``mark_process_dead`` deletes a dead process's.
+FOLDED_KINDS = ("counter", "histogram")
+FOLDED_NAME = "exited"  # counter_exited.db: parsed by MultiProcessCollector like a pid's
+LOCK_NAME = ".lock"  # not *.db: never read as metrics
+
+
 def process_exited(pid: int) -> None:
     """Bookkeeping for a child that exited: its live gauges leave the exposition, its counts
-    and observations stay (they happened)."""
+    and observations stay (they happened), folded into the ``*_exited.db`` files."""
     path = multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, str(path))
+        fold_exited(path, pid)
+
+
+def fold_exited(path: Path, pid: int) -> None:
+    """Add the values of the exited process ``pid``'s counter and histogram files (raw
+    mmap values: counts, bucket counts, sums) into ``<kind>_exited.db`` and delete its files.
+    Called by the one process that started ``pid`` (its supervisor), after it exited."""
+    for kind in FOLDED_KINDS:
+        dead = path / f"{kind}_{pid}.db"
+        if not dead.exists():
+            continue
+        folded = path / f"{kind}_{FOLDED_NAME}.db"
+        totals: dict[str, float] = {}
+        for source in (folded, dead):
+            if source.exists():
+                for key, value, _stamp, _pos in MmapedDict.read_all_values_from_file(str(source)):
+                    totals[key] = totals.get(key, 0.0) + value
+        building = path / f".{kind}_{FOLDED_NAME}.building"  # not *.db: no scrape reads it
+        building.unlink(missing_ok=True)
+        out = MmapedDict(str(building))
+        try:
+            for key, value in totals.items():
+                out.write_value(key, value, 0.0)
+        finally:
+            out.close()
+        with _folder_lock(path, fcntl.LOCK_EX):  # a scrape sees both files or the fold
+            os.replace(building, folded)
+            dead.unlink()
+
+
+@contextlib.contextmanager
+def _folder_lock(path: Path, how: int) -> Iterator[None]:
+    with open(path / LOCK_NAME, "a") as handle:
+        fcntl.flock(handle, how)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+class _Merged(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector of a multiprocess folder, reading under a shared lock
+    so a fold (:func:`fold_exited`) never lands between two of its file reads."""
+
+    def collect(self) -> list[Metric]:
+        with _folder_lock(Path(self._path), fcntl.LOCK_SH):
+            return list(super().collect())
 
 
 def reset() -> None:
@@ -216,7 +281,7 @@ def collector() -> Collector:
     multiprocess folder merged, or this process's own."""
     path = multiprocess_dir()
     if path is not None:
-        return multiprocess.MultiProcessCollector(None, str(path))
+        return _Merged(None, str(path))
     return _Local()
 
 

@@ -1,5 +1,6 @@
 """Process-local metrics (daemon.telemetry): several processes in one /metrics through
-prometheus_client's multiprocess mode, a dead process's live gauge removed, the /metrics
+prometheus_client's multiprocess mode, a dead process's live gauge removed and its counts
+folded into one file, the /metrics
 scopes, and metrics.port for a process alone on its host. Real processes, real HTTP."""
 
 from __future__ import annotations
@@ -63,11 +64,22 @@ def test_two_worker_processes_appear_in_one_scrape_and_a_dead_ones_gauge_goes(
         # Counters with known labels are exported at 0 by every process from its start.
         assert seen[("leukoscope_worker_restarts_total", (("role", "worker"),))] == 0
 
+        before = seen
         telemetry.process_exited(pids[0])  # what the supervisor does when a child exits
         seen = samples(api.get("/metrics").text)
         assert seen[("leukoscope_processes", (("role", "worker"),))] == 1
         # What the dead process observed stays: it happened.
         assert seen[("leukoscope_stage_seconds_count", segment)] == 3
+        # ... folded into one file per kind, its own files gone (a crash-looping child must
+        # not add files, and scrape time, without end); the second fold adds to the first
+        telemetry.process_exited(pids[1])
+        names = sorted(path.name for path in folder.glob("*.db"))
+        assert names == ["counter_exited.db", "histogram_exited.db"]
+        seen = samples(api.get("/metrics").text)
+        assert ("leukoscope_processes", (("role", "worker"),)) not in seen
+        assert {key: value for key, value in seen.items() if key[0] != "leukoscope_processes"} \
+            == pytest.approx({key: value for key, value in before.items()
+                              if key[0] != "leukoscope_processes"})
 
 
 def test_metrics_scopes_split_shared_redis_counts_from_process_measures(
