@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import itertools
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ from prometheus_client import Counter, Gauge, Histogram, multiprocess, start_htt
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.registry import Collector, CollectorRegistry
+
+log = logging.getLogger(__name__)
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
@@ -215,7 +218,11 @@ def process_exited(pid: int) -> None:
     path = multiprocess_dir()
     if path is not None:
         multiprocess.mark_process_dead(pid, str(path))
-        fold_exited(path, pid)
+        try:
+            fold_exited(path, pid)
+        except Exception:  # bookkeeping of metrics must never stop the supervisor
+            log.exception("metric files of an exited process not folded; they stay as they are",
+                          extra={"child_pid": pid, "directory": str(path)})
 
 
 def fold_exited(path: Path, pid: int) -> None:

@@ -82,6 +82,16 @@ def test_two_worker_processes_appear_in_one_scrape_and_a_dead_ones_gauge_goes(
                               if key[0] != "leukoscope_processes"})
 
 
+def test_a_corrupt_file_of_an_exited_process_is_left_as_it_is_and_nothing_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv(telemetry.ENV, str(tmp_path))
+    corrupt = tmp_path / "counter_4242.db"
+    corrupt.write_bytes((1 << 20).to_bytes(4, "little") + b"\0" * 60)  # claims 1 MiB used
+    telemetry.process_exited(4242)  # the supervisor goes on
+    assert corrupt.exists() and not (tmp_path / "counter_exited.db").exists()
+    assert "not folded" in caplog.text
+
+
 def test_metrics_scopes_split_shared_redis_counts_from_process_measures(
     make_settings, redis_client: redis.Redis
 ) -> None:
