@@ -15,8 +15,8 @@ its values to its own files there, the API's ``/metrics`` merges them
 exited, so its live gauges disappear while its counts stay. Those counts are folded into one
 file per kind (``counter_exited.db``, ``histogram_exited.db``) and the child's own files
 deleted: prometheus_client keeps a file per process that ever lived and every scrape reads
-them all, so a child restarting every 30 s (the supervisor's longest backoff) would add
-2,880 files a day and slow each scrape without end (prometheus/client_python#275). A scrape
+them all, so a child restarting every 30 s (the supervisor's longest backoff) would add two
+files 2,880 times a day and slow each scrape without end (prometheus/client_python#275). A scrape
 and a fold exclude each other by a lock file in the folder, so no scrape sees a count twice
 or not at all. A worker, capture or LIS
 listener started alone (another host) serves its own metrics on ``metrics.port``
