@@ -25,7 +25,7 @@ import datetime
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,28 +149,15 @@ def prune_archive(folder: Path, retention_days: float | None, max_bytes: int | N
     now = time.time() if now is None else now
     files: list[_File] = []
     busy: set[Path] = set()
-    for specimen in _entries(folder):
-        if not specimen.is_dir(follow_symlinks=False):
-            continue
-        for entry in _entries(Path(specimen.path)):
-            try:
-                if not entry.is_file(follow_symlinks=False):
-                    continue
-                stat = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            item = _File(Path(entry.path), stat.st_size, stat.st_mtime)
+    for specimen, stats in _specimen_files(folder):
+        for name, stat in stats.items():
+            item = _File(specimen / name, stat.st_size, stat.st_mtime)
             files.append(item)
             if specimen.name in busy_specimens:
                 busy.add(item.path)
     doomed = _select(files, retention_days, max_bytes, now, frozenset(busy))
-    pruned = _delete(doomed, "leukoscope_archive_originals_deleted_total", "archived original")
-    for parent in {f.path.parent for f, _ in doomed}:
-        try:
-            parent.rmdir()  # only when empty
-        except OSError:
-            pass
-    return pruned
+    return _delete_emptying(doomed, "leukoscope_archive_originals_deleted_total",
+                            "archived original")
 
 
 def prune_quarantine(folder: Path, retention_days: float | None, max_bytes: int | None,
@@ -179,12 +166,29 @@ def prune_quarantine(folder: Path, retention_days: float | None, max_bytes: int 
     ``<file>.reason.txt``, oldest first, quarantined longer ago than ``retention_days`` or
     while the quarantine holds more than ``max_bytes``. A file's age is its note's mtime
     (when it was quarantined; a moved file keeps the mtime the rig gave it); a note whose
-    file is gone is a unit of its own. Files being written (``.name.part``) are left alone.
-    Emptied specimen folders are removed."""
+    file is gone is a unit of its own. Emptied specimen folders are removed."""
     if retention_days is None and max_bytes is None:
         return Pruned()
     now = time.time() if now is None else now
     units: list[_File] = []
+    for specimen, stats in _specimen_files(folder):
+        for name, stat in stats.items():
+            note = name + REASON_SUFFIX
+            if name.endswith(REASON_SUFFIX) and name.removesuffix(REASON_SUFFIX) in stats:
+                continue  # deleted with its file
+            if note in stats:
+                units.append(_File(specimen / name, stat.st_size + stats[note].st_size,
+                                   stats[note].st_mtime, (specimen / note,)))
+            else:
+                units.append(_File(specimen / name, stat.st_size, stat.st_mtime))
+    doomed = _select(units, retention_days, max_bytes, now)
+    return _delete_emptying(doomed, "leukoscope_quarantine_files_deleted_total",
+                            "quarantined file")
+
+
+def _specimen_files(folder: Path) -> Iterator[tuple[Path, dict[str, os.stat_result]]]:
+    """Each specimen folder of ``folder`` with the stats of its plain files, by name. Files
+    being written (``.name.part``: write, then rename) are left out, so never deleted."""
     for specimen in _entries(folder):
         if not specimen.is_dir(follow_symlinks=False):
             continue
@@ -196,19 +200,12 @@ def prune_quarantine(folder: Path, retention_days: float | None, max_bytes: int 
                 stats[entry.name] = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-        notes = {name for name in stats if name.endswith(REASON_SUFFIX)}
-        for name, stat in stats.items():
-            note = name + REASON_SUFFIX
-            if name in notes and name.removesuffix(REASON_SUFFIX) in stats:
-                continue  # deleted with its file
-            path = Path(specimen.path) / name
-            if note in stats:
-                units.append(_File(path, stat.st_size + stats[note].st_size,
-                                   stats[note].st_mtime, (path.with_name(note),)))
-            else:
-                units.append(_File(path, stat.st_size, stat.st_mtime))
-    doomed = _select(units, retention_days, max_bytes, now)
-    pruned = _delete(doomed, "leukoscope_quarantine_files_deleted_total", "quarantined file")
+        yield Path(specimen.path), stats
+
+
+def _delete_emptying(doomed: list[tuple[_File, str]], metric: str, what: str) -> Pruned:
+    """:func:`_delete`, then remove the specimen folders it emptied."""
+    pruned = _delete(doomed, metric, what)
     for parent in {f.path.parent for f, _ in doomed}:
         try:
             parent.rmdir()  # only when empty
