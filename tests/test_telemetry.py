@@ -1,7 +1,7 @@
 """Process-local metrics (daemon.telemetry): several processes in one /metrics through
 prometheus_client's multiprocess mode, a dead process's live gauge removed and its counts
-folded into one file, the /metrics
-scopes, and metrics.port for a process alone on its host. Real processes, real HTTP."""
+folded into one file, the /metrics scopes, and metrics.port for a process alone on its
+host. Real processes, real HTTP."""
 
 from __future__ import annotations
 
