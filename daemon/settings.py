@@ -411,6 +411,12 @@ class SpecimenSettings(_Section):
     low_confidence: float = Field(
         default=0.6, gt=0, le=1, description="a cell whose top probability is below is counted"
     )
+    retention_days: float | None = Field(
+        default=None, gt=0, description="complete specimens that completed longer ago than "
+        "this leave Redis with their review, late frames and order (logged, audited, "
+        "leukoscope_specimens_forgotten_total); one whose LIS message is still owed (outbox "
+        "or parked) stays until it is not; null: kept for ever (Redis grows with each one)"
+    )
 
 
 class ReviewSettings(_Section):

@@ -122,6 +122,10 @@ CATALOGUE: dict[str, LocalMetric] = {
                     "leader to keep the quarantine within quarantine.retention_days (reason "
                     "age) or quarantine.max_bytes (size).",
                     ("reason",), known={"reason": ("age", "size")}),
+        LocalMetric("leukoscope_specimens_forgotten_total", "counter",
+                    "Complete specimens deleted from Redis by the housekeeping leader past "
+                    "specimens.retention_days (each with its review, late frames and order; "
+                    "one whose LIS message is still owed is kept)."),
         LocalMetric("leukoscope_audit_files_deleted_total", "counter",
                     "Daily audit files (audit-<day>.jsonl) deleted by the housekeeping leader "
                     "to keep them within audit.files_retention_days (reason age) or "

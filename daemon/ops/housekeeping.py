@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 from redis.exceptions import LockError
 
+from daemon import telemetry
 from daemon.lis.mllp import Outbox
 from daemon.ops import disk_bounds
 from daemon.settings import Settings
@@ -29,7 +30,7 @@ from daemon.store.connection import Outage, housekeeper_lease
 from daemon.store.frames import FrameStore
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore, trim_results
-from daemon.store.specimens import SpecimenStore
+from daemon.store.specimens import SpecimenStore, forget_completed
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,20 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
     return forgotten
 
 
+def forget_specimens(client: redis.Redis, older_than: float) -> int:
+    """Forget the complete specimens past their retention (store/specimens.py), each one
+    audited as ``specimen.forgotten`` and counted; returns how many went."""
+    done = forget_completed(client, older_than)
+    for specimen_id in done.specimen_ids:
+        audit.record(client, "housekeeping", "system", "specimen.forgotten",
+                     specimen_id=specimen_id, detail="specimens.retention_days")
+        telemetry.count("leukoscope_specimens_forgotten_total")
+    if done.specimen_ids or done.owed:
+        log.info("specimens past retention forgotten", extra={
+            "forgotten": len(done.specimen_ids), "kept_owed_to_lis": done.owed})
+    return len(done.specimen_ids)
+
+
 class Housekeeper:
     def __init__(self, settings: Settings, client: redis.Redis, interval: float = 0.5,
                  lease_seconds: float | None = None) -> None:
@@ -116,6 +131,7 @@ class Housekeeper:
         self.outbox = Outbox(client, settings)
         self.stopping = threading.Event()
         self._next_retention = 0.0
+        self._next_specimen_retention = 0.0
         self._next_janitor = 0.0
         self._next_disk = 0.0
         self._thread: threading.Thread | None = None
@@ -190,6 +206,10 @@ class Housekeeper:
             removed = trim_results(self.client, time.time() - days * 86400)
             if removed:
                 log.info("results past retention trimmed", extra={"removed": removed})
+        days = self.settings.specimens.retention_days
+        if days is not None and time.monotonic() >= self._next_specimen_retention:
+            self._next_specimen_retention = time.monotonic() + RETENTION_EVERY_SECONDS
+            forget_specimens(self.client, time.time() - days * 86400)
         if time.monotonic() >= self._next_janitor:
             self._next_janitor = time.monotonic() + JANITOR_EVERY_SECONDS
             trail = self.settings.audit

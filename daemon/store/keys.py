@@ -28,9 +28,12 @@ LOG_KEY = "lks:results"  # stream: one entry per stored result (cursor polling, 
 UNASSIGNED_LOG = "lks:results:unassigned"  # stream: one entry per stored result of a frame with
 #   no specimen (straight in the inbox, misplaced): listed, counted, never reported; trimmed
 #   with the results
-NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry when a store acknowledges nothing
+NO_STREAM_KEY = "lks:none"  # placeholder KEYS entry where a script has no key to touch (a
+#   store that acknowledges nothing, a forgotten specimen with no order); never written
 
 # --- specimens (store/specimens.py) ------------------------------------------------------
+# A complete specimen past specimens.retention_days leaves with its :late, :frames, :cells
+# and :order keys, its entries in both logs and its order (scripts/forget_specimen.lua).
 SPECIMEN_KEY = "lks:specimen:{}"  # hash: a specimen's counters and lifecycle
 LATE_KEY = "lks:specimen:{}:late"  # set: frames stored after the specimen completed
 OPENED_LOG = "lks:specimens:opened"  # stream: one entry when a specimen opens
@@ -52,7 +55,8 @@ METRICS_KEY = "lks:metrics"  # hash: counter and histogram fields (store/counter
 RIGS_KEY = "lks:metrics:rigs"  # set: rig ids admitted as metric label values (capped)
 WORKERS_KEY = "lks:workers"  # hash: worker id -> heartbeat JSON
 CAPTURES_KEY = "lks:captures"  # hash: rig id -> capture heartbeat JSON
-AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (never trimmed)
+AUDIT_KEY = "lks:audit"  # stream: who read or ingested what (past audit.retention_days or
+#   audit.max_entries, moved to <data_dir>/audit/ files by the housekeeping leader)
 HOUSEKEEPER_LEASE_KEY = "lks:housekeeper"  # string: token of the API process doing upkeep
 
 # --- rigs (store/rigs.py) ---------------------------------------------------------------

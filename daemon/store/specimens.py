@@ -20,6 +20,7 @@ logged apart (``UNASSIGNED_LOG``, ``ResultStore.unassigned_page``), listed at
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,16 +33,21 @@ from daemon.domain.results import FrameResult
 from daemon.domain.specimens import Specimen, SpecimenModel
 from daemon.store import paging, scripts
 from daemon.store.keys import (
+    CELL_REVIEW_KEY,
     COMPLETED_LOG,
     CONTROL_COUNTER,
     INFLIGHT_KEY,
     LATE_KEY,
+    NO_STREAM_KEY,
     OPEN_SET,
     OPENED_LOG,
+    ORDER_KEY,
     OUTBOX_KEY,
+    PARKED_KEY,
     REQUESTED_SET,
     SPECIMEN_FRAMES_KEY,
     SPECIMEN_KEY,
+    SPECIMEN_ORDER_KEY,
 )
 from daemon.store.orders import OrderStore
 
@@ -320,3 +326,72 @@ class SpecimenStore:
 
     def last_completed_cursor(self) -> str:
         return paging.last_cursor(self.client, COMPLETED_LOG)
+
+
+# --- retention: complete specimens leave Redis (specimens.retention_days) ---------------
+@dataclasses.dataclass
+class Forgotten:
+    """What one :func:`forget_completed` pass did."""
+
+    specimen_ids: list[str] = dataclasses.field(default_factory=list)  # forgotten, oldest completion first
+    owed: int = 0  # past the cutoff but kept: their LIS message is in the outbox or parked
+
+
+def forget_completed(client: redis.Redis, older_than: float, batch: int = 100) -> Forgotten:
+    """Delete the specimens that completed before ``older_than`` (Unix s): the hash, its
+    late frames, frame index, reviewed cells, and its order while the order still names it.
+
+    The completion log is read oldest first up to the cutoff (its entry ids are completion
+    times), each specimen forgotten atomically (``scripts/forget_specimen.lua``) with its log
+    entry; one whose message to the LIS is still owed stays, entry and all, until delivered,
+    dropped or retried. Its entry in the opened log goes too. Frames' results are trimmed on
+    their own clock (``results.retention_days``).
+    """
+    script = client.register_script(scripts.FORGET_SPECIMEN)
+    cutoff_ms = int(older_than * 1000)
+    out = Forgotten()
+    after = "-"
+    while True:
+        entries = client.xrange(COMPLETED_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
+        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
+        if not entries:
+            break
+        ids = [fields[b"specimen_id"].decode() for _, fields in entries]
+        placers = client.mget([SPECIMEN_ORDER_KEY.format(s) for s in ids])
+        calls = []
+        for (entry_id, _), specimen_id, placer in zip(entries, ids, placers, strict=True):
+            order_key = ORDER_KEY.format(placer.decode()) if placer else NO_STREAM_KEY
+            keys = [SPECIMEN_KEY.format(specimen_id), LATE_KEY.format(specimen_id),
+                    SPECIMEN_FRAMES_KEY.format(specimen_id), CELL_REVIEW_KEY.format(specimen_id),
+                    SPECIMEN_ORDER_KEY.format(specimen_id), OUTBOX_KEY, PARKED_KEY,
+                    COMPLETED_LOG, order_key]
+            args = [specimen_id, entry_id.decode(), repr(float(older_than)),
+                    placer.decode() if placer else ""]
+            calls.append((script, keys, args))
+        for specimen_id, outcome in zip(ids, scripts.run_many(client, calls), strict=True):
+            if outcome == b"forgotten":
+                out.specimen_ids.append(specimen_id)
+            elif outcome == b"owed":
+                out.owed += 1
+        after = "(" + entries[-1][0].decode()
+    _drop_opened_entries(client, cutoff_ms, batch)  # every pass: one cut short left some
+    return out
+
+
+def _drop_opened_entries(client: redis.Redis, cutoff_ms: int, batch: int) -> None:
+    """XDEL the opened-log entries before the cutoff whose specimen is gone (a forgotten
+    specimen opened before it completed, so before the cutoff)."""
+    after = "-"
+    while True:
+        entries = client.xrange(OPENED_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
+        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
+        if not entries:
+            return
+        pipe = client.pipeline(transaction=False)
+        for _, fields in entries:
+            pipe.exists(SPECIMEN_KEY.format(fields[b"specimen_id"].decode()))
+        gone = [entry_id for (entry_id, _), exists in zip(entries, pipe.execute(), strict=True)
+                if not exists]
+        if gone:
+            client.xdel(OPENED_LOG, *gone)
+        after = "(" + entries[-1][0].decode()
