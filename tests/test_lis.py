@@ -24,6 +24,7 @@ from daemon.store import audit
 from daemon.store.connection import start_embedded, stop_embedded
 from daemon.store.keys import OUTBOX_KEY
 from daemon.store.results import ResultStore
+from daemon.store.review import ReviewStore
 from daemon.store.specimens import SpecimenStore
 from tests.conftest import serve_http, wait_for
 from tests.test_specimens import cell, result
@@ -432,8 +433,10 @@ def test_retention_trims_results_but_keeps_specimens_and_audit(redis_client) -> 
         store.store(result(f"r{i}", specimen="R1", cells=[cell("pre_b", 0.9)]))
     audit.record(redis_client, "lis", "read", "frame.read", frame_id="r0")
     assert trim_results(redis_client, time.time() - 3600) == 0
+    assert len(ReviewStore(redis_client).frame_ids("R1")) == 5
     assert trim_results(redis_client, time.time() + 1) == 5
     assert store.count() == 0 and store.get("r0") is None
+    assert ReviewStore(redis_client).frame_ids("R1") == []  # the index goes with them
     spec = SpecimenStore(redis_client).get("R1")
     assert spec.frames_done == 5 and spec.cells_classified == 5
     assert len(audit.page(redis_client, None, 10)[0]) == 1

@@ -47,6 +47,7 @@ PARKED_KEY = "lks:outbox:parked"  # zset: specimen -> time its message was parke
 
 # --- review and sign-off (store/review.py, issue 13) -----------------------------------
 SPECIMEN_FRAMES_KEY = "lks:specimen:{}:frames"  # zset: frame folded into the specimen -> time
+#   (a frame leaves it when its result is trimmed)
 CELL_REVIEW_KEY = "lks:specimen:{}:cells"  # hash: "<frame_id>:<index>" -> reviewed class JSON
 UI_SECRET_KEY = "lks:ui:secret"  # string: session-signing secret shared by API replicas
 

@@ -28,6 +28,7 @@ from daemon.store.keys import (
     METRICS_KEY,
     NO_STREAM_KEY,
     RESULT_KEY,
+    SPECIMEN_FRAMES_KEY,
     STORED_AT_KEY,
     UNASSIGNED_LOG,
 )
@@ -334,8 +335,9 @@ class ResultStore:
 def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> int:
     """Delete frames' results (keys and log entries) stored before ``older_than`` (Unix s).
 
-    The unassigned log (frames with no specimen) is trimmed to the same time. Specimens,
-    reports and the audit trail are separate keys and stay.
+    The unassigned log (frames with no specimen) is trimmed to the same time, and each frame
+    leaves its specimen's frame index (the review station's list: it would only point at
+    nothing). Specimens, their counts and reports, and the audit trail stay.
     """
     cutoff_ms = int(older_than * 1000)
     removed = 0
@@ -345,10 +347,26 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
         if not entries:
             client.xtrim(UNASSIGNED_LOG, minid=f"{cutoff_ms}-0", approximate=False)
             return removed
+        frame_ids = [fields[b"frame_id"].decode() for _, fields in entries]
+        raws = client.mget([RESULT_KEY.format(f) for f in frame_ids])
         pipe = client.pipeline(transaction=False)
+        for frame_id, raw in zip(frame_ids, raws, strict=True):
+            specimen_id = _specimen_of(raw)
+            if specimen_id:
+                pipe.zrem(SPECIMEN_FRAMES_KEY.format(specimen_id), frame_id)
         for entry_id, fields in entries:
             pipe.delete(RESULT_KEY.format(fields[b"frame_id"].decode()))
             pipe.hdel(STORED_AT_KEY, fields[b"frame_id"].decode())
             pipe.xdel(LOG_KEY, entry_id)
         pipe.execute()
         removed += len(entries)
+
+
+def _specimen_of(raw: bytes | None) -> str | None:
+    """The specimen id of a stored result (None: gone, or unreadable: nothing to unindex)."""
+    if not raw:
+        return None
+    try:
+        return json.loads(_inflate(raw)).get("specimen_id")
+    except (ValueError, zlib.error):
+        return None
