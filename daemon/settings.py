@@ -415,7 +415,8 @@ class SpecimenSettings(_Section):
         default=None, gt=0, description="complete specimens that completed longer ago than "
         "this leave Redis with their review, late frames and order (logged, audited, "
         "leukoscope_specimens_forgotten_total); one whose LIS message is still owed (outbox "
-        "or parked) stays until it is not; null: kept for ever (Redis grows with each one)"
+        "or parked) stays until it is not; an order as old whose specimen never came goes "
+        "too; null: kept for ever (Redis grows with each one)"
     )
 
 

@@ -19,12 +19,13 @@ from daemon.store import audit, outbox
 from daemon.store.keys import (
     CELL_REVIEW_KEY,
     LATE_KEY,
+    ORDERS_LOG,
     PARKED_KEY,
     SPECIMEN_FRAMES_KEY,
     SPECIMEN_KEY,
     SPECIMEN_ORDER_KEY,
 )
-from daemon.store.orders import OrderStore
+from daemon.store.orders import OrderStore, forget_unmatched
 from daemon.store.results import ResultStore
 from daemon.store.review import ReviewStore
 from daemon.store.specimens import SpecimenStore, forget_completed
@@ -128,3 +129,33 @@ def test_no_retention_keeps_specimens_and_zero_is_refused(
     assert SpecimenStore(redis_client).get("A") is not None
     with pytest.raises(ConfigError, match=r"specimens.retention_days: Input should be greater"):
         load_settings(None, specimens={"retention_days": 0})
+
+
+def test_an_order_whose_specimen_never_came_is_forgotten_after_as_long(
+        redis_client: redis.Redis) -> None:
+    orders, specimens = OrderStore(redis_client), SpecimenStore(redis_client)
+    results = ResultStore(redis_client)
+    orders.save(order("P-NEVER", "NEVER"))  # no frame ever came
+    orders.save(order("P-SCANNED", "SCANNED"))  # its specimen is in Redis
+    results.store(frame("SCANNED-1", "SCANNED"))
+    orders.save(order("P-MOVED", "FIRST"))
+    orders.save(order("P-MOVED", "SECOND"))  # re-sent for another specimen
+    time.sleep(0.01)
+    cutoff = time.time()
+    time.sleep(0.01)
+    orders.save(order("P-LATER", "LATER"))
+
+    assert forget_unmatched(redis_client, cutoff) == ["P-NEVER", "P-MOVED"]
+    assert orders.get("P-NEVER") is None and orders.get("P-MOVED") is None
+    assert orders.for_specimen("SCANNED").placer_order_number == "P-SCANNED"
+    events, _ = orders.page(None, 10)
+    assert [e.order.placer_order_number for e in events] == ["P-SCANNED", "P-LATER"]
+    assert redis_client.xlen(ORDERS_LOG) == 2  # the log lost the forgotten orders' entries
+    assert forget_unmatched(redis_client, cutoff) == []
+
+    # once its specimen is forgotten, the order goes with it and the log entry after it
+    specimens.complete("SCANNED", "api")
+    forget_completed(redis_client, time.time() + 1)
+    assert orders.get("P-SCANNED") is None
+    assert forget_unmatched(redis_client, time.time() + 1) == ["P-LATER"]
+    assert redis_client.xlen(ORDERS_LOG) == 0

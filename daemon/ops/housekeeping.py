@@ -28,6 +28,7 @@ from daemon.settings import Settings
 from daemon.store import audit, frames
 from daemon.store.connection import Outage, housekeeper_lease
 from daemon.store.frames import FrameStore
+from daemon.store.orders import forget_unmatched
 from daemon.store.queue import FrameQueue
 from daemon.store.results import ResultStore, trim_results
 from daemon.store.specimens import SpecimenStore, forget_completed
@@ -101,15 +102,21 @@ def sweep_inflight(client: redis.Redis, older_than: float) -> int:
 
 def forget_specimens(client: redis.Redis, older_than: float) -> int:
     """Forget the complete specimens past their retention (store/specimens.py), each one
-    audited as ``specimen.forgotten`` and counted; returns how many went."""
+    audited as ``specimen.forgotten`` and counted, then the orders as old whose specimen
+    never came (``order.forgotten``); returns how many specimens went."""
     done = forget_completed(client, older_than)
     for specimen_id in done.specimen_ids:
         audit.record(client, "housekeeping", "system", "specimen.forgotten",
                      specimen_id=specimen_id, detail="specimens.retention_days")
         telemetry.count("leukoscope_specimens_forgotten_total")
-    if done.specimen_ids or done.owed:
+    orders = forget_unmatched(client, older_than)
+    for placer in orders:
+        audit.record(client, "housekeeping", "system", "order.forgotten",
+                     detail=f"placer {placer}: no specimen within specimens.retention_days")
+    if done.specimen_ids or done.owed or orders:
         log.info("specimens past retention forgotten", extra={
-            "forgotten": len(done.specimen_ids), "kept_owed_to_lis": done.owed})
+            "forgotten": len(done.specimen_ids), "kept_owed_to_lis": done.owed,
+            "orders_without_specimen_forgotten": len(orders)})
     return len(done.specimen_ids)
 
 

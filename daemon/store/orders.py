@@ -4,7 +4,9 @@
 placer order number of the specimen it names; ``lks:orders`` logs every order received for
 cursor paging. An order may arrive before the specimen's first frame or after its last; a
 specimen completed while unordered waits in the outbox (``outbox_state: unordered``, scored
-+inf) and is released for MLLP delivery when its order arrives.
++inf) and is released for MLLP delivery when its order arrives. Past
+``specimens.retention_days`` an order leaves with its specimen, or alone when its specimen
+never came (:func:`forget_unmatched`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import redis
 
 from daemon.domain.orders import Order, OrderEvent
-from daemon.store import paging
+from daemon.store import paging, scripts
 from daemon.store.keys import ORDER_KEY, ORDERS_LOG, OUTBOX_KEY, SPECIMEN_KEY, SPECIMEN_ORDER_KEY
 
 log = logging.getLogger(__name__)
@@ -81,6 +83,34 @@ class OrderStore:
             if order is not None:
                 items.append(OrderEvent(cursor=entry_id.decode(), order=order))
         return items, paging.next_cursor(entries, after)
+
+
+def forget_unmatched(client: redis.Redis, older_than: float, batch: int = 100) -> list[str]:
+    """Delete the orders received before ``older_than`` (Unix s) whose specimen is not in
+    Redis (never scanned, or forgotten with its order already); returns their placer order
+    numbers. The orders log loses the entries that no longer stand for a stored order: the
+    forgotten ones, and earlier entries of an order the LIS re-sent for another specimen."""
+    script = client.register_script(scripts.FORGET_ORDER)
+    cutoff_ms = int(older_than * 1000)
+    forgotten = []
+    after = "-"
+    while True:
+        entries = client.xrange(ORDERS_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
+        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
+        if not entries:
+            return forgotten
+        calls = []
+        for entry_id, fields in entries:
+            placer, specimen_id = (fields[b"placer_order_number"].decode(),
+                                   fields[b"specimen_id"].decode())
+            keys = [ORDER_KEY.format(placer), ORDERS_LOG, SPECIMEN_KEY.format(specimen_id),
+                    SPECIMEN_ORDER_KEY.format(specimen_id)]
+            calls.append((script, keys, [placer, specimen_id, entry_id.decode(),
+                                         repr(float(older_than))]))
+        for (_, fields), outcome in zip(entries, scripts.run_many(client, calls), strict=True):
+            if outcome == b"forgotten":
+                forgotten.append(fields[b"placer_order_number"].decode())
+        after = "(" + entries[-1][0].decode()
 
 
 def hold_unordered(client: redis.Redis, specimen_id: str) -> None:
