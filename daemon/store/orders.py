@@ -91,14 +91,8 @@ def forget_unmatched(client: redis.Redis, older_than: float, batch: int = 100) -
     numbers. The orders log loses the entries that no longer stand for a stored order: the
     forgotten ones, and earlier entries of an order the LIS re-sent for another specimen."""
     script = client.register_script(scripts.FORGET_ORDER)
-    cutoff_ms = int(older_than * 1000)
     forgotten = []
-    after = "-"
-    while True:
-        entries = client.xrange(ORDERS_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
-        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
-        if not entries:
-            return forgotten
+    for entries in paging.batches_before(client, ORDERS_LOG, older_than, batch):
         calls = []
         for entry_id, fields in entries:
             placer, specimen_id = (fields[b"placer_order_number"].decode(),
@@ -110,7 +104,7 @@ def forget_unmatched(client: redis.Redis, older_than: float, batch: int = 100) -
         for (_, fields), outcome in zip(entries, scripts.run_many(client, calls), strict=True):
             if outcome == b"forgotten":
                 forgotten.append(fields[b"placer_order_number"].decode())
-        after = "(" + entries[-1][0].decode()
+    return forgotten
 
 
 def hold_unordered(client: redis.Redis, specimen_id: str) -> None:

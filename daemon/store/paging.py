@@ -7,6 +7,8 @@ oldest first, and its ``next`` is the id of its last entry, so a client that kee
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import redis
 
 from daemon.domain.ids import valid_cursor
@@ -37,3 +39,15 @@ def last_cursor(client: redis.Redis, stream: str) -> str:
     """The id of the newest entry ever added to ``stream`` (START if it does not exist)."""
     info = client.xinfo_stream(stream) if client.exists(stream) else None
     return info["last-generated-id"].decode() if info else START
+
+
+def batches_before(client: redis.Redis, stream: str, before: float, batch: int
+                   ) -> Iterator[list[Entry]]:
+    """The entries of ``stream`` added before ``before`` (Unix s; entry ids are server
+    times), oldest first, in lists of up to ``batch``. Each read starts after the last entry
+    handed out, so the caller may delete or keep entries between batches (retention)."""
+    top = f"({int(before * 1000)}-0"
+    after = "-"
+    while entries := client.xrange(stream, min=after, max=top, count=batch):
+        yield entries
+        after = "(" + entries[-1][0].decode()

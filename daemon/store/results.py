@@ -339,14 +339,8 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
     leaves its specimen's frame index (the review station's list: it would only point at
     nothing). Specimens, their counts and reports, and the audit trail stay.
     """
-    cutoff_ms = int(older_than * 1000)
     removed = 0
-    while True:
-        entries = client.xrange(LOG_KEY, min="-", max=f"{cutoff_ms}-0", count=batch)
-        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
-        if not entries:
-            client.xtrim(UNASSIGNED_LOG, minid=f"{cutoff_ms}-0", approximate=False)
-            return removed
+    for entries in paging.batches_before(client, LOG_KEY, older_than, batch):
         frame_ids = [fields[b"frame_id"].decode() for _, fields in entries]
         raws = client.mget([RESULT_KEY.format(f) for f in frame_ids])
         pipe = client.pipeline(transaction=False)
@@ -360,6 +354,8 @@ def trim_results(client: redis.Redis, older_than: float, batch: int = 500) -> in
             pipe.xdel(LOG_KEY, entry_id)
         pipe.execute()
         removed += len(entries)
+    client.xtrim(UNASSIGNED_LOG, minid=f"{int(older_than * 1000)}-0", approximate=False)
+    return removed
 
 
 def _specimen_of(raw: bytes | None) -> str | None:

@@ -348,14 +348,8 @@ def forget_completed(client: redis.Redis, older_than: float, batch: int = 100) -
     their own clock (``results.retention_days``).
     """
     script = client.register_script(scripts.FORGET_SPECIMEN)
-    cutoff_ms = int(older_than * 1000)
     out = Forgotten()
-    after = "-"
-    while True:
-        entries = client.xrange(COMPLETED_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
-        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
-        if not entries:
-            break
+    for entries in paging.batches_before(client, COMPLETED_LOG, older_than, batch):
         ids = [fields[b"specimen_id"].decode() for _, fields in entries]
         placers = client.mget([SPECIMEN_ORDER_KEY.format(s) for s in ids])
         calls = []
@@ -373,20 +367,14 @@ def forget_completed(client: redis.Redis, older_than: float, batch: int = 100) -
                 out.specimen_ids.append(specimen_id)
             elif outcome == b"owed":
                 out.owed += 1
-        after = "(" + entries[-1][0].decode()
-    _drop_opened_entries(client, cutoff_ms, batch)  # every pass: one cut short left some
+    _drop_opened_entries(client, older_than, batch)  # every pass: one cut short left some
     return out
 
 
-def _drop_opened_entries(client: redis.Redis, cutoff_ms: int, batch: int) -> None:
+def _drop_opened_entries(client: redis.Redis, older_than: float, batch: int) -> None:
     """XDEL the opened-log entries before the cutoff whose specimen is gone (a forgotten
     specimen opened before it completed, so before the cutoff)."""
-    after = "-"
-    while True:
-        entries = client.xrange(OPENED_LOG, min=after, max=f"{cutoff_ms}-0", count=batch)
-        entries = [(i, f) for i, f in entries if int(i.split(b"-")[0]) < cutoff_ms]
-        if not entries:
-            return
+    for entries in paging.batches_before(client, OPENED_LOG, older_than, batch):
         pipe = client.pipeline(transaction=False)
         for _, fields in entries:
             pipe.exists(SPECIMEN_KEY.format(fields[b"specimen_id"].decode()))
@@ -394,4 +382,3 @@ def _drop_opened_entries(client: redis.Redis, cutoff_ms: int, batch: int) -> Non
                 if not exists]
         if gone:
             client.xdel(OPENED_LOG, *gone)
-        after = "(" + entries[-1][0].decode()
