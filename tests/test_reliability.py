@@ -81,3 +81,19 @@ def test_workers_killed_holding_frames_lose_none_and_fail_none(
     assert (kill["done"], kill["failed"], kill["duplicates"]) == (40, 0, 0)
     assert kill["worker_restarts"] >= 3
     assert report["bounds"]["worker"]["ok"] is True
+
+
+def test_specimen_memory_measures_what_a_specimen_keeps_and_retention_frees_it(
+        tmp_path: Path, tiny_models: tuple[Path, Path]) -> None:
+    settings = load_settings(None, **settings_dict(tmp_path, tiny_models))
+    report = reliability_report(settings, ["specimen-memory"],
+                                scale={"specimen-memory": {"specimens": 3, "frames": 20}})
+    measured = report["specimen-memory"]
+    assert report["failures"] == []
+    assert measured["results_trimmed"] == 3 * 20 + 1  # and the warm-up frame
+    assert 0 < measured["redis_bytes_per_specimen_kept"] \
+        < measured["redis_bytes_per_specimen_with_results"]
+    assert {"lks:specimen:{}", "lks:specimen:{}:cells", "lks:order:{}"} \
+        <= set(measured["kept_bytes_by_key"])
+    assert measured["specimens_forgotten"] == 3
+    assert measured["specimen_and_order_keys_left"] == 0

@@ -258,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["hostile", "push-hostile", "worker-kill", "poison", "redis-kill", "flood",
                  "slow-clients", "audit-week"],
         choices=["hostile", "push-hostile", "worker-kill", "poison", "redis-kill", "flood",
-                 "slow-clients", "audit-week", "queue-memory"])
+                 "slow-clients", "audit-week", "queue-memory", "specimen-memory"])
     reliability.add_argument("--flood", type=int, default=10_000, help="frames in the flood")
     reliability.add_argument("--queue-frames", type=int, default=1000,
                              help="queue-memory: 1920x1280 camera frames queued with no worker")

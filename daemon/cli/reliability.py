@@ -23,6 +23,8 @@ second, and runs:
 * ``audit-week``: a week of one ``/results`` poll a second (604,800 audit entries, written
   straight to Redis), then the housekeeping trim with the configured ``audit.*``: Redis
   bytes per entry and the bound.
+* ``specimen-memory`` (not in the default run): Redis bytes a specimen keeps once its
+  results are trimmed, and after ``specimens.retention_days`` (reliability_specimens.py).
 
 Prints one JSON object (``--json``) or an indented one, with ``bounds`` (every role's peak
 RSS against its limit, reliability_bounds.py) and ``failures``; exits 1 when a scenario's
@@ -336,7 +338,7 @@ def reliability_report(settings: Settings, scenarios: list[str], flood_frames: i
                 "redis-kill": redis_kill,
                 "flood": lambda d: flood(d, flood_frames),
                 "slow-clients": lambda d: slow_clients(d, settings)}
-        if not set(runs) & set(scenarios):  # no daemon needed (audit-week, queue-memory)
+        if not set(runs) & set(scenarios):  # no daemon needed (audit-week, *-memory)
             runs = {}
         daemon = Daemon(settings, Path(tmp)) if runs else None
         try:
@@ -359,6 +361,11 @@ def reliability_report(settings: Settings, scenarios: list[str], flood_frames: i
             report["audit-week"] = audit_week(settings, Path(tmp))
         if "queue-memory" in scenarios:
             report["queue-memory"] = queue_memory(settings, Path(tmp), queue_frames)
+        if "specimen-memory" in scenarios:
+            from daemon.cli.reliability_specimens import specimen_memory
+
+            report["specimen-memory"] = specimen_memory(Path(tmp),
+                                                        **scale.get("specimen-memory", {}))
     report["bounds"] = bounds(report, settings)
     report["failures"] = failures(report)
     return report
