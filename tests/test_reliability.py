@@ -95,5 +95,7 @@ def test_specimen_memory_measures_what_a_specimen_keeps_and_retention_frees_it(
         < measured["redis_bytes_per_specimen_with_results"]
     assert {"lks:specimen:{}", "lks:specimen:{}:cells", "lks:order:{}"} \
         <= set(measured["kept_bytes_by_key"])
+    assert measured["frame_index_bytes_per_specimen_with_results"] > 0
+    assert "lks:specimen:{}:frames" not in measured["kept_bytes_by_key"]  # left with results
     assert measured["specimens_forgotten"] == 3
     assert measured["specimen_and_order_keys_left"] == 0

@@ -72,6 +72,7 @@ def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict
                 review.reclassify(specimen_id, f"{specimen_id}-0000", cell, "benign",
                                   CLASS_CODES[cell % len(CLASS_CODES)], "reviewer")
         stored = used_memory_bytes(client)
+        index = memory_by_key(client).get("lks:specimen:{}:frames", 0)  # leaves with results
         cutoff = time.time() + 1
         trimmed = trim_results(client, cutoff)
         kept = used_memory_bytes(client)
@@ -89,6 +90,7 @@ def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict
                       if name.startswith(("lks:specimen", "lks:order"))}
     return {"specimens": specimens, "frames_per_specimen": frames,
             "redis_bytes_per_specimen_with_results": round((stored - before) / specimens),
+            "frame_index_bytes_per_specimen_with_results": round(index / specimens),
             "results_trimmed": trimmed,
             "redis_bytes_per_specimen_kept": round((kept - before) / specimens),
             "kept_bytes_by_key": specimen_parts,
