@@ -9,6 +9,14 @@ from pathlib import Path
 from daemon.cli.reliability import reliability_report
 from daemon.cli.reliability_bounds import GB, bounds, failures, rss_limits
 from daemon.settings import Settings, load_settings
+from daemon.store.keys import (
+    CELL_REVIEW_KEY,
+    ORDER_KEY,
+    RESULT_KEY,
+    SPECIMEN_FRAMES_KEY,
+    SPECIMEN_KEY,
+    SPECIMEN_ORDER_KEY,
+)
 from tests.conftest import settings_dict
 
 SMALL = {"push-hostile": {"good": 3, "uhd": 2, "tiff_pages": 3, "tiff_side": 5000,
@@ -93,9 +101,11 @@ def test_specimen_memory_measures_what_a_specimen_keeps_and_retention_frees_it(
     assert measured["results_trimmed"] == 3 * 20 + 1  # and the warm-up frame
     assert 0 < measured["redis_bytes_per_specimen_kept"] \
         < measured["redis_bytes_per_specimen_with_results"]
-    assert {"lks:specimen:{}", "lks:specimen:{}:cells", "lks:order:{}"} \
-        <= set(measured["kept_bytes_by_key"])
-    assert measured["frame_index_bytes_per_specimen_with_results"] > 0
-    assert "lks:specimen:{}:frames" not in measured["kept_bytes_by_key"]  # left with results
+    stored, kept = (measured["bytes_per_specimen_by_key_with_results"],
+                    measured["bytes_per_specimen_by_key_kept"])
+    assert {SPECIMEN_FRAMES_KEY, RESULT_KEY} <= set(stored)
+    assert {SPECIMEN_KEY, CELL_REVIEW_KEY, ORDER_KEY} <= set(kept)
+    assert not {SPECIMEN_FRAMES_KEY, RESULT_KEY} & set(kept)  # left with the results
     assert measured["specimens_forgotten"] == 3
-    assert measured["specimen_and_order_keys_left"] == 0
+    left = set(measured["bytes_by_key_left"])
+    assert not {SPECIMEN_KEY, CELL_REVIEW_KEY, SPECIMEN_ORDER_KEY, ORDER_KEY} & left

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from daemon.domain.classes import CLASS_CODES
+from daemon.domain.ids import UNASSIGNED
 from daemon.domain.orders import Order
 from daemon.domain.results import CellResult, FrameResult, ModelRef
 from daemon.store.connection import (
@@ -45,11 +46,6 @@ def _frame(specimen_id: str, index: int, now: float) -> FrameResult:
                        models=MODELS, cells=cells)
 
 
-def _specimen_keys(client) -> int:
-    return sum(1 for _ in client.scan_iter("lks:specimen:*", count=1000)) + \
-        sum(1 for _ in client.scan_iter("lks:order:*", count=1000))
-
-
 def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict:
     directory = root / "specimen-redis"
     sock, _ = start_embedded(directory)
@@ -57,8 +53,7 @@ def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict
     try:
         results, store = ResultStore(client), SpecimenStore(client)
         orders, review = OrderStore(client), ReviewStore(client)
-        results.store(_frame("WARM-UP", 0, time.time()))  # the counters hash, the logs
-        client.delete("lks:specimen:WARM-UP", "lks:specimen:WARM-UP:frames")
+        results.store(_frame(UNASSIGNED, 0, time.time()))  # the counters hash, the logs
         before = used_memory_bytes(client)
         for s in range(specimens):
             specimen_id = f"SPEC-{s:05d}"
@@ -72,7 +67,7 @@ def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict
                 review.reclassify(specimen_id, f"{specimen_id}-0000", cell, "benign",
                                   CLASS_CODES[cell % len(CLASS_CODES)], "reviewer")
         stored = used_memory_bytes(client)
-        index = memory_by_key(client).get("lks:specimen:{}:frames", 0)  # leaves with results
+        stored_by_key = memory_by_key(client)
         cutoff = time.time() + 1
         trimmed = trim_results(client, cutoff)
         kept = used_memory_bytes(client)
@@ -80,21 +75,20 @@ def specimen_memory(root: Path, specimens: int = 100, frames: int = 100) -> dict
         forgotten = forget_completed(client, cutoff).specimen_ids
         orders_forgotten = forget_unmatched(client, cutoff)
         after = used_memory_bytes(client)
-        keys_left = _specimen_keys(client)
-        left_by_key = {name: used for name, used in memory_by_key(client).items()
-                       if name.startswith(("lks:specimen", "lks:order"))}
+        left_by_key = memory_by_key(client)
     finally:
         client.close()
         stop_embedded(directory)
-    specimen_parts = {name: round(used / specimens) for name, used in sorted(by_key.items())
-                      if name.startswith(("lks:specimen", "lks:order"))}
+
+    def per_specimen(by_key: dict[str, int]) -> dict[str, int]:
+        return {name: round(used / specimens) for name, used in sorted(by_key.items())}
+
     return {"specimens": specimens, "frames_per_specimen": frames,
             "redis_bytes_per_specimen_with_results": round((stored - before) / specimens),
-            "frame_index_bytes_per_specimen_with_results": round(index / specimens),
+            "bytes_per_specimen_by_key_with_results": per_specimen(stored_by_key),
             "results_trimmed": trimmed,
             "redis_bytes_per_specimen_kept": round((kept - before) / specimens),
-            "kept_bytes_by_key": specimen_parts,
+            "bytes_per_specimen_by_key_kept": per_specimen(by_key),
             "specimens_forgotten": len(forgotten), "orders_forgotten": len(orders_forgotten),
             "redis_bytes_left": after - before,
-            "left_bytes_by_key": left_by_key,
-            "specimen_and_order_keys_left": keys_left}
+            "bytes_by_key_left": dict(sorted(left_by_key.items()))}
