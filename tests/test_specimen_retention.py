@@ -108,8 +108,9 @@ def test_the_housekeeper_forgets_audits_and_counts(make_settings: Callable[..., 
     results, specimens = ResultStore(redis_client), SpecimenStore(redis_client)
     results.store(frame("A-1", "A"))
     assert specimens.complete("A", "api") == "completed"
-    before = telemetry.LOCAL.get_sample_value("leukoscope_specimens_forgotten_total") or 0.0
     keeper = Housekeeper(settings, redis_client)
+    before = telemetry.LOCAL.get_sample_value("leukoscope_specimens_forgotten_total")
+    assert before == 0.0  # exported from the start, not only after the first one
     keeper.step()
     assert specimens.get("A") is not None  # completed under half a second ago
     time.sleep(0.6)

@@ -139,6 +139,9 @@ class Housekeeper:
         self.stopping = threading.Event()
         self._next_retention = 0.0
         self._next_specimen_retention = 0.0
+        # exported at 0 from the start (an unlabelled counter exists only once created), so
+        # rate() has data before the first specimen is forgotten
+        telemetry.metric("leukoscope_specimens_forgotten_total")
         self._next_janitor = 0.0
         self._next_disk = 0.0
         self._thread: threading.Thread | None = None
