@@ -343,8 +343,8 @@ def forget_completed(client: redis.Redis, older_than: float, batch: int = 100) -
 
     The completion log is read oldest first up to the cutoff (its entry ids are completion
     times), each specimen forgotten atomically (``scripts/forget_specimen.lua``) with its log
-    entry; one whose message to the LIS is still owed stays, entry and all, until delivered,
-    dropped or retried. Its entry in the opened log goes too. Frames' results are trimmed on
+    entry; one whose message to the LIS is still owed (in the outbox, or parked) stays,
+    entry and all, until it is delivered. Its entry in the opened log goes too. Frames' results are trimmed on
     their own clock (``results.retention_days``).
     """
     script = client.register_script(scripts.FORGET_SPECIMEN)
